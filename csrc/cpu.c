@@ -1,0 +1,184 @@
+/*
+ * cpu.c -- run-time CPU feature detection, ISA selection, threads, errors.
+ *
+ * The distributed build is compiled for the baseline ISA (x86-64 / armv8-a);
+ * faster paths live in functions with target attributes and are chosen here,
+ * once, from what the CPU *and the OS* support (AVX state must be enabled in
+ * XCR0, not only reported by CPUID).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "sc_internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(SC_X86)
+#include <cpuid.h>
+#endif
+#if defined(SC_ARM64) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+#if defined(SC_ARM64) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
+/* ================================================================ errors */
+static _Thread_local char sc_err_buf[512];
+
+sc_status sc_fail(sc_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sc_err_buf, sizeof sc_err_buf, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+const char *sc_last_error(void) { return sc_err_buf; }
+
+/* ======================================================= feature detection */
+static int sc_detected = 0;
+static sc_isa sc_best = SC_ISA_PORTABLE;
+static sc_isa sc_active = SC_ISA_PORTABLE;
+static char sc_features[256];
+
+#if defined(SC_X86)
+static uint64_t sc_xgetbv0(void) {
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+
+static void sc_detect_x86(void) {
+    unsigned a, b, c, d;
+    int avx = 0, avx2 = 0, fma = 0, f16c = 0, avx512 = 0, vnni512 = 0, avxvnni = 0, bf16 = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    int osxsave = (c >> 27) & 1;
+    fma = (c >> 12) & 1;
+    f16c = (c >> 29) & 1;
+    avx = (c >> 28) & 1;
+    uint64_t xcr0 = osxsave ? sc_xgetbv0() : 0;
+    int os_avx = (xcr0 & 0x6) == 0x6;
+    int os_avx512 = (xcr0 & 0xE6) == 0xE6;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        avx2 = (b >> 5) & 1;
+        int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+        avx512 = f && dq && bw && vl;
+        vnni512 = (c >> 11) & 1;
+    }
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+        avxvnni = (a >> 4) & 1;
+        bf16 = (a >> 5) & 1;
+    }
+    avx = avx && os_avx;
+    avx2 = avx2 && avx && fma && f16c;
+    avx512 = avx512 && avx2 && os_avx512;
+    vnni512 = vnni512 && avx512;
+    bf16 = bf16 && avx512;
+    snprintf(sc_features, sizeof sc_features, "sse2%s%s%s%s%s%s%s%s",
+             avx ? " avx" : "", fma ? " fma" : "", f16c ? " f16c" : "",
+             avx2 ? " avx2" : "", avx512 ? " avx512f avx512bw avx512dq avx512vl" : "",
+             vnni512 ? " avx512vnni" : "", avxvnni && os_avx ? " avxvnni" : "",
+             bf16 ? " avx512bf16" : "");
+    if (vnni512) sc_best = SC_ISA_AVX512_VNNI;
+    else if (avx512) sc_best = SC_ISA_AVX512;
+    else if (avx2) sc_best = SC_ISA_AVX2;
+}
+#endif
+
+#if defined(SC_ARM64)
+static void sc_detect_arm64(void) {
+    int dotprod = 0;
+#if defined(__linux__)
+    dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof v;
+    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0) dotprod = v != 0;
+#endif
+    snprintf(sc_features, sizeof sc_features, "neon%s", dotprod ? " dotprod" : "");
+    sc_best = dotprod ? SC_ISA_NEON_DOTPROD : SC_ISA_NEON;
+}
+#endif
+
+static void sc_detect(void) {
+    if (sc_detected) return;
+    strcpy(sc_features, "");
+#if defined(SC_X86)
+    sc_detect_x86();
+#elif defined(SC_ARM64)
+    sc_detect_arm64();
+#endif
+    sc_active = sc_best;
+    /* SAGECORE_ISA=portable|avx2|... caps the level for the whole process. */
+    const char *env = getenv("SAGECORE_ISA");
+    if (env && *env) {
+        for (int i = 0; i <= SC_ISA_NEON_DOTPROD; i++) {
+            const char *name = sc_isa_name((sc_isa)i);
+            if (name[0] != '?' && strcmp(env, name) == 0 && (i == 0 || i <= (int)sc_best)) {
+                sc_active = (sc_isa)i;
+            }
+        }
+    }
+    sc_detected = 1;
+}
+
+sc_isa sc_cpu_best_isa(void) { sc_detect(); return sc_best; }
+sc_isa sc_cpu_active_isa(void) { sc_detect(); return sc_active; }
+const char *sc_cpu_features(void) { sc_detect(); return sc_features; }
+
+sc_status sc_cpu_set_isa(sc_isa isa) {
+    sc_detect();
+    int ok = isa == SC_ISA_PORTABLE;
+#if defined(SC_X86)
+    ok = ok || (isa >= SC_ISA_AVX2 && isa <= SC_ISA_AVX512_VNNI && isa <= sc_best);
+#elif defined(SC_ARM64)
+    ok = ok || (isa >= SC_ISA_NEON && isa <= sc_best);
+#endif
+    if (!ok)
+        return sc_fail(SC_ERR_UNSUPPORTED, "ISA '%s' is not supported by this CPU (best: '%s')",
+                       sc_isa_name(isa), sc_isa_name(sc_best));
+    sc_active = isa;
+    return SC_OK;
+}
+
+const char *sc_isa_name(sc_isa isa) {
+    switch (isa) {
+    case SC_ISA_PORTABLE: return "portable";
+    case SC_ISA_AVX2: return "avx2";
+    case SC_ISA_AVX512: return "avx512";
+    case SC_ISA_AVX512_VNNI: return "avx512_vnni";
+    case SC_ISA_NEON: return "neon";
+    case SC_ISA_NEON_DOTPROD: return "neon_dotprod";
+    }
+    return "?";
+}
+
+const sc_row_kernels *sc_row_kernels_active(void) {
+    sc_isa isa = sc_cpu_active_isa();
+#if defined(SC_X86)
+    if (isa >= SC_ISA_AVX2 && isa <= SC_ISA_AVX512_VNNI) return &sc_row_kernels_avx2;
+#endif
+    (void)isa;
+    return &sc_row_kernels_portable;
+}
+
+/* ================================================================ threads */
+static int sc_threads = 0;
+
+int sc_num_threads(void) {
+    if (sc_threads > 0) return sc_threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void sc_set_num_threads(int n) { sc_threads = n > 0 ? n : 0; }

@@ -1,0 +1,181 @@
+/*
+ * sagecore.h -- the public C API of sagecore's portable CPU core.
+ *
+ * This header has no Python in it and no dependency beyond <stdint.h>: other
+ * runtimes link the core (libsagecore_core.a, or the sources under csrc/) and
+ * call it directly. The Python package wraps exactly these functions through
+ * sagecore/_csagecore.pxd, with the GIL released.
+ *
+ * Conventions
+ *   - Every function returns an sc_status; 0 is success. On failure a
+ *     human-readable message is kept per thread: sc_last_error().
+ *   - Element strides are in elements, not bytes. The channel (head_dim)
+ *     stride of every tensor is 1.
+ *   - "row" means one (batch, kv-head) pair: row = b * heads + h.
+ *   - Values entering a quantized store are first rounded to IEEE float16
+ *     (the cache's value space), so fp16 and fp32 inputs holding the same
+ *     fp16 values store bitwise-identical bytes.
+ */
+#ifndef SAGECORE_H
+#define SAGECORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SC_ABI_VERSION 1
+
+/* ---------------------------------------------------------------- status */
+typedef enum sc_status {
+    SC_OK = 0,
+    SC_ERR_INVALID_ARGUMENT = 1, /* a parameter is out of its documented range */
+    SC_ERR_UNSUPPORTED = 2,      /* valid, but this build/CPU cannot do it    */
+    SC_ERR_NONFINITE = 3,        /* NaN/Inf or a value outside float16 range  */
+    SC_ERR_NO_MEMORY = 4
+} sc_status;
+
+/* Message for the last failure on the calling thread ("" if none). */
+const char *sc_last_error(void);
+
+/* ------------------------------------------------------------ data types */
+typedef enum sc_dtype {
+    SC_DTYPE_F32 = 0,
+    SC_DTYPE_F16 = 1
+} sc_dtype;
+
+typedef enum sc_encoding {
+    SC_ENC_FP16 = 1, /* IEEE half, no scales                                   */
+    SC_ENC_INT8 = 2, /* int8 symmetric [-127,127], or uint8 + per-cell minimum */
+    SC_ENC_INT4 = 3  /* two codes per byte: channel 2i in the low nibble, 2i+1
+                        in the high nibble; symmetric codes are stored as
+                        c + 8 (c in [-7,7]); zero-point codes as u in [0,15]   */
+} sc_encoding;
+
+/* ------------------------------------------------------- CPU capabilities */
+typedef enum sc_isa {
+    SC_ISA_PORTABLE = 0,
+    SC_ISA_AVX2 = 1,       /* x86-64: AVX2 + FMA + F16C                     */
+    SC_ISA_AVX512 = 2,     /* x86-64: AVX-512 F/BW/DQ/VL (+ the above)      */
+    SC_ISA_AVX512_VNNI = 3,/* x86-64: AVX-512 + VNNI                        */
+    SC_ISA_NEON = 10,      /* arm64 baseline                                */
+    SC_ISA_NEON_DOTPROD = 11
+} sc_isa;
+
+/* Best ISA level this CPU supports (what the core uses unless forced). */
+sc_isa sc_cpu_best_isa(void);
+/* ISA level currently in use by the core. */
+sc_isa sc_cpu_active_isa(void);
+/* Force an ISA level (<= best; SC_ISA_PORTABLE always works). Process-wide. */
+sc_status sc_cpu_set_isa(sc_isa isa);
+/* Stable lower-case name, e.g. "avx512_vnni". */
+const char *sc_isa_name(sc_isa isa);
+/* Space-separated feature flags the CPU reports, e.g. "avx2 fma f16c ...". */
+const char *sc_cpu_features(void);
+
+/* ------------------------------------------------------ storage formats */
+/*
+ * A resolved storage format for one tensor (K or V) at one head_dim. It is the
+ * C image of sagecore.formats.KVFormat; the Python layer fills it.
+ *
+ * Quantized values form a grid of "scale cells": token_group consecutive tokens
+ * x channel_group consecutive channels share one scale (and one minimum when
+ * zero_point is set). Examples at head_dim 128:
+ *   token_group=1,  channel_group=32  -> per token, 4 groups (like q8_0)
+ *   token_group=64, channel_group=128 -> one scale per 64-key block (SageAttention K)
+ *   token_group=32, channel_group=1   -> per channel over 32 tokens (KIVI K)
+ */
+typedef struct sc_format {
+    int32_t encoding;      /* sc_encoding                                        */
+    int32_t head_dim;      /* D: multiple of 16, 16..512                        */
+    int32_t token_group;   /* T: 1..1024                                        */
+    int32_t channel_group; /* G: divides D; even for int4                       */
+    int32_t scale_dtype;   /* sc_dtype of scales and minimums                   */
+    int32_t zero_point;    /* 0 symmetric; 1 asymmetric with a per-cell minimum */
+    int32_t outliers;      /* k: values per cell kept verbatim in fp16 (0..16)  */
+    int32_t rotate;        /* 1: block-Hadamard rotation along D, see below     */
+    int32_t smooth;        /* 1: subtract the row's mean vector before quantizing */
+} sc_format;
+
+/*
+ * One tensor's storage for `rows` rows of `capacity` tokens (capacity is a
+ * multiple of token_group). All arrays are C-contiguous; NULL where unused.
+ *   data     [rows][capacity][row_bytes]  row_bytes = D*2 (fp16), D (int8), D/2 (int4)
+ *   scales   [rows][capacity/T][D/G]      of scale_dtype
+ *   zeros    [rows][capacity/T][D/G]      of scale_dtype (zero_point only): the cell minimum
+ *   out_idx  [rows][capacity/T][D/G][k]   uint16 position t*G + c inside the cell
+ *   out_val  [rows][capacity/T][D/G][k]   fp16 value that replaces the decoded one
+ *   mean     [rows][D]                    float32 smoothing vector (smooth only)
+ * Dequantized value at (t, c):
+ *   x = replace_by_outlier(code * s + m) ; then inverse rotation ; then + mean
+ * where m = 0 (symmetric int8), -8*s (symmetric int4), or the cell minimum.
+ */
+typedef struct sc_store {
+    void *data;
+    void *scales;
+    void *zeros;
+    uint16_t *out_idx;
+    uint16_t *out_val;
+    float *mean;
+    int64_t rows;
+    int64_t capacity;
+} sc_store;
+
+/* A strided [B][H][N][D] source or destination tensor (element strides). */
+typedef struct sc_tensor {
+    void *ptr;
+    int32_t dtype;  /* sc_dtype */
+    int64_t batch, heads, tokens, dim;
+    int64_t stride_b, stride_h, stride_t; /* stride of dim is 1 */
+} sc_tensor;
+
+/* Bytes of one token's codes in `data`. */
+int64_t sc_format_row_bytes(const sc_format *f);
+/* Validate a format; SC_OK or SC_ERR_INVALID_ARGUMENT with a message. */
+sc_status sc_format_check(const sc_format *f);
+
+/* Rotation block: the largest power of two dividing D, at most 256. The
+ * rotation is the orthonormal Sylvester-Hadamard matrix applied to each block
+ * of that many consecutive channels; it is symmetric and its own inverse. */
+int32_t sc_rotation_block(int32_t head_dim);
+/* In-place rotation of n vectors of length d, each stride elements apart. */
+void sc_rotate_f32(float *x, int64_t n, int64_t stride, int32_t d);
+
+/*
+ * Quantize tokens [t0, t0+src->tokens) of every row from src into store.
+ * t0 must be a multiple of token_group; a trailing partial group is quantized
+ * from the tokens it has (re-quantize it when more arrive). src->batch*heads
+ * must equal store->rows. Values must be finite and |x| <= 65504, else
+ * SC_ERR_NONFINITE (store content for these tokens is then unspecified).
+ * Threads: uses up to sc_num_threads() threads.
+ */
+sc_status sc_quantize(const sc_format *f, const sc_store *store,
+                      const sc_tensor *src, int64_t t0);
+
+/* Dequantize tokens [t0, t0+dst->tokens) of every row into dst (f32 or f16). */
+sc_status sc_dequantize(const sc_format *f, const sc_store *store,
+                        const sc_tensor *dst, int64_t t0);
+
+/* Check that every element of t is finite and within float16 range.
+ * SC_OK or SC_ERR_NONFINITE with the first offending (b, h, t, c) in the message. */
+sc_status sc_check_values(const sc_tensor *t);
+
+/* Copy/convert src into dst (f32/f16 either way, fp32 -> fp16 rounds to
+ * nearest even). Shapes must match. */
+sc_status sc_convert(const sc_tensor *src, const sc_tensor *dst);
+
+/* Bulk fp16 <-> fp32 conversion of n contiguous values. */
+void sc_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
+void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
+
+/* ---------------------------------------------------------------- threads */
+/* Threads used by the core's parallel loops (default: all available cores). */
+int sc_num_threads(void);
+void sc_set_num_threads(int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SAGECORE_H */

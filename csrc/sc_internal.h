@@ -1,0 +1,109 @@
+/*
+ * sc_internal.h -- shared by the core's translation units; not installed.
+ */
+#ifndef SC_INTERNAL_H
+#define SC_INTERNAL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "sagecore.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define SC_X86 1
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+#define SC_ARM64 1
+#endif
+
+#define SC_FP16_MAX 65504.0f
+
+/* printf-style; stores the message for sc_last_error() and returns `status`. */
+sc_status sc_fail(sc_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ================================================================ fp16 */
+/* Bit-exact IEEE binary16 conversions (round to nearest even), matching
+ * F16C's vcvtps2ph/vcvtph2ps and numpy's astype. After M. Dukhan's FP16. */
+static inline float sc_bits_f32(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
+static inline uint32_t sc_f32_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }
+
+static inline float sc_h2f(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normalized = sc_bits_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float denormalized = sc_bits_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t r = sign | (two_w < (1u << 27) ? sc_f32_bits(denormalized)
+                                                   : sc_f32_bits(normalized));
+    return sc_bits_f32(r);
+}
+
+static inline uint16_t sc_f2h(float f) {
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    const uint32_t w = sc_f32_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = sc_bits_f32((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = sc_f32_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+    const uint32_t mant_bits = bits & 0x00000FFFu;
+    const uint32_t nonsign = exp_bits + mant_bits;
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+/* Smallest fp16 value >= x, for x >= 0 finite and <= 65504. Scales are
+ * rounded up so that |x| * (1/s) never exceeds the code range. */
+static inline uint16_t sc_f2h_ceil(float x) {
+    uint16_t h = sc_f2h(x);
+    if (sc_h2f(h) < x) h = (uint16_t)(h + 1);
+    return h;
+}
+/* Largest fp16 value <= x (finite x within fp16 range). */
+static inline uint16_t sc_f2h_floor(float x) {
+    uint16_t h = sc_f2h(x);
+    float y = sc_h2f(h);
+    if (y > x) {
+        if (h == 0x0000u) h = 0x8001u;            /* +0 -> smallest negative */
+        else if (h & 0x8000u) h = (uint16_t)(h + 1); /* more negative          */
+        else h = (uint16_t)(h - 1);
+    }
+    return h;
+}
+
+/* ================================================== kernel function table */
+/* Row primitives with per-ISA implementations. All must give bitwise the same
+ * results as the portable ones (same operation order, no FMA contraction). */
+typedef struct sc_row_kernels {
+    /* dst[i] = value-space(src[i]) - (mean ? mean[i] : 0); value space = fp16 */
+    void (*load_f16)(const uint16_t *src, const float *mean, float *dst, int64_t n);
+    void (*load_f32)(const float *src, const float *mean, float *dst, int64_t n);
+    /* colmax[i] = max(colmax[i], |x[i]|) */
+    void (*absmax_acc)(const float *x, float *colmax, int64_t n);
+    /* colmin/colmax running min and max */
+    void (*minmax_acc)(const float *x, float *colmin, float *colmax, int64_t n);
+    /* int8 codes: q = clamp(rint((x - m[i]) * inv[i]), lo, hi); m may be NULL */
+    void (*quant_i8)(const float *x, const float *m, const float *inv, int8_t *q,
+                     int64_t n, int32_t lo, int32_t hi);
+    /* dst[i] = q[i] * s[i] + m[i] (m may be NULL); unsigned codes if is_u8 */
+    void (*dequant_i8)(const int8_t *q, int is_u8, const float *s, const float *m,
+                       float *dst, int64_t n);
+    /* store: dst = x + (mean ? mean : 0), as f32 or rounded to f16 */
+    void (*store_f32)(const float *x, const float *mean, float *dst, int64_t n);
+    void (*store_f16)(const float *x, const float *mean, uint16_t *dst, int64_t n);
+} sc_row_kernels;
+
+extern const sc_row_kernels sc_row_kernels_portable;
+#ifdef SC_X86
+extern const sc_row_kernels sc_row_kernels_avx2;
+#endif
+/* The table for the active ISA. */
+const sc_row_kernels *sc_row_kernels_active(void);
+
+#endif /* SC_INTERNAL_H */

@@ -1,0 +1,44 @@
+"""Input normalisation shared by the public API: arrays, DLPack, layouts.
+
+Turns user input into numpy views without copying whenever the memory allows
+it, and raises typed errors naming the argument otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sagecore.errors import ArgumentTypeError, InvalidArgumentError
+
+_FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+def as_array(x, name: str) -> np.ndarray:
+    """numpy view of ``x`` (numpy array or any ``__dlpack__`` object), never a copy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, BufferError, RuntimeError) as e:
+            raise ArgumentTypeError(name, f"DLPack export failed ({e}); expected CPU memory "
+                                          f"of a dtype numpy supports") from None
+    raise ArgumentTypeError(name, f"expected a numpy array or an object with __dlpack__, got {type(x).__name__}")
+
+
+def as_kv_input(x, name: str, layout: str) -> np.ndarray:
+    """A float16/float32 4-d array viewed as BHND with a contiguous last axis."""
+    a = as_array(x, name)
+    if a.ndim != 4:
+        raise InvalidArgumentError(name, f"expected a 4-d array in layout {layout}, got shape {a.shape}")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise ArgumentTypeError(name, f"expected dtype float16 or float32, got {a.dtype}")
+    if layout == "BNHD":
+        a = a.transpose(0, 2, 1, 3)
+    elif layout != "BHND":
+        raise InvalidArgumentError("layout", f"expected 'BHND' or 'BNHD', got {layout!r}")
+    if a.shape[3] > 1 and a.strides[3] != a.itemsize:
+        raise InvalidArgumentError(name, "the head_dim axis must be contiguous; pass np.ascontiguousarray(x)")
+    if any(s % a.itemsize for s in a.strides):
+        raise InvalidArgumentError(name, "strides must be multiples of the element size")
+    return a

@@ -1,0 +1,60 @@
+"""What each backend can consume, without importing or initialising it.
+
+Capabilities are plain data so that the policy loader and the selector can ask
+"would backend X take this?" cheaply and give reasons when the answer is no.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["Capabilities", "capabilities", "BACKENDS"]
+
+BACKENDS = ("cpu", "metal", "reference")
+
+#: Head dims the attention kernels are specialised for.
+ATTENTION_HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+
+
+class Capabilities:
+    """Formats, head dims and features a backend accepts."""
+
+    def __init__(self, name, available, unavailable_reason=None, encodings=("fp16", "int8", "int4"),
+                 head_dims=ATTENTION_HEAD_DIMS, options=("smooth", "rotate", "outliers", "zero_point")):
+        self.name = name
+        self.available = available
+        self.unavailable_reason = unavailable_reason
+        self.encodings = frozenset(encodings)
+        self.head_dims = tuple(head_dims)
+        self.options = frozenset(options)
+
+    def why_not_format(self, fmt, head_dim=None):
+        """None if the backend can attend over ``fmt`` at ``head_dim``, else the reason."""
+        if not self.available:
+            return self.unavailable_reason
+        if fmt.encoding not in self.encodings:
+            return f"{self.name} does not consume {fmt.encoding} codes"
+        for opt in ("smooth", "rotate", "zero_point"):
+            if getattr(fmt, opt) and opt not in self.options:
+                return f"{self.name} does not support {opt}"
+        if fmt.outliers and "outliers" not in self.options:
+            return f"{self.name} does not support outlier tables"
+        if head_dim is not None and self.head_dims and head_dim not in self.head_dims:
+            return f"{self.name} kernels support head_dim {list(self.head_dims)}, not {head_dim}"
+        return None
+
+
+def capabilities(name: str) -> Capabilities:
+    """Capabilities of backend ``name`` ("cpu", "metal" or "reference")."""
+    from sagecore.errors import InvalidArgumentError
+    if name == "cpu":
+        return Capabilities("cpu", True)
+    if name == "reference":
+        return Capabilities("reference", True, head_dims=())
+    if name == "metal":
+        why = ("the Metal backend is not built yet (objc_shim/ and metal/ kernels arrive with the "
+               "Metal issues)")
+        if sys.platform != "darwin":
+            why += "; on this platform it will run through the host emulation"
+        return Capabilities("metal", False, why)
+    raise InvalidArgumentError("backend", f"expected one of {list(BACKENDS)}, got {name!r}")

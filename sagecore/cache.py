@@ -1,0 +1,507 @@
+"""QuantKVCache: a quantized K/V cache driven by a policy.
+
+Storage (what the kernels consume) is one :class:`TensorStore` per tensor and
+per *segment*, a set of kv heads that share one (K format, V format) pair;
+most policies give a single segment with every head. Each store holds the C
+``sc_store`` arrays for ``[batch * heads, capacity]`` tokens (see
+csrc/include/sagecore.h for the exact layout).
+
+Appending and chunking. Values enter the cache's value space, IEEE float16.
+A scale cell spans ``token_group`` tokens, so the newest group may be partial:
+its raw fp16 values are kept in a small staging buffer and the group is
+re-quantized from them when more tokens arrive. Every group is therefore
+quantized from exactly the same values whatever the chunking, and appending in
+any chunking gives bitwise the same store as one big append.
+
+The fp16 phase. While the cache holds fewer than ``warmup`` tokens --
+``max(min_kv_len, smooth_window if any format smooths)``, rounded up to the
+token groups -- it keeps plain fp16 K/V and attention takes the fp16 path.
+When it reaches ``warmup`` the smoothing means are fixed from the first
+``smooth_window`` tokens (any fixed vector keeps softmax exact) and the
+buffered tokens are quantized.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import threading
+from binascii import crc32
+
+import numpy as np
+
+from sagecore import _cpu
+from sagecore._arrays import as_kv_input
+from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError
+from sagecore.formats import HEADER_SIZE, KVFormat
+from sagecore.policy import Policy, load_policy, policy_from_dict
+
+__all__ = ["QuantKVCache", "TensorStore"]
+
+_FILE_MAGIC = b"SCKVCACH"
+_FILE_VERSION = 1
+_FILE_HEAD = struct.Struct("<8sHHQI")  # magic, version, reserved, json_len, json_crc
+
+
+def _lcm(a, b):
+    return a * b // math.gcd(a, b)
+
+
+def _round_up(x, m):
+    return -(-x // m) * m
+
+
+class TensorStore:
+    """Packed storage of one tensor (K or V) for one segment of heads.
+
+    Attributes:
+        fmt: the :class:`KVFormat`.
+        arrays: the named numpy arrays (``data``, ``scales``, ``zeros``,
+            ``out_idx``, ``out_val``, ``mean``, ``stage``), None where unused.
+        packed: the :class:`sagecore._cpu.PackedStore` over them.
+    """
+
+    def __init__(self, fmt: KVFormat, batch: int, heads: int, head_dim: int, capacity: int, arrays=None):
+        self.fmt = fmt
+        self.batch, self.heads, self.head_dim = batch, heads, head_dim
+        self.rows = batch * heads
+        self.params = fmt.c_params(head_dim)
+        self.T = fmt.token_group if fmt.is_quantized else 1
+        self.G = fmt.resolved_channel_group(head_dim)
+        self.row_bytes = _cpu.row_bytes(self.params)
+        self.capacity = capacity
+        self.arrays = arrays if arrays is not None else self._allocate(capacity)
+        self._rebuild()
+
+    def _shapes(self, capacity):
+        f, rows, D = self.fmt, self.rows, self.head_dim
+        groups = capacity // self.T
+        ncell = D // self.G
+        sdt = np.float16 if f.scale_dtype == "fp16" else np.float32
+        q = f.is_quantized
+        return {
+            "data": ((rows, capacity, self.row_bytes), np.uint8),
+            "scales": ((rows, groups, ncell), sdt) if q else None,
+            "zeros": ((rows, groups, ncell), sdt) if q and f.zero_point else None,
+            "out_idx": ((rows, groups, ncell, f.outliers), np.uint16) if q and f.outliers else None,
+            "out_val": ((rows, groups, ncell, f.outliers), np.uint16) if q and f.outliers else None,
+            "mean": ((rows, D), np.float32) if f.smooth else None,
+            "stage": ((self.batch, self.heads, self.T, D), np.float16) if self.T > 1 else None,
+        }
+
+    def _allocate(self, capacity):
+        out = {}
+        for name, spec in self._shapes(capacity).items():
+            out[name] = None if spec is None else np.zeros(spec[0], dtype=spec[1])
+        return out
+
+    def _rebuild(self):
+        a = self.arrays
+        self.packed = _cpu.PackedStore(self.params, a["data"], a["scales"], a["zeros"], a["out_idx"],
+                                       a["out_val"], a["mean"], self.rows, self.capacity)
+
+    def grow(self, capacity: int, used: int):
+        """Reallocate for ``capacity`` tokens, keeping the first ``used`` tokens."""
+        new = self._allocate(capacity)
+        groups = _round_up(used, self.T) // self.T
+        for name, arr in self.arrays.items():
+            if arr is None:
+                continue
+            if name == "data":
+                new[name][:, :used] = arr[:, :used]
+            elif name in ("scales", "zeros", "out_idx", "out_val"):
+                new[name][:, :groups] = arr[:, :groups]
+            else:
+                new[name][...] = arr
+        self.arrays = new
+        self.capacity = capacity
+        self._rebuild()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values() if a is not None)
+
+    def set_mean(self, first_tokens: np.ndarray):
+        """Fix the smoothing vector from fp16 tokens [B, H, n, D] (mean over n, in float64)."""
+        m = first_tokens.astype(np.float64).mean(axis=2).astype(np.float32)
+        self.arrays["mean"][...] = m.reshape(self.rows, self.head_dim)
+
+    def append(self, x: np.ndarray, length: int):
+        """Quantize x [B, H, n, D] as tokens [length, length + n)."""
+        T, n = self.T, x.shape[2]
+        r = length % T
+        pos = 0
+        if r:
+            take = min(n, T - r)
+            grp = np.empty((self.batch, self.heads, r + take, self.head_dim), np.float16)
+            grp[:, :, :r] = self.arrays["stage"][:, :, :r]
+            grp[:, :, r:] = x[:, :, :take]
+            self.packed.quantize(grp, length - r)
+            if r + take < T:
+                self.arrays["stage"][:, :, r:r + take] = grp[:, :, r:]
+            pos = take
+        if pos < n:
+            rest = x[:, :, pos:]
+            self.packed.quantize(rest, length + pos)
+            tail = (length + n) % T
+            if tail:
+                self.arrays["stage"][:, :, :tail] = rest[:, :, rest.shape[2] - tail:]
+
+    def dequantize_into(self, out: np.ndarray, length: int):
+        self.packed.dequantize(out[:, :, :length], 0)
+
+
+class _Segment:
+    __slots__ = ("heads", "head_slice", "k", "v")
+
+    def __init__(self, heads, k, v):
+        self.heads = tuple(heads)
+        h0, h1 = self.heads[0], self.heads[-1] + 1
+        self.head_slice = slice(h0, h1) if self.heads == tuple(range(h0, h1)) else None
+        self.k, self.v = k, v
+
+    def take(self, x):
+        return x[:, self.head_slice] if self.head_slice is not None else x[:, list(self.heads)]
+
+
+class QuantKVCache:
+    """A K/V cache stored in the formats a policy prescribes.
+
+    Args:
+        policy: anything :func:`sagecore.load_policy` accepts.
+        batch, kv_heads, head_dim: the cached tensors are ``[batch, kv_heads, n, head_dim]``.
+        capacity: tokens to allocate up front; the cache grows past it.
+        layer: model layer index, for per-layer policy overrides.
+
+    Raises:
+        InvalidArgumentError, PolicyError: bad sizes, or a policy whose formats
+            cannot store ``head_dim``.
+    """
+
+    def __init__(self, policy, *, batch: int, kv_heads: int, head_dim: int, capacity: int = 1024,
+                 layer: int = 0):
+        for name, val, lo in (("batch", batch, 1), ("kv_heads", kv_heads, 1), ("head_dim", head_dim, 16),
+                              ("capacity", capacity, 0), ("layer", layer, 0)):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+                raise InvalidArgumentError(name, f"expected an integer >= {lo}, got {val!r}")
+        self.policy: Policy = load_policy(policy)
+        self.policy.check_head_dim(int(head_dim))
+        self.batch, self.kv_heads, self.head_dim = int(batch), int(kv_heads), int(head_dim)
+        self.layer = int(layer)
+        self._lock = threading.RLock()
+        self._len = 0
+        pairs = self.policy.head_formats(self.layer, self.kv_heads)
+        groups: dict = {}
+        for h, pair in enumerate(pairs):
+            groups.setdefault(pair, []).append(h)
+        self._unit = 1
+        for kf, vf in groups:
+            for f in (kf, vf):
+                if f.is_quantized:
+                    self._unit = _lcm(self._unit, f.token_group)
+        smooths = any(f.smooth for pair in groups for f in pair)
+        warm = max(self.policy.min_kv_len, self.policy.smooth_window if smooths else 0)
+        self.warmup = _round_up(warm, self._unit) if warm else 0
+        cap = _round_up(max(int(capacity), self.warmup, self._unit), self._unit)
+        self._segments = [
+            _Segment(heads, TensorStore(kf, self.batch, len(heads), self.head_dim, cap),
+                     TensorStore(vf, self.batch, len(heads), self.head_dim, cap))
+            for (kf, vf), heads in groups.items()
+        ]
+        self._capacity = cap
+        shape = (self.batch, self.kv_heads, self.warmup, self.head_dim)
+        self._fp16 = (np.zeros(shape, np.float16), np.zeros(shape, np.float16)) if self.warmup else None
+
+    # ---------------------------------------------------------- properties
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self):
+        return (f"QuantKVCache(policy={self.policy.name!r}, batch={self.batch}, kv_heads={self.kv_heads}, "
+                f"head_dim={self.head_dim}, len={self._len}, capacity={self._capacity}, "
+                f"phase={'fp16' if self.in_fp16_phase else 'quantized'})")
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def in_fp16_phase(self) -> bool:
+        """True while the cache is shorter than :attr:`warmup` and holds plain fp16."""
+        return self._fp16 is not None
+
+    @property
+    def formats(self) -> list:
+        """``[(heads, k_format, v_format)]`` per segment."""
+        return [(s.heads, s.k.fmt, s.v.fmt) for s in self._segments]
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of every buffer the cache holds (codes, scales, minimums,
+        outlier tables, smoothing vectors, staging and fp16-phase buffers)."""
+        n = sum(s.k.nbytes + s.v.nbytes for s in self._segments)
+        if self._fp16 is not None:
+            n += self._fp16[0].nbytes + self._fp16[1].nbytes
+        return n
+
+    def bits_per_element(self) -> float:
+        """Average stored bits per K/V element in the steady state (side tables included)."""
+        tot = 0.0
+        for s in self._segments:
+            tot += len(s.heads) * (s.k.fmt.bits_per_element(self.head_dim) + s.v.fmt.bits_per_element(self.head_dim))
+        return tot / (2 * self.kv_heads)
+
+    # -------------------------------------------------------------- append
+    def append(self, k, v, *, layout: str = "BHND") -> None:
+        """Append ``n`` tokens. ``k``, ``v``: ``[batch, kv_heads, n, head_dim]`` (or BNHD),
+        float16 or float32, numpy or DLPack. All-or-nothing: on any error the
+        cache is unchanged.
+
+        Raises:
+            ArgumentTypeError: wrong dtype or type.
+            InvalidArgumentError: wrong rank, batch, head count, head_dim, or
+                mismatched k/v token counts.
+            NonFiniteError: NaN, infinity, or a value outside the float16 range.
+        """
+        k = as_kv_input(k, "k", layout)
+        v = as_kv_input(v, "v", layout)
+        want = (self.batch, self.kv_heads)
+        for name, x in (("k", k), ("v", v)):
+            if x.shape[:2] != want:
+                raise InvalidArgumentError(name, f"expected batch {self.batch} and {self.kv_heads} kv heads "
+                                                 f"([batch, kv_heads, n, head_dim] in BHND), got shape {x.shape}")
+            if x.shape[3] != self.head_dim:
+                raise InvalidArgumentError(name, f"expected head_dim {self.head_dim}, got {x.shape[3]}")
+        if k.shape[2] != v.shape[2]:
+            raise InvalidArgumentError("v", f"has {v.shape[2]} tokens but k has {k.shape[2]}")
+        _cpu.check_values(k, "k")
+        _cpu.check_values(v, "v")
+        n = k.shape[2]
+        if n == 0:
+            return
+        with self._lock:
+            self._append_checked(k, v)
+
+    def _append_checked(self, k, v):
+        n = k.shape[2]
+        L = self._len
+        if self._fp16 is not None:
+            take = min(n, self.warmup - L)
+            self._fp16[0][:, :, L:L + take] = k[:, :, :take]
+            self._fp16[1][:, :, L:L + take] = v[:, :, :take]
+            L += take
+            if L == self.warmup:
+                self._leave_fp16_phase()
+            self._len = L
+            if take == n:
+                return
+            k, v = k[:, :, take:], v[:, :, take:]
+            n -= take
+        need = L + n
+        if need > self._capacity:
+            self._grow(max(2 * self._capacity, _round_up(need, self._unit)))
+        for s in self._segments:
+            s.k.append(s.take(k), L)
+            s.v.append(s.take(v), L)
+        self._len = need
+
+    def _leave_fp16_phase(self):
+        fk, fv = self._fp16
+        W = self.warmup
+        sw = min(self.policy.smooth_window, W)
+        for s in self._segments:
+            for store, buf in ((s.k, fk), (s.v, fv)):
+                part = s.take(buf)
+                if store.fmt.smooth:
+                    store.set_mean(part[:, :, :sw])
+                store.append(part, 0)
+        self._fp16 = None
+
+    def _grow(self, capacity):
+        for s in self._segments:
+            s.k.grow(capacity, self._len)
+            s.v.grow(capacity, self._len)
+        self._capacity = capacity
+
+    # ---------------------------------------------------------- read back
+    def dequantize(self, dtype=np.float32):
+        """``(k, v)`` as ``[batch, kv_heads, len, head_dim]`` arrays of ``dtype``
+        (float32 or float16): what attention over this cache sees."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float16, np.float32):
+            raise InvalidArgumentError("dtype", f"expected float16 or float32, got {dtype}")
+        with self._lock:
+            L = self._len
+            if self._fp16 is not None:
+                return self._fp16[0][:, :, :L].astype(dtype), self._fp16[1][:, :, :L].astype(dtype)
+            shape = (self.batch, self.kv_heads, L, self.head_dim)
+            ko, vo = np.empty(shape, dtype), np.empty(shape, dtype)
+            for s in self._segments:
+                for store, out in ((s.k, ko), (s.v, vo)):
+                    if s.head_slice is not None:
+                        store.dequantize_into(out[:, s.head_slice], L)
+                    else:
+                        tmp = np.empty((self.batch, len(s.heads), L, self.head_dim), dtype)
+                        store.dequantize_into(tmp, L)
+                        out[:, list(s.heads)] = tmp
+            return ko, vo
+
+    # ----------------------------------------------------------- save/load
+    def _state(self):
+        """Ordered (name, array) pairs that fully describe the content."""
+        items = []
+        if self._fp16 is not None:
+            items += [("fp16.k", self._fp16[0]), ("fp16.v", self._fp16[1])]
+        for i, s in enumerate(self._segments):
+            for t, store in (("k", s.k), ("v", s.v)):
+                for name, arr in store.arrays.items():
+                    if arr is not None:
+                        items.append((f"seg{i}.{t}.{name}", arr))
+        return items
+
+    def save(self, path) -> None:
+        """Write the cache to ``path``. The file starts with the K and V format
+        descriptor headers of the first segment, then a checksummed JSON header,
+        then the raw buffers and a CRC-32 of them. Written to a temporary file and
+        renamed, so a crash never leaves a half-written cache under ``path``."""
+        with self._lock:
+            seg0 = self._segments[0]
+            state = self._state()
+            meta = {
+                "batch": self.batch, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
+                "layer": self.layer, "len": self._len, "capacity": self._capacity,
+                "policy": self.policy.to_dict(),
+                "segments": [{"heads": list(s.heads), "k": s.k.fmt.to_bytes().hex(),
+                              "v": s.v.fmt.to_bytes().hex()} for s in self._segments],
+                "arrays": [[name, str(a.dtype), list(a.shape)] for name, a in state],
+            }
+            blob = json.dumps(meta, sort_keys=True).encode()
+            path = os.fspath(path)
+            tmp = f"{path}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(seg0.k.fmt.to_bytes())
+                    f.write(seg0.v.fmt.to_bytes())
+                    f.write(_FILE_HEAD.pack(_FILE_MAGIC, _FILE_VERSION, 0, len(blob), crc32(blob)))
+                    f.write(blob)
+                    crc = 0
+                    for _, a in state:
+                        mv = memoryview(np.ascontiguousarray(a)).cast("B")
+                        crc = crc32(mv, crc)
+                        f.write(mv)
+                    f.write(struct.pack("<I", crc))
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path) -> "QuantKVCache":
+        """Read a cache written by :meth:`save`.
+
+        Raises:
+            CorruptFileError: truncated, corrupted, or not a sagecore cache.
+            FormatVersionError: written by a newer sagecore.
+        """
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            head = f.read(2 * HEADER_SIZE + _FILE_HEAD.size)
+            if len(head) < 2 * HEADER_SIZE + _FILE_HEAD.size:
+                raise CorruptFileError(f"{path}: truncated header ({len(head)} bytes)")
+            try:
+                kf = KVFormat.from_bytes(head[:HEADER_SIZE])
+                vf = KVFormat.from_bytes(head[HEADER_SIZE:2 * HEADER_SIZE])
+            except FormatError as e:
+                if type(e).__name__ == "FormatVersionError":
+                    raise
+                raise CorruptFileError(f"{path}: {e}") from None
+            magic, version, _, jlen, jcrc = _FILE_HEAD.unpack_from(head, 2 * HEADER_SIZE)
+            if magic != _FILE_MAGIC:
+                raise CorruptFileError(f"{path}: not a sagecore cache file (magic {magic!r})")
+            if version > _FILE_VERSION:
+                from sagecore.errors import FormatVersionError
+                raise FormatVersionError(f"{path}: cache file version {version} is newer than this "
+                                         f"sagecore reads ({_FILE_VERSION})")
+            if jlen > 1 << 26:
+                raise CorruptFileError(f"{path}: implausible header length {jlen}")
+            blob = f.read(jlen)
+            if len(blob) != jlen or crc32(blob) != jcrc:
+                raise CorruptFileError(f"{path}: header is truncated or corrupted")
+            try:
+                meta = json.loads(blob)
+                segs = meta["segments"]
+                if KVFormat.from_bytes(bytes.fromhex(segs[0]["k"])) != kf or \
+                        KVFormat.from_bytes(bytes.fromhex(segs[0]["v"])) != vf:
+                    raise CorruptFileError(f"{path}: descriptor headers disagree with the metadata")
+                arrays = []
+                for name, dt, shape in meta["arrays"]:
+                    arrays.append((name, np.empty(shape, dtype=np.dtype(dt))))
+            except CorruptFileError:
+                raise
+            except (ValueError, KeyError, TypeError, IndexError, FormatError) as e:
+                raise CorruptFileError(f"{path}: bad metadata ({e})") from None
+            crc = 0
+            for name, a in arrays:
+                mv = memoryview(a).cast("B")
+                got = f.readinto(mv)
+                if got != a.nbytes:
+                    raise CorruptFileError(f"{path}: truncated in buffer {name}")
+                crc = crc32(mv, crc)
+            tail = f.read(4)
+            if len(tail) != 4 or struct.unpack("<I", tail)[0] != crc:
+                raise CorruptFileError(f"{path}: payload checksum mismatch (truncated or corrupted)")
+            if f.read(1):
+                raise CorruptFileError(f"{path}: trailing bytes after the payload")
+        try:
+            return cls._from_state(meta, dict(arrays))
+        except (KeyError, ValueError, TypeError) as e:
+            raise CorruptFileError(f"{path}: inconsistent content ({e})") from None
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        pol = policy_from_dict(meta["policy"], source="<saved cache>")
+        self = cls.__new__(cls)
+        self.policy = pol
+        self.batch, self.kv_heads, self.head_dim = meta["batch"], meta["kv_heads"], meta["head_dim"]
+        self.layer = meta["layer"]
+        self._lock = threading.RLock()
+        self._len = meta["len"]
+        self._capacity = meta["capacity"]
+        ref = cls(pol, batch=self.batch, kv_heads=self.kv_heads, head_dim=self.head_dim, capacity=0,
+                  layer=self.layer)
+        self._unit, self.warmup = ref._unit, ref.warmup
+        if [list(h) for h, _, _ in ref.formats] != [s["heads"] for s in meta["segments"]]:
+            raise ValueError("segments do not match the policy")
+        self._fp16 = (arrays.pop("fp16.k"), arrays.pop("fp16.v")) if "fp16.k" in arrays else None
+        if (self._fp16 is None) != (self._len >= self.warmup) and self.warmup:
+            raise ValueError("fp16-phase buffers do not match the length")
+        self._segments = []
+        for i, (heads, kf, vf) in enumerate(ref.formats):
+            stores = []
+            for t, fmt in (("k", kf), ("v", vf)):
+                own = {name: arrays.pop(f"seg{i}.{t}.{name}", None)
+                       for name in ("data", "scales", "zeros", "out_idx", "out_val", "mean", "stage")}
+                st = TensorStore.__new__(TensorStore)
+                st.fmt = fmt
+                st.batch, st.heads, st.head_dim = self.batch, len(heads), self.head_dim
+                st.rows = self.batch * len(heads)
+                st.params = fmt.c_params(self.head_dim)
+                st.T = fmt.token_group if fmt.is_quantized else 1
+                st.G = fmt.resolved_channel_group(self.head_dim)
+                st.row_bytes = _cpu.row_bytes(st.params)
+                st.capacity = self._capacity
+                for name, spec in st._shapes(self._capacity).items():
+                    a = own[name]
+                    if (spec is None) != (a is None) or (a is not None and (a.shape != spec[0] or a.dtype != spec[1])):
+                        raise ValueError(f"buffer seg{i}.{t}.{name} has the wrong shape or dtype")
+                st.arrays = own
+                st._rebuild()
+                stores.append(st)
+            self._segments.append(_Segment(heads, stores[0], stores[1]))
+        if arrays:
+            raise ValueError(f"unexpected buffers {sorted(arrays)}")
+        if not 0 <= self._len <= self._capacity:
+            raise ValueError("length exceeds capacity")
+        return self

@@ -1,0 +1,71 @@
+"""Build script: one Cython extension (sagecore._cpu) over the portable C core.
+
+The core is compiled for the baseline ISA of the target (x86-64 or armv8-a);
+SIMD paths carry target attributes and are picked at run time (csrc/cpu.c),
+so the built wheel runs on any machine of its architecture. Never -march=native.
+OpenMP is used when the compiler supports it (gcc; clang with libomp).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CORE_SOURCES = [
+    "csrc/cpu.c",
+    "csrc/pack/pack.c",
+    "csrc/pack/pack_avx2.c",
+]
+
+BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing"]
+
+
+def _compiler_accepts(cc, flags, code="int main(void){return 0;}\n"):
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "t.c")
+        with open(src, "w") as f:
+            f.write(code)
+        try:
+            r = subprocess.run(cc + flags + [src, "-o", os.path.join(d, "t")],
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return r.returncode == 0
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        cc = list(self.compiler.compiler_so[:1]) if hasattr(self.compiler, "compiler_so") else ["cc"]
+        omp = os.environ.get("SAGECORE_OPENMP", "auto")
+        use_omp = False
+        if omp != "0" and sys.platform != "win32":
+            use_omp = _compiler_accepts(
+                cc, ["-fopenmp"], "#include <omp.h>\nint main(void){return omp_get_max_threads()>0?0:1;}\n")
+        for ext in self.extensions:
+            if use_omp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        if not use_omp:
+            print("sagecore: building without OpenMP (single-threaded kernels)", file=sys.stderr)
+        super().build_extensions()
+
+
+ext = Extension(
+    "sagecore._cpu",
+    sources=["sagecore/_cpu.pyx"] + CORE_SOURCES,
+    include_dirs=["csrc/include", "csrc", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=list(BASE_FLAGS),
+    extra_link_args=[],
+)
+
+setup(
+    ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True),
+    cmdclass={"build_ext": BuildExt},
+)
