@@ -97,6 +97,12 @@ typedef struct sc_row_kernels {
     /* store: dst = x + (mean ? mean : 0), as f32 or rounded to f16 */
     void (*store_f32)(const float *x, const float *mean, float *dst, int64_t n);
     void (*store_f16)(const float *x, const float *mean, uint16_t *dst, int64_t n);
+    /* Fused per-token symmetric quantization (token_group 1, no outliers, no
+     * rotation, G % 16 == 0): load, subtract mean, per-cell |x| max, fp16 or
+     * fp32 scale, codes. NULL where the ISA has no fused version. Returns 0,
+     * or -1 when a cell maximum is not finite. */
+    int (*quant_token)(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
+                       int is_int4, int scale_f32, uint8_t *dst, void *scales);
 } sc_row_kernels;
 
 extern const sc_row_kernels sc_row_kernels_portable;

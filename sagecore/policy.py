@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 
 from sagecore.errors import InvalidArgumentError, PolicyError
-from sagecore.formats import FP16, KVFormat
+from sagecore.formats import KVFormat
 
 __all__ = ["Policy", "load_policy", "builtin_policies", "POLICY_VERSION"]
 
@@ -318,16 +318,16 @@ def _read_file(path: str) -> dict:
 
 
 # ----------------------------------------------------------------- built-ins
-# Chosen by measurement (docs/accuracy.md, `python -m sagecore accuracy`).
+# Chosen by measurement: docs/accuracy.md (`python -m sagecore accuracy`).
 _BUILTINS = {
     "fp16": {"k": "fp16", "v": "fp16"},
-    # K: SageAttention-style smoothing + one scale per 32-key block, per channel
-    # group; V: per token, 32-channel groups (like q8_0).
-    "int8": {"k": "int8.t32.g32.s16+smooth", "v": "int8.t1.g32.s16"},
-    # 4-bit: rotated, smoothed K with KIVI-style per-channel scales over 32
-    # tokens; V per token in 32-channel groups with a minimum.
-    "int4": {"k": "int4.t32.g1.s16+smooth+rot", "v": "int4.t1.g32.s16+rot"},
-    "int8k-int4v": {"k": "int8.t32.g32.s16+smooth", "v": "int4.t1.g32.s16+rot"},
+    # K: smoothing + KIVI-style per-channel scales over 32-token blocks;
+    # V: per token in 32-channel groups (like q8_0). 8.5 bits per element.
+    "int8": {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g32.s16"},
+    # K: smoothing + per-channel scale and minimum over 64 tokens; V: rotated,
+    # per token in 32-channel groups. 4.5 bits per element.
+    "int4": {"k": "int4.t64.g1.s16+smooth+zp", "v": "int4.t1.g32.s16+rot"},
+    "int8k-int4v": {"k": "int8.t32.g1.s16+smooth", "v": "int4.t1.g32.s16+rot"},
     # llama.cpp's q8_0 scheme for both, a baseline for comparisons.
     "q8_0": {"k": "int8.t1.g32.s16", "v": "int8.t1.g32.s16"},
 }

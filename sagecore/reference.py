@@ -120,8 +120,10 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
 def quality(out, ref) -> dict:
     """Error metrics of ``out`` against ``ref`` (both cast to float64).
 
-    Returns ``cosine`` (over the whole tensor), ``min_cosine`` (worst query
-    row over the last axis), ``rel_l1`` = sum|o-r|/sum|r|, and ``rmse``.
+    Returns ``cosine`` (over the whole tensor, DESIGN section 7),
+    ``min_head_cosine`` (worst (batch, head) output of a BHND tensor taken as
+    one vector), ``min_cosine`` (worst single query row), ``rel_l1`` =
+    sum|o-r|/sum|r|, and ``rmse``.
     """
     o = np.asarray(out, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
@@ -134,8 +136,18 @@ def quality(out, ref) -> dict:
     rn = np.sqrt((rows_o ** 2).sum(-1) * (rows_r ** 2).sum(-1))
     live = rn > 0
     row_cos = (rows_o * rows_r).sum(-1)[live] / rn[live]
+    # per (batch, head): the output of one head as one vector (BHND input)
+    if o.ndim == 4:
+        ho = o.reshape(o.shape[0] * o.shape[1], -1)
+        hr = r.reshape(r.shape[0] * r.shape[1], -1)
+        hn = np.sqrt((ho ** 2).sum(-1) * (hr ** 2).sum(-1))
+        hl = hn > 0
+        head_cos = float(((ho * hr).sum(-1)[hl] / hn[hl]).min()) if hl.any() else 1.0
+    else:
+        head_cos = float("nan")
     l1 = float(np.abs(r).sum())
     return {
+        "min_head_cosine": head_cos,
         "cosine": num / den if den > 0 else 1.0,
         "min_cosine": float(row_cos.min()) if row_cos.size else 1.0,
         "rel_l1": float(np.abs(o - r).sum()) / l1 if l1 > 0 else float(np.abs(o).sum()),

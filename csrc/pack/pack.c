@@ -13,6 +13,7 @@
  * The same steps, reversed, dequantize. Steps 1, 3 and 5 are the row kernels
  * in sc_row_kernels, with ISA-specific versions (pack_avx2.c).
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "sc_internal.h"
@@ -73,7 +74,7 @@ static void store_f16_portable(const float *x, const float *mean, uint16_t *dst,
 
 const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
-    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable,
+    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL,
 };
 
 /* ================================================================ rotation */
@@ -405,6 +406,26 @@ sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *s
             if (!ok || failed) continue;
             const float *mean = f->smooth && f->encoding != SC_ENC_FP16 ? st->mean + row * D : NULL;
             const int rot = f->rotate;
+            if (c.k->quant_token && T == 1 && !f->zero_point && !f->outliers && !rot &&
+                f->encoding != SC_ENC_FP16 && c.G % 16 == 0) {
+                /* fused per-token path: same arithmetic as encode_group */
+                const int64_t ncell = c.ncell;
+                for (int64_t t = 0; t < n; t++) {
+                    const void *p = tensor_row(src, row, t);
+                    uint8_t *dst = (uint8_t *)st->data + (row * st->capacity + t0 + t) * c.rb;
+                    char *sc = (char *)st->scales + (size_t)((row * st->capacity + t0 + t) * ncell) *
+                               (f->scale_dtype == SC_DTYPE_F16 ? 2 : 4);
+                    if (c.k->quant_token(p, src->dtype == SC_DTYPE_F16, mean, D, c.G,
+                                         f->encoding == SC_ENC_INT4, f->scale_dtype == SC_DTYPE_F32, dst, sc)) {
+#pragma omp critical
+                        { if (!failed) { snprintf(msg, sizeof msg, "row %lld token %lld holds a value that is "
+                                                  "not finite or outside the float16 range",
+                                                  (long long)row, (long long)(t0 + t)); failed = 1; } }
+                        break;
+                    }
+                }
+                continue;
+            }
             for (int64_t gi = 0; gi < ngroups; gi++) {
                 int64_t tok = gi * T, nt = n - tok < T ? n - tok : T;
                 int64_t g = (t0 + tok) / T;

@@ -128,9 +128,118 @@ SC_AVX2 static void store_f16_avx2(const float *x, const float *mean, uint16_t *
     for (; i < n; i++) dst[i] = sc_f2h(mean ? x[i] + mean[i] : x[i]);
 }
 
+SC_AVX2 static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+/* 16 codes (int32 in two vectors, already clamped) -> 16 int8 */
+SC_AVX2 static inline __m128i pack16_i8(__m256i a, __m256i b) {
+    __m256i w = _mm256_packs_epi32(a, b);            /* a0-3 b0-3 | a4-7 b4-7 (int16) */
+    __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+    __m128i bytes = _mm_packs_epi16(lo, hi);         /* a0-3 b0-3 a4-7 b4-7 */
+    return _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
+}
+
+/* Scales for n cell maxima, vectorised: s = ceil_fp16(a / qmax) (or a / qmax
+ * in fp32), inv = 1 / s (0 where s == 0). Same rounding as sc_f2h_ceil. */
+SC_AVX2 static void cell_scales(const float *amax, int64_t n, float qmax, int scale_f32, void *scales,
+                                float *inv) {
+    const __m256 vq = _mm256_set1_ps(qmax), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 want = _mm256_div_ps(_mm256_loadu_ps(amax + i), vq), sv;
+        if (scale_f32) {
+            sv = want;
+            _mm256_storeu_ps((float *)scales + i, sv);
+        } else {
+            __m128i h = _mm256_cvtps_ph(want, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 back = _mm256_cvtph_ps(h);
+            /* +1 ulp where rounding went down (values are >= 0) */
+            __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(back, want, _CMP_LT_OQ));
+            __m128i bump = _mm_packs_epi32(_mm256_castsi256_si128(lt), _mm256_extracti128_si256(lt, 1));
+            h = _mm_sub_epi16(h, bump);
+            _mm_storeu_si128((__m128i *)((uint16_t *)scales + i), h);
+            sv = _mm256_cvtph_ps(h);
+        }
+        __m256 r = _mm256_div_ps(one, sv);
+        _mm256_storeu_ps(inv + i, _mm256_and_ps(r, _mm256_cmp_ps(sv, zero, _CMP_GT_OQ)));
+    }
+    for (; i < n; i++) {
+        float s;
+        if (scale_f32) {
+            s = amax[i] / qmax;
+            ((float *)scales)[i] = s;
+        } else {
+            uint16_t h = sc_f2h_ceil(amax[i] / qmax);
+            ((uint16_t *)scales)[i] = h;
+            s = sc_h2f(h);
+        }
+        inv[i] = s > 0.0f ? 1.0f / s : 0.0f;
+    }
+}
+
+SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
+                                    int is_int4, int scale_f32, uint8_t *dst, void *scales) {
+    float x[512] __attribute__((aligned(32)));
+    float amax[64] __attribute__((aligned(32))), inv[64] __attribute__((aligned(32)));
+    uint16_t sh[64];
+    float sf[64];
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < D; i += 8) {
+        __m256 v;
+        if (src_f16) v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i)));
+        else v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps((const float *)src + i),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (mean) v = _mm256_sub_ps(v, _mm256_loadu_ps(mean + i));
+        _mm256_store_ps(x + i, v);
+    }
+    const int64_t ncell = D / G;
+    float worst = 0.0f;
+    for (int64_t c = 0; c < ncell; c++) {
+        __m256 am = _mm256_setzero_ps();
+        for (int64_t j = 0; j < G; j += 8) am = _mm256_max_ps(am, _mm256_andnot_ps(sign, _mm256_load_ps(x + c * G + j)));
+        amax[c] = hmax8(am);
+        worst = amax[c] > worst ? amax[c] : worst;
+    }
+    if (!(worst <= SC_FP16_MAX)) return -1;
+    const int32_t qmax = is_int4 ? 7 : 127;
+    /* pad to whole vectors so the scale math never takes the scalar tail */
+    const int64_t nv = (ncell + 7) & ~(int64_t)7;
+    for (int64_t c = ncell; c < nv; c++) amax[c] = 0.0f;
+    cell_scales(amax, nv, (float)qmax, scale_f32, scale_f32 ? (void *)sf : (void *)sh, inv);
+    if (scale_f32) memcpy(scales, sf, (size_t)ncell * 4);
+    else memcpy(scales, sh, (size_t)ncell * 2);
+    const __m256 vlo = _mm256_set1_ps((float)-qmax), vhi = _mm256_set1_ps((float)qmax);
+    for (int64_t c = 0; c < ncell; c++) {
+        const __m256 vinv = _mm256_set1_ps(inv[c]);
+        for (int64_t j = c * G; j < (c + 1) * G; j += 16) {
+            __m256 v0 = _mm256_round_ps(_mm256_mul_ps(_mm256_load_ps(x + j), vinv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 v1 = _mm256_round_ps(_mm256_mul_ps(_mm256_load_ps(x + j + 8), vinv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256i q0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v0, vlo), vhi));
+            __m256i q1 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v1, vlo), vhi));
+            __m128i b = pack16_i8(q0, q1);
+            if (!is_int4) {
+                _mm_storeu_si128((__m128i *)(dst + j), b);
+            } else {
+                /* codes + 8 in [1, 15]; byte i = c[2i] | c[2i+1] << 4 */
+                __m128i u = _mm_add_epi8(b, _mm_set1_epi8(8));
+                __m128i t = _mm_or_si128(_mm_and_si128(u, _mm_set1_epi16(0x000F)),
+                                         _mm_and_si128(_mm_srli_epi16(u, 4), _mm_set1_epi16(0x00F0)));
+                _mm_storel_epi64((__m128i *)(dst + j / 2), _mm_packus_epi16(t, t));
+            }
+        }
+    }
+    return 0;
+}
+
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
-    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2,
+    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2,
 };
 
 #endif /* SC_X86 */

@@ -1,0 +1,5 @@
+import sys
+
+from sagecore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""Command line: ``python -m sagecore {info,demo,accuracy}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _info(args) -> int:
+    import sagecore
+    from sagecore import _cpu, backends
+    from sagecore.policy import builtin_policies
+
+    cpu = _cpu.cpu_info()
+    print(f"sagecore {sagecore.__version__}")
+    print(f"python   {sys.version.split()[0]} on {sys.platform}")
+    print(f"cpu      features: {cpu['features'] or '(none detected)'}")
+    print(f"         isa: best {cpu['best_isa']}, active {cpu['active_isa']} "
+          f"(usable: {', '.join(_cpu.supported_isas())}; force with SAGECORE_ISA)")
+    print(f"         threads: {cpu['threads']}")
+    print("backends")
+    for name in backends.BACKENDS:
+        caps = backends.capabilities(name)
+        state = "available" if caps.available else f"unavailable: {caps.unavailable_reason}"
+        print(f"  {name:10s} {state}")
+    print("encodings fp16, int8, int4 (options: smooth, rotate, outliers, zero_point)")
+    print("built-in policies")
+    for name, pol in builtin_policies().items():
+        bits = (pol.k.bits_per_element(128) + pol.v.bits_per_element(128)) / 2
+        print(f"  {name:12s} k={pol.k.format_id:28s} v={pol.v.format_id:22s} {bits:5.2f} bits/elem @d128")
+    return 0
+
+
+def _demo(args) -> int:
+    import numpy as np
+
+    from sagecore import workloads
+    from sagecore.cache import QuantKVCache
+    from sagecore.policy import builtin_policies
+    from sagecore.reference import quality, sdpa_reference
+
+    B, Hq, Hkv, D, N = 1, 32, 8, 128, args.tokens
+    print(f"LLM-like KV cache: batch {B}, {Hq} query / {Hkv} kv heads, head_dim {D}, {N} tokens")
+    print("  (K with large-offset channels, RoPE-rotated Q/K, an attention-sink token)")
+    q, k, v = workloads.llm_like(batch=B, q_heads=Hq, kv_heads=Hkv, q_len=1, kv_len=N, head_dim=D,
+                                 seed=args.seed)
+    ref = sdpa_reference(q, k, v, is_causal=True)
+    fp16_bytes = 2 * k.size * 2
+    print("  attention path: reference SDPA over cache.dequantize() -- the CPU attention kernels\n"
+          "  are not built yet, so this shows storage accuracy, not kernel speed.")
+    print(f"\n{'policy':12s} {'memory':>10s} {'vs fp16':>8s} {'bits':>6s} {'cosine':>10s} "
+          f"{'min head':>10s} {'rel L1':>8s} {'append':>9s} {'attend':>9s}")
+    for name, pol in builtin_policies().items():
+        cache = QuantKVCache(pol, batch=B, kv_heads=Hkv, head_dim=D, capacity=N)
+        t0 = time.perf_counter()
+        # prefill in chunks, then a few decode steps, like a serving loop
+        step = 512
+        for s in range(0, N - 4, step):
+            e = min(s + step, N - 4)
+            cache.append(k[:, :, s:e], v[:, :, s:e])
+        for s in range(N - 4, N):
+            cache.append(k[:, :, s:s + 1], v[:, :, s:s + 1])
+        t_append = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kd, vd = cache.dequantize()
+        out = sdpa_reference(q, kd, vd, is_causal=True, dtype=np.float32)
+        t_attend = time.perf_counter() - t0
+        m = quality(out, ref)
+        print(f"{name:12s} {cache.nbytes / 2**20:8.2f}MB {cache.nbytes / fp16_bytes:7.3f}x "
+              f"{cache.bits_per_element():6.2f} {m['cosine']:10.6f} {m['min_head_cosine']:10.6f} "
+              f"{m['rel_l1']:8.4f} {t_append * 1e3:7.1f}ms {t_attend * 1e3:7.1f}ms")
+    print("\nmemory = every buffer the cache holds (codes, scales, side tables, staging);"
+          " cosine/rel L1 against float64 attention over the original K/V.")
+    return 0
+
+
+def _accuracy(args) -> int:
+    from sagecore import accuracy
+    from sagecore.errors import UnsupportedError
+    from sagecore.policy import builtin_policies
+
+    names = args.policy or list(builtin_policies())
+    try:
+        sets = accuracy.datasets(tuple(args.data))
+    except UnsupportedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'policy':12s} {'data':5s} {'bits':>5s} {'cosine':>9s} {'min head':>9s} {'min row':>9s} "
+          f"{'rel L1':>7s} {'target':>18s}")
+    ok = True
+    for name in names:
+        for dname, cases in sets.items():
+            m = accuracy.evaluate(name, cases)
+            tgt = accuracy.TARGETS.get((name, dname))
+            verdict = ""
+            if tgt:
+                good = m["cosine"] >= tgt[0] and (tgt[1] is None or m["rel_l1"] <= tgt[1])
+                ok &= good
+                verdict = f"{'ok' if good else 'MISS'} cos>={tgt[0]}" + (f" L1<={tgt[1]}" if tgt[1] else "")
+            print(f"{name:12s} {dname:5s} {m['bits_per_element']:5.2f} {m['cosine']:9.6f} "
+                  f"{m['min_head_cosine']:9.6f} {m['min_cosine']:9.6f} {m['rel_l1']:7.4f} {verdict:>18s}")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sagecore", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="version, CPU features, backends, formats and policies")
+    d = sub.add_parser("demo", help="build a realistic KV cache per built-in policy: memory, accuracy, time")
+    d.add_argument("--tokens", type=int, default=4096)
+    d.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("accuracy", help="accuracy of built-in policies on LLM-like and real activations")
+    a.add_argument("--policy", action="append", help="policy name or file (repeatable); default: built-ins")
+    a.add_argument("--data", nargs="+", default=["llm", "real"], choices=["llm", "real"])
+    args = p.parse_args(argv)
+    return {"info": _info, "demo": _demo, "accuracy": _accuracy}[args.cmd](args)
