@@ -361,6 +361,28 @@ class QuantKVCache:
                         items.append((f"seg{i}.{t}.{name}", arr))
         return items
 
+    def _content(self):
+        """(name, array) pairs of the stored content only (the first len tokens,
+        capacity slack and stale staging excluded): equal for equal content."""
+        L = self._len
+        out = []
+        if self._fp16 is not None:
+            return [("fp16.k", self._fp16[0][:, :, :L]), ("fp16.v", self._fp16[1][:, :, :L])]
+        for i, s in enumerate(self._segments):
+            for t, store in (("k", s.k), ("v", s.v)):
+                g = _round_up(L, store.T) // store.T
+                for name, arr in store.arrays.items():
+                    if arr is None:
+                        continue
+                    if name == "data":
+                        arr = arr[:, :L]
+                    elif name in ("scales", "zeros", "out_idx", "out_val"):
+                        arr = arr[:, :g]
+                    elif name == "stage":
+                        arr = arr[:, :, :L % store.T]
+                    out.append((f"seg{i}.{t}.{name}", arr))
+        return out
+
     def save(self, path) -> None:
         """Write the cache to ``path``. The file starts with the K and V format
         descriptor headers of the first segment, then a checksummed JSON header,

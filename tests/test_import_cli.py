@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*code):
+    return subprocess.run([sys.executable, *code], capture_output=True, text=True, timeout=300)
+
+
+def test_import_is_lazy():
+    r = run("-c", "import sys, sagecore; print(json.dumps(sorted(m for m in sys.modules if m.startswith('sagecore'))))"
+            .replace("import sys,", "import sys, json,"))
+    assert r.returncode == 0, r.stderr
+    mods = json.loads(r.stdout)
+    assert "sagecore._cpu" not in mods and "sagecore.cache" not in mods
+    r = run("-c", "import sys, sagecore; print('numpy' in sys.modules)")
+    assert r.stdout.strip() == "False"
+
+
+def test_info():
+    r = run("-m", "sagecore", "info")
+    assert r.returncode == 0, r.stderr
+    assert "isa: best" in r.stdout and "int8" in r.stdout and "metal" in r.stdout
+
+
+def test_demo_small():
+    r = run("-m", "sagecore", "demo", "--tokens", "512")
+    assert r.returncode == 0, r.stderr
+    assert "int4" in r.stdout and "vs fp16" in r.stdout
+
+
+def test_bad_command():
+    r = run("-m", "sagecore", "frobnicate")
+    assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_isa_env_override(isa):
+    from sagecore import _cpu
+    if isa not in _cpu.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    r = subprocess.run([sys.executable, "-c", "from sagecore import _cpu; print(_cpu.cpu_info()['active_isa'])"],
+                       capture_output=True, text=True, env={**__import__("os").environ, "SAGECORE_ISA": isa})
+    assert r.stdout.strip() == isa
