@@ -149,6 +149,12 @@ class TensorStore:
             if tail:
                 self.arrays["stage"][:, :, :tail] = rest[:, :, rest.shape[2] - tail:]
 
+    def restore_open_group(self, length: int):
+        """Re-quantize the partial group at ``length`` from its staged fp16 values."""
+        r = length % self.T
+        if r:
+            self.packed.quantize(np.ascontiguousarray(self.arrays["stage"][:, :, :r]), length - r)
+
     def dequantize_into(self, out: np.ndarray, length: int):
         self.packed.dequantize(out[:, :, :length], 0)
 
@@ -302,9 +308,17 @@ class QuantKVCache:
         need = L + n
         if need > self._capacity:
             self._grow(max(2 * self._capacity, _round_up(need, self._unit)))
-        for s in self._segments:
-            s.k.append(s.take(k), L)
-            s.v.append(s.take(v), L)
+        try:
+            for s in self._segments:
+                s.k.append(s.take(k), L)
+                s.v.append(s.take(v), L)
+        except BaseException:
+            # Tokens past L are invisible, but an open group may have been
+            # re-quantized with the new tokens: restore it from its staging.
+            for s in self._segments:
+                s.k.restore_open_group(L)
+                s.v.restore_open_group(L)
+            raise
         self._len = need
 
     def _leave_fp16_phase(self):

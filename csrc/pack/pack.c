@@ -259,8 +259,9 @@ static sc_status encode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) 
         /* Inputs are finite fp16 values, but smoothing (up to 2x) and rotation
          * (up to sqrt(256)x) can take them past what an fp16 minimum holds. */
         if (!(hi <= 3.4e38f) || (f->zero_point && !(lo >= -3.4e38f)) ||
-            (f->zero_point && f->scale_dtype == SC_DTYPE_F16 &&
-             (lo < -SC_FP16_MAX || (hi - lo) / (float)span > SC_FP16_MAX)))
+            (f->scale_dtype == SC_DTYPE_F16 &&
+             (f->zero_point ? (lo < -SC_FP16_MAX || (hi - lo) / (float)span > SC_FP16_MAX)
+                            : hi / (float)span > SC_FP16_MAX)))
             return sc_fail(SC_ERR_NONFINITE, "row %lld token group %lld: after smoothing/rotation the value "
                            "range exceeds what fp16 scales and minimums represent (use scale_dtype fp32)",
                            (long long)row, (long long)g);
