@@ -72,7 +72,14 @@ class TensorStore:
         self.G = fmt.resolved_channel_group(head_dim)
         self.row_bytes = _cpu.row_bytes(self.params)
         self.capacity = capacity
-        self.arrays = arrays if arrays is not None else self._allocate(capacity)
+        if arrays is None:
+            arrays = self._allocate(capacity)
+        else:
+            for name, spec in self._shapes(capacity).items():
+                a = arrays.get(name)
+                if (spec is None) != (a is None) or (a is not None and (a.shape != spec[0] or a.dtype != spec[1])):
+                    raise ValueError(f"buffer {name!r} has the wrong shape or dtype for {fmt.format_id}")
+        self.arrays = arrays
         self._rebuild()
 
     def _shapes(self, capacity):
@@ -363,18 +370,6 @@ class QuantKVCache:
             return ko, vo
 
     # ----------------------------------------------------------- save/load
-    def _state(self):
-        """Ordered (name, array) pairs that fully describe the content."""
-        items = []
-        if self._fp16 is not None:
-            items += [("fp16.k", self._fp16[0]), ("fp16.v", self._fp16[1])]
-        for i, s in enumerate(self._segments):
-            for t, store in (("k", s.k), ("v", s.v)):
-                for name, arr in store.arrays.items():
-                    if arr is not None:
-                        items.append((f"seg{i}.{t}.{name}", arr))
-        return items
-
     def _content(self):
         """(name, array) pairs of the stored content only (the first len tokens,
         capacity slack and stale staging excluded): equal for equal content."""
@@ -400,14 +395,15 @@ class QuantKVCache:
     def save(self, path) -> None:
         """Write the cache to ``path``. The file starts with the K and V format
         descriptor headers of the first segment, then a checksummed JSON header,
-        then the raw buffers and a CRC-32 of them. Written to a temporary file and
+        then the stored content (the first ``len`` tokens, no capacity slack) and
+        a CRC-32 of it. Written to a temporary file and
         renamed, so a crash never leaves a half-written cache under ``path``."""
         with self._lock:
             seg0 = self._segments[0]
-            state = self._state()
+            state = self._content()
             meta = {
                 "batch": self.batch, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "layer": self.layer, "len": self._len, "capacity": self._capacity,
+                "layer": self.layer, "len": self._len,
                 "policy": self.policy.to_dict(),
                 "segments": [{"heads": list(s.heads), "k": s.k.fmt.to_bytes().hex(),
                               "v": s.v.fmt.to_bytes().hex()} for s in self._segments],
@@ -424,6 +420,8 @@ class QuantKVCache:
                     f.write(blob)
                     crc = 0
                     for _, a in state:
+                        if a.size == 0:
+                            continue
                         mv = memoryview(np.ascontiguousarray(a)).cast("B")
                         crc = crc32(mv, crc)
                         f.write(mv)
@@ -480,6 +478,8 @@ class QuantKVCache:
                 raise CorruptFileError(f"{path}: bad metadata ({e})") from None
             crc = 0
             for name, a in arrays:
+                if a.size == 0:
+                    continue
                 mv = memoryview(a).cast("B")
                 got = f.readinto(mv)
                 if got != a.nbytes:
@@ -497,47 +497,24 @@ class QuantKVCache:
 
     @classmethod
     def _from_state(cls, meta, arrays):
-        pol = policy_from_dict(meta["policy"], source="<saved cache>")
-        self = cls.__new__(cls)
-        self.policy = pol
-        self.batch, self.kv_heads, self.head_dim = meta["batch"], meta["kv_heads"], meta["head_dim"]
-        self.layer = meta["layer"]
-        self._lock = threading.RLock()
-        self._len = meta["len"]
-        self._capacity = meta["capacity"]
-        ref = cls(pol, batch=self.batch, kv_heads=self.kv_heads, head_dim=self.head_dim, capacity=0,
-                  layer=self.layer)
-        self._unit, self.warmup = ref._unit, ref.warmup
-        if [list(h) for h, _, _ in ref.formats] != [s["heads"] for s in meta["segments"]]:
+        """A fresh cache of the saved policy and shape, with the saved content
+        copied into the views its own ``_content()`` gives at the saved length."""
+        L = meta["len"]
+        if not isinstance(L, int) or L < 0:
+            raise ValueError("bad length")
+        self = cls(policy_from_dict(meta["policy"], source="<saved cache>"), batch=meta["batch"],
+                   kv_heads=meta["kv_heads"], head_dim=meta["head_dim"], capacity=max(L, 1), layer=meta["layer"])
+        if [list(h) for h, _, _ in self.formats] != [s["heads"] for s in meta["segments"]]:
             raise ValueError("segments do not match the policy")
-        self._fp16 = (arrays.pop("fp16.k"), arrays.pop("fp16.v")) if "fp16.k" in arrays else None
-        if (self._fp16 is None) != (self._len >= self.warmup) and self.warmup:
-            raise ValueError("fp16-phase buffers do not match the length")
-        self._segments = []
-        for i, (heads, kf, vf) in enumerate(ref.formats):
-            stores = []
-            for t, fmt in (("k", kf), ("v", vf)):
-                own = {name: arrays.pop(f"seg{i}.{t}.{name}", None)
-                       for name in ("data", "scales", "zeros", "out_idx", "out_val", "mean", "stage")}
-                st = TensorStore.__new__(TensorStore)
-                st.fmt = fmt
-                st.batch, st.heads, st.head_dim = self.batch, len(heads), self.head_dim
-                st.rows = self.batch * len(heads)
-                st.params = fmt.c_params(self.head_dim)
-                st.T = fmt.token_group if fmt.is_quantized else 1
-                st.G = fmt.resolved_channel_group(self.head_dim)
-                st.row_bytes = _cpu.row_bytes(st.params)
-                st.capacity = self._capacity
-                for name, spec in st._shapes(self._capacity).items():
-                    a = own[name]
-                    if (spec is None) != (a is None) or (a is not None and (a.shape != spec[0] or a.dtype != spec[1])):
-                        raise ValueError(f"buffer seg{i}.{t}.{name} has the wrong shape or dtype")
-                st.arrays = own
-                st._rebuild()
-                stores.append(st)
-            self._segments.append(_Segment(heads, stores[0], stores[1]))
-        if arrays:
-            raise ValueError(f"unexpected buffers {sorted(arrays)}")
-        if not 0 <= self._len <= self._capacity:
-            raise ValueError("length exceeds capacity")
+        self._len = L
+        if self._fp16 is not None and L >= self.warmup:
+            self._fp16 = None
+        views = self._content()
+        if [n for n, _ in views] != list(arrays):
+            raise ValueError(f"buffers {list(arrays)} do not match the expected {[n for n, _ in views]}")
+        for name, view in views:
+            a = arrays[name]
+            if a.shape != view.shape or a.dtype != view.dtype:
+                raise ValueError(f"buffer {name} has the wrong shape or dtype")
+            view[...] = a
         return self

@@ -45,7 +45,6 @@ __all__ = [
     "ENCODINGS",
     "HEADER_SIZE",
     "FP16",
-    "builtin_formats",
 ]
 
 #: Current descriptor version. Readers accept versions <= this one.
@@ -354,12 +353,3 @@ class KVFormat:
 #: The unquantized format.
 FP16 = KVFormat("fp16")
 
-
-def builtin_formats() -> dict:
-    """Named formats used by the built-in policies (name -> KVFormat)."""
-    from sagecore.policy import builtin_policies
-    out = {}
-    for name, pol in builtin_policies().items():
-        out[f"{name}.k"] = pol.k
-        out[f"{name}.v"] = pol.v
-    return out

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from sagecore._arrays import as_array
 from sagecore.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["sdpa_reference", "quality"]
 
 
 def _to_bhnd(x, name, layout):
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
-        except Exception as e:  # noqa: BLE001
-            raise ArgumentTypeError(name, f"expected a numpy array or a DLPack tensor ({e})") from None
+    x = as_array(x, name)
     if x.ndim != 4:
         raise InvalidArgumentError(name, f"expected a 4-d array in layout {layout}, got shape {x.shape}")
     if x.dtype.kind != "f":

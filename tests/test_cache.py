@@ -111,11 +111,14 @@ def test_per_head_overrides_make_segments(rng):
 
 def test_nbytes_is_exact(rng):
     c = make("int8", capacity=64)
-    expect = sum(a.nbytes for _, a in c._state())
+    def held(c):
+        n = sum(a.nbytes for s in c._segments for st in (s.k, s.v) for a in st.arrays.values() if a is not None)
+        return n + (sum(b.nbytes for b in c._fp16) if c._fp16 is not None else 0)
+    expect = held(c)
     assert c.nbytes == expect
     k, v = kv(rng, 1000)
     c.append(k, v)
-    assert c.nbytes == sum(a.nbytes for _, a in c._state())
+    assert c.nbytes == held(c)
     codes = 2 * 2 * 4 * c.capacity * 64
     assert codes < c.nbytes < 1.2 * codes
 
