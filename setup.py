@@ -21,6 +21,7 @@ CORE_SOURCES = [
     "csrc/cpu.c",
     "csrc/pack/pack.c",
     "csrc/pack/pack_avx2.c",
+    "csrc/pack/pack_avx512.c",
 ]
 
 BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing"]

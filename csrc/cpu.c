@@ -116,6 +116,9 @@ static void sc_detect(void) {
     sc_detect_arm64();
 #endif
     sc_active = sc_best;
+#if defined(SC_X86)
+    sc_row_kernels_avx512_init();
+#endif
     /* SAGECORE_ISA=portable|avx2|... caps the level for the whole process. */
     const char *env = getenv("SAGECORE_ISA");
     if (env && *env) {
@@ -163,7 +166,8 @@ const char *sc_isa_name(sc_isa isa) {
 const sc_row_kernels *sc_row_kernels_active(void) {
     sc_isa isa = sc_cpu_active_isa();
 #if defined(SC_X86)
-    if (isa >= SC_ISA_AVX2 && isa <= SC_ISA_AVX512_VNNI) return &sc_row_kernels_avx2;
+    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) return &sc_row_kernels_avx512;
+    if (isa == SC_ISA_AVX2) return &sc_row_kernels_avx2;
 #endif
     (void)isa;
     return &sc_row_kernels_portable;

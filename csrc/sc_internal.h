@@ -103,11 +103,28 @@ typedef struct sc_row_kernels {
      * or -1 when a cell maximum is not finite. */
     int (*quant_token)(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
                        int is_int4, int scale_f32, uint8_t *dst, void *scales);
+    /* Fused quantization of one token group of a channel_group-1 format (no
+     * outliers, no rotation), symmetric or zero-point: loads the nt rows into
+     * the scratch x [nt][D], writes nt code rows (row_bytes apart), D scales
+     * and D minimums. NULL where the ISA has no fused version. Returns 0, or
+     * -1 under the same range conditions as encode_group. */
+    /* quant_token over n tokens of one row (src_stride elements apart; codes
+     * row_bytes apart; scales contiguous); may process several tokens at once.
+     * Returns n, or the index of the first token whose range failed. NULL
+     * where the ISA has none (callers loop over quant_token). */
+    int64_t (*quant_tokens)(const void *src, int64_t src_stride, int64_t n, int src_f16, const float *mean,
+                            int64_t D, int64_t G, int is_int4, int scale_f32, uint8_t *dst, int64_t row_bytes,
+                            void *scales);
+    int (*quant_chan)(const void *const *rows, int src_f16, const float *mean, int64_t nt, int64_t D,
+                      int is_int4, int zp, int scale_f32, float *x, uint8_t *dst, int64_t row_bytes,
+                      void *scales, void *zeros);
 } sc_row_kernels;
 
 extern const sc_row_kernels sc_row_kernels_portable;
 #ifdef SC_X86
 extern const sc_row_kernels sc_row_kernels_avx2;
+extern sc_row_kernels sc_row_kernels_avx512; /* filled by sc_row_kernels_avx512_init() */
+void sc_row_kernels_avx512_init(void);
 #endif
 /* The table for the active ISA. */
 const sc_row_kernels *sc_row_kernels_active(void);

@@ -104,12 +104,15 @@ cdef class PackedStore:
     def capacity(self):
         return self.st.capacity
 
-    def quantize(self, cnp.ndarray src, int64_t t0):
-        """Quantize src [B, H, n, D] into tokens [t0, t0+n) (C: sc_quantize)."""
+    def quantize(self, cnp.ndarray src, int64_t t0, bint values_checked=False):
+        """Quantize src [B, H, n, D] into tokens [t0, t0+n) (C: sc_quantize_ex).
+
+        values_checked: src already passed check_values(), skip that read pass."""
         cdef sc_tensor t
+        cdef unsigned int flags = SC_QUANTIZE_VALUES_CHECKED if values_checked else 0
         fill_tensor(&t, src, "src")
         with nogil:
-            check(sc_quantize(&self.fmt, &self.st, &t, t0))
+            check(sc_quantize_ex(&self.fmt, &self.st, &t, t0, flags))
 
     def dequantize(self, cnp.ndarray dst, int64_t t0):
         """Dequantize tokens [t0, t0+n) into dst [B, H, n, D] (C: sc_dequantize)."""

@@ -1,5 +1,5 @@
 # Declarations of csrc/include/sagecore.h, C names verbatim. Nothing else.
-from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
 
 cdef extern from "sagecore.h" nogil:
     int SC_ABI_VERSION
@@ -68,6 +68,9 @@ cdef extern from "sagecore.h" nogil:
     int32_t sc_rotation_block(int32_t head_dim)
     void sc_rotate_f32(float *x, int64_t n, int64_t stride, int32_t d)
     sc_status sc_quantize(const sc_format *f, const sc_store *store, const sc_tensor *src, int64_t t0)
+    unsigned int SC_QUANTIZE_VALUES_CHECKED
+    sc_status sc_quantize_ex(const sc_format *f, const sc_store *store, const sc_tensor *src, int64_t t0,
+                             uint32_t flags)
     sc_status sc_dequantize(const sc_format *f, const sc_store *store, const sc_tensor *dst, int64_t t0)
     sc_status sc_check_values(const sc_tensor *t)
     sc_status sc_convert(const sc_tensor *src, const sc_tensor *dst)

@@ -34,7 +34,7 @@ import numpy as np
 
 from sagecore import _cpu
 from sagecore._arrays import as_kv_input
-from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError
+from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
 
@@ -136,7 +136,8 @@ class TensorStore:
         self.arrays["mean"][...] = m.reshape(self.rows, self.head_dim)
 
     def append(self, x: np.ndarray, length: int):
-        """Quantize x [B, H, n, D] as tokens [length, length + n)."""
+        """Quantize x [B, H, n, D] as tokens [length, length + n). Raises
+        NonFiniteError (store content past ``length`` unspecified) on bad values."""
         T, n = self.T, x.shape[2]
         r = length % T
         pos = 0
@@ -160,7 +161,7 @@ class TensorStore:
         """Re-quantize the partial group at ``length`` from its staged fp16 values."""
         r = length % self.T
         if r:
-            self.packed.quantize(np.ascontiguousarray(self.arrays["stage"][:, :, :r]), length - r)
+            self.packed.quantize(np.ascontiguousarray(self.arrays["stage"][:, :, :r]), length - r, True)
 
     def dequantize_into(self, out: np.ndarray, length: int):
         self.packed.dequantize(out[:, :, :length], 0)
@@ -289,15 +290,16 @@ class QuantKVCache:
                 raise InvalidArgumentError(name, f"expected head_dim {self.head_dim}, got {x.shape[3]}")
         if k.shape[2] != v.shape[2]:
             raise InvalidArgumentError("v", f"has {v.shape[2]} tokens but k has {k.shape[2]}")
-        _cpu.check_values(k, "k")
-        _cpu.check_values(v, "v")
-        n = k.shape[2]
-        if n == 0:
+        if k.shape[2] == 0:
             return
         with self._lock:
-            self._append_checked(k, v)
+            if self._fp16 is not None:
+                # fp16-phase tokens are copied, not quantized: validate up front
+                _cpu.check_values(k, "k")
+                _cpu.check_values(v, "v")
+            self._append_locked(k, v)
 
-    def _append_checked(self, k, v):
+    def _append_locked(self, k, v):
         n = k.shape[2]
         L = self._len
         if self._fp16 is not None:
@@ -316,15 +318,20 @@ class QuantKVCache:
         if need > self._capacity:
             self._grow(max(2 * self._capacity, _round_up(need, self._unit)))
         try:
+            # the quantizer validates values in the same pass as it reads them
             for s in self._segments:
                 s.k.append(s.take(k), L)
                 s.v.append(s.take(v), L)
-        except BaseException:
+        except BaseException as e:
             # Tokens past L are invisible, but an open group may have been
             # re-quantized with the new tokens: restore it from its staging.
             for s in self._segments:
                 s.k.restore_open_group(L)
                 s.v.restore_open_group(L)
+            if isinstance(e, NonFiniteError):
+                # name the argument and the element (error path only)
+                _cpu.check_values(k, "k")
+                _cpu.check_values(v, "v")
             raise
         self._len = need
 

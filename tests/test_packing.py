@@ -12,7 +12,7 @@ from sagecore.formats import KVFormat
 FORMATS = ["int8.t1.g32.s16", "int8.t1.g16.s32", "int8.t32.g1.s16+smooth", "int8.t64.gD.s16+smooth",
            "int8.t8.g16.s16+zp", "int8.t4.g16.s16+out3", "int4.t1.g32.s16", "int4.t64.g1.s16+zp+smooth",
            "int4.t1.g16.s16+out2", "int4.t16.gD.s32+zp+out1", "int8.t1.g32.s16+rot",
-           "int4.t1.g32.s16+rot", "int8.t32.g1.s16+smooth+rot"]
+           "int4.t1.g32.s16+rot", "int8.t32.g1.s16+smooth+rot", "int8.t16.g1.s32+zp", "int4.t1.g16.s16"]
 
 
 def pack(fid, x, mean=None):
@@ -70,9 +70,10 @@ def test_error_bound(fid, N, rng):
         assert np.all(err[om] <= np.abs(x32[om]) * 2 ** -10 + 1e-3)
 
 
-@pytest.mark.parametrize("fid", FORMATS)
-def test_isa_paths_match_portable_bitwise(fid, rng, isa):
-    x = (rng.standard_normal((1, 3, 70, 96)) * 4).astype(np.float32)
+@pytest.mark.parametrize("fid,D", [(f, d) for f in FORMATS for d in (64, 96, 128)
+                                   if d % KVFormat.parse(f).resolved_channel_group(d) == 0])
+def test_isa_paths_match_portable_bitwise(fid, D, rng, isa):
+    x = (rng.standard_normal((1, 3, 70, D)) * np.exp(rng.normal(0, 2, (1, 3, 70, 1)))).astype(np.float32)
     st, out = pack(fid, x)
     _cpu.set_isa("portable")
     st2, out2 = pack(fid, x)
@@ -90,6 +91,21 @@ def test_fp32_and_fp16_inputs_store_the_same_bytes(fid, rng):
     for name in ("data", "scales", "zeros", "out_idx", "out_val"):
         if a.arrays[name] is not None:
             assert np.array_equal(a.arrays[name], b.arrays[name])
+
+
+@pytest.mark.parametrize("fid", ["int8.t1.g32.s16", "int4.t1.g32.s16", "int8.t32.g1.s16+smooth",
+                                 "int4.t64.g1.s16+zp+smooth", "int8.t1.g16.s32", "int8.t4.g16.s16+out1"])
+@pytest.mark.parametrize("D", [64, 128, 96])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 70000.0])
+def test_nonfinite_found_by_every_path(fid, D, dtype, bad, isa):
+    """The fused kernels validate while loading; every path must name the element."""
+    if dtype == np.float16 and bad == 70000.0:
+        bad = np.inf  # not representable in fp16 anyway
+    x = np.ones((1, 2, 70, D), np.float32)
+    x[0, 1, 67, D - 3] = bad
+    with pytest.raises(NonFiniteError, match=rf"\[0, 1, 67, {D - 3}\]"):
+        pack(fid, x.astype(dtype))
 
 
 def test_nonfinite_rejected():

@@ -154,6 +154,13 @@ void sc_rotate_f32(float *x, int64_t n, int64_t stride, int32_t d);
 sc_status sc_quantize(const sc_format *f, const sc_store *store,
                       const sc_tensor *src, int64_t t0);
 
+/* sc_quantize with flags. SC_QUANTIZE_VALUES_CHECKED: the caller has already
+ * passed src through sc_check_values(), so the extra read pass is skipped
+ * (non-finite input is then undefined behaviour of the codes, never a crash). */
+#define SC_QUANTIZE_VALUES_CHECKED 1u
+sc_status sc_quantize_ex(const sc_format *f, const sc_store *store,
+                         const sc_tensor *src, int64_t t0, uint32_t flags);
+
 /* Dequantize tokens [t0, t0+dst->tokens) of every row into dst (f32 or f16). */
 sc_status sc_dequantize(const sc_format *f, const sc_store *store,
                         const sc_tensor *dst, int64_t t0);

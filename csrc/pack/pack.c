@@ -74,7 +74,7 @@ static void store_f16_portable(const float *x, const float *mean, uint16_t *dst,
 
 const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
-    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL,
+    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, NULL,
 };
 
 /* ================================================================ rotation */
@@ -150,6 +150,7 @@ typedef struct group_ctx {
     float *colmax, *colmin;    /* [D]  */
     float *inv, *m, *s;        /* [D]  */
     int8_t *codes;             /* [D]  */
+    const void **rows;         /* [T] source row pointers of a group */
 } group_ctx;
 
 static int ctx_init(group_ctx *c, const sc_format *f, const sc_store *st) {
@@ -180,15 +181,23 @@ static int ctx_init(group_ctx *c, const sc_format *f, const sc_store *st) {
     c->m = c->inv + c->D;
     c->s = c->m + c->D;
     c->codes = (int8_t *)(c->s + c->D);
+    c->rows = (const void **)malloc((size_t)c->T * sizeof(void *));
+    if (!c->rows) { free(c->x); return 0; }
     return 1;
 }
 
-static void ctx_free(group_ctx *c) { free(c->x); }
+static void ctx_free(group_ctx *c) { free(c->x); free((void *)c->rows); }
 
-static inline const void *tensor_row(const sc_tensor *t, int64_t row, int64_t tok) {
+/* Address of token `tok` of `row` (= b * heads + h). Hot loops call
+ * tensor_row0 once per row and step by token_bytes(). */
+static inline const char *tensor_row0(const sc_tensor *t, int64_t row) {
     int64_t b = row / t->heads, h = row % t->heads;
     size_t es = t->dtype == SC_DTYPE_F16 ? 2 : 4;
-    return (const char *)t->ptr + (size_t)(b * t->stride_b + h * t->stride_h + tok * t->stride_t) * es;
+    return (const char *)t->ptr + (size_t)(b * t->stride_b + h * t->stride_h) * es;
+}
+
+static inline int64_t token_bytes(const sc_tensor *t) {
+    return t->stride_t * (t->dtype == SC_DTYPE_F16 ? 2 : 4);
 }
 
 static inline float load_scale(const sc_format *f, const void *base, int64_t i) {
@@ -392,11 +401,24 @@ static sc_status check_store_args(const sc_format *f, const sc_store *st, const 
 
 /* ============================================================ entry points */
 sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *src, int64_t t0) {
+    return sc_quantize_ex(f, st, src, t0, 0);
+}
+
+sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor *src, int64_t t0,
+                         uint32_t flags) {
     sc_status s = check_store_args(f, st, src, t0, "src");
     if (s) return s;
-    if ((s = sc_check_values(src))) return s;
     const int64_t rows = st->rows, D = f->head_dim, n = src->tokens;
     const int64_t T = f->encoding == SC_ENC_FP16 ? 1 : f->token_group;
+    /* The fused kernels validate values while loading them; everything else
+     * needs the separate sc_check_values() pass. Same decision for all rows. */
+    const sc_row_kernels *rk = sc_row_kernels_active();
+    const int plain = f->encoding != SC_ENC_FP16 && !f->outliers && !f->rotate;
+    const int tok_path = plain && T == 1 && !f->zero_point && f->channel_group % 16 == 0 &&
+                         (rk->quant_token || rk->quant_tokens);
+    const int chan_path = plain && f->channel_group == 1 && rk->quant_chan && D % 16 == 0;
+    const int fused = tok_path || chan_path;
+    if (!fused && !(flags & SC_QUANTIZE_VALUES_CHECKED) && (s = sc_check_values(src))) return s;
     const int64_t ngroups = (n + T - 1) / T;
     if (n == 0) return SC_OK;
     volatile int failed = 0;
@@ -412,12 +434,29 @@ sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *s
             if (!ok || failed) continue;
             const float *mean = f->smooth && f->encoding != SC_ENC_FP16 ? st->mean + row * D : NULL;
             const int rot = f->rotate;
-            if (c.k->quant_token && T == 1 && !f->zero_point && !f->outliers && !rot &&
-                f->encoding != SC_ENC_FP16 && c.G % 16 == 0) {
+            const char *sbase = tensor_row0(src, row);
+            const int64_t stok = token_bytes(src);
+            const int use_chan = chan_path;
+            if (tok_path) {
                 /* fused per-token path: same arithmetic as encode_group */
                 const int64_t ncell = c.ncell;
+                if (c.k->quant_tokens) {
+                    const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
+                    int64_t done = c.k->quant_tokens(
+                        sbase, src->stride_t, n, src->dtype == SC_DTYPE_F16, mean, D, c.G,
+                        f->encoding == SC_ENC_INT4, f->scale_dtype == SC_DTYPE_F32,
+                        (uint8_t *)st->data + (row * st->capacity + t0) * c.rb, c.rb,
+                        (char *)st->scales + (size_t)((row * st->capacity + t0) * ncell) * sb);
+                    if (done < n) {
+#pragma omp critical
+                        { if (!failed) { snprintf(msg, sizeof msg, "row %lld token %lld holds a value that is "
+                                                  "not finite or outside the float16 range",
+                                                  (long long)row, (long long)(t0 + done)); failed = 1; } }
+                    }
+                    continue;
+                }
                 for (int64_t t = 0; t < n; t++) {
-                    const void *p = tensor_row(src, row, t);
+                    const void *p = sbase + t * stok;
                     uint8_t *dst = (uint8_t *)st->data + (row * st->capacity + t0 + t) * c.rb;
                     char *sc = (char *)st->scales + (size_t)((row * st->capacity + t0 + t) * ncell) *
                                (f->scale_dtype == SC_DTYPE_F16 ? 2 : 4);
@@ -435,8 +474,27 @@ sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *s
             for (int64_t gi = 0; gi < ngroups; gi++) {
                 int64_t tok = gi * T, nt = n - tok < T ? n - tok : T;
                 int64_t g = (t0 + tok) / T;
+                if (use_chan) {
+                    /* fused per-channel path: same arithmetic as load + encode_group */
+                    for (int64_t t = 0; t < nt; t++) c.rows[t] = sbase + (tok + t) * stok;
+                    const int64_t cell0 = (row * (st->capacity / T) + g) * c.ncell;
+                    const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
+                    if (c.k->quant_chan(c.rows, src->dtype == SC_DTYPE_F16, mean, nt, D,
+                                        f->encoding == SC_ENC_INT4, f->zero_point, f->scale_dtype == SC_DTYPE_F32,
+                                        c.x, (uint8_t *)st->data + (row * st->capacity + g * T) * c.rb, c.rb,
+                                        (char *)st->scales + cell0 * sb,
+                                        f->zero_point ? (char *)st->zeros + cell0 * sb : NULL)) {
+#pragma omp critical
+                        { if (!failed) { snprintf(msg, sizeof msg, "row %lld token group %lld: after smoothing/"
+                                                  "rotation the value range exceeds what fp16 scales and "
+                                                  "minimums represent (use scale_dtype fp32)",
+                                                  (long long)row, (long long)g); failed = 1; } }
+                        break;
+                    }
+                    continue;
+                }
                 for (int64_t t = 0; t < nt; t++) {
-                    const void *p = tensor_row(src, row, tok + t);
+                    const void *p = sbase + (tok + t) * stok;
                     if (src->dtype == SC_DTYPE_F16) c.k->load_f16((const uint16_t *)p, mean, c.x + t * D, D);
                     else c.k->load_f32((const float *)p, mean, c.x + t * D, D);
                 }
@@ -462,6 +520,8 @@ sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *s
         if (ok) ctx_free(&c);
     }
     if (failed == 2) return sc_fail(SC_ERR_NO_MEMORY, "%s", msg);
+    /* a fused kernel stopped: name the offending element if there is one */
+    if (failed && fused && (s = sc_check_values(src))) return s;
     if (failed) return sc_fail(SC_ERR_NONFINITE, "%s", msg);
     return SC_OK;
 }
@@ -485,6 +545,8 @@ sc_status sc_dequantize(const sc_format *f, const sc_store *st, const sc_tensor 
         for (int64_t row = 0; row < rows; row++) {
             if (!ok) continue;
             const float *mean = f->smooth && f->encoding != SC_ENC_FP16 ? st->mean + row * D : NULL;
+            char *dbase = (char *)tensor_row0(dst, row);
+            const int64_t dtok = token_bytes(dst);
             for (int64_t gi = 0; gi < ngroups; gi++) {
                 int64_t tok = gi * T, nt = n - tok < T ? n - tok : T;
                 int64_t g = (t0 + tok) / T;
@@ -497,7 +559,7 @@ sc_status sc_dequantize(const sc_format *f, const sc_store *st, const sc_tensor 
                     if (f->rotate) sc_rotate_f32(c.x, nt, D, (int32_t)D);
                 }
                 for (int64_t t = 0; t < nt; t++) {
-                    void *p = (void *)tensor_row(dst, row, tok + t);
+                    void *p = (void *)(dbase + (tok + t) * dtok);
                     if (dst->dtype == SC_DTYPE_F16) c.k->store_f16(c.x + t * D, mean, (uint16_t *)p, D);
                     else c.k->store_f32(c.x + t * D, mean, (float *)p, D);
                 }

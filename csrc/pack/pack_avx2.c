@@ -187,15 +187,19 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *m
     float amax[64] __attribute__((aligned(32))), inv[64] __attribute__((aligned(32)));
     uint16_t sh[64];
     float sf[64];
+    int bad = 0;
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < D; i += 8) {
         __m256 v;
         if (src_f16) v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i)));
         else v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps((const float *)src + i),
                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        /* validate in the same pass: NaN, inf, or beyond fp16 (fp32 input rounds to inf) */
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(SC_FP16_MAX), _CMP_NLE_UQ));
         if (mean) v = _mm256_sub_ps(v, _mm256_loadu_ps(mean + i));
         _mm256_store_ps(x + i, v);
     }
+    if (bad) return -1;
     const int64_t ncell = D / G;
     float worst = 0.0f;
     for (int64_t c = 0; c < ncell; c++) {
@@ -239,7 +243,7 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *m
 
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
-    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2,
+    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, NULL,
 };
 
 #endif /* SC_X86 */
