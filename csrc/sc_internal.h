@@ -78,6 +78,11 @@ static inline uint16_t sc_f2h_floor(float x) {
 }
 
 /* ================================================== kernel function table */
+/* Source modes of the fused kernels: fp32 or fp16 input, rounded to the fp16
+ * value space; or values already in the transformed (smoothed, rotated)
+ * domain as fp32, taken as they are. */
+enum { SC_SRC_F32 = 0, SC_SRC_F16 = 1, SC_SRC_RAW = 2 };
+
 /* Row primitives with per-ISA implementations. All must give bitwise the same
  * results as the portable ones (same operation order, no FMA contraction). */
 typedef struct sc_row_kernels {
@@ -98,10 +103,11 @@ typedef struct sc_row_kernels {
     void (*store_f32)(const float *x, const float *mean, float *dst, int64_t n);
     void (*store_f16)(const float *x, const float *mean, uint16_t *dst, int64_t n);
     /* Fused per-token symmetric quantization (token_group 1, no outliers, no
-     * rotation, G % 16 == 0): load, subtract mean, per-cell |x| max, fp16 or
-     * fp32 scale, codes. NULL where the ISA has no fused version. Returns 0,
-     * or -1 when a cell maximum is not finite. */
-    int (*quant_token)(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
+     * rotation unless src_mode is SC_SRC_RAW, G % 16 == 0): load, subtract
+     * mean, per-cell |x| max, fp16 or fp32 scale, codes. NULL where the ISA
+     * has no fused version. Returns 0, or -1 on a non-finite value or a scale
+     * beyond fp16 (the conditions of encode_group). */
+    int (*quant_token)(const void *src, int src_mode, const float *mean, int64_t D, int64_t G,
                        int is_int4, int scale_f32, uint8_t *dst, void *scales);
     /* Fused quantization of one token group of a channel_group-1 format (no
      * outliers, no rotation), symmetric or zero-point: loads the nt rows into
@@ -112,9 +118,12 @@ typedef struct sc_row_kernels {
      * row_bytes apart; scales contiguous); may process several tokens at once.
      * Returns n, or the index of the first token whose range failed. NULL
      * where the ISA has none (callers loop over quant_token). */
-    int64_t (*quant_tokens)(const void *src, int64_t src_stride, int64_t n, int src_f16, const float *mean,
+    int64_t (*quant_tokens)(const void *src, int64_t src_stride, int64_t n, int src_mode, const float *mean,
                             int64_t D, int64_t G, int is_int4, int scale_f32, uint8_t *dst, int64_t row_bytes,
                             void *scales);
+    /* sc_rotate_f32: in-place block-Hadamard of n vectors (same butterflies,
+     * same order as the portable one, so bitwise equal) */
+    void (*rotate)(float *x, int64_t n, int64_t stride, int32_t d);
     int (*quant_chan)(const void *const *rows, int src_f16, const float *mean, int64_t nt, int64_t D,
                       int is_int4, int zp, int scale_f32, float *x, uint8_t *dst, int64_t row_bytes,
                       void *scales, void *zeros);

@@ -94,7 +94,8 @@ def test_fp32_and_fp16_inputs_store_the_same_bytes(fid, rng):
 
 
 @pytest.mark.parametrize("fid", ["int8.t1.g32.s16", "int4.t1.g32.s16", "int8.t32.g1.s16+smooth",
-                                 "int4.t64.g1.s16+zp+smooth", "int8.t1.g16.s32", "int8.t4.g16.s16+out1"])
+                                 "int4.t64.g1.s16+zp+smooth", "int8.t1.g16.s32", "int8.t4.g16.s16+out1",
+                                 "int4.t1.g32.s16+rot"])
 @pytest.mark.parametrize("D", [64, 128, 96])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 70000.0])
@@ -116,6 +117,18 @@ def test_nonfinite_rejected():
     x[0, 0, 2, 5] = 70000.0
     with pytest.raises(NonFiniteError, match="float16 range"):
         pack("int8.t1.g32.s16", x)
+
+
+def test_rotation_is_bitwise_equal_on_every_isa(rng, isa):
+    x = rng.standard_normal((7, 256)).astype(np.float32)
+    for d in (32, 64, 80, 96, 128, 192, 256):
+        y = np.ascontiguousarray(x[:, :d])
+        _cpu.rotate(y)
+        _cpu.set_isa("portable")
+        z = np.ascontiguousarray(x[:, :d])
+        _cpu.rotate(z)
+        _cpu.set_isa(isa)
+        assert np.array_equal(y, z), d
 
 
 def test_rotation_is_orthonormal_and_self_inverse(rng):

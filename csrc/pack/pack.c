@@ -45,12 +45,18 @@ static void minmax_acc_portable(const float *x, float *colmin, float *colmax, in
     }
 }
 
+/* Round to nearest even without a libm call: for |v| <= 2^22, (v + 1.5*2^23)
+ * - 1.5*2^23 is exactly rint(v) in the default rounding mode. Clamping first
+ * to the integer bounds gives the same codes as rint-then-clamp and keeps |v|
+ * small; the loop vectorises at the baseline ISA. */
 static void quant_i8_portable(const float *x, const float *m, const float *inv, int8_t *q,
                               int64_t n, int32_t lo, int32_t hi) {
+    const float flo = (float)lo, fhi = (float)hi, magic = 12582912.0f;
     for (int64_t i = 0; i < n; i++) {
-        float v = nearbyintf((x[i] - (m ? m[i] : 0.0f)) * inv[i]);
-        v = v < (float)lo ? (float)lo : v;
-        v = v > (float)hi ? (float)hi : v;
+        float v = (x[i] - (m ? m[i] : 0.0f)) * inv[i];
+        v = v < flo ? flo : v;
+        v = v > fhi ? fhi : v;
+        v = (v + magic) - magic;
         q[i] = (int8_t)(int32_t)v;
     }
 }
@@ -72,9 +78,11 @@ static void store_f16_portable(const float *x, const float *mean, uint16_t *dst,
     for (int64_t i = 0; i < n; i++) dst[i] = sc_f2h(mean ? x[i] + mean[i] : x[i]);
 }
 
+static void rotate_portable(float *x, int64_t n, int64_t stride, int32_t d);
+
 const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
-    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, NULL,
+    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, rotate_portable, NULL,
 };
 
 /* ================================================================ rotation */
@@ -85,6 +93,10 @@ int32_t sc_rotation_block(int32_t d) {
 }
 
 void sc_rotate_f32(float *x, int64_t n, int64_t stride, int32_t d) {
+    sc_row_kernels_active()->rotate(x, n, stride, d);
+}
+
+static void rotate_portable(float *x, int64_t n, int64_t stride, int32_t d) {
     const int32_t hb = sc_rotation_block(d);
     const float norm = 1.0f / sqrtf((float)hb);
     for (int64_t r = 0; r < n; r++) {
@@ -151,6 +163,7 @@ typedef struct group_ctx {
     float *inv, *m, *s;        /* [D]  */
     int8_t *codes;             /* [D]  */
     const void **rows;         /* [T] source row pointers of a group */
+    int64_t chunk;             /* tokens the scratch holds: max(T, 64) */
 } group_ctx;
 
 static int ctx_init(group_ctx *c, const sc_format *f, const sc_store *st) {
@@ -172,10 +185,11 @@ static int ctx_init(group_ctx *c, const sc_format *f, const sc_store *st) {
         c->hi = f->zero_point ? 15 : 7;
     }
     /* codes for int8 zero-point are produced as [0,255] but stored via int8 */
-    size_t nf = (size_t)(c->T * c->D + 6 * c->D);
+    c->chunk = c->T > 64 ? c->T : 64;
+    size_t nf = (size_t)(c->chunk * c->D + 6 * c->D);
     c->x = (float *)malloc(nf * sizeof(float) + (size_t)c->D + 64);
     if (!c->x) return 0;
-    c->colmax = c->x + c->T * c->D;
+    c->colmax = c->x + c->chunk * c->D;
     c->colmin = c->colmax + c->D;
     c->inv = c->colmin + c->D;
     c->m = c->inv + c->D;
@@ -400,6 +414,26 @@ static sc_status check_store_args(const sc_format *f, const sc_store *st, const 
 }
 
 /* ============================================================ entry points */
+/* Fused per-token encoding of n tokens of `row` (src tokens src_stride
+ * elements apart) into store tokens [t0, t0+n). Returns how many succeeded. */
+static int64_t run_tokens(group_ctx *c, const void *src, int64_t src_stride, int64_t n, int mode,
+                          const float *mean, int64_t row, int64_t t0) {
+    const sc_format *f = c->f;
+    const sc_store *st = c->st;
+    const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
+    const int is_int4 = f->encoding == SC_ENC_INT4, sf32 = f->scale_dtype == SC_DTYPE_F32;
+    uint8_t *dst = (uint8_t *)st->data + (row * st->capacity + t0) * c->rb;
+    char *scales = (char *)st->scales + (size_t)((row * st->capacity + t0) * c->ncell) * sb;
+    if (c->k->quant_tokens)
+        return c->k->quant_tokens(src, src_stride, n, mode, mean, c->D, c->G, is_int4, sf32, dst, c->rb, scales);
+    const size_t es = mode == SC_SRC_F16 ? 2 : 4;
+    for (int64_t t = 0; t < n; t++)
+        if (c->k->quant_token((const char *)src + (size_t)(t * src_stride) * es, mode, mean, c->D, c->G, is_int4,
+                              sf32, dst + t * c->rb, scales + (size_t)(t * c->ncell) * sb))
+            return t;
+    return n;
+}
+
 sc_status sc_quantize(const sc_format *f, const sc_store *st, const sc_tensor *src, int64_t t0) {
     return sc_quantize_ex(f, st, src, t0, 0);
 }
@@ -418,6 +452,10 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
                          (rk->quant_token || rk->quant_tokens);
     const int chan_path = plain && f->channel_group == 1 && rk->quant_chan && D % 16 == 0;
     const int fused = tok_path || chan_path;
+    /* rotated per-token formats: scalar load + vector rotation, then the fused
+     * encoder on the rotated values (input validated by the pass below) */
+    const int rot_tok_path = f->encoding != SC_ENC_FP16 && f->rotate && !f->outliers && T == 1 &&
+                             !f->zero_point && f->channel_group % 16 == 0 && (rk->quant_token || rk->quant_tokens);
     if (!fused && !(flags & SC_QUANTIZE_VALUES_CHECKED) && (s = sc_check_values(src))) return s;
     const int64_t ngroups = (n + T - 1) / T;
     if (n == 0) return SC_OK;
@@ -437,37 +475,34 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
             const char *sbase = tensor_row0(src, row);
             const int64_t stok = token_bytes(src);
             const int use_chan = chan_path;
-            if (tok_path) {
-                /* fused per-token path: same arithmetic as encode_group */
-                const int64_t ncell = c.ncell;
-                if (c.k->quant_tokens) {
-                    const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
-                    int64_t done = c.k->quant_tokens(
-                        sbase, src->stride_t, n, src->dtype == SC_DTYPE_F16, mean, D, c.G,
-                        f->encoding == SC_ENC_INT4, f->scale_dtype == SC_DTYPE_F32,
-                        (uint8_t *)st->data + (row * st->capacity + t0) * c.rb, c.rb,
-                        (char *)st->scales + (size_t)((row * st->capacity + t0) * ncell) * sb);
-                    if (done < n) {
-#pragma omp critical
-                        { if (!failed) { snprintf(msg, sizeof msg, "row %lld token %lld holds a value that is "
-                                                  "not finite or outside the float16 range",
-                                                  (long long)row, (long long)(t0 + done)); failed = 1; } }
+            if (tok_path || rot_tok_path) {
+                /* fused per-token path: same arithmetic as encode_group. Rotated
+                 * formats are loaded, smoothed and rotated into the scratch in
+                 * chunks first, then encoded from it as they are (SC_SRC_RAW). */
+                int64_t done;
+                if (tok_path) {
+                    done = run_tokens(&c, sbase, src->stride_t, n,
+                                      src->dtype == SC_DTYPE_F16 ? SC_SRC_F16 : SC_SRC_F32, mean, row, t0);
+                } else {
+                    for (done = 0; done < n;) {
+                        int64_t nt = n - done < c.chunk ? n - done : c.chunk;
+                        for (int64_t t = 0; t < nt; t++) {
+                            const void *p = sbase + (done + t) * stok;
+                            if (src->dtype == SC_DTYPE_F16) c.k->load_f16((const uint16_t *)p, mean, c.x + t * D, D);
+                            else c.k->load_f32((const float *)p, mean, c.x + t * D, D);
+                        }
+                        c.k->rotate(c.x, nt, D, (int32_t)D);
+                        int64_t k = run_tokens(&c, c.x, D, nt, SC_SRC_RAW, NULL, row, t0 + done);
+                        done += k;
+                        if (k < nt) break;
                     }
-                    continue;
                 }
-                for (int64_t t = 0; t < n; t++) {
-                    const void *p = sbase + t * stok;
-                    uint8_t *dst = (uint8_t *)st->data + (row * st->capacity + t0 + t) * c.rb;
-                    char *sc = (char *)st->scales + (size_t)((row * st->capacity + t0 + t) * ncell) *
-                               (f->scale_dtype == SC_DTYPE_F16 ? 2 : 4);
-                    if (c.k->quant_token(p, src->dtype == SC_DTYPE_F16, mean, D, c.G,
-                                         f->encoding == SC_ENC_INT4, f->scale_dtype == SC_DTYPE_F32, dst, sc)) {
+                if (done < n) {
 #pragma omp critical
-                        { if (!failed) { snprintf(msg, sizeof msg, "row %lld token %lld holds a value that is "
-                                                  "not finite or outside the float16 range",
-                                                  (long long)row, (long long)(t0 + t)); failed = 1; } }
-                        break;
-                    }
+                    { if (!failed) { snprintf(msg, sizeof msg, "row %lld token %lld: a value is not finite, or "
+                                              "after smoothing/rotation the range exceeds what fp16 scales "
+                                              "represent (use scale_dtype fp32)",
+                                              (long long)row, (long long)(t0 + done)); failed = 1; } }
                 }
                 continue;
             }
@@ -504,7 +539,7 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
                         c.k->store_f16(c.x + t * D, NULL, (uint16_t *)st->data + (row * st->capacity + g * T + t) * D, D);
                     continue;
                 }
-                if (rot) sc_rotate_f32(c.x, nt, D, (int32_t)D);
+                if (rot) c.k->rotate(c.x, nt, D, (int32_t)D);
                 sc_status es = encode_group(&c, row, g, nt);
                 if (es) {
 #pragma omp critical
@@ -556,7 +591,7 @@ sc_status sc_dequantize(const sc_format *f, const sc_store *st, const sc_tensor 
                                       c.x + t * D, D);
                 } else {
                     decode_group(&c, row, g, nt);
-                    if (f->rotate) sc_rotate_f32(c.x, nt, D, (int32_t)D);
+                    if (f->rotate) c.k->rotate(c.x, nt, D, (int32_t)D);
                 }
                 for (int64_t t = 0; t < nt; t++) {
                     void *p = (void *)(dbase + (tok + t) * dtok);

@@ -181,7 +181,7 @@ SC_AVX2 static void cell_scales(const float *amax, int64_t n, float qmax, int sc
     }
 }
 
-SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
+SC_AVX2 static int quant_token_avx2(const void *src, int src_mode, const float *mean, int64_t D, int64_t G,
                                     int is_int4, int scale_f32, uint8_t *dst, void *scales) {
     float x[512] __attribute__((aligned(32)));
     float amax[64] __attribute__((aligned(32))), inv[64] __attribute__((aligned(32)));
@@ -191,11 +191,12 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *m
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < D; i += 8) {
         __m256 v;
-        if (src_f16) v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i)));
-        else v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps((const float *)src + i),
-                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        /* validate in the same pass: NaN, inf, or beyond fp16 (fp32 input rounds to inf) */
-        bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(SC_FP16_MAX), _CMP_NLE_UQ));
+        if (src_mode == SC_SRC_F16) v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i)));
+        else if (src_mode == SC_SRC_F32) v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps((const float *)src + i),
+                                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        else v = _mm256_loadu_ps((const float *)src + i);
+        /* validate in the same pass: NaN or inf (fp32 input beyond fp16 rounded to inf) */
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(3.4e38f), _CMP_NLE_UQ));
         if (mean) v = _mm256_sub_ps(v, _mm256_loadu_ps(mean + i));
         _mm256_store_ps(x + i, v);
     }
@@ -210,6 +211,9 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *m
     }
     if (!(worst <= 3.4e38f)) return -1; /* NaN/Inf only: scales of |x| <= 2*65504 fit fp16 */
     const int32_t qmax = is_int4 ? 7 : 127;
+    if (!scale_f32)
+        for (int64_t c = 0; c < ncell; c++)
+            if (amax[c] / (float)qmax > SC_FP16_MAX) return -1;
     /* pad to whole vectors so the scale math never takes the scalar tail */
     const int64_t nv = (ncell + 7) & ~(int64_t)7;
     for (int64_t c = ncell; c < nv; c++) amax[c] = 0.0f;
@@ -241,9 +245,41 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_f16, const float *m
     return 0;
 }
 
+/* Block-Hadamard, vectorised: stages h = 1, 2, 4 inside each 8-lane vector
+ * (a permute and a blend: the same a+b / a-b per element as the portable
+ * loop), stages h >= 8 between whole vectors. */
+SC_AVX2 static void rotate_avx2(float *x, int64_t n, int64_t stride, int32_t d) {
+    const int32_t hb = sc_rotation_block(d);
+    const __m256 norm = _mm256_set1_ps(1.0f / sqrtf((float)hb));
+    for (int64_t r = 0; r < n; r++) {
+        float *v = x + r * stride;
+        for (int32_t base = 0; base < d; base += hb) {
+            float *u = v + base;
+            for (int32_t i = 0; i < hb; i += 8) {
+                __m256 a = _mm256_loadu_ps(u + i), s;
+                s = _mm256_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1));
+                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xAA);
+                s = _mm256_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2));
+                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xCC);
+                s = _mm256_permute2f128_ps(a, a, 1);
+                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xF0);
+                _mm256_storeu_ps(u + i, a);
+            }
+            for (int32_t h = 8; h < hb; h *= 2)
+                for (int32_t i = 0; i < hb; i += 2 * h)
+                    for (int32_t j = i; j < i + h; j += 8) {
+                        __m256 a = _mm256_loadu_ps(u + j), b = _mm256_loadu_ps(u + j + h);
+                        _mm256_storeu_ps(u + j, _mm256_add_ps(a, b));
+                        _mm256_storeu_ps(u + j + h, _mm256_sub_ps(a, b));
+                    }
+        }
+        for (int32_t c = 0; c < d; c += 8) _mm256_storeu_ps(v + c, _mm256_mul_ps(_mm256_loadu_ps(v + c), norm));
+    }
+}
+
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
-    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, NULL,
+    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL,
 };
 
 #endif /* SC_X86 */

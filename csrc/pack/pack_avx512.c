@@ -23,9 +23,10 @@
  * also summed into *chk: NaN and inf (fp32 input beyond the fp16 range rounds
  * to inf) propagate through the sum, finite fp16 values can never overflow
  * it, so one fpclass test per block validates the input in the same pass. */
-SC_AVX512 static inline __m512 load16(const void *src, int src_f16, int64_t i, const float *mean, __m512 *chk) {
-    __m512 v = src_f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)src + i)))
-                       : _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps((const float *)src + i), RNE));
+SC_AVX512 static inline __m512 load16(const void *src, int mode, int64_t i, const float *mean, __m512 *chk) {
+    __m512 v = mode == SC_SRC_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)src + i)))
+             : mode == SC_SRC_F32 ? _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps((const float *)src + i), RNE))
+                                  : _mm512_loadu_ps((const float *)src + i);
     *chk = _mm512_add_ps(*chk, v);
     return mean ? _mm512_sub_ps(v, _mm512_loadu_ps(mean + i)) : v;
 }
@@ -109,13 +110,13 @@ SC_AVX512 static inline __attribute__((always_inline)) void emit_row(const __m51
 }
 
 /* ------------------------------------------------------------ per token */
-SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(const void *src, int src_f16, const float *mean, const int64_t D,
+SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(const void *src, int src_mode, const float *mean, const int64_t D,
                                              const int64_t G, int is_int4, int scale_f32, uint8_t *dst,
                                              void *scales) {
     __m512 x[32];
     __m512 chk = _mm512_setzero_ps();
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
-    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_f16, i * 16, mean, &chk);
+    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
     if (nonfinite(chk)) return -1;
     const int64_t ncell = D / G, per = G / 16;
     float amax[32] __attribute__((aligned(64)));
@@ -137,6 +138,7 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(cons
             s = want;
             _mm512_mask_storeu_ps((float *)scales + c, live, s);
         } else {
+            if (_mm512_mask_cmp_ps_mask(live, want, _mm512_set1_ps(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
             __m256i h = f2h_ceil16(want);
             _mm256_mask_storeu_epi16((uint16_t *)scales + c, live, h);
             s = _mm512_cvtph_ps(h);
@@ -154,12 +156,12 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(cons
  * cell maxima are transposed into one xmm instead of going through memory,
  * which cost a store-forwarding stall per token). */
 SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
-        const void *src, int src_f16, const float *mean, const int64_t D, int is_int4, int scale_f32,
+        const void *src, int src_mode, const float *mean, const int64_t D, int is_int4, int scale_f32,
         uint8_t *dst, void *scales) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 x[8];
     __m512 chk = _mm512_setzero_ps();
-    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_f16, i * 16, mean, &chk);
+    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
     if (nonfinite(chk)) return -1;
     __m128 part[4];
     for (int c = 0; c < 4; c++) {
@@ -181,6 +183,7 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
         sv = want;
         _mm_mask_storeu_ps((float *)scales, (__mmask8)((1u << ncell) - 1), sv);
     } else {
+        if (_mm_cmp_ps_mask(want, _mm_set1_ps(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
         __m128i h = _mm_cvtps_ph(want, RNE);
         __mmask8 lt = _mm_cmp_ps_mask(_mm_cvtph_ps(h), want, _CMP_LT_OQ);
         h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
@@ -204,17 +207,17 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
  * interleave. Rows are src_stride elements apart; codes row_bytes apart;
  * scales contiguous (the store layout of one (batch, head) row). */
 SC_AVX512 static inline __attribute__((always_inline)) int quant_block_g32(
-        const void *src, int64_t src_stride, int src_f16, const float *mean, const int64_t D, int is_int4,
+        const void *src, int64_t src_stride, int src_mode, const float *mean, const int64_t D, int is_int4,
         int scale_f32, uint8_t *dst, int64_t row_bytes, void *scales) {
     const int64_t K = 256 / D, V = D / 16; /* tokens per block, vectors per token */
-    const int64_t es = src_f16 ? 2 : 4;
+    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 x[16];
     __m128 part[8];
     __m512 chk = _mm512_setzero_ps();
     for (int64_t t = 0; t < K; t++) {
         const char *p = (const char *)src + t * src_stride * es;
-        for (int64_t i = 0; i < V; i++) x[t * V + i] = load16(p, src_f16, i * 16, mean, &chk);
+        for (int64_t i = 0; i < V; i++) x[t * V + i] = load16(p, src_mode, i * 16, mean, &chk);
         for (int64_t c = 0; c < D / 32; c++) {
             __m512 am = _mm512_max_ps(_mm512_and_ps(x[t * V + 2 * c], absmask),
                                       _mm512_and_ps(x[t * V + 2 * c + 1], absmask));
@@ -235,6 +238,7 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_block_g32(
         sv = want;
         _mm256_storeu_ps((float *)scales, sv);
     } else {
+        if (_mm256_cmp_ps_mask(want, _mm256_set1_ps(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
         __m128i h = _mm256_cvtps_ph(want, RNE);
         __mmask8 lt = _mm256_cmp_ps_mask(_mm256_cvtph_ps(h), want, _CMP_LT_OQ);
         h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
@@ -256,41 +260,41 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_block_g32(
     return 0;
 }
 
-SC_AVX512 static int64_t quant_tokens_avx512(const void *src, int64_t src_stride, int64_t n, int src_f16,
+SC_AVX512 static int64_t quant_tokens_avx512(const void *src, int64_t src_stride, int64_t n, int src_mode,
                                              const float *mean, int64_t D, int64_t G, int is_int4, int scale_f32,
                                              uint8_t *dst, int64_t row_bytes, void *scales) {
-    const int64_t es = src_f16 ? 2 : 4, ncell = D / G, ss = scale_f32 ? 4 : 2;
+    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4, ncell = D / G, ss = scale_f32 ? 4 : 2;
     int64_t t = 0;
     if (G == 32 && (D == 128 || D == 64)) {
         const int64_t K = 256 / D;
         for (; t + K <= n; t += K) {
             const char *p = (const char *)src + t * src_stride * es;
-            int r = D == 128 ? quant_block_g32(p, src_stride, src_f16, mean, 128, is_int4, scale_f32,
+            int r = D == 128 ? quant_block_g32(p, src_stride, src_mode, mean, 128, is_int4, scale_f32,
                                                dst + t * row_bytes, row_bytes, (char *)scales + t * ncell * ss)
-                             : quant_block_g32(p, src_stride, src_f16, mean, 64, is_int4, scale_f32,
+                             : quant_block_g32(p, src_stride, src_mode, mean, 64, is_int4, scale_f32,
                                                dst + t * row_bytes, row_bytes, (char *)scales + t * ncell * ss);
             if (r) return t;
         }
     }
     for (; t < n; t++)
-        if (sc_row_kernels_avx512.quant_token((const char *)src + t * src_stride * es, src_f16, mean, D, G,
+        if (sc_row_kernels_avx512.quant_token((const char *)src + t * src_stride * es, src_mode, mean, D, G,
                                               is_int4, scale_f32, dst + t * row_bytes,
                                               (char *)scales + t * ncell * ss))
             return t;
     return n;
 }
 
-SC_AVX512 static int quant_token_avx512(const void *src, int src_f16, const float *mean, int64_t D, int64_t G,
+SC_AVX512 static int quant_token_avx512(const void *src, int src_mode, const float *mean, int64_t D, int64_t G,
                                         int is_int4, int scale_f32, uint8_t *dst, void *scales) {
     /* constant shapes let the compiler keep the token in registers */
-    if (D == 128 && G == 32) return quant_token_g32(src, src_f16, mean, 128, is_int4, scale_f32, dst, scales);
-    if (D == 64 && G == 32) return quant_token_g32(src, src_f16, mean, 64, is_int4, scale_f32, dst, scales);
-    return quant_token_body(src, src_f16, mean, D, G, is_int4, scale_f32, dst, scales);
+    if (D == 128 && G == 32) return quant_token_g32(src, src_mode, mean, 128, is_int4, scale_f32, dst, scales);
+    if (D == 64 && G == 32) return quant_token_g32(src, src_mode, mean, 64, is_int4, scale_f32, dst, scales);
+    return quant_token_body(src, src_mode, mean, D, G, is_int4, scale_f32, dst, scales);
 }
 
 /* ---------------------------------------------------------- per channel */
 SC_AVX512 static inline __attribute__((always_inline)) int quant_chan_body(
-        const void *const *rows, const int src_f16, const float *mean, int64_t nt, int64_t D, int is_int4,
+        const void *const *rows, const int src_mode, const float *mean, int64_t nt, int64_t D, int is_int4,
         const int zp, int scale_f32, float *x, uint8_t *dst, int64_t row_bytes, void *scales, void *zeros) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     float inv[512] __attribute__((aligned(64))), m[512] __attribute__((aligned(64)));
@@ -300,7 +304,7 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_chan_body(
         __m512 mx = _mm512_set1_ps(zp ? -INFINITY : 0.0f), mn = _mm512_set1_ps(INFINITY);
         __m512 chk = _mm512_setzero_ps();
         for (int64_t t = 0; t < nt; t++) {
-            __m512 v = load16(rows[t], src_f16, c, mean, &chk);
+            __m512 v = load16(rows[t], src_mode, c, mean, &chk);
             _mm512_storeu_ps(x + t * D + c, v); /* scratch is malloc-aligned only */
             if (zp) {
                 mn = _mm512_min_ps(v, mn);
@@ -366,11 +370,11 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_chan_body(
 }
 
 /* specialised on the source dtype and zero-point so the inner loops carry no branches */
-SC_AVX512 static int quant_chan_avx512(const void *const *rows, int src_f16, const float *mean, int64_t nt,
+SC_AVX512 static int quant_chan_avx512(const void *const *rows, int src_mode, const float *mean, int64_t nt,
                                        int64_t D, int is_int4, int zp, int scale_f32, float *x, uint8_t *dst,
                                        int64_t row_bytes, void *scales, void *zeros) {
 #define SC_CHAN(F16, ZP) quant_chan_body(rows, F16, mean, nt, D, is_int4, ZP, scale_f32, x, dst, row_bytes, scales, zeros)
-    if (src_f16) return zp ? SC_CHAN(1, 1) : SC_CHAN(1, 0);
+    if (src_mode == SC_SRC_F16) return zp ? SC_CHAN(1, 1) : SC_CHAN(1, 0);
     return zp ? SC_CHAN(0, 1) : SC_CHAN(0, 0);
 #undef SC_CHAN
 }
