@@ -232,3 +232,27 @@ def test_public_names():
     assert "QuantKVCache" in dir(sagecore)
     with pytest.raises(AttributeError):
         sagecore.nope  # noqa: B018
+
+
+class DLPackOnly:
+    """A foreign tensor: exposes only the DLPack protocol (like torch or mlx)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kw):
+        return self._a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_dlpack_inputs(rng):
+    k, v = kv(rng, 20)
+    a = make("int8")
+    a.append(k, v)
+    b = make("int8")
+    b.append(DLPackOnly(k), DLPackOnly(v))
+    assert all(np.array_equal(x, y) for x, y in zip(state(a), state(b)))
+    from sagecore._arrays import as_array
+    assert as_array(DLPackOnly(k), "k").ctypes.data == k.ctypes.data  # zero-copy
