@@ -22,6 +22,7 @@ CORE_SOURCES = [
     "csrc/pack/pack.c",
     "csrc/pack/pack_avx2.c",
     "csrc/pack/pack_avx512.c",
+    "csrc/attn/attention.c",
 ]
 
 BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing"]

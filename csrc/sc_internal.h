@@ -138,4 +138,13 @@ void sc_row_kernels_avx512_init(void);
 /* The table for the active ISA. */
 const sc_row_kernels *sc_row_kernels_active(void);
 
+/* ============================================================ tile decoder */
+/* Decodes tokens of one store row into fp32 in the *transformed* domain (the
+ * rotated, smoothed values the codes represent: no inverse rotation, no mean),
+ * which is what attention consumes. One per thread; t0 % token_group == 0. */
+typedef struct sc_decoder sc_decoder;
+sc_decoder *sc_decoder_new(const sc_format *f, const sc_store *st);
+void sc_decoder_free(sc_decoder *d);
+void sc_decoder_run(sc_decoder *d, int64_t row, int64_t t0, int64_t n, float *dst);
+
 #endif /* SC_INTERNAL_H */

@@ -124,6 +124,46 @@ cdef class PackedStore:
             check(sc_dequantize(&self.fmt, &self.st, &t, t0))
 
 
+def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int64_t kv_heads, int64_t kv_len,
+              object kv_lens=None, float scale=1.0, bint causal=False, int split_k=0, object lse=None):
+    """Attention of q [B, Hq, M, D] over the K/V stores into out (C: sc_attention).
+
+    kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M]."""
+    cdef sc_attention_args a
+    cdef cnp.ndarray lens_arr, lse_arr
+    fill_tensor(&a.q, q, "q")
+    fill_tensor(&a.out, out, "out")
+    if not out.flags.writeable:
+        raise errors.InvalidArgumentError("out", "must be writeable")
+    a.kf = &k.fmt
+    a.vf = &v.fmt
+    a.k = &k.st
+    a.v = &v.st
+    a.kv_heads = kv_heads
+    a.kv_len = kv_len
+    a.kv_lens = NULL
+    a.lse = NULL
+    if kv_lens is not None:
+        lens_arr = np.ascontiguousarray(kv_lens, dtype=np.int64)
+        if lens_arr.ndim != 1 or lens_arr.shape[0] != q.shape[0]:
+            raise errors.InvalidArgumentError("kv_lens", f"expected {q.shape[0]} lengths")
+        a.kv_lens = <const int64_t *>cnp.PyArray_DATA(lens_arr)
+    if lse is not None:
+        lse_arr = lse
+        if lse_arr.dtype != np.float32 or not lse_arr.flags.c_contiguous or lse_arr.size != q.shape[0] * q.shape[1] * q.shape[2]:
+            raise errors.InvalidArgumentError("lse", "expected a C-contiguous float32 [B, Hq, M] array")
+        a.lse = <float *>cnp.PyArray_DATA(lse_arr)
+    a.scale = scale
+    a.causal = causal
+    a.split_k = split_k
+    with nogil:
+        check(sc_attention(&a))
+
+
+def attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len, int64_t kv_len):
+    return sc_attention_auto_splits(batch, kv_heads, q_heads, q_len, kv_len, sc_num_threads())
+
+
 def check_values(cnp.ndarray a, str name):
     """Raise NonFiniteError naming `name` if a [B,H,N,D] holds NaN/Inf or |x| > 65504."""
     cdef sc_tensor t

@@ -77,5 +77,24 @@ cdef extern from "sagecore.h" nogil:
     void sc_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
     void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
 
+    ctypedef struct sc_attention_args:
+        sc_tensor q
+        sc_tensor out
+        float *lse
+        const sc_format *kf
+        const sc_format *vf
+        const sc_store *k
+        const sc_store *v
+        int64_t kv_heads
+        int64_t kv_len
+        const int64_t *kv_lens
+        float scale
+        int32_t causal
+        int32_t split_k
+
+    sc_status sc_attention(const sc_attention_args *a)
+    int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len,
+                                     int64_t kv_len, int32_t threads)
+
     int sc_num_threads()
     void sc_set_num_threads(int n)

@@ -376,6 +376,75 @@ class QuantKVCache:
                         out[:, list(s.heads)] = tmp
             return ko, vo
 
+    # ----------------------------------------------------------- attention
+    def attend(self, q, *, scale=None, is_causal=True, layout="BHND", kv_lens=None, split_k=0,
+               out=None, return_lse=False):
+        """Attention of ``q`` over the cache with the CPU kernels.
+
+        Args:
+            q: ``[batch, q_heads, M, head_dim]`` (or BNHD), float16/float32,
+                numpy or DLPack; ``q_heads`` a multiple of ``kv_heads``.
+            scale: softmax scale, default ``1/sqrt(head_dim)``.
+            is_causal: right-aligned causal mask (row i of M sees keys
+                ``j <= len - M + i``), the decode / chunked-prefill convention.
+            kv_lens: optional per-batch key counts (<= len(cache)).
+            split_k: 0 chooses automatically, 1 disables, n forces n key splits.
+            out: optional float32/float16 array shaped like q (in ``layout``).
+            return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
+
+        Returns:
+            ``out`` (float32 unless ``out`` is given), and the lse if asked.
+
+        Raises:
+            InvalidArgumentError, ArgumentTypeError: bad shapes or types.
+            UnsupportedError: a head_dim the kernels are not built for (C: sc_attention).
+        """
+        q = as_kv_input(q, "q", layout)
+        B, Hq, M, D = q.shape
+        if B != self.batch or D != self.head_dim:
+            raise InvalidArgumentError("q", f"expected batch {self.batch} and head_dim {self.head_dim}, got shape "
+                                            f"{tuple(q.shape)} (BHND)")
+        if Hq % self.kv_heads:
+            raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {self.kv_heads}")
+        if out is None:
+            out_arr = np.empty((B, Hq, M, D), np.float32)
+            ret = out_arr if layout == "BHND" else out_arr.transpose(0, 2, 1, 3)
+        else:
+            ret = out
+            out_arr = as_kv_input(out, "out", layout)
+            if out_arr.shape != q.shape:
+                raise InvalidArgumentError("out", f"expected shape {tuple(q.shape)} (BHND), got {tuple(out_arr.shape)}")
+        scale = float(1.0 / np.sqrt(D) if scale is None else scale)
+        lse = np.empty((B, Hq, M), np.float32) if return_lse else None
+        group = Hq // self.kv_heads
+        with self._lock:
+            L = self._len
+            if self._fp16 is not None:
+                segs = [(tuple(range(self.kv_heads)), self._fp16_store(0), self._fp16_store(1))]
+            else:
+                segs = [(s.heads, s.k.packed, s.v.packed) for s in self._segments]
+            for heads, ks, vs in segs:
+                qh = [h * group + g for h in heads for g in range(group)]
+                contiguous = qh == list(range(qh[0], qh[-1] + 1))
+                sl = slice(qh[0], qh[-1] + 1)
+                qs = q[:, sl] if contiguous else np.ascontiguousarray(q[:, qh])
+                os_ = out_arr[:, sl] if contiguous else np.empty((B, len(qh), M, D), out_arr.dtype)
+                ls = np.empty((B, len(qh), M), np.float32) if lse is not None else None
+                _cpu.attention(qs, ks, vs, os_, len(heads), L, kv_lens, scale, bool(is_causal), int(split_k), ls)
+                if not contiguous:
+                    out_arr[:, qh] = os_
+                if lse is not None:
+                    lse[:, qh] = ls
+        return (ret, lse) if return_lse else ret
+
+    def _fp16_store(self, which):
+        """The fp16-phase buffer of K (0) or V (1) viewed as an fp16 store."""
+        buf = self._fp16[which]
+        fmt = KVFormat("fp16")
+        rows = self.batch * self.kv_heads
+        data = buf.reshape(rows, self.warmup, self.head_dim).view(np.uint8)
+        return _cpu.PackedStore(fmt.c_params(self.head_dim), data, None, None, None, None, None, rows, self.warmup)
+
     # ----------------------------------------------------------- save/load
     def _content(self):
         """(name, array) pairs of the stored content only (the first len tokens,

@@ -177,6 +177,37 @@ sc_status sc_convert(const sc_tensor *src, const sc_tensor *dst);
 void sc_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
 void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
 
+/* ------------------------------------------------------------- attention */
+/*
+ * Scaled-dot-product attention of queries over one K store and one V store
+ * (any formats above, e.g. a QuantKVCache segment, or fp16 arrays viewed as
+ * SC_ENC_FP16 stores). Semantics as sagecore.reference: GQA (query head h
+ * reads kv head h / (q_heads / kv_heads)), right-aligned causal masking
+ * (query row i of M sees keys j <= n - M + i), per-batch key counts, rows
+ * with no visible key give zeros and an lse of -inf. FP32 accumulation,
+ * streaming softmax in base 2 with the scale folded into the queries; K/V
+ * tiles are decoded into per-thread L1-sized scratch, never a full copy.
+ */
+typedef struct sc_attention_args {
+    sc_tensor q;              /* [B][Hq][M][D], f32 or f16, element strides */
+    sc_tensor out;            /* [B][Hq][M][D], f32 or f16 */
+    float *lse;               /* optional, contiguous [B][Hq][M]: natural-log log-sum-exp */
+    const sc_format *kf, *vf; /* head_dim 32, 64, 80, 96, 128, 192 or 256 */
+    const sc_store *k, *v;    /* rows = B * kv_heads */
+    int64_t kv_heads;
+    int64_t kv_len;           /* valid keys (<= capacity of both stores) */
+    const int64_t *kv_lens;   /* optional [B]: valid keys per batch item (<= kv_len) */
+    float scale;              /* softmax scale, e.g. 1/sqrt(D) */
+    int32_t causal;
+    int32_t split_k;          /* 0 auto, 1 off, n > 1: n key splits + a reduce pass */
+} sc_attention_args;
+
+sc_status sc_attention(const sc_attention_args *a);
+
+/* The split count sc_attention uses for split_k = 0. */
+int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len,
+                                 int64_t kv_len, int32_t threads);
+
 /* ---------------------------------------------------------------- threads */
 /* Threads used by the core's parallel loops (default: all available cores). */
 int sc_num_threads(void);

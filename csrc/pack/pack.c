@@ -334,8 +334,8 @@ static sc_status encode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) 
     return SC_OK;
 }
 
-/* Decode group g of row into c->x (transformed domain, outliers restored). */
-static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) {
+/* Decode group g of row into xo [nt][D] (transformed domain, outliers restored). */
+static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt, float *xo) {
     const sc_format *f = c->f;
     const sc_store *st = c->st;
     const int64_t D = c->D, G = c->G, T = c->T, ncell = c->ncell;
@@ -350,7 +350,7 @@ static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) {
     const uint8_t *data = (const uint8_t *)st->data + (row * st->capacity + g * T) * c->rb;
     for (int64_t t = 0; t < nt; t++) {
         const uint8_t *src = data + t * c->rb;
-        float *xr = c->x + t * D;
+        float *xr = xo + t * D;
         if (f->encoding == SC_ENC_INT8) {
             c->k->dequant_i8((const int8_t *)src, f->zero_point, c->s, has_m ? c->m : NULL, xr, D);
         } else {
@@ -367,7 +367,7 @@ static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) {
             const uint16_t *val = st->out_val + (cell0 + cell) * c->k_out;
             for (int64_t j = 0; j < c->k_out; j++) {
                 if (idx[j] == 0xFFFFu || idx[j] / G >= nt) continue;
-                c->x[(idx[j] / G) * D + cell * G + idx[j] % G] = sc_h2f(val[j]);
+                xo[(idx[j] / G) * D + cell * G + idx[j] % G] = sc_h2f(val[j]);
             }
         }
     }
@@ -590,7 +590,7 @@ sc_status sc_dequantize(const sc_format *f, const sc_store *st, const sc_tensor 
                         c.k->load_f16((const uint16_t *)st->data + (row * st->capacity + g * T + t) * D, NULL,
                                       c.x + t * D, D);
                 } else {
-                    decode_group(&c, row, g, nt);
+                    decode_group(&c, row, g, nt, c.x);
                     if (f->rotate) c.k->rotate(c.x, nt, D, (int32_t)D);
                 }
                 for (int64_t t = 0; t < nt; t++) {
@@ -672,4 +672,34 @@ void sc_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
 
 void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
     sc_row_kernels_active()->store_f16(src, NULL, dst, n);
+}
+
+/* ============================================================ tile decoder */
+struct sc_decoder { group_ctx c; };
+
+sc_decoder *sc_decoder_new(const sc_format *f, const sc_store *st) {
+    sc_decoder *d = (sc_decoder *)malloc(sizeof *d);
+    if (!d) return NULL;
+    if (!ctx_init(&d->c, f, st)) { free(d); return NULL; }
+    return d;
+}
+
+void sc_decoder_free(sc_decoder *d) {
+    if (!d) return;
+    ctx_free(&d->c);
+    free(d);
+}
+
+void sc_decoder_run(sc_decoder *d, int64_t row, int64_t t0, int64_t n, float *dst) {
+    group_ctx *c = &d->c;
+    const int64_t D = c->D, T = c->T;
+    if (c->f->encoding == SC_ENC_FP16) {
+        const uint16_t *src = (const uint16_t *)c->st->data + (row * c->st->capacity + t0) * D;
+        c->k->load_f16(src, NULL, dst, n * D);
+        return;
+    }
+    for (int64_t t = 0; t < n; t += T) {
+        int64_t nt = n - t < T ? n - t : T;
+        decode_group(c, row, (t0 + t) / T, nt, dst + t * D);
+    }
 }

@@ -1,0 +1,406 @@
+/*
+ * attention.c -- streaming-softmax attention over packed K/V stores.
+ *
+ * Work item = (batch, kv head, block of query rows, key split). A block holds
+ * the query rows of *all* query heads of one kv head (GQA-aware: each K/V tile
+ * is decoded once for the whole group). Per key tile:
+ *   decode K tile -> fp32 scratch (transformed domain: rotated, smoothed)
+ *   S = Q' K^T        Q' = q * scale * log2(e), rotated like K
+ *   online softmax in base 2 (running max m, sum l per row)
+ *   decode V tile; O += P V
+ * With one split the item finalises its rows (O / l, inverse V rotation, V
+ * mean); with several, each split writes (O, m, l) partials and a reduce pass
+ * merges them with the rescaling 2^(m_s - max m).
+ *
+ * The item body is compiled three times (portable, AVX2, AVX-512) through
+ * always-inline wrappers with target attributes; cpu.c's active ISA picks one.
+ * Results agree across ISAs to rounding (not bitwise: vector widths change the
+ * summation order of dot products).
+ */
+#include <float.h>
+#include <stdlib.h>
+
+#include "../sc_internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define SC_LOG2E 1.4426950408889634f
+#define SC_LN2 0.6931471805599453f
+#define ROWS_MAX 64 /* query rows per work item (group * rows per head) */
+
+/* ---------------------------------------------------------------- helpers */
+/* 2^x for x <= 0 (scores minus the running max), ~1e-7 relative error;
+ * exactly 0 below -126 and for -inf. Branch-free so loops vectorise. */
+static inline float exp2_neg(float x) {
+    x = x < -127.0f ? -127.0f : x;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: round to nearest */
+    float xi = (x + magic) - magic;
+    float f = x - xi; /* [-0.5, 0.5] */
+    float p = 1.5403530393381606e-4f;
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 2.4022650695910071e-1f;
+    p = p * f + 6.9314718055994531e-1f;
+    p = p * f + 1.0f;
+    int32_t e = (int32_t)xi + 127;
+    uint32_t bits = (uint32_t)(e > 0 ? e : 0) << 23;
+    return x <= -127.0f ? 0.0f : p * sc_bits_f32(bits);
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    for (int64_t d = 0; d < n; d += 16)
+        for (int k = 0; k < 16; k++) acc[k] += a[d + k] * b[d + k];
+    float s = 0.0f;
+    for (int k = 0; k < 16; k++) s += acc[k];
+    return s;
+}
+
+typedef struct attn_ctx {
+    const sc_attention_args *a;
+    int64_t B, Hq, Hkv, group, M, D, N;
+    int64_t mb, nrb, rows; /* query rows per head per block, blocks, rows per item (group * mb) */
+    int64_t S, chunk, tile;
+    float qscale;
+    float *part_o, *part_ml; /* split partials */
+} attn_ctx;
+
+typedef struct attn_ws {
+    float *q, *q0, *s, *kt, *vt, *o, *m, *l;
+    sc_decoder *kd, *vd;
+} attn_ws;
+
+static int ws_init(attn_ws *w, const attn_ctx *c) {
+    const int64_t R = c->rows, D = c->D, TL = c->tile;
+    size_t nf = (size_t)(3 * R * D + R * TL + 2 * TL * D + 2 * R);
+    memset(w, 0, sizeof *w);
+    w->q = (float *)malloc(nf * sizeof(float));
+    w->kd = sc_decoder_new(c->a->kf, c->a->k);
+    w->vd = sc_decoder_new(c->a->vf, c->a->v);
+    if (!w->q || !w->kd || !w->vd) return 0;
+    w->q0 = w->q + R * D;
+    w->o = w->q0 + R * D;
+    w->s = w->o + R * D;
+    w->kt = w->s + R * TL;
+    w->vt = w->kt + TL * D;
+    w->m = w->vt + TL * D;
+    w->l = w->m + R;
+    return 1;
+}
+
+static void ws_free(attn_ws *w) {
+    free(w->q);
+    sc_decoder_free(w->kd);
+    sc_decoder_free(w->vd);
+}
+
+static inline const char *q_row(const sc_tensor *t, int64_t b, int64_t h, int64_t i) {
+    size_t es = t->dtype == SC_DTYPE_F16 ? 2 : 4;
+    return (const char *)t->ptr + (size_t)(b * t->stride_b + h * t->stride_h + i * t->stride_t) * es;
+}
+
+/* Output of one row: o = O/l (then V's inverse rotation and mean), or zeros. */
+static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int64_t i, const float *O,
+                       float m, float l, const float *q0, float *tmp) {
+    const sc_attention_args *a = c->a;
+    const int64_t D = c->D, h = hk * c->group + g, kr = b * c->Hkv + hk;
+    if (l > 0.0f) {
+        const float inv = 1.0f / l;
+        for (int64_t d = 0; d < D; d++) tmp[d] = O[d] * inv;
+        if (a->vf->encoding != SC_ENC_FP16 && a->vf->rotate) sc_rotate_f32(tmp, 1, D, (int32_t)D);
+        if (a->vf->encoding != SC_ENC_FP16 && a->vf->smooth)
+            for (int64_t d = 0; d < D; d++) tmp[d] += a->v->mean[kr * D + d];
+    } else {
+        for (int64_t d = 0; d < D; d++) tmp[d] = 0.0f;
+    }
+    char *dst = (char *)q_row(&a->out, b, h, i);
+    if (a->out.dtype == SC_DTYPE_F16) sc_f32_to_f16(tmp, (uint16_t *)dst, D);
+    else memcpy(dst, tmp, (size_t)D * sizeof(float));
+    if (a->lse) {
+        float v = -INFINITY;
+        if (l > 0.0f) {
+            v = (m + log2f(l)) * SC_LN2;
+            /* K smoothing shifted every score of the row by scale * q.mean */
+            if (a->kf->encoding != SC_ENC_FP16 && a->kf->smooth)
+                v += a->scale * dot(q0, a->k->mean + kr * D, D);
+        }
+        a->lse[(b * c->Hq + h) * c->M + i] = v;
+    }
+}
+
+/* --------------------------------------------------------------- the item */
+static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w) {
+    const sc_attention_args *a = c->a;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, mb = c->mb, M = c->M;
+    const int64_t s_idx = item % c->S;
+    int64_t rest = item / c->S;
+    const int64_t rb = rest % c->nrb;
+    rest /= c->nrb;
+    const int64_t hk = rest % c->Hkv, b = rest / c->Hkv;
+    const int64_t kr = b * c->Hkv + hk;
+    const int64_t n_b = a->kv_lens ? a->kv_lens[b] : c->N;
+    const int64_t i0 = rb * mb, mrows = M - i0 < mb ? M - i0 : mb;
+
+    /* queries: fp32, scaled into log2 units, rotated like K */
+    for (int64_t g = 0; g < c->group; g++)
+        for (int64_t ii = 0; ii < mb; ii++) {
+            const int64_t r = g * mb + ii;
+            float *qr = w->q + r * D, *q0 = w->q0 + r * D;
+            if (ii < mrows) {
+                const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
+                if (a->q.dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, q0, D);
+                else memcpy(q0, src, (size_t)D * sizeof(float));
+            } else {
+                for (int64_t d = 0; d < D; d++) q0[d] = 0.0f;
+            }
+            for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * c->qscale;
+            w->m[r] = -INFINITY;
+            w->l[r] = 0.0f;
+            for (int64_t d = 0; d < D; d++) w->o[r * D + d] = 0.0f;
+        }
+    if (a->kf->encoding != SC_ENC_FP16 && a->kf->rotate) sc_rotate_f32(w->q, R, D, (int32_t)D);
+
+    /* key range of this split, cut by the causal limit of the block's last row */
+    int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
+    if (a->causal) {
+        int64_t lim = n_b - M + i0 + mrows; /* exclusive */
+        hi = hi < lim ? hi : lim;
+    }
+    for (int64_t j0 = lo; j0 < hi; j0 += TL) {
+        const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
+        sc_decoder_run(w->kd, kr, j0, nt, w->kt);
+        int any = 0;
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t ii = r % mb;
+            float *sr = w->s + r * TL;
+            if (ii >= mrows) { for (int64_t j = 0; j < nt; j++) sr[j] = -INFINITY; continue; }
+            /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
+            int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
+            vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
+            const float *qr = w->q + r * D;
+            float mt = -INFINITY;
+            for (int64_t j = 0; j < vis; j++) {
+                float v = dot(qr, w->kt + j * D, D);
+                sr[j] = v;
+                mt = v > mt ? v : mt;
+            }
+            for (int64_t j = vis; j < nt; j++) sr[j] = -INFINITY;
+            if (mt == -INFINITY) continue;
+            any = 1;
+            const float mnew = mt > w->m[r] ? mt : w->m[r];
+            const float alpha = exp2_neg(w->m[r] - mnew);
+            float sum = 0.0f;
+            for (int64_t j = 0; j < nt; j++) {
+                float p = exp2_neg(sr[j] - mnew);
+                sr[j] = p;
+                sum += p;
+            }
+            w->l[r] = w->l[r] * alpha + sum;
+            w->m[r] = mnew;
+            if (alpha != 1.0f)
+                for (int64_t d = 0; d < D; d++) w->o[r * D + d] *= alpha;
+        }
+        if (!any) continue;
+        sc_decoder_run(w->vd, kr, j0, nt, w->vt);
+        for (int64_t r = 0; r < R; r++) {
+            if (w->m[r] == -INFINITY) continue;
+            float *orow = w->o + r * D;
+            const float *pr = w->s + r * TL;
+            for (int64_t j = 0; j < nt; j++) {
+                const float p = pr[j];
+                if (p == 0.0f) continue;
+                const float *vr = w->vt + j * D;
+                for (int64_t d = 0; d < D; d++) orow[d] += p * vr[d];
+            }
+        }
+    }
+
+    if (c->S == 1) {
+        for (int64_t g = 0; g < c->group; g++)
+            for (int64_t ii = 0; ii < mrows; ii++) {
+                const int64_t r = g * mb + ii;
+                finish_row(c, b, hk, g, i0 + ii, w->o + r * D, w->m[r], w->l[r], w->q0 + r * D, w->kt);
+            }
+    } else {
+        const int64_t base = (item / c->S) * c->S + s_idx;
+        memcpy(c->part_o + base * R * D, w->o, (size_t)(R * D) * sizeof(float));
+        for (int64_t r = 0; r < R; r++) {
+            c->part_ml[(base * R + r) * 2] = w->m[r];
+            c->part_ml[(base * R + r) * 2 + 1] = w->l[r];
+        }
+    }
+}
+
+/* Merge the splits of one (batch, kv head, row block). */
+static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ctx *c, int64_t blk, attn_ws *w) {
+    const sc_attention_args *a = c->a;
+    const int64_t D = c->D, R = c->rows, mb = c->mb, M = c->M, S = c->S;
+    const int64_t rb = blk % c->nrb, hk = (blk / c->nrb) % c->Hkv, b = blk / c->nrb / c->Hkv;
+    const int64_t i0 = rb * mb, mrows = M - i0 < mb ? M - i0 : mb;
+    for (int64_t g = 0; g < c->group; g++)
+        for (int64_t ii = 0; ii < mrows; ii++) {
+            const int64_t r = g * mb + ii;
+            float mx = -INFINITY;
+            for (int64_t s = 0; s < S; s++) {
+                float ms = c->part_ml[((blk * S + s) * R + r) * 2];
+                mx = ms > mx ? ms : mx;
+            }
+            float *O = w->o;
+            for (int64_t d = 0; d < D; d++) O[d] = 0.0f;
+            float L = 0.0f;
+            if (mx != -INFINITY)
+                for (int64_t s = 0; s < S; s++) {
+                    const float ms = c->part_ml[((blk * S + s) * R + r) * 2];
+                    const float ls = c->part_ml[((blk * S + s) * R + r) * 2 + 1];
+                    if (ms == -INFINITY) continue;
+                    const float f = exp2_neg(ms - mx);
+                    L += ls * f;
+                    const float *po = c->part_o + ((blk * S + s) * R + r) * D;
+                    for (int64_t d = 0; d < D; d++) O[d] += po[d] * f;
+                }
+            /* the row's original query, for the lse smoothing term */
+            float *q0 = w->q0;
+            if (a->lse && a->kf->encoding != SC_ENC_FP16 && a->kf->smooth) {
+                const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
+                if (a->q.dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, q0, D);
+                else memcpy(q0, src, (size_t)D * sizeof(float));
+            }
+            finish_row(c, b, hk, g, i0 + ii, O, mx, L, q0, w->kt);
+        }
+}
+
+/* ------------------------------------------------------- ISA instances */
+typedef void (*item_fn)(const attn_ctx *, int64_t, attn_ws *);
+
+static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w); }
+static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+#ifdef SC_X86
+__attribute__((target("avx2,fma,f16c"))) static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w);
+}
+__attribute__((target("avx2,fma,f16c"))) static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_reduce_body(c, i, w);
+}
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w); }
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+#endif
+
+/* ------------------------------------------------------------ entry point */
+static int64_t lcm64(int64_t a, int64_t b) {
+    int64_t x = a, y = b;
+    while (y) { int64_t t = x % y; x = y; y = t; }
+    return a / x * b;
+}
+
+int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len,
+                                 int64_t kv_len, int32_t threads) {
+    const int64_t group = kv_heads > 0 ? q_heads / kv_heads : 1;
+    int64_t mb = q_len;
+    if (group * mb > ROWS_MAX) mb = ROWS_MAX / group > 0 ? ROWS_MAX / group : 1;
+    const int64_t items = batch * kv_heads * ((q_len + mb - 1) / mb);
+    /* enough items to keep every thread busy, or too few keys to split */
+    if (items >= 2 * (int64_t)threads || kv_len < 2048) return 1;
+    int64_t s = (4 * (int64_t)threads + items - 1) / items;
+    int64_t by_len = kv_len / 1024;
+    s = s < by_len ? s : by_len;
+    return (int32_t)(s < 1 ? 1 : (s > 64 ? 64 : s));
+}
+
+static int head_dim_ok(int64_t d) {
+    return d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 192 || d == 256;
+}
+
+sc_status sc_attention(const sc_attention_args *a) {
+    if (!a || !a->kf || !a->vf || !a->k || !a->v)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "attention arguments are NULL");
+    sc_status st;
+    if ((st = sc_format_check(a->kf)) || (st = sc_format_check(a->vf))) return st;
+    const sc_tensor *q = &a->q, *o = &a->out;
+    if (!q->ptr || !o->ptr) return sc_fail(SC_ERR_INVALID_ARGUMENT, "q or out is NULL");
+    const int64_t B = q->batch, Hq = q->heads, M = q->tokens, D = q->dim, Hkv = a->kv_heads;
+    if (!head_dim_ok(D))
+        return sc_fail(SC_ERR_UNSUPPORTED, "head_dim %lld is not one the attention kernels are built for "
+                       "(32, 64, 80, 96, 128, 192, 256)", (long long)D);
+    if (a->kf->head_dim != D || a->vf->head_dim != D)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "q head_dim %lld differs from the K/V formats' (%d, %d)",
+                       (long long)D, a->kf->head_dim, a->vf->head_dim);
+    if (o->batch != B || o->heads != Hq || o->tokens != M || o->dim != D)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "out must have q's shape");
+    if (Hkv < 1 || Hq % Hkv)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "q heads %lld must be a multiple of kv heads %lld",
+                       (long long)Hq, (long long)Hkv);
+    if (a->k->rows != B * Hkv || a->v->rows != B * Hkv)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "K/V stores hold %lld/%lld rows, expected batch*kv_heads = %lld",
+                       (long long)a->k->rows, (long long)a->v->rows, (long long)(B * Hkv));
+    if (a->kv_len < 0 || a->kv_len > a->k->capacity || a->kv_len > a->v->capacity)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_len %lld exceeds the stores' capacity", (long long)a->kv_len);
+    if (a->kv_lens)
+        for (int64_t b = 0; b < B; b++)
+            if (a->kv_lens[b] < 0 || a->kv_lens[b] > a->kv_len)
+                return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_lens[%lld] = %lld is outside [0, %lld]", (long long)b,
+                               (long long)a->kv_lens[b], (long long)a->kv_len);
+    if (a->split_k < 0) return sc_fail(SC_ERR_INVALID_ARGUMENT, "split_k %d must be >= 0", a->split_k);
+    if (B == 0 || Hq == 0 || M == 0) return SC_OK;
+
+    attn_ctx c;
+    memset(&c, 0, sizeof c);
+    c.a = a;
+    c.B = B; c.Hq = Hq; c.Hkv = Hkv; c.group = Hq / Hkv; c.M = M; c.D = D; c.N = a->kv_len;
+    c.mb = M;
+    if (c.group * c.mb > ROWS_MAX) c.mb = ROWS_MAX / c.group > 0 ? ROWS_MAX / c.group : 1;
+    c.nrb = (M + c.mb - 1) / c.mb;
+    c.rows = c.group * c.mb;
+    const int64_t tk = a->kf->encoding == SC_ENC_FP16 ? 1 : a->kf->token_group;
+    const int64_t tv = a->vf->encoding == SC_ENC_FP16 ? 1 : a->vf->token_group;
+    const int64_t unit = lcm64(tk, tv);
+    c.tile = unit >= 64 ? unit : unit * ((64 + unit - 1) / unit);
+    const int threads = sc_num_threads();
+    int64_t S = a->split_k ? a->split_k : sc_attention_auto_splits(B, Hkv, Hq, M, c.N, threads);
+    /* splits are whole tiles */
+    const int64_t tiles = (c.N + c.tile - 1) / c.tile;
+    if (S > tiles) S = tiles > 0 ? tiles : 1;
+    c.S = S;
+    c.chunk = ((tiles + S - 1) / S) * c.tile;
+    c.qscale = a->scale * SC_LOG2E;
+    const int64_t items = B * Hkv * c.nrb * S;
+    if (S > 1) {
+        c.part_o = (float *)malloc((size_t)(items * c.rows * D) * sizeof(float));
+        c.part_ml = (float *)malloc((size_t)(items * c.rows * 2) * sizeof(float));
+        if (!c.part_o || !c.part_ml) {
+            free(c.part_o);
+            free(c.part_ml);
+            return sc_fail(SC_ERR_NO_MEMORY, "out of memory for split-K partials");
+        }
+    }
+    item_fn item = item_portable, reduce = reduce_portable;
+#ifdef SC_X86
+    sc_isa isa = sc_cpu_active_isa();
+    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = item_avx512; reduce = reduce_avx512; }
+    else if (isa == SC_ISA_AVX2) { item = item_avx2; reduce = reduce_avx2; }
+#endif
+    volatile int failed = 0;
+    int nth = threads < items ? threads : (int)items;
+#pragma omp parallel num_threads(nth)
+    {
+        attn_ws w;
+        if (!ws_init(&w, &c)) failed = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++)
+            if (!failed) item(&c, it, &w);
+        if (S > 1) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t blk = 0; blk < B * Hkv * c.nrb; blk++)
+                if (!failed) reduce(&c, blk, &w);
+        }
+        ws_free(&w);
+    }
+    free(c.part_o);
+    free(c.part_ml);
+    if (failed) return sc_fail(SC_ERR_NO_MEMORY, "out of memory for attention workspaces");
+    return SC_OK;
+}
