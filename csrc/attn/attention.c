@@ -176,7 +176,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         for (int64_t r = 0; r < R; r++) {
             const int64_t ii = r % mb;
             float *sr = w->s + r * TL;
-            if (ii >= mrows) { for (int64_t j = 0; j < nt; j++) sr[j] = -INFINITY; continue; }
+            if (ii >= mrows) { for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f; continue; }
             /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
             int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
             vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
@@ -188,7 +188,12 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
                 mt = v > mt ? v : mt;
             }
             for (int64_t j = vis; j < nt; j++) sr[j] = -INFINITY;
-            if (mt == -INFINITY) continue;
+            if (mt == -INFINITY) {
+                /* nothing visible in this tile: no probability mass (the PV
+                 * loop below reads sr as probabilities) */
+                for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
+                continue;
+            }
             any = 1;
             const float mnew = mt > w->m[r] ? mt : w->m[r];
             const float alpha = exp2_neg(w->m[r] - mnew);

@@ -1,0 +1,190 @@
+"""CPU attention kernels (sc_attention via QuantKVCache.attend) against the
+float64 reference over the same stored K/V.
+
+The kernel is judged against attention over cache.dequantize(): that isolates
+the kernel (tiling, masking, softmax, split-K, GQA) from the storage format's
+own error, which tests/test_accuracy.py judges. Tolerances live in TOL.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from sagecore import _cpu
+from sagecore.cache import QuantKVCache
+from sagecore.errors import InvalidArgumentError, UnsupportedError
+from sagecore.reference import quality, sdpa_reference
+
+#: Kernel vs float64 reference over the dequantized cache, per output dtype.
+TOL = {"float32": dict(rel_l1=2e-5, max_abs=2e-4), "float16": dict(rel_l1=2e-3, max_abs=4e-3)}
+
+POLICIES = ["fp16", "int8", "int4", "int8k-int4v", "q8_0"]
+
+
+def build(policy, B, Hkv, N, D, rng, lens=None):
+    k = (rng.standard_normal((B, Hkv, N, D)) * 1.5 + 0.5).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    c = QuantKVCache(policy, batch=B, kv_heads=Hkv, head_dim=D, capacity=max(N, 1))
+    if N:
+        c.append(k, v)
+    return c
+
+
+def check(c, q, causal, kv_lens=None, split_k=0, out_dtype="float32"):
+    out = np.empty(q.shape, out_dtype)
+    got, lse = c.attend(q, is_causal=causal, kv_lens=kv_lens, split_k=split_k, out=out, return_lse=True)
+    kd, vd = c.dequantize()
+    ref, rlse = sdpa_reference(q, kd, vd, is_causal=causal, kv_lens=kv_lens, return_lse=True)
+    tol = TOL[out_dtype]
+    got64 = got.astype(np.float64)
+    assert np.isfinite(got64).all()
+    err = np.abs(got64 - ref)
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert err.max() <= tol["max_abs"] * scale, err.max()
+    if np.abs(ref).sum() > 0:
+        assert quality(got64, ref)["rel_l1"] <= tol["rel_l1"]
+    live = np.isfinite(rlse)
+    assert np.array_equal(np.isfinite(lse), live)
+    np.testing.assert_allclose(lse[live], rlse[live], rtol=1e-5, atol=1e-4)
+    # rows that see no key are exactly zero
+    assert np.all(got64[~live] == 0)
+    return got
+
+
+def sweep_cases():
+    dims = [64, 80, 96, 128, 192, 256]
+    grid = itertools.product(POLICIES, dims, [1, 4, 8], [1, 3, 64, 512], [1, 31, 33, 4097], [False, True], [1, 3])
+    cases = []
+    for pol, D, group, M, N, causal, B in grid:
+        if pol in ("int8", "int4", "int8k-int4v", "q8_0") and D % 32:
+            continue  # these policies use 32-channel groups: 80 is not divisible
+        Hkv = 1 if group == 8 else 2
+        if B * Hkv * group * M * N * D > 6e7:
+            continue  # large ones run in the slow step
+        cases.append((pol, D, group, M, N, causal, B))
+    rng = np.random.default_rng(2026)
+    idx = rng.choice(len(cases), size=min(520, len(cases)), replace=False)
+    return [cases[i] for i in sorted(idx)]
+
+
+SWEEP = sweep_cases()
+
+
+def test_sweep_is_large_and_covers_every_value():
+    assert len(SWEEP) >= 500
+    for pos, values in enumerate([POLICIES, [64, 96, 128, 192, 256], [1, 4, 8], [1, 3, 64, 512],
+                                  [1, 31, 33, 4097], [False, True], [1, 3]]):
+        assert {c[pos] for c in SWEEP} >= set(values), pos
+
+
+@pytest.mark.parametrize("pol,D,group,M,N,causal,B", SWEEP)
+def test_parity_sweep(pol, D, group, M, N, causal, B):
+    rng = np.random.default_rng(hash((pol, D, group, M, N, causal, B)) % 2**32)
+    Hkv = 1 if group == 8 else 2
+    c = build(pol, B, Hkv, N, D, rng)
+    q = rng.standard_normal((B, Hkv * group, M, D)).astype(np.float32)
+    lens = None if B == 1 else [N, max(0, N - 7), N // 2][:B]
+    check(c, q, causal, kv_lens=lens)
+
+
+@pytest.mark.parametrize("pol", POLICIES)
+def test_split_k_equivalence(pol, rng):
+    c = build(pol, 1, 2, 3000, 128, rng)
+    q = rng.standard_normal((1, 8, 3, 128)).astype(np.float32)
+    base = c.attend(q, split_k=1)
+    for s in (2, 3, 7, 16, 0):
+        got = c.attend(q, split_k=s)
+        np.testing.assert_allclose(got, base, rtol=2e-5, atol=2e-5)
+    check(c, q, True, split_k=5)
+
+
+def test_auto_split_uses_splits_for_long_decode():
+    threads = _cpu.get_num_threads()
+    # too few (batch x kv-head) items for the cores and a long cache: split
+    assert _cpu.attention_auto_splits(1, 1, 8, 1, 32768) > 1
+    assert (_cpu.attention_auto_splits(1, 8, 32, 1, 32768) > 1) == (8 < 2 * threads)
+    # short caches or plenty of items: no split
+    assert _cpu.attention_auto_splits(1, 1, 8, 1, 512) == 1
+    assert _cpu.attention_auto_splits(64, 8, 32, 1, 32768) == 1
+
+
+@pytest.mark.parametrize("pol", POLICIES)
+def test_isa_paths_agree(pol, rng, isa):
+    c = build(pol, 2, 2, 300, 128, rng)
+    q = rng.standard_normal((2, 8, 7, 128)).astype(np.float32)
+    got = c.attend(q, kv_lens=[300, 123])
+    _cpu.set_isa("portable")
+    ref = c.attend(q, kv_lens=[300, 123])
+    _cpu.set_isa(isa)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_extreme_logits_no_nan(rng):
+    c = build("int8", 1, 2, 500, 64, rng)
+    q = (rng.standard_normal((1, 4, 3, 64)) * 1e3).astype(np.float32)  # scores of order 1e4
+    got = check(c, q, False)
+    assert np.isfinite(got).all()
+
+
+def test_all_equal_keys_and_single_key(rng):
+    c = QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=64)
+    k = np.ones((1, 1, 100, 64), np.float32)
+    v = rng.standard_normal((1, 1, 100, 64)).astype(np.float32)
+    c.append(k, v)
+    q = rng.standard_normal((1, 2, 1, 64)).astype(np.float32)
+    got = check(c, q, False)
+    _, vd = c.dequantize()
+    np.testing.assert_allclose(got[0, :, 0], np.broadcast_to(vd[0, 0].mean(0), (2, 64)), atol=1e-5)
+    one = QuantKVCache("q8_0", batch=1, kv_heads=1, head_dim=64)
+    one.append(k[:, :, :1], v[:, :, :1])
+    got = check(one, q, True)
+    np.testing.assert_allclose(got[0, :, 0], np.broadcast_to(one.dequantize()[1][0, 0, 0], (2, 64)), atol=1e-6)
+
+
+def test_fully_masked_rows_are_zero(rng):
+    c = build("int4", 2, 1, 5, 64, rng)
+    q = rng.standard_normal((2, 2, 8, 64)).astype(np.float32)  # M > N: early rows see nothing
+    got = check(c, q, True, kv_lens=[5, 0])
+    assert np.all(got[0, :, :3] == 0) and np.all(got[1] == 0)
+
+
+def test_fp16_queries_and_outputs(rng):
+    c = build("int8", 1, 2, 200, 128, rng)
+    q = rng.standard_normal((1, 8, 4, 128)).astype(np.float16)
+    check(c, q, True, out_dtype="float16")
+
+
+def test_bnhd_layout(rng):
+    c = build("int8", 1, 2, 100, 64, rng)
+    q = rng.standard_normal((1, 4, 3, 64)).astype(np.float32)
+    a = c.attend(q)
+    b = c.attend(np.ascontiguousarray(q.transpose(0, 2, 1, 3)), layout="BNHD")
+    np.testing.assert_allclose(b.transpose(0, 2, 1, 3), a, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_arguments(rng):
+    c = build("int8", 1, 2, 10, 64, rng)
+    with pytest.raises(InvalidArgumentError, match="multiple"):
+        c.attend(np.zeros((1, 3, 1, 64), np.float32))
+    with pytest.raises(InvalidArgumentError, match="head_dim"):
+        c.attend(np.zeros((1, 2, 1, 32), np.float32))
+    with pytest.raises(InvalidArgumentError, match="kv_lens"):
+        c.attend(np.zeros((1, 2, 1, 64), np.float32), kv_lens=[11])
+    with pytest.raises(InvalidArgumentError, match="out"):
+        c.attend(np.zeros((1, 2, 1, 64), np.float32), out=np.zeros((1, 2, 2, 64), np.float32))
+    odd = QuantKVCache("fp16", batch=1, kv_heads=1, head_dim=48)
+    odd.append(np.ones((1, 1, 2, 48), np.float32), np.ones((1, 1, 2, 48), np.float32))
+    with pytest.raises(UnsupportedError, match="head_dim 48"):
+        odd.attend(np.zeros((1, 1, 1, 48), np.float32))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("policy,data", [("int8", "llm"), ("int8", "real"), ("int4", "llm"), ("int4", "real")])
+def test_accuracy_targets_hold_for_kernel_outputs(policy, data):
+    from sagecore import accuracy
+    cases = accuracy.datasets((data,))[data]
+    m = accuracy.evaluate(policy, cases, attend=lambda cache, q, causal: cache.attend(q, is_causal=causal))
+    cos_min, l1_max = accuracy.TARGETS[(policy, data)]
+    assert m["cosine"] >= cos_min, m
+    if l1_max is not None:
+        assert m["rel_l1"] <= l1_max, m
