@@ -124,6 +124,10 @@ typedef struct sc_row_kernels {
     /* sc_rotate_f32: in-place block-Hadamard of n vectors (same butterflies,
      * same order as the portable one, so bitwise equal) */
     void (*rotate)(float *x, int64_t n, int64_t stride, int32_t d);
+    /* Fast decode of tokens [t0, t0+n) of a row into fp32 [n][D] in the
+     * transformed domain, for formats without outliers; returns 0 when it
+     * does not handle the format (the caller then takes the generic path). */
+    int (*decode_fast)(const sc_format *f, const sc_store *st, int64_t row, int64_t t0, int64_t n, float *dst);
     int (*quant_chan)(const void *const *rows, int src_f16, const float *mean, int64_t nt, int64_t D,
                       int is_int4, int zp, int scale_f32, float *x, uint8_t *dst, int64_t row_bytes,
                       void *scales, void *zeros);

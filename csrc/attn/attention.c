@@ -29,6 +29,9 @@
 #define SC_LOG2E 1.4426950408889634f
 #define SC_LN2 0.6931471805599453f
 #define ROWS_MAX 64 /* query rows per work item (group * rows per head) */
+#ifndef TILE_KEYS
+#define TILE_KEYS 32 /* keys per tile: fp32 K and V tiles of d128 fill 2 x 16 KB of L1 */
+#endif
 
 /* ---------------------------------------------------------------- helpers */
 /* 2^x for x <= 0 (scores minus the running max), ~1e-7 relative error;
@@ -57,6 +60,60 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     float s = 0.0f;
     for (int k = 0; k < 16; k++) s += acc[k];
     return s;
+}
+
+/* ------------------------------------------------------- microkernels */
+/* S[r][j] = q_r . k_j for R rows and nt keys (scores unmasked). */
+typedef void (*qk_fn)(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
+/* O[r] += sum_j P[r][j] v_j. */
+typedef void (*pv_fn)(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
+
+static inline __attribute__((always_inline)) void qk_generic(const float *q, const float *kt, float *s, int64_t R,
+                                                             int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < nt; j++) s[r * TL + j] = dot(q + r * D, kt + j * D, D);
+}
+
+static inline __attribute__((always_inline)) void pv_generic(const float *p, const float *vt, float *o, int64_t R,
+                                                             int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r = 0; r < R; r++) {
+        float *orow = o + r * D;
+        for (int64_t j = 0; j < nt; j++) {
+            const float pj = p[r * TL + j];
+            if (pj == 0.0f) continue;
+            const float *vr = vt + j * D;
+            for (int64_t d = 0; d < D; d++) orow[d] += pj * vr[d];
+        }
+    }
+}
+
+/* Softmax step of one row over a tile: sr[0..vis) are scores (log2 units),
+ * keys from vis on are masked. On return sr[j] = 2^(s_j - m_new) (0 where
+ * masked), *m and *l are updated, and the result is the factor alpha by which
+ * the row's O must be rescaled; -1 when no key of the tile is visible (sr is
+ * then zeroed and m, l are unchanged). */
+typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l);
+
+static inline __attribute__((always_inline)) float softmax_generic(float *sr, int64_t vis, int64_t nt, float *m,
+                                                                   float *l) {
+    float mt = -INFINITY;
+    for (int64_t j = 0; j < vis; j++) mt = sr[j] > mt ? sr[j] : mt;
+    if (mt == -INFINITY) {
+        for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = mt > *m ? mt : *m;
+    const float alpha = exp2_neg(*m - mnew);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < vis; j++) {
+        float p = exp2_neg(sr[j] - mnew);
+        sr[j] = p;
+        sum += p;
+    }
+    for (int64_t j = vis; j < nt; j++) sr[j] = 0.0f;
+    *l = *l * alpha + sum;
+    *m = mnew;
+    return alpha;
 }
 
 typedef struct attn_ctx {
@@ -132,7 +189,8 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
 }
 
 /* --------------------------------------------------------------- the item */
-static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w) {
+static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
+                                                                 qk_fn qk, pv_fn pv, sm_fn sm) {
     const sc_attention_args *a = c->a;
     const int64_t D = c->D, R = c->rows, TL = c->tile, mb = c->mb, M = c->M;
     const int64_t s_idx = item % c->S;
@@ -172,6 +230,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
         sc_decoder_run(w->kd, kr, j0, nt, w->kt);
+        qk(w->q, w->kt, w->s, R, nt, D, TL);
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t ii = r % mb;
@@ -180,47 +239,15 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
             int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
             vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
-            const float *qr = w->q + r * D;
-            float mt = -INFINITY;
-            for (int64_t j = 0; j < vis; j++) {
-                float v = dot(qr, w->kt + j * D, D);
-                sr[j] = v;
-                mt = v > mt ? v : mt;
-            }
-            for (int64_t j = vis; j < nt; j++) sr[j] = -INFINITY;
-            if (mt == -INFINITY) {
-                /* nothing visible in this tile: no probability mass (the PV
-                 * loop below reads sr as probabilities) */
-                for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
-                continue;
-            }
+            const float alpha = sm(sr, vis, nt, &w->m[r], &w->l[r]);
+            if (alpha < 0.0f) continue; /* no visible key: p = 0 */
             any = 1;
-            const float mnew = mt > w->m[r] ? mt : w->m[r];
-            const float alpha = exp2_neg(w->m[r] - mnew);
-            float sum = 0.0f;
-            for (int64_t j = 0; j < nt; j++) {
-                float p = exp2_neg(sr[j] - mnew);
-                sr[j] = p;
-                sum += p;
-            }
-            w->l[r] = w->l[r] * alpha + sum;
-            w->m[r] = mnew;
             if (alpha != 1.0f)
                 for (int64_t d = 0; d < D; d++) w->o[r * D + d] *= alpha;
         }
         if (!any) continue;
         sc_decoder_run(w->vd, kr, j0, nt, w->vt);
-        for (int64_t r = 0; r < R; r++) {
-            if (w->m[r] == -INFINITY) continue;
-            float *orow = w->o + r * D;
-            const float *pr = w->s + r * TL;
-            for (int64_t j = 0; j < nt; j++) {
-                const float p = pr[j];
-                if (p == 0.0f) continue;
-                const float *vr = w->vt + j * D;
-                for (int64_t d = 0; d < D; d++) orow[d] += p * vr[d];
-            }
-        }
+        pv(w->s, w->vt, w->o, R, nt, D, TL); /* rows without mass hold p = 0 */
     }
 
     if (c->S == 1) {
@@ -280,19 +307,152 @@ static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ct
 /* ------------------------------------------------------- ISA instances */
 typedef void (*item_fn)(const attn_ctx *, int64_t, attn_ws *);
 
-static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w); }
+static void qk_portable(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    qk_generic(q, kt, s, R, nt, D, TL);
+}
+static void pv_portable(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    pv_generic(p, vt, o, R, nt, D, TL);
+}
+static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    return softmax_generic(sr, vis, nt, m, l);
+}
+static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable);
+}
 static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #ifdef SC_X86
-__attribute__((target("avx2,fma,f16c"))) static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w);
+#include <immintrin.h>
+#define SC_T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SC_T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+
+SC_T_AVX2 static void qk_avx2(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    qk_generic(q, kt, s, R, nt, D, TL);
 }
-__attribute__((target("avx2,fma,f16c"))) static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_reduce_body(c, i, w);
+SC_T_AVX2 static void pv_avx2(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    pv_generic(p, vt, o, R, nt, D, TL);
 }
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
-static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w); }
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
-static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    return softmax_generic(sr, vis, nt, m, l);
+}
+SC_T_AVX2 static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2);
+}
+SC_T_AVX2 static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+
+/* 16 vectors -> one vector whose lane k is the sum of a[k]'s lanes. */
+SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
+    __m512 b[8], c4[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c4[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* c4[i], 128-bit lane L: partial sums of a[4i..4i+3] over lane L */
+    __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[0], c4[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c4[0], c4[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[2], c4[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c4[2], c4[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction. */
+SC_T_AVX512 static void qk_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
+                                  int64_t TL) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *qr = q + r * D;
+        for (int64_t j0 = 0; j0 < nt; j0 += 16) {
+            const int64_t nk = nt - j0 < 16 ? nt - j0 : 16;
+            __m512 acc[16];
+            for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+            for (int64_t c = 0; c < D; c += 16) {
+                const __m512 qv = _mm512_loadu_ps(qr + c);
+                for (int k = 0; k < 16; k++)
+                    if (k < nk) acc[k] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kt + (j0 + k) * D + c), acc[k]);
+            }
+            _mm512_mask_storeu_ps(s + r * TL + j0, (__mmask16)((1u << nk) - 1), hsum16(acc));
+        }
+    }
+}
+
+/* O += P V with the accumulators of 4 rows x 64 channels in registers. */
+SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
+                                  int64_t TL) {
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {
+            const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
+            __m512 acc[4][4];
+            for (int rr = 0; rr < 4; rr++)
+                for (int k = 0; k < 4; k++)
+                    acc[rr][k] = (rr < nr && k < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * k)
+                                                      : _mm512_setzero_ps();
+            for (int64_t j = 0; j < nt; j++) {
+                __m512 v[4];
+                for (int k = 0; k < 4; k++) v[k] = k < nv ? _mm512_loadu_ps(vt + j * D + c0 + 16 * k) : _mm512_setzero_ps();
+                for (int rr = 0; rr < 4; rr++) {
+                    if (rr >= nr) break;
+                    const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
+                    for (int k = 0; k < 4; k++) acc[rr][k] = _mm512_fmadd_ps(pj, v[k], acc[rr][k]);
+                }
+            }
+            for (int rr = 0; rr < nr; rr++)
+                for (int k = 0; k < nv; k++) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * k, acc[rr][k]);
+        }
+    }
+}
+
+/* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef */
+SC_T_AVX512 static inline __m512 exp2_neg16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-127.0f);
+    __mmask16 dead = _mm512_cmp_ps_mask(x, lo, _CMP_NGT_UQ); /* x <= -127 or NaN */
+    x = _mm512_max_ps(x, lo);
+    const __m512 xi = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, xi);
+    __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps((__mmask16)~dead, _mm512_scalef_ps(p, xi));
+}
+
+SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mx = ninf;
+    for (int64_t j = 0; j < vis; j += 16) {
+        const __mmask16 k = (__mmask16)(vis - j >= 16 ? 0xFFFF : (1u << (vis - j)) - 1);
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, k, sr + j));
+    }
+    const float mt = _mm512_reduce_max_ps(mx);
+    if (mt == -INFINITY) {
+        for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = mt > *m ? mt : *m;
+    const float alpha = exp2_neg(*m - mnew);
+    const __m512 vm = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nt; j += 16) {
+        const __mmask16 kn = (__mmask16)(nt - j >= 16 ? 0xFFFF : (1u << (nt - j)) - 1);
+        const int64_t v = vis - j;
+        const __mmask16 kv = (__mmask16)(v >= 16 ? 0xFFFF : (v <= 0 ? 0 : (1u << v) - 1));
+        __m512 p = _mm512_maskz_mov_ps(kv, exp2_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(kv, sr + j), vm)));
+        sum = _mm512_add_ps(sum, p);
+        _mm512_mask_storeu_ps(sr + j, kn, p);
+    }
+    *l = *l * alpha + _mm512_reduce_add_ps(sum);
+    *m = mnew;
+    return alpha;
+}
+
+SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_avx512, pv_avx512, sm_avx512);
+}
+SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #endif
 
 /* ------------------------------------------------------------ entry point */
@@ -363,7 +523,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     const int64_t tk = a->kf->encoding == SC_ENC_FP16 ? 1 : a->kf->token_group;
     const int64_t tv = a->vf->encoding == SC_ENC_FP16 ? 1 : a->vf->token_group;
     const int64_t unit = lcm64(tk, tv);
-    c.tile = unit >= 64 ? unit : unit * ((64 + unit - 1) / unit);
+    c.tile = unit >= TILE_KEYS ? unit : unit * ((TILE_KEYS + unit - 1) / unit);
     const int threads = sc_num_threads();
     int64_t S = a->split_k ? a->split_k : sc_attention_auto_splits(B, Hkv, Hq, M, c.N, threads);
     /* splits are whole tiles */

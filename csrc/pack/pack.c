@@ -82,7 +82,7 @@ static void rotate_portable(float *x, int64_t n, int64_t stride, int32_t d);
 
 const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
-    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, rotate_portable, NULL,
+    quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, rotate_portable, NULL, NULL,
 };
 
 /* ================================================================ rotation */
@@ -698,6 +698,7 @@ void sc_decoder_run(sc_decoder *d, int64_t row, int64_t t0, int64_t n, float *ds
         c->k->load_f16(src, NULL, dst, n * D);
         return;
     }
+    if (c->k->decode_fast && c->k->decode_fast(c->f, c->st, row, t0, n, dst)) return;
     for (int64_t t = 0; t < n; t += T) {
         int64_t nt = n - t < T ? n - t : T;
         decode_group(c, row, (t0 + t) / T, nt, dst + t * D);

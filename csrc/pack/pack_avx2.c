@@ -279,7 +279,7 @@ SC_AVX2 static void rotate_avx2(float *x, int64_t n, int64_t stride, int32_t d) 
 
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
-    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL,
+    quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL, NULL,
 };
 
 #endif /* SC_X86 */

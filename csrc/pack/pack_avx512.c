@@ -379,6 +379,77 @@ SC_AVX512 static int quant_chan_avx512(const void *const *rows, int src_mode, co
 #undef SC_CHAN
 }
 
+/* ------------------------------------------------------------ decoding */
+/* 16 codes of a row at channel c -> int32 lanes (int4: nibble pairs). */
+SC_AVX512 static inline __m512 codes16(const uint8_t *row, int64_t c, int is_int4, int is_u8) {
+    __m512i u;
+    if (is_int4) {
+        __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(row + c / 2)));
+        __m128i t = _mm_or_si128(_mm_and_si128(w, _mm_set1_epi16(0x000F)),
+                                 _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x00F0)), 4));
+        u = _mm512_cvtepu8_epi32(t); /* bytes c[2i], c[2i+1] in channel order */
+    } else {
+        __m128i b = _mm_loadu_si128((const __m128i *)(row + c));
+        u = is_u8 ? _mm512_cvtepu8_epi32(b) : _mm512_cvtepi8_epi32(b);
+    }
+    return _mm512_cvtepi32_ps(u);
+}
+
+SC_AVX512 static inline __m512 load_scales16(const sc_format *f, const void *base, int64_t i) {
+    return f->scale_dtype == SC_DTYPE_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+                                          : _mm512_loadu_ps((const float *)base + i);
+}
+
+/* Same values as decode_group: x = code * s + m, m = 0 (int8), -8 s (int4) or the minimum. */
+SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, int64_t row, int64_t t0, int64_t n,
+                                        float *dst) {
+    const int64_t D = f->head_dim, T = f->token_group, G = f->channel_group;
+    if (f->encoding == SC_ENC_FP16) return 0;
+    if (f->outliers || D % 16) return 0;
+    const int is_int4 = f->encoding == SC_ENC_INT4, zp = f->zero_point;
+    const int64_t rb = is_int4 ? D / 2 : D, ncell = D / G, groups = st->capacity / T;
+    const uint8_t *data = (const uint8_t *)st->data + (row * st->capacity + t0) * rb;
+    if (G == 1) {
+        /* per-channel cells: one scale vector per token group */
+        for (int64_t t = 0; t < n;) {
+            const int64_t g = (t0 + t) / T, end = (g + 1) * T - t0 < n ? (g + 1) * T - t0 : n;
+            const int64_t cell0 = (row * groups + g) * ncell;
+            for (int64_t c = 0; c < D; c += 16) {
+                const __m512 s = load_scales16(f, st->scales, cell0 + c);
+                const __m512 m = zp ? load_scales16(f, st->zeros, cell0 + c)
+                                    : (is_int4 ? _mm512_mul_ps(_mm512_set1_ps(-8.0f), s) : _mm512_setzero_ps());
+                for (int64_t tt = t; tt < end; tt++) {
+                    __m512 x = _mm512_mul_ps(codes16(data + tt * rb, c, is_int4, zp), s);
+                    _mm512_storeu_ps(dst + tt * D + c, (zp || is_int4) ? _mm512_add_ps(x, m) : x);
+                }
+            }
+            t = end;
+        }
+        return 1;
+    }
+    if (T == 1 && G % 16 == 0) {
+        for (int64_t t = 0; t < n; t++) {
+            const int64_t cell0 = (row * groups + t0 + t) * ncell;
+            const uint8_t *r = data + t * rb;
+            for (int64_t cell = 0; cell < ncell; cell++) {
+                const float sv = f->scale_dtype == SC_DTYPE_F16 ? sc_h2f(((const uint16_t *)st->scales)[cell0 + cell])
+                                                              : ((const float *)st->scales)[cell0 + cell];
+                float mv = 0.0f;
+                if (zp) mv = f->scale_dtype == SC_DTYPE_F16 ? sc_h2f(((const uint16_t *)st->zeros)[cell0 + cell])
+                                                           : ((const float *)st->zeros)[cell0 + cell];
+                else if (is_int4) mv = -8.0f * sv;
+                const __m512 s = _mm512_set1_ps(sv), m = _mm512_set1_ps(mv);
+                for (int64_t c = cell * G; c < (cell + 1) * G; c += 16) {
+                    __m512 x = _mm512_mul_ps(codes16(r, c, is_int4, zp), s);
+                    _mm512_storeu_ps(dst + t * D + c, (zp || is_int4) ? _mm512_add_ps(x, m) : x);
+                }
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
 sc_row_kernels sc_row_kernels_avx512;
 
 /* The AVX2 row kernels plus the two fused AVX-512 kernels. */
@@ -387,6 +458,7 @@ void sc_row_kernels_avx512_init(void) {
     sc_row_kernels_avx512.quant_token = quant_token_avx512;
     sc_row_kernels_avx512.quant_chan = quant_chan_avx512;
     sc_row_kernels_avx512.quant_tokens = quant_tokens_avx512;
+    sc_row_kernels_avx512.decode_fast = decode_fast_avx512;
 }
 
 #endif /* SC_X86 */
