@@ -186,3 +186,53 @@ int sc_num_threads(void) {
 }
 
 void sc_set_num_threads(int n) { sc_threads = n > 0 ? n : 0; }
+
+/* ========================================================= bandwidth probe */
+/* Reads n bytes with every core (benchmarks report KV bytes/s against it).
+ * Wide loads on the ISA in use, so the probe is bound by memory, not by
+ * the add loop. */
+#define SC_PROBE_BODY(VEC, LOAD, ADD, ZERO, STEP)                                   \
+    {                                                                                \
+        const char *b = (const char *)p;                                             \
+        const int64_t nb = (int64_t)(n / (4 * STEP));                                \
+        _Pragma("omp parallel for reduction(+ : total) num_threads(sc_num_threads())") \
+        for (int64_t i = 0; i < nb; i++) {                                           \
+            const char *q = b + i * 4 * STEP;                                        \
+            VEC acc = ADD(ADD(LOAD(q), LOAD(q + STEP)), ADD(LOAD(q + 2 * STEP), LOAD(q + 3 * STEP))); \
+            uint64_t lanes[STEP / 8];                                                \
+            memcpy(lanes, &acc, STEP);                                               \
+            total += lanes[0];                                                       \
+        }                                                                            \
+        (void)ZERO;                                                                  \
+    }
+
+#if defined(SC_X86)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static uint64_t probe_avx512(const void *p, size_t n) {
+    uint64_t total = 0;
+    SC_PROBE_BODY(__m512i, _mm512_loadu_si512, _mm512_add_epi64, 0, 64)
+    return total;
+}
+__attribute__((target("avx2"))) static uint64_t probe_avx2(const void *p, size_t n) {
+    uint64_t total = 0;
+#define SC_LD256(x) _mm256_loadu_si256((const __m256i *)(x))
+    SC_PROBE_BODY(__m256i, SC_LD256, _mm256_add_epi64, 0, 32)
+#undef SC_LD256
+    return total;
+}
+#endif
+
+uint64_t sc_read_probe(const void *p, size_t n) {
+#if defined(SC_X86)
+    sc_isa isa = sc_cpu_active_isa();
+    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) return probe_avx512(p, n);
+    if (isa == SC_ISA_AVX2) return probe_avx2(p, n);
+#endif
+    const uint64_t *w = (const uint64_t *)p;
+    const int64_t nw = (int64_t)(n / 8);
+    uint64_t total = 0;
+#pragma omp parallel for reduction(+ : total) num_threads(sc_num_threads())
+    for (int64_t i = 0; i < nw - 7; i += 8)
+        total += (w[i] + w[i + 1]) + (w[i + 2] + w[i + 3]) + (w[i + 4] + w[i + 5]) + (w[i + 6] + w[i + 7]);
+    return total;
+}

@@ -6,7 +6,7 @@ handles and lifetimes, and the pure-Python modules (formats, cache, ...) build
 the public API on top. Every call into C releases the GIL.
 """
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 from sagecore._csagecore cimport *
 
@@ -237,6 +237,21 @@ def supported_isas():
         if v != SC_ISA_PORTABLE and v <= best and (v >= SC_ISA_NEON) == (best >= SC_ISA_NEON):
             out.append(name)
     return out
+
+
+def read_probe(cnp.ndarray a):
+    """Read every byte of a C-contiguous array with all threads; returns the
+    seconds taken (C: sc_read_probe). For bandwidth reports."""
+    import time
+    if not a.flags.c_contiguous:
+        raise errors.InvalidArgumentError("a", "must be C-contiguous")
+    cdef const void *p = cnp.PyArray_DATA(a)
+    cdef size_t n = a.nbytes
+    cdef uint64_t r
+    t0 = time.perf_counter()
+    with nogil:
+        r = sc_read_probe(p, n)
+    return time.perf_counter() - t0
 
 
 def set_num_threads(int n):

@@ -1,5 +1,5 @@
 # Declarations of csrc/include/sagecore.h, C names verbatim. Nothing else.
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "sagecore.h" nogil:
     int SC_ABI_VERSION
@@ -96,5 +96,6 @@ cdef extern from "sagecore.h" nogil:
     int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len,
                                      int64_t kv_len, int32_t threads)
 
+    uint64_t sc_read_probe(const void *p, size_t n)
     int sc_num_threads()
     void sc_set_num_threads(int n)

@@ -209,6 +209,10 @@ int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_head
                                  int64_t kv_len, int32_t threads);
 
 /* ---------------------------------------------------------------- threads */
+/* Reads n bytes with sc_num_threads() threads and returns a checksum; the
+ * benchmarks time it as the machine's read bandwidth. */
+uint64_t sc_read_probe(const void *p, size_t n);
+
 /* Threads used by the core's parallel loops (default: all available cores). */
 int sc_num_threads(void);
 void sc_set_num_threads(int n);
