@@ -13,7 +13,7 @@ __all__ = ["Capabilities", "capabilities", "BACKENDS"]
 BACKENDS = ("cpu", "metal", "reference")
 
 #: Head dims the attention kernels are specialised for.
-ATTENTION_HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+ATTENTION_HEAD_DIMS = (32, 64, 80, 96, 128, 192, 256)
 
 
 class Capabilities:
