@@ -1,4 +1,4 @@
-"""Command line: ``python -m sagecore {info,demo,accuracy}``."""
+"""Command line: ``python -m sagecore {info,demo,accuracy,bench}``."""
 
 from __future__ import annotations
 
@@ -125,8 +125,14 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="build a realistic KV cache per built-in policy: memory, accuracy, time")
     d.add_argument("--tokens", type=int, default=4096)
     d.add_argument("--seed", type=int, default=0)
+    sub.add_parser("bench", help="attention on the standard workloads vs fp16 and torch (see --help)",
+                   add_help=False)
     a = sub.add_parser("accuracy", help="accuracy of built-in policies on LLM-like and real activations")
     a.add_argument("--policy", action="append", help="policy name or file (repeatable); default: built-ins")
     a.add_argument("--data", nargs="+", default=["llm", "real"], choices=["llm", "real"])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from sagecore import bench
+        return bench.main(argv[1:])
     args = p.parse_args(argv)
     return {"info": _info, "demo": _demo, "accuracy": _accuracy}[args.cmd](args)

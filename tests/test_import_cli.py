@@ -44,3 +44,13 @@ def test_isa_env_override(isa):
     r = subprocess.run([sys.executable, "-c", "from sagecore import _cpu; print(_cpu.cpu_info()['active_isa'])"],
                        capture_output=True, text=True, env={**__import__("os").environ, "SAGECORE_ISA": isa})
     assert r.stdout.strip() == isa
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "b.json"
+    r = run("-m", "sagecore", "bench", "--quick", "--no-cold", "--no-torch", "--reps", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(x["workload"], x["path"]) for x in rows} >= {("decode N=4096 warm", "int8"), ("chunk 512 x 8192", "fp16")}
+    assert all(x["ms"] > 0 and x["kv_gbs"] > 0 for x in rows)
+    assert "vs fp16" in r.stdout

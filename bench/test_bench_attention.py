@@ -1,0 +1,54 @@
+"""Decode attention per format, side by side in one pytest-benchmark run.
+
+Compares, per group (one KV length): sagecore's fp16, int8, int4 and q8_0
+caches through QuantKVCache.attend, and torch SDPA (bf16, enable_gqa) when
+torch is installed (`pip install -e ".[bench]"`). Llama-3-8B-like decode:
+B=1, 32 query / 8 kv heads, d128, M=1. Warm (one cache); the cold runs and
+prefill live in `python -m sagecore bench`.
+Run: python -m pytest bench/test_bench_attention.py --benchmark-only --benchmark-group-by=group
+"""
+import numpy as np
+import pytest
+
+from sagecore.cache import QuantKVCache
+
+POLICIES = ["fp16", "int8", "int4", "q8_0"]
+_caches = {}
+
+
+def _cache(policy, n):
+    key = (policy, n)
+    if key not in _caches:
+        rng = np.random.default_rng(0)
+        k = rng.standard_normal((1, 8, n, 128)).astype(np.float16)
+        v = rng.standard_normal((1, 8, n, 128)).astype(np.float16)
+        c = QuantKVCache(policy, batch=1, kv_heads=8, head_dim=128, capacity=n)
+        c.append(k, v)
+        _caches[key] = c
+    return _caches[key]
+
+
+Q = np.random.default_rng(1).standard_normal((1, 32, 1, 128)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [4096, 32768])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_decode(benchmark, policy, n):
+    benchmark.group = f"decode N={n}"
+    c = _cache(policy, n)
+    out = np.empty_like(Q)
+    benchmark(c.attend, Q, out=out)
+    benchmark.extra_info["kv_bytes"] = sum(a.nbytes for _, a in c._content())
+
+
+@pytest.mark.parametrize("n", [4096, 32768])
+def test_decode_torch_bf16(benchmark, n):
+    torch = pytest.importorskip("torch", reason="torch is the optional peer (pip install -e '.[bench]')")
+    import torch.nn.functional as F
+    benchmark.group = f"decode N={n}"
+    rng = np.random.default_rng(0)
+    k = torch.from_numpy(rng.standard_normal((1, 8, n, 128)).astype(np.float32)).bfloat16()
+    v = torch.from_numpy(rng.standard_normal((1, 8, n, 128)).astype(np.float32)).bfloat16()
+    q = torch.from_numpy(Q).bfloat16()
+    with torch.no_grad():
+        benchmark(F.scaled_dot_product_attention, q, k, v, enable_gqa=True)

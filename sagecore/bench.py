@@ -1,0 +1,199 @@
+"""`python -m sagecore bench`: CPU attention on the standard workloads
+(DESIGN section 9), side by side with the project's fp16 path and PyTorch.
+
+Llama-3-8B-like shapes: B=1, 32 query / 8 kv heads, d=128.
+- decode M=1 at N = 4k, 16k, 32k (and 128k with --full); "warm" attends over
+  one cache, "cold" rotates through enough separate caches (like layers) to
+  exceed the last-level cache --cold-factor times, so KV comes from DRAM;
+- prefill M=N=2048 causal; chunked prefill M=512 against N=8192.
+Reported: best time over repeats, KV bytes read per second (codes + scales of
+the attended keys) and that as a fraction of the machine's read bandwidth
+measured in the same run (sc_read_probe over a buffer larger than the LLC);
+torch.nn.functional.scaled_dot_product_attention (bf16 and fp32,
+enable_gqa=True) in the same run when torch is installed.
+
+    OPENBLAS_NUM_THREADS=1 python -m sagecore bench [--full] [--json out.json]
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from sagecore import _cpu
+from sagecore.cache import QuantKVCache
+
+B, HQ, HKV, D = 1, 32, 8, 128
+POLICIES = ["fp16", "int8", "int4", "q8_0"]
+
+
+def llc_bytes():
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            s = f.read().strip()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1], 1)
+        return int(s.rstrip("KMG")) * mult
+    except OSError:
+        return 64 << 20
+
+
+def kv_bytes(cache):
+    return sum(a.nbytes for _, a in cache._content())
+
+
+def best_of(fn, reps):
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        t.append(time.perf_counter() - t0)
+    return min(t)
+
+
+def _progress(done, total, what):
+    width = 30
+    fill = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {what:40s}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sagecore bench")
+    ap.add_argument("--full", action="store_true", help="also decode at N=131072")
+    ap.add_argument("--cold-factor", type=float, default=4.0)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--json")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold (DRAM) decode runs")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    ap.add_argument("--quick", action="store_true", help="N=4096 decode and the chunk only (smoke run)")
+    args = ap.parse_args(argv)
+    torch = None
+    try:
+        if args.no_torch:
+            raise ImportError
+        import torch
+        import torch.nn.functional as F
+        torch.set_num_threads(_cpu.get_num_threads())
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    llc = llc_bytes()
+    probe = np.ones(max(2 * llc, 1 << 30) // 8, np.uint64)
+    bw = probe.nbytes / min(_cpu.read_probe(probe) for _ in range(5))
+    del probe
+    print(f"threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, LLC {llc >> 20} MiB, "
+          f"read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s")
+    rows = []
+
+    def report(name, path, t, nbytes, extra=""):
+        sys.stderr.write("\r" + " " * 80 + "\r")
+        gbs = nbytes / t / 1e9
+        rows.append(dict(workload=name, path=path, ms=t * 1e3, kv_gbs=gbs, frac_bw=gbs * 1e9 / bw))
+        print(f"{name:22s} {path:14s} {t * 1e3:9.2f} ms  KV {gbs:6.2f} GB/s  {gbs * 1e9 / bw:5.2f} of read bw {extra}")
+
+    decode_ns = [4096] if args.quick else [4096, 16384, 32768] + ([131072] if args.full else [])
+    prefill = [("chunk 512 x 8192", 512, 8192)] if args.quick else \
+        [("prefill 2048 causal", 2048, 2048), ("chunk 512 x 8192", 512, 8192)]
+    steps = len(decode_ns) * (len(POLICIES) + (1 if torch is not None else 0)) + len(prefill)
+    step = 0
+    q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
+    out = np.empty_like(q)
+    for N in decode_ns:
+        k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        v = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        for pol in POLICIES:
+            _progress(step, steps, f"decode N={N} {pol}")
+            step += 1
+            one = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+            one.append(k, v)
+            nb = kv_bytes(one)
+            t = best_of(lambda: one.attend(q, out=out), args.reps)
+            report(f"decode N={N} warm", pol, t, nb)
+            if args.no_cold:
+                del one
+                continue
+            ncache = max(2, int(np.ceil(args.cold_factor * llc / nb)))
+            caches = [one]
+            for _ in range(ncache - 1):
+                c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+                c.append(k, v)
+                caches.append(c)
+            for c in caches:  # touch once
+                c.attend(q, out=out)
+            t0 = time.perf_counter()
+            rounds = 3
+            for _ in range(rounds):
+                for c in caches:
+                    c.attend(q, out=out)
+            t = (time.perf_counter() - t0) / (rounds * len(caches))
+            report(f"decode N={N} cold", pol, t, nb, f"({len(caches)} caches)")
+            del caches, one
+        if torch is not None:
+            _progress(step, steps, f"decode N={N} torch")
+            step += 1
+            for dt in (torch.bfloat16, torch.float32):
+                nb = 2 * B * HKV * N * D * (2 if dt == torch.bfloat16 else 4)
+                ncache = max(2, int(np.ceil(args.cold_factor * llc / nb)))
+                kt = [torch.from_numpy(k.astype(np.float32)).to(dt) for _ in range(ncache)]
+                vt = [torch.from_numpy(v.astype(np.float32)).to(dt) for _ in range(ncache)]
+                qt = torch.from_numpy(q).to(dt)
+                with torch.no_grad():
+                    t = best_of(lambda: F.scaled_dot_product_attention(qt, kt[0], vt[0], enable_gqa=True), args.reps)
+                    report(f"decode N={N} warm", f"torch-{str(dt)[6:]}", t, nb)
+                    if args.no_cold:
+                        continue
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        for a, b in zip(kt, vt):
+                            F.scaled_dot_product_attention(qt, a, b, enable_gqa=True)
+                    t = (time.perf_counter() - t0) / (3 * ncache)
+                    report(f"decode N={N} cold", f"torch-{str(dt)[6:]}", t, nb)
+                del kt, vt
+
+    for name, M, N in prefill:
+        _progress(step, steps, name)
+        step += 1
+        k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        v = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        qp = rng.standard_normal((B, HQ, M, D)).astype(np.float32)
+        op = np.empty_like(qp)
+        for pol in POLICIES:
+            c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+            c.append(k, v)
+            t = best_of(lambda: c.attend(qp, out=op, is_causal=True), max(2, args.reps // 3))
+            report(name, pol, t, kv_bytes(c))
+        if torch is not None:
+            for dt in (torch.bfloat16, torch.float32):
+                qt = torch.from_numpy(qp).to(dt)
+                kt = torch.from_numpy(k.astype(np.float32)).to(dt)
+                vt = torch.from_numpy(v.astype(np.float32)).to(dt)
+                # torch's is_causal is top-left aligned; pass the right-aligned mask explicitly for M != N
+                mask = None if M == N else torch.from_numpy(
+                    np.arange(N)[None, :] <= (N - M + np.arange(M))[:, None])
+                with torch.no_grad():
+                    fn = (lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)) \
+                        if mask is None else \
+                        (lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True))
+                    t = best_of(fn, max(2, args.reps // 3))
+                report(name, f"torch-{str(dt)[6:]}", t, 2 * B * HKV * N * D * (2 if dt == torch.bfloat16 else 4))
+    _progress(steps, steps, "done")
+    # side-by-side ratios from this run
+    by = {(r["workload"], r["path"]): r["ms"] for r in rows}
+    print("\nratios (time of the other path / time of ours, same run):")
+    for (wl, path), ms in by.items():
+        if path in ("int8", "int4"):
+            parts = [f"vs fp16 {by[(wl, 'fp16')] / ms:5.2f}x"] if (wl, "fp16") in by else []
+            if (wl, "torch-bfloat16") in by:
+                parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")
+            print(f"  {wl:22s} {path:5s} " + "  ".join(parts))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(read_bw=bw, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
