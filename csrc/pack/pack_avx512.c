@@ -427,21 +427,27 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
         }
         return 1;
     }
-    if (T == 1 && G % 16 == 0) {
+    if (T == 1 && G % 16 == 0 && ncell <= 16) {
+        /* a token's cell scales (and minimums) as one vector; cell c broadcast by permute */
+        const __mmask16 km = (__mmask16)((1u << ncell) - 1);
         for (int64_t t = 0; t < n; t++) {
             const int64_t cell0 = (row * groups + t0 + t) * ncell;
             const uint8_t *r = data + t * rb;
+            __m512 sv, mv = _mm512_setzero_ps();
+            if (f->scale_dtype == SC_DTYPE_F16) {
+                sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, (const uint16_t *)st->scales + cell0));
+                if (zp) mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, (const uint16_t *)st->zeros + cell0));
+            } else {
+                sv = _mm512_maskz_loadu_ps(km, (const float *)st->scales + cell0);
+                if (zp) mv = _mm512_maskz_loadu_ps(km, (const float *)st->zeros + cell0);
+            }
+            if (!zp && is_int4) mv = _mm512_mul_ps(_mm512_set1_ps(-8.0f), sv);
             for (int64_t cell = 0; cell < ncell; cell++) {
-                const float sv = f->scale_dtype == SC_DTYPE_F16 ? sc_h2f(((const uint16_t *)st->scales)[cell0 + cell])
-                                                              : ((const float *)st->scales)[cell0 + cell];
-                float mv = 0.0f;
-                if (zp) mv = f->scale_dtype == SC_DTYPE_F16 ? sc_h2f(((const uint16_t *)st->zeros)[cell0 + cell])
-                                                           : ((const float *)st->zeros)[cell0 + cell];
-                else if (is_int4) mv = -8.0f * sv;
-                const __m512 s = _mm512_set1_ps(sv), m = _mm512_set1_ps(mv);
+                const __m512i idx = _mm512_set1_epi32((int)cell);
+                const __m512 s1 = _mm512_permutexvar_ps(idx, sv), m1 = _mm512_permutexvar_ps(idx, mv);
                 for (int64_t c = cell * G; c < (cell + 1) * G; c += 16) {
-                    __m512 x = _mm512_mul_ps(codes16(r, c, is_int4, zp), s);
-                    _mm512_storeu_ps(dst + t * D + c, (zp || is_int4) ? _mm512_add_ps(x, m) : x);
+                    __m512 x = _mm512_mul_ps(codes16(r, c, is_int4, zp), s1);
+                    _mm512_storeu_ps(dst + t * D + c, (zp || is_int4) ? _mm512_add_ps(x, m1) : x);
                 }
             }
         }
