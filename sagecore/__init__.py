@@ -12,6 +12,7 @@ __all__ = [
     "Policy",
     "QuantKVCache",
     "load_policy",
+    "sdpa",
     "sdpa_reference",
     "errors",
 ]
@@ -21,6 +22,7 @@ _LAZY = {
     "Policy": ("sagecore.policy", "Policy"),
     "load_policy": ("sagecore.policy", "load_policy"),
     "QuantKVCache": ("sagecore.cache", "QuantKVCache"),
+    "sdpa": ("sagecore.attention", "sdpa"),
     "sdpa_reference": ("sagecore.reference", "sdpa_reference"),
     "errors": ("sagecore.errors", None),
 }

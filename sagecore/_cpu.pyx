@@ -131,6 +131,8 @@ def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int6
     kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M]."""
     cdef sc_attention_args a
     cdef cnp.ndarray lens_arr, lse_arr
+    a.k_tensor = NULL
+    a.v_tensor = NULL
     fill_tensor(&a.q, q, "q")
     fill_tensor(&a.out, out, "out")
     if not out.flags.writeable:
@@ -141,6 +143,46 @@ def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int6
     a.v = &v.st
     a.kv_heads = kv_heads
     a.kv_len = kv_len
+    a.kv_lens = NULL
+    a.lse = NULL
+    if kv_lens is not None:
+        lens_arr = np.ascontiguousarray(kv_lens, dtype=np.int64)
+        if lens_arr.ndim != 1 or lens_arr.shape[0] != q.shape[0]:
+            raise errors.InvalidArgumentError("kv_lens", f"expected {q.shape[0]} lengths")
+        a.kv_lens = <const int64_t *>cnp.PyArray_DATA(lens_arr)
+    if lse is not None:
+        lse_arr = lse
+        if lse_arr.dtype != np.float32 or not lse_arr.flags.c_contiguous or lse_arr.size != q.shape[0] * q.shape[1] * q.shape[2]:
+            raise errors.InvalidArgumentError("lse", "expected a C-contiguous float32 [B, Hq, M] array")
+        a.lse = <float *>cnp.PyArray_DATA(lse_arr)
+    a.scale = scale
+    a.causal = causal
+    a.split_k = split_k
+    with nogil:
+        check(sc_attention(&a))
+
+
+def attention_tensors(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, object kv_lens=None,
+                      float scale=1.0, bint causal=False, int split_k=0, object lse=None):
+    """Attention over plain f16/f32 K/V arrays [B, Hkv, N, D] (any strides),
+    read in place (C: sc_attention with k_tensor / v_tensor)."""
+    cdef sc_attention_args a
+    cdef sc_tensor kt, vt
+    cdef cnp.ndarray lens_arr, lse_arr
+    fill_tensor(&a.q, q, "q")
+    fill_tensor(&a.out, out, "out")
+    fill_tensor(&kt, k, "k")
+    fill_tensor(&vt, v, "v")
+    if not out.flags.writeable:
+        raise errors.InvalidArgumentError("out", "must be writeable")
+    a.kf = NULL
+    a.vf = NULL
+    a.k = NULL
+    a.v = NULL
+    a.k_tensor = &kt
+    a.v_tensor = &vt
+    a.kv_heads = k.shape[1]
+    a.kv_len = k.shape[2]
     a.kv_lens = NULL
     a.lse = NULL
     if kv_lens is not None:

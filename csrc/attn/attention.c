@@ -123,6 +123,8 @@ typedef struct attn_ctx {
     int64_t S, chunk, tile;
     float qscale;
     float *part_o, *part_ml; /* split partials */
+    /* what the formats ask of the kernel, resolved once (all 0 for plain tensors) */
+    int k_rotate, v_rotate, k_smooth, v_smooth;
 } attn_ctx;
 
 typedef struct attn_ws {
@@ -135,9 +137,12 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     size_t nf = (size_t)(3 * R * D + R * TL + 2 * TL * D + 2 * R);
     memset(w, 0, sizeof *w);
     w->q = (float *)malloc(nf * sizeof(float));
-    w->kd = sc_decoder_new(c->a->kf, c->a->k);
-    w->vd = sc_decoder_new(c->a->vf, c->a->v);
-    if (!w->q || !w->kd || !w->vd) return 0;
+    if (!c->a->k_tensor) {
+        w->kd = sc_decoder_new(c->a->kf, c->a->k);
+        w->vd = sc_decoder_new(c->a->vf, c->a->v);
+        if (!w->kd || !w->vd) return 0;
+    }
+    if (!w->q) return 0;
     w->q0 = w->q + R * D;
     w->o = w->q0 + R * D;
     w->s = w->o + R * D;
@@ -159,6 +164,22 @@ static inline const char *q_row(const sc_tensor *t, int64_t b, int64_t h, int64_
     return (const char *)t->ptr + (size_t)(b * t->stride_b + h * t->stride_h + i * t->stride_t) * es;
 }
 
+/* Tokens [j0, j0+nt) of kv head hk as fp32 rows: from a plain tensor (read in
+ * place, any strides) or through the store's tile decoder. */
+static void load_tile(const sc_tensor *t, sc_decoder *dec, int64_t b, int64_t hk, int64_t kr, int64_t j0,
+                      int64_t nt, float *dst) {
+    if (!t) {
+        sc_decoder_run(dec, kr, j0, nt, dst);
+        return;
+    }
+    const int64_t D = t->dim;
+    for (int64_t j = 0; j < nt; j++) {
+        const char *src = q_row(t, b, hk, j0 + j);
+        if (t->dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, dst + j * D, D);
+        else memcpy(dst + j * D, src, (size_t)D * sizeof(float));
+    }
+}
+
 /* Output of one row: o = O/l (then V's inverse rotation and mean), or zeros. */
 static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int64_t i, const float *O,
                        float m, float l, const float *q0, float *tmp) {
@@ -167,8 +188,8 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
     if (l > 0.0f) {
         const float inv = 1.0f / l;
         for (int64_t d = 0; d < D; d++) tmp[d] = O[d] * inv;
-        if (a->vf->encoding != SC_ENC_FP16 && a->vf->rotate) sc_rotate_f32(tmp, 1, D, (int32_t)D);
-        if (a->vf->encoding != SC_ENC_FP16 && a->vf->smooth)
+        if (c->v_rotate) sc_rotate_f32(tmp, 1, D, (int32_t)D);
+        if (c->v_smooth)
             for (int64_t d = 0; d < D; d++) tmp[d] += a->v->mean[kr * D + d];
     } else {
         for (int64_t d = 0; d < D; d++) tmp[d] = 0.0f;
@@ -181,8 +202,7 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
         if (l > 0.0f) {
             v = (m + log2f(l)) * SC_LN2;
             /* K smoothing shifted every score of the row by scale * q.mean */
-            if (a->kf->encoding != SC_ENC_FP16 && a->kf->smooth)
-                v += a->scale * dot(q0, a->k->mean + kr * D, D);
+            if (c->k_smooth) v += a->scale * dot(q0, a->k->mean + kr * D, D);
         }
         a->lse[(b * c->Hq + h) * c->M + i] = v;
     }
@@ -219,7 +239,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             w->l[r] = 0.0f;
             for (int64_t d = 0; d < D; d++) w->o[r * D + d] = 0.0f;
         }
-    if (a->kf->encoding != SC_ENC_FP16 && a->kf->rotate) sc_rotate_f32(w->q, R, D, (int32_t)D);
+    if (c->k_rotate) sc_rotate_f32(w->q, R, D, (int32_t)D);
 
     /* key range of this split, cut by the causal limit of the block's last row */
     int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
@@ -229,7 +249,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     }
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        sc_decoder_run(w->kd, kr, j0, nt, w->kt);
+        load_tile(a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
         qk(w->q, w->kt, w->s, R, nt, D, TL);
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
@@ -246,7 +266,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
                 for (int64_t d = 0; d < D; d++) w->o[r * D + d] *= alpha;
         }
         if (!any) continue;
-        sc_decoder_run(w->vd, kr, j0, nt, w->vt);
+        load_tile(a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
         pv(w->s, w->vt, w->o, R, nt, D, TL); /* rows without mass hold p = 0 */
     }
 
@@ -295,7 +315,7 @@ static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ct
                 }
             /* the row's original query, for the lse smoothing term */
             float *q0 = w->q0;
-            if (a->lse && a->kf->encoding != SC_ENC_FP16 && a->kf->smooth) {
+            if (a->lse && c->k_smooth) {
                 const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
                 if (a->q.dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, q0, D);
                 else memcpy(q0, src, (size_t)D * sizeof(float));
@@ -510,29 +530,47 @@ static int head_dim_ok(int64_t d) {
 }
 
 sc_status sc_attention(const sc_attention_args *a) {
-    if (!a || !a->kf || !a->vf || !a->k || !a->v)
-        return sc_fail(SC_ERR_INVALID_ARGUMENT, "attention arguments are NULL");
+    if (!a) return sc_fail(SC_ERR_INVALID_ARGUMENT, "attention arguments are NULL");
+    const int tensors = a->k_tensor != NULL || a->v_tensor != NULL;
+    if (tensors ? (!a->k_tensor || !a->v_tensor || a->kf || a->vf || a->k || a->v)
+                : (!a->kf || !a->vf || !a->k || !a->v))
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "give either K/V stores with their formats, or K/V tensors");
     sc_status st;
-    if ((st = sc_format_check(a->kf)) || (st = sc_format_check(a->vf))) return st;
+    if (!tensors && ((st = sc_format_check(a->kf)) || (st = sc_format_check(a->vf)))) return st;
     const sc_tensor *q = &a->q, *o = &a->out;
     if (!q->ptr || !o->ptr) return sc_fail(SC_ERR_INVALID_ARGUMENT, "q or out is NULL");
     const int64_t B = q->batch, Hq = q->heads, M = q->tokens, D = q->dim, Hkv = a->kv_heads;
     if (!head_dim_ok(D))
         return sc_fail(SC_ERR_UNSUPPORTED, "head_dim %lld is not one the attention kernels are built for "
                        "(32, 64, 80, 96, 128, 192, 256)", (long long)D);
-    if (a->kf->head_dim != D || a->vf->head_dim != D)
-        return sc_fail(SC_ERR_INVALID_ARGUMENT, "q head_dim %lld differs from the K/V formats' (%d, %d)",
-                       (long long)D, a->kf->head_dim, a->vf->head_dim);
     if (o->batch != B || o->heads != Hq || o->tokens != M || o->dim != D)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "out must have q's shape");
     if (Hkv < 1 || Hq % Hkv)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "q heads %lld must be a multiple of kv heads %lld",
                        (long long)Hq, (long long)Hkv);
-    if (a->k->rows != B * Hkv || a->v->rows != B * Hkv)
-        return sc_fail(SC_ERR_INVALID_ARGUMENT, "K/V stores hold %lld/%lld rows, expected batch*kv_heads = %lld",
-                       (long long)a->k->rows, (long long)a->v->rows, (long long)(B * Hkv));
-    if (a->kv_len < 0 || a->kv_len > a->k->capacity || a->kv_len > a->v->capacity)
-        return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_len %lld exceeds the stores' capacity", (long long)a->kv_len);
+    if (tensors) {
+        for (int i = 0; i < 2; i++) {
+            const sc_tensor *t = i ? a->v_tensor : a->k_tensor;
+            const char *nm = i ? "v" : "k";
+            if (!t->ptr || (t->dtype != SC_DTYPE_F16 && t->dtype != SC_DTYPE_F32))
+                return sc_fail(SC_ERR_INVALID_ARGUMENT, "%s tensor must be f16 or f32 data", nm);
+            if (t->batch != B || t->heads != Hkv || t->dim != D || t->tokens < a->kv_len)
+                return sc_fail(SC_ERR_INVALID_ARGUMENT,
+                               "%s tensor is [%lld, %lld, %lld, %lld], expected [%lld, %lld, >= %lld, %lld]", nm,
+                               (long long)t->batch, (long long)t->heads, (long long)t->tokens, (long long)t->dim,
+                               (long long)B, (long long)Hkv, (long long)a->kv_len, (long long)D);
+        }
+        if (a->kv_len < 0) return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_len must be >= 0");
+    } else {
+        if (a->kf->head_dim != D || a->vf->head_dim != D)
+            return sc_fail(SC_ERR_INVALID_ARGUMENT, "q head_dim %lld differs from the K/V formats' (%d, %d)",
+                           (long long)D, a->kf->head_dim, a->vf->head_dim);
+        if (a->k->rows != B * Hkv || a->v->rows != B * Hkv)
+            return sc_fail(SC_ERR_INVALID_ARGUMENT, "K/V stores hold %lld/%lld rows, expected batch*kv_heads = %lld",
+                           (long long)a->k->rows, (long long)a->v->rows, (long long)(B * Hkv));
+        if (a->kv_len < 0 || a->kv_len > a->k->capacity || a->kv_len > a->v->capacity)
+            return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_len %lld exceeds the stores' capacity", (long long)a->kv_len);
+    }
     if (a->kv_lens)
         for (int64_t b = 0; b < B; b++)
             if (a->kv_lens[b] < 0 || a->kv_lens[b] > a->kv_len)
@@ -549,8 +587,14 @@ sc_status sc_attention(const sc_attention_args *a) {
     if (c.group * c.mb > ROWS_MAX) c.mb = ROWS_MAX / c.group > 0 ? ROWS_MAX / c.group : 1;
     c.nrb = (M + c.mb - 1) / c.mb;
     c.rows = c.group * c.mb;
-    const int64_t tk = a->kf->encoding == SC_ENC_FP16 ? 1 : a->kf->token_group;
-    const int64_t tv = a->vf->encoding == SC_ENC_FP16 ? 1 : a->vf->token_group;
+    const int64_t tk = tensors || a->kf->encoding == SC_ENC_FP16 ? 1 : a->kf->token_group;
+    const int64_t tv = tensors || a->vf->encoding == SC_ENC_FP16 ? 1 : a->vf->token_group;
+    if (!tensors) {
+        c.k_rotate = a->kf->encoding != SC_ENC_FP16 && a->kf->rotate;
+        c.k_smooth = a->kf->encoding != SC_ENC_FP16 && a->kf->smooth;
+        c.v_rotate = a->vf->encoding != SC_ENC_FP16 && a->vf->rotate;
+        c.v_smooth = a->vf->encoding != SC_ENC_FP16 && a->vf->smooth;
+    }
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= TILE_KEYS ? unit : unit * ((TILE_KEYS + unit - 1) / unit);
     const int threads = sc_num_threads();

@@ -200,6 +200,10 @@ typedef struct sc_attention_args {
     float scale;              /* softmax scale, e.g. 1/sqrt(D) */
     int32_t causal;
     int32_t split_k;          /* 0 auto, 1 off, n > 1: n key splits + a reduce pass */
+    /* Alternative to kf/k and vf/v: plain K and V tensors [B][Hkv][>= kv_len][D]
+     * of f16 or f32 with any element strides (BHND, BNHD, ...), read in place.
+     * Set both (and leave kf, vf, k, v NULL) or neither. */
+    const sc_tensor *k_tensor, *v_tensor;
 } sc_attention_args;
 
 sc_status sc_attention(const sc_attention_args *a);
