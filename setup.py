@@ -25,7 +25,7 @@ CORE_SOURCES = [
     "csrc/attn/attention.c",
 ]
 
-BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing"]
+BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno"]
 
 
 def _compiler_accepts(cc, flags, code="int main(void){return 0;}\n"):

@@ -125,6 +125,7 @@ typedef struct attn_ctx {
     float *part_o, *part_ml; /* split partials */
     /* what the formats ask of the kernel, resolved once (all 0 for plain tensors) */
     int k_rotate, v_rotate, k_smooth, v_smooth;
+    const sc_row_kernels *rk; /* the active row kernels, fetched once per call */
 } attn_ctx;
 
 typedef struct attn_ws {
@@ -166,8 +167,8 @@ static inline const char *q_row(const sc_tensor *t, int64_t b, int64_t h, int64_
 
 /* Tokens [j0, j0+nt) of kv head hk as fp32 rows: from a plain tensor (read in
  * place, any strides) or through the store's tile decoder. */
-static void load_tile(const sc_tensor *t, sc_decoder *dec, int64_t b, int64_t hk, int64_t kr, int64_t j0,
-                      int64_t nt, float *dst) {
+static void load_tile(const sc_row_kernels *rk, const sc_tensor *t, sc_decoder *dec, int64_t b, int64_t hk,
+                      int64_t kr, int64_t j0, int64_t nt, float *dst) {
     if (!t) {
         sc_decoder_run(dec, kr, j0, nt, dst);
         return;
@@ -175,7 +176,7 @@ static void load_tile(const sc_tensor *t, sc_decoder *dec, int64_t b, int64_t hk
     const int64_t D = t->dim;
     for (int64_t j = 0; j < nt; j++) {
         const char *src = q_row(t, b, hk, j0 + j);
-        if (t->dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, dst + j * D, D);
+        if (t->dtype == SC_DTYPE_F16) rk->load_f16((const uint16_t *)src, NULL, dst + j * D, D);
         else memcpy(dst + j * D, src, (size_t)D * sizeof(float));
     }
 }
@@ -195,7 +196,7 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
         for (int64_t d = 0; d < D; d++) tmp[d] = 0.0f;
     }
     char *dst = (char *)q_row(&a->out, b, h, i);
-    if (a->out.dtype == SC_DTYPE_F16) sc_f32_to_f16(tmp, (uint16_t *)dst, D);
+    if (a->out.dtype == SC_DTYPE_F16) c->rk->store_f16(tmp, NULL, (uint16_t *)dst, D);
     else memcpy(dst, tmp, (size_t)D * sizeof(float));
     if (a->lse) {
         float v = -INFINITY;
@@ -211,6 +212,10 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
 /* --------------------------------------------------------------- the item */
 static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
                                                                  qk_fn qk, pv_fn pv, sm_fn sm) {
+    /* workspace pointers as locals: with -fno-strict-aliasing, every float
+     * store could alias w->o etc., which kept loops scalar and reloading */
+    float *const wq = w->q, *const wq0 = w->q0, *const wo = w->o, *const ws = w->s;
+    float *const wm = w->m, *const wl = w->l, *const wkt = w->kt, *const wvt = w->vt;
     const sc_attention_args *a = c->a;
     const int64_t D = c->D, R = c->rows, TL = c->tile, mb = c->mb, M = c->M;
     const int64_t s_idx = item % c->S;
@@ -226,20 +231,20 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     for (int64_t g = 0; g < c->group; g++)
         for (int64_t ii = 0; ii < mb; ii++) {
             const int64_t r = g * mb + ii;
-            float *qr = w->q + r * D, *q0 = w->q0 + r * D;
+            float *qr = wq + r * D, *q0 = wq0 + r * D;
             if (ii < mrows) {
                 const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
-                if (a->q.dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, q0, D);
+                if (a->q.dtype == SC_DTYPE_F16) c->rk->load_f16((const uint16_t *)src, NULL, q0, D);
                 else memcpy(q0, src, (size_t)D * sizeof(float));
             } else {
                 for (int64_t d = 0; d < D; d++) q0[d] = 0.0f;
             }
             for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * c->qscale;
-            w->m[r] = -INFINITY;
-            w->l[r] = 0.0f;
-            for (int64_t d = 0; d < D; d++) w->o[r * D + d] = 0.0f;
+            wm[r] = -INFINITY;
+            wl[r] = 0.0f;
+            for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
         }
-    if (c->k_rotate) sc_rotate_f32(w->q, R, D, (int32_t)D);
+    if (c->k_rotate) sc_rotate_f32(wq, R, D, (int32_t)D);
 
     /* key range of this split, cut by the causal limit of the block's last row */
     int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
@@ -249,39 +254,39 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     }
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        load_tile(a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
-        qk(w->q, w->kt, w->s, R, nt, D, TL);
+        load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
+        qk(wq, wkt, ws, R, nt, D, TL);
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t ii = r % mb;
-            float *sr = w->s + r * TL;
+            float *sr = ws + r * TL;
             if (ii >= mrows) { for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f; continue; }
             /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
             int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
             vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
-            const float alpha = sm(sr, vis, nt, &w->m[r], &w->l[r]);
+            const float alpha = sm(sr, vis, nt, &wm[r], &wl[r]);
             if (alpha < 0.0f) continue; /* no visible key: p = 0 */
             any = 1;
             if (alpha != 1.0f)
-                for (int64_t d = 0; d < D; d++) w->o[r * D + d] *= alpha;
+                for (int64_t d = 0; d < D; d++) wo[r * D + d] *= alpha;
         }
         if (!any) continue;
-        load_tile(a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
-        pv(w->s, w->vt, w->o, R, nt, D, TL); /* rows without mass hold p = 0 */
+        load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
+        pv(ws, wvt, wo, R, nt, D, TL); /* rows without mass hold p = 0 */
     }
 
     if (c->S == 1) {
         for (int64_t g = 0; g < c->group; g++)
             for (int64_t ii = 0; ii < mrows; ii++) {
                 const int64_t r = g * mb + ii;
-                finish_row(c, b, hk, g, i0 + ii, w->o + r * D, w->m[r], w->l[r], w->q0 + r * D, w->kt);
+                finish_row(c, b, hk, g, i0 + ii, wo + r * D, wm[r], wl[r], wq0 + r * D, wkt);
             }
     } else {
         const int64_t base = (item / c->S) * c->S + s_idx;
-        memcpy(c->part_o + base * R * D, w->o, (size_t)(R * D) * sizeof(float));
+        memcpy(c->part_o + base * R * D, wo, (size_t)(R * D) * sizeof(float));
         for (int64_t r = 0; r < R; r++) {
-            c->part_ml[(base * R + r) * 2] = w->m[r];
-            c->part_ml[(base * R + r) * 2 + 1] = w->l[r];
+            c->part_ml[(base * R + r) * 2] = wm[r];
+            c->part_ml[(base * R + r) * 2 + 1] = wl[r];
         }
     }
 }
@@ -317,7 +322,7 @@ static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ct
             float *q0 = w->q0;
             if (a->lse && c->k_smooth) {
                 const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
-                if (a->q.dtype == SC_DTYPE_F16) sc_f16_to_f32((const uint16_t *)src, q0, D);
+                if (a->q.dtype == SC_DTYPE_F16) c->rk->load_f16((const uint16_t *)src, NULL, q0, D);
                 else memcpy(q0, src, (size_t)D * sizeof(float));
             }
             finish_row(c, b, hk, g, i0 + ii, O, mx, L, q0, w->kt);
@@ -582,6 +587,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     attn_ctx c;
     memset(&c, 0, sizeof c);
     c.a = a;
+    c.rk = sc_row_kernels_active();
     c.B = B; c.Hq = Hq; c.Hkv = Hkv; c.group = Hq / Hkv; c.M = M; c.D = D; c.N = a->kv_len;
     c.mb = M;
     if (c.group * c.mb > ROWS_MAX) c.mb = ROWS_MAX / c.group > 0 ? ROWS_MAX / c.group : 1;
