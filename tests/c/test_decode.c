@@ -90,9 +90,10 @@ int main(void) {
     const int splits[] = {1, 4, 0};
     for (int i = 0; i < 3; i++) {
         sc_attention_args a = {
-            {q, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
-            {out, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
-            NULL, &kf, &vf, &kst, &vst, HKV, N, NULL, (float)scale, 1, splits[i]};
+            .q = {q, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
+            .out = {out, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
+            .kf = &kf, .vf = &vf, .k = &kst, .v = &vst, .kv_heads = HKV, .kv_len = N,
+            .scale = (float)scale, .causal = 1, .split_k = splits[i]};
         CHECK(sc_attention(&a));
         double e = rel_err(out, ref, B * HQ * D);
         printf("decode N=%d split_k=%d: max rel error %.2e\n", N, splits[i], e);
@@ -102,9 +103,10 @@ int main(void) {
     out[5] += 0.01f;
     if (rel_err(out, ref, B * HQ * D) < 1e-5) { fprintf(stderr, "FAIL: perturbation not detected\n"); return 1; }
     /* bad input is an error, not a crash */
-    sc_attention_args bad = {{q, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
-                             {out, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
-                             NULL, &kf, &vf, &kst, &vst, 3, N, NULL, 1.0f, 0, 0};
+    sc_attention_args bad = {.q = {q, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
+                             .out = {out, SC_DTYPE_F32, B, HQ, 1, D, (int64_t)HQ * D, D, D},
+                             .kf = &kf, .vf = &vf, .k = &kst, .v = &vst, .kv_heads = 3, .kv_len = N,
+                             .scale = 1.0f};
     if (sc_attention(&bad) != SC_ERR_INVALID_ARGUMENT) { fprintf(stderr, "FAIL: bad kv_heads accepted\n"); return 1; }
     printf("ok (rejected bad kv_heads: %s)\n", sc_last_error());
     free(kdata); free(vdata); free(ks); free(vs);
