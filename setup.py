@@ -22,6 +22,7 @@ CORE_SOURCES = [
     "csrc/pack/pack.c",
     "csrc/pack/pack_avx2.c",
     "csrc/pack/pack_avx512.c",
+    "csrc/pack/pack_neon.c",
     "csrc/attn/attention.c",
 ]
 

@@ -118,6 +118,8 @@ static void sc_detect(void) {
     sc_active = sc_best;
 #if defined(SC_X86)
     sc_row_kernels_avx512_init();
+#elif defined(SC_ARM64)
+    sc_row_kernels_neon_init();
 #endif
     /* SAGECORE_ISA=portable|avx2|... caps the level for the whole process. */
     const char *env = getenv("SAGECORE_ISA");
@@ -168,6 +170,9 @@ const sc_row_kernels *sc_row_kernels_active(void) {
 #if defined(SC_X86)
     if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) return &sc_row_kernels_avx512;
     if (isa == SC_ISA_AVX2) return &sc_row_kernels_avx2;
+#endif
+#if defined(SC_ARM64)
+    if (isa == SC_ISA_NEON || isa == SC_ISA_NEON_DOTPROD) return &sc_row_kernels_neon;
 #endif
     (void)isa;
     return &sc_row_kernels_portable;

@@ -139,6 +139,10 @@ extern const sc_row_kernels sc_row_kernels_avx2;
 extern sc_row_kernels sc_row_kernels_avx512; /* filled by sc_row_kernels_avx512_init() */
 void sc_row_kernels_avx512_init(void);
 #endif
+#ifdef SC_ARM64
+extern sc_row_kernels sc_row_kernels_neon; /* filled by sc_row_kernels_neon_init() */
+void sc_row_kernels_neon_init(void);
+#endif
 /* The table for the active ISA. */
 const sc_row_kernels *sc_row_kernels_active(void);
 
