@@ -509,6 +509,111 @@ SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
 SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #endif
 
+#ifdef SC_ARM64
+#include <arm_neon.h>
+
+/* NEON: 4 rows x 4 keys of accumulators (16 x 4 lanes), horizontal sums by vaddvq. */
+static void qk_neon(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t j0 = 0; j0 < nt; j0 += 4) {
+            const int64_t nk = nt - j0 < 4 ? nt - j0 : 4;
+            float32x4_t acc[4][4];
+            for (int rr = 0; rr < 4; rr++)
+                for (int kk = 0; kk < 4; kk++) acc[rr][kk] = vdupq_n_f32(0.0f);
+            for (int64_t c = 0; c < D; c += 4) {
+                float32x4_t kv[4];
+                for (int kk = 0; kk < 4; kk++) kv[kk] = kk < nk ? vld1q_f32(kt + (j0 + kk) * D + c) : vdupq_n_f32(0.0f);
+                for (int rr = 0; rr < 4; rr++) {
+                    if (rr >= nr) break;
+                    const float32x4_t qv = vld1q_f32(q + (r0 + rr) * D + c);
+                    for (int kk = 0; kk < 4; kk++) acc[rr][kk] = vfmaq_f32(acc[rr][kk], qv, kv[kk]);
+                }
+            }
+            for (int rr = 0; rr < nr; rr++)
+                for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = vaddvq_f32(acc[rr][kk]);
+        }
+    }
+}
+
+/* O += P V with 4 rows x 16 channels of accumulators. */
+static void pv_neon(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 16) {
+            float32x4_t acc[4][4];
+            for (int rr = 0; rr < 4; rr++)
+                for (int k = 0; k < 4; k++)
+                    acc[rr][k] = rr < nr ? vld1q_f32(o + (r0 + rr) * D + c0 + 4 * k) : vdupq_n_f32(0.0f);
+            for (int64_t j = 0; j < nt; j++) {
+                float32x4_t v[4];
+                for (int k = 0; k < 4; k++) v[k] = vld1q_f32(vt + j * D + c0 + 4 * k);
+                for (int rr = 0; rr < 4; rr++) {
+                    if (rr >= nr) break;
+                    const float pj = p[(r0 + rr) * TL + j];
+                    for (int k = 0; k < 4; k++) acc[rr][k] = vfmaq_n_f32(acc[rr][k], v[k], pj);
+                }
+            }
+            for (int rr = 0; rr < nr; rr++)
+                for (int k = 0; k < 4; k++) vst1q_f32(o + (r0 + rr) * D + c0 + 4 * k, acc[rr][k]);
+        }
+    }
+}
+
+/* exp2_neg on 4 lanes (same polynomial; 2^round(x) built in the exponent field) */
+static inline float32x4_t exp2_neg4(float32x4_t x) {
+    const float32x4_t lo = vdupq_n_f32(-127.0f);
+    const uint32x4_t dead = vcleq_f32(x, lo);
+    x = vmaxq_f32(x, lo);
+    const float32x4_t xi = vrndnq_f32(x);
+    const float32x4_t f = vsubq_f32(x, xi);
+    float32x4_t p = vdupq_n_f32(1.5403530393381606e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3333558146428443e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(9.6181291076284772e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(5.5504108664821580e-2f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(2.4022650695910071e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(6.9314718055994531e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
+    int32x4_t e = vaddq_s32(vcvtq_s32_f32(xi), vdupq_n_s32(127));
+    e = vmaxq_s32(e, vdupq_n_s32(0));
+    const float32x4_t scale = vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(vmulq_f32(p, scale)), dead));
+}
+
+static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    float32x4_t mx = vdupq_n_f32(-INFINITY);
+    int64_t j = 0;
+    for (; j + 4 <= vis; j += 4) mx = vmaxq_f32(mx, vld1q_f32(sr + j));
+    float mt = vmaxvq_f32(mx);
+    for (; j < vis; j++) mt = sr[j] > mt ? sr[j] : mt;
+    if (mt == -INFINITY) {
+        for (j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = mt > *m ? mt : *m;
+    const float alpha = exp2_neg(*m - mnew);
+    const float32x4_t vm = vdupq_n_f32(mnew);
+    float32x4_t sum = vdupq_n_f32(0.0f);
+    for (j = 0; j + 4 <= vis; j += 4) {
+        float32x4_t p = exp2_neg4(vsubq_f32(vld1q_f32(sr + j), vm));
+        sum = vaddq_f32(sum, p);
+        vst1q_f32(sr + j, p);
+    }
+    float tail = 0.0f;
+    for (; j < vis; j++) {
+        float p = exp2_neg(sr[j] - mnew);
+        sr[j] = p;
+        tail += p;
+    }
+    for (j = vis; j < nt; j++) sr[j] = 0.0f;
+    *l = *l * alpha + (vaddvq_f32(sum) + tail);
+    *m = mnew;
+    return alpha;
+}
+
+static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon); }
+#endif
+
 /* ------------------------------------------------------------ entry point */
 static int64_t lcm64(int64_t a, int64_t b) {
     int64_t x = a, y = b;
@@ -626,6 +731,9 @@ sc_status sc_attention(const sc_attention_args *a) {
     sc_isa isa = sc_cpu_active_isa();
     if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = item_avx512; reduce = reduce_avx512; }
     else if (isa == SC_ISA_AVX2) { item = item_avx2; reduce = reduce_avx2; }
+#elif defined(SC_ARM64)
+    sc_isa isa = sc_cpu_active_isa();
+    if (isa == SC_ISA_NEON || isa == SC_ISA_NEON_DOTPROD) item = item_neon;
 #endif
     volatile int failed = 0;
     int nth = threads < items ? threads : (int)items;
