@@ -737,6 +737,7 @@ sc_status sc_attention(const sc_attention_args *a) {
 #endif
     volatile int failed = 0;
     int nth = threads < items ? threads : (int)items;
+    (void)nth; /* unused without OpenMP */
 #pragma omp parallel num_threads(nth)
     {
         attn_ws w;
