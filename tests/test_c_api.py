@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -22,3 +23,12 @@ def test_c_decode_program(tmp_path):
         env = dict(os.environ, SAGECORE_ISA=isa)
         r2 = subprocess.run([str(tmp_path / "test_decode")], capture_output=True, text=True, env=env, timeout=120)
         assert r2.returncode == 0, r2.stderr
+
+
+def test_golden_data_is_current(tmp_path):
+    """tests/c/data/golden.bin is exactly what tools/make_golden.py produces now."""
+    out = tmp_path / "golden.bin"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "make_golden.py"), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == (ROOT / "tests" / "c" / "data" / "golden.bin").read_bytes()

@@ -212,12 +212,123 @@ static void test_attention(sc_isa best) {
         }
 }
 
-int main(void) {
+/* ------------------------------------------------------- golden data */
+static uint32_t crc32_update(uint32_t crc, const void *p, size_t n) {
+    const uint8_t *b = (const uint8_t *)p;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= b[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+static int read_exact(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
+
+/* tools/make_golden.py's reference results (x86, portable-equal), reproduced
+ * here on whatever architecture and ISA this runs: packed bytes by CRC-32,
+ * attention outputs within 1e-5 of float64 references. */
+static void test_golden(const char *path, sc_isa best) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { EXPECT(0, "cannot open golden data %s", path); return; }
+    char magic[8];
+    uint32_t ndims = 0;
+    if (!read_exact(f, magic, 8) || memcmp(magic, "SCGOLD02", 8) || !read_exact(f, &ndims, 4)) {
+        EXPECT(0, "%s is not golden data (SCGOLD02)", path);
+        fclose(f);
+        return;
+    }
+    enum { HQ = 8, HKV = 2, M = 3, N = 64 };
+    for (uint32_t di = 0; di < ndims; di++) {
+        uint32_t D;
+        if (!read_exact(f, &D, 4) || D > 256) { EXPECT(0, "truncated golden data"); break; }
+        uint16_t *q = malloc(2 * HQ * M * D), *k = malloc(2 * HKV * N * D), *v = malloc(2 * HKV * N * D);
+        if (!read_exact(f, q, 2 * HQ * M * D) || !read_exact(f, k, 2 * HKV * N * D) || !read_exact(f, v, 2 * HKV * N * D)) {
+            EXPECT(0, "truncated golden data");
+            break;
+        }
+        for (int fi = 0; fi < 3; fi++) {
+            uint32_t hdr[3];
+            float *mk = malloc(4 * HKV * D), *mv = malloc(4 * HKV * D), *ref = malloc(4 * HQ * M * D);
+            float *o = malloc(4 * HQ * M * D);
+            if (!read_exact(f, hdr, 12) || !read_exact(f, mk, 4 * HKV * D) || !read_exact(f, mv, 4 * HKV * D) ||
+                !read_exact(f, ref, 4 * HQ * M * D)) {
+                EXPECT(0, "truncated golden data");
+                break;
+            }
+            sc_format kf, vf;
+            if (hdr[0] == 0) {
+                kf = (sc_format){SC_ENC_FP16, (int32_t)D, 1, (int32_t)D, SC_DTYPE_F16, 0, 0, 0, 0};
+                vf = kf;
+            } else if (hdr[0] == 1) {
+                kf = (sc_format){SC_ENC_INT8, (int32_t)D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1};
+                vf = (sc_format){SC_ENC_INT8, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+            } else {
+                kf = (sc_format){SC_ENC_INT4, (int32_t)D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1};
+                vf = (sc_format){SC_ENC_INT4, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0};
+            }
+            sc_cpu_set_isa(best);
+            store_buf kb, vb;
+            store_alloc(&kb, &kf, HKV, N);
+            store_alloc(&vb, &vf, HKV, N);
+            if (kb.st.mean) memcpy(kb.st.mean, mk, 4 * HKV * D);
+            if (vb.st.mean) memcpy(vb.st.mean, mv, 4 * HKV * D);
+            sc_tensor kt = {k, SC_DTYPE_F16, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D};
+            sc_tensor vt = kt;
+            vt.ptr = v;
+            EXPECT(sc_quantize(&kf, &kb.st, &kt, 0) == SC_OK && sc_quantize(&vf, &vb.st, &vt, 0) == SC_OK,
+                   "golden quantize failed: %s", sc_last_error());
+            uint32_t ck = crc32_update(0, kb.st.data, kb.data_n), cv = crc32_update(0, vb.st.data, vb.data_n);
+            if (kf.encoding != SC_ENC_FP16) ck = crc32_update(ck, kb.st.scales, kb.scale_n);
+            if (kb.st.zeros) ck = crc32_update(ck, kb.st.zeros, kb.scale_n);
+            if (vf.encoding != SC_ENC_FP16) cv = crc32_update(cv, vb.st.scales, vb.scale_n);
+            if (vb.st.zeros) cv = crc32_update(cv, vb.st.zeros, vb.scale_n);
+            EXPECT(ck == hdr[1] && cv == hdr[2], "D %u format %u: packed bytes differ from the golden data on %s "
+                   "(crc k %08x/%08x v %08x/%08x)", D, hdr[0], sc_isa_name(best), ck, hdr[1], cv, hdr[2]);
+            for (int split = 1; split <= 3; split += 2) {
+                float *qf = malloc(4 * HQ * M * D);
+                for (uint32_t i = 0; i < HQ * M * D; i++) {
+                    /* fp16 -> fp32 through the library, so the query is exact */
+                    sc_f16_to_f32(q + i, qf + i, 1);
+                }
+                sc_attention_args a = {.q = {qf, SC_DTYPE_F32, 1, HQ, M, D, (int64_t)HQ * M * D, (int64_t)M * D, D},
+                                       .out = {o, SC_DTYPE_F32, 1, HQ, M, D, (int64_t)HQ * M * D, (int64_t)M * D, D},
+                                       .kf = &kf, .vf = &vf, .k = &kb.st, .v = &vb.st, .kv_heads = HKV,
+                                       .kv_len = N, .scale = 1.0f / sqrtf((float)D), .causal = 1, .split_k = split};
+                EXPECT(sc_attention(&a) == SC_OK, "golden attention failed: %s", sc_last_error());
+                double e = 0, m = 0;
+                for (uint32_t i = 0; i < HQ * M * D; i++) {
+                    const double di2 = fabs((double)o[i] - ref[i]), ai = fabs((double)ref[i]);
+                    if (di2 > e) e = di2;
+                    if (ai > m) m = ai;
+                }
+                EXPECT(e <= 1e-5 * (m > 1 ? m : 1), "D %u format %u split %d: output differs from the golden "
+                       "reference by %g on %s", D, hdr[0], split, e, sc_isa_name(best));
+                free(qf);
+            }
+            printf("golden D %3u %s: packed bytes identical, attention within 1e-5 (%s)\n", D,
+                   hdr[0] == 0 ? "fp16" : hdr[0] == 1 ? "int8" : "int4", sc_isa_name(best));
+            store_free(&kb);
+            store_free(&vb);
+            free(mk); free(mv); free(ref); free(o);
+        }
+        free(q); free(k); free(v);
+    }
+    fclose(f);
+}
+
+int main(int argc, char **argv) {
     const sc_isa best = sc_cpu_best_isa();
     printf("sagecore core test: best isa %s (%s), %d threads\n", sc_isa_name(best), sc_cpu_features(),
            sc_num_threads());
     test_packing(best);
     test_attention(best);
+    if (argc > 1) {
+        test_golden(argv[1], best);
+        test_golden(argv[1], SC_ISA_PORTABLE);
+    } else {
+        printf("(no golden data path given: golden check not run)\n");
+    }
     /* the checks must be able to fail: compare two different outputs */
     {
         float ref[4] = {1, 2, 3, 4}, bad[4] = {1, 2, 3.001f, 4};
