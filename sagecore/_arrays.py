@@ -42,3 +42,17 @@ def as_kv_input(x, name: str, layout: str) -> np.ndarray:
     if any(s % a.itemsize for s in a.strides):
         raise InvalidArgumentError(name, "strides must be multiples of the element size")
     return a
+
+
+def prepare_out(out, shape, layout):
+    """``(bhnd_view, returned)`` for an attention output of BHND ``shape``: a new
+    float32 array, or the caller's ``out`` (float16/float32, in ``layout``)."""
+    if out is None:
+        arr = np.empty(shape, np.float32)
+        return arr, (arr if layout == "BHND" else arr.transpose(0, 2, 1, 3))
+    view = as_kv_input(out, "out", layout)
+    if view.shape != tuple(shape):
+        raise InvalidArgumentError("out", f"expected shape {tuple(shape)} (BHND), got {tuple(view.shape)}")
+    if not view.flags.writeable:
+        raise InvalidArgumentError("out", "must be writeable")
+    return view, out

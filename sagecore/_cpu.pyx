@@ -124,25 +124,15 @@ cdef class PackedStore:
             check(sc_dequantize(&self.fmt, &self.st, &t, t0))
 
 
-def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int64_t kv_heads, int64_t kv_len,
-              object kv_lens=None, float scale=1.0, bint causal=False, int split_k=0, object lse=None):
-    """Attention of q [B, Hq, M, D] over the K/V stores into out (C: sc_attention).
-
-    kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M]."""
-    cdef sc_attention_args a
-    cdef cnp.ndarray lens_arr, lse_arr
-    a.k_tensor = NULL
-    a.v_tensor = NULL
+cdef object prepare_args(sc_attention_args *a, cnp.ndarray q, cnp.ndarray out, object kv_lens, float scale,
+                         bint causal, int split_k, object lse):
+    """The parts of sc_attention_args shared by both entry points. Returns the
+    int64 lengths array, which must outlive the call."""
+    cdef cnp.ndarray lens_arr = None, lse_arr
     fill_tensor(&a.q, q, "q")
     fill_tensor(&a.out, out, "out")
     if not out.flags.writeable:
         raise errors.InvalidArgumentError("out", "must be writeable")
-    a.kf = &k.fmt
-    a.vf = &v.fmt
-    a.k = &k.st
-    a.v = &v.st
-    a.kv_heads = kv_heads
-    a.kv_len = kv_len
     a.kv_lens = NULL
     a.lse = NULL
     if kv_lens is not None:
@@ -158,6 +148,24 @@ def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int6
     a.scale = scale
     a.causal = causal
     a.split_k = split_k
+    return lens_arr
+
+
+def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int64_t kv_heads, int64_t kv_len,
+              object kv_lens=None, float scale=1.0, bint causal=False, int split_k=0, object lse=None):
+    """Attention of q [B, Hq, M, D] over the K/V stores into out (C: sc_attention).
+
+    kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M]."""
+    cdef sc_attention_args a
+    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse)
+    a.kf = &k.fmt
+    a.vf = &v.fmt
+    a.k = &k.st
+    a.v = &v.st
+    a.k_tensor = NULL
+    a.v_tensor = NULL
+    a.kv_heads = kv_heads
+    a.kv_len = kv_len
     with nogil:
         check(sc_attention(&a))
 
@@ -168,13 +176,9 @@ def attention_tensors(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray o
     read in place (C: sc_attention with k_tensor / v_tensor)."""
     cdef sc_attention_args a
     cdef sc_tensor kt, vt
-    cdef cnp.ndarray lens_arr, lse_arr
-    fill_tensor(&a.q, q, "q")
-    fill_tensor(&a.out, out, "out")
+    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse)
     fill_tensor(&kt, k, "k")
     fill_tensor(&vt, v, "v")
-    if not out.flags.writeable:
-        raise errors.InvalidArgumentError("out", "must be writeable")
     a.kf = NULL
     a.vf = NULL
     a.k = NULL
@@ -183,21 +187,6 @@ def attention_tensors(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray o
     a.v_tensor = &vt
     a.kv_heads = k.shape[1]
     a.kv_len = k.shape[2]
-    a.kv_lens = NULL
-    a.lse = NULL
-    if kv_lens is not None:
-        lens_arr = np.ascontiguousarray(kv_lens, dtype=np.int64)
-        if lens_arr.ndim != 1 or lens_arr.shape[0] != q.shape[0]:
-            raise errors.InvalidArgumentError("kv_lens", f"expected {q.shape[0]} lengths")
-        a.kv_lens = <const int64_t *>cnp.PyArray_DATA(lens_arr)
-    if lse is not None:
-        lse_arr = lse
-        if lse_arr.dtype != np.float32 or not lse_arr.flags.c_contiguous or lse_arr.size != q.shape[0] * q.shape[1] * q.shape[2]:
-            raise errors.InvalidArgumentError("lse", "expected a C-contiguous float32 [B, Hq, M] array")
-        a.lse = <float *>cnp.PyArray_DATA(lse_arr)
-    a.scale = scale
-    a.causal = causal
-    a.split_k = split_k
     with nogil:
         check(sc_attention(&a))
 

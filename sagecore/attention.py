@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import as_kv_input
+from sagecore._arrays import as_kv_input, prepare_out
 from sagecore.errors import InvalidArgumentError, NoBackendError
 
 __all__ = ["sdpa"]
@@ -81,14 +81,7 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         raise NoBackendError("no backend can run this sdpa call",
                              {"cpu": why, "metal": "not built yet",
                               "reference": "only used when asked for with backend='reference'"})
-    if out is None:
-        out_arr = np.empty((B, Hq, M, D), np.float32)
-        ret = out_arr if layout == "BHND" else out_arr.transpose(0, 2, 1, 3)
-    else:
-        ret = out
-        out_arr = as_kv_input(out, "out", layout)
-        if out_arr.shape != qa.shape:
-            raise InvalidArgumentError("out", f"expected shape {tuple(qa.shape)} (BHND), got {tuple(out_arr.shape)}")
+    out_arr, ret = prepare_out(out, qa.shape, layout)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     _cpu.attention_tensors(qa, ka, va, out_arr, kv_lens, scale, bool(is_causal), int(split_k), lse)
     return (ret, lse) if return_lse else ret

@@ -33,7 +33,7 @@ from binascii import crc32
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import as_kv_input
+from sagecore._arrays import as_kv_input, prepare_out
 from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
@@ -406,14 +406,7 @@ class QuantKVCache:
                                             f"{tuple(q.shape)} (BHND)")
         if Hq % self.kv_heads:
             raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {self.kv_heads}")
-        if out is None:
-            out_arr = np.empty((B, Hq, M, D), np.float32)
-            ret = out_arr if layout == "BHND" else out_arr.transpose(0, 2, 1, 3)
-        else:
-            ret = out
-            out_arr = as_kv_input(out, "out", layout)
-            if out_arr.shape != q.shape:
-                raise InvalidArgumentError("out", f"expected shape {tuple(q.shape)} (BHND), got {tuple(out_arr.shape)}")
+        out_arr, ret = prepare_out(out, q.shape, layout)
         scale = float(1.0 / np.sqrt(D) if scale is None else scale)
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         group = Hq // self.kv_heads
