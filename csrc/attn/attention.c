@@ -94,6 +94,15 @@ static inline __attribute__((always_inline)) void pv_generic(const float *p, con
  * then zeroed and m, l are unchanged). */
 typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l);
 
+/* Direct microkernels read fp16 or fp32 K/V rows in place (row stride ks in
+ * elements; k points at the tile's first key), converting in registers: no
+ * fp32 tile is written. Used for plain tensors and fp16 stores where the ISA
+ * provides them; other formats go through the tile decoder. */
+typedef void (*qkd_fn)(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R, int64_t nt,
+                       int64_t D, int64_t TL);
+typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
+                       int64_t D, int64_t TL);
+
 static inline __attribute__((always_inline)) float softmax_generic(float *sr, int64_t vis, int64_t nt, float *m,
                                                                    float *l) {
     float mt = -INFINITY;
@@ -126,7 +135,24 @@ typedef struct attn_ctx {
     /* what the formats ask of the kernel, resolved once (all 0 for plain tensors) */
     int k_rotate, v_rotate, k_smooth, v_smooth;
     const sc_row_kernels *rk; /* the active row kernels, fetched once per call */
+    int direct;               /* K/V are fp16/fp32 rows readable in place (tensors or fp16 stores) */
 } attn_ctx;
+
+/* Where kv head (b, hk)'s K or V rows start, their stride (elements) and dtype, for direct reads. */
+static inline const char *direct_rows(const attn_ctx *c, int which, int64_t b, int64_t hk, int64_t *stride,
+                                      int *f16) {
+    const sc_tensor *t = which ? c->a->v_tensor : c->a->k_tensor;
+    if (t) {
+        const size_t es = t->dtype == SC_DTYPE_F16 ? 2 : 4;
+        *stride = t->stride_t;
+        *f16 = t->dtype == SC_DTYPE_F16;
+        return (const char *)t->ptr + (size_t)(b * t->stride_b + hk * t->stride_h) * es;
+    }
+    const sc_store *st = which ? c->a->v : c->a->k;
+    *stride = c->D;
+    *f16 = 1;
+    return (const char *)st->data + (size_t)((b * c->Hkv + hk) * st->capacity) * (size_t)c->D * 2;
+}
 
 typedef struct attn_ws {
     float *q, *q0, *s, *kt, *vt, *o, *m, *l;
@@ -211,7 +237,8 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
 
 /* --------------------------------------------------------------- the item */
 static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
-                                                                 qk_fn qk, pv_fn pv, sm_fn sm) {
+                                                                 qk_fn qk, pv_fn pv, sm_fn sm, qkd_fn qkd,
+                                                                 pvd_fn pvd) {
     /* workspace pointers as locals: with -fno-strict-aliasing, every float
      * store could alias w->o etc., which kept loops scalar and reloading */
     float *const wq = w->q, *const wq0 = w->q0, *const wo = w->o, *const ws = w->s;
@@ -228,6 +255,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     const int64_t i0 = rb * mb, mrows = M - i0 < mb ? M - i0 : mb;
 
     /* queries: fp32, scaled into log2 units, rotated like K */
+    const float qscale = c->qscale; /* a local: float stores below could alias c->qscale */
     for (int64_t g = 0; g < c->group; g++)
         for (int64_t ii = 0; ii < mb; ii++) {
             const int64_t r = g * mb + ii;
@@ -239,7 +267,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             } else {
                 for (int64_t d = 0; d < D; d++) q0[d] = 0.0f;
             }
-            for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * c->qscale;
+            for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * qscale;
             wm[r] = -INFINITY;
             wl[r] = 0.0f;
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
@@ -252,10 +280,19 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         int64_t lim = n_b - M + i0 + mrows; /* exclusive */
         hi = hi < lim ? hi : lim;
     }
+    const int direct = c->direct && qkd && pvd;
+    int64_t kst = 0, vst = 0;
+    int kf16 = 0, vf16 = 0;
+    const char *kbase = direct ? direct_rows(c, 0, b, hk, &kst, &kf16) : NULL;
+    const char *vbase = direct ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
-        qk(wq, wkt, ws, R, nt, D, TL);
+        if (direct) {
+            qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL);
+        } else {
+            load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
+            qk(wq, wkt, ws, R, nt, D, TL);
+        }
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t ii = r % mb;
@@ -271,8 +308,13 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
                 for (int64_t d = 0; d < D; d++) wo[r * D + d] *= alpha;
         }
         if (!any) continue;
-        load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
-        pv(ws, wvt, wo, R, nt, D, TL); /* rows without mass hold p = 0 */
+        /* rows without mass hold p = 0 */
+        if (direct) {
+            pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL);
+        } else {
+            load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
+            pv(ws, wvt, wo, R, nt, D, TL);
+        }
     }
 
     if (c->S == 1) {
@@ -342,7 +384,7 @@ static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l)
     return softmax_generic(sr, vis, nt, m, l);
 }
 static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable);
+    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL);
 }
 static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #ifdef SC_X86
@@ -360,7 +402,7 @@ SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, flo
     return softmax_generic(sr, vis, nt, m, l);
 }
 SC_T_AVX2 static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL);
 }
 SC_T_AVX2 static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
@@ -382,19 +424,27 @@ SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
                          _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction. */
-SC_T_AVX512 static void qk_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
-                                  int64_t TL) {
+/* 16 K/V elements from fp16 or fp32 rows (f16 is a constant after inlining). */
+#define SC_INL static inline __attribute__((always_inline))
+SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+               : _mm512_loadu_ps((const float *)base + i);
+}
+
+/* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction.
+ * Keys are rows of k with stride ks elements. */
+SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                  int64_t nt, int64_t D, int64_t TL) {
     for (int64_t r = 0; r < R; r++) {
         const float *qr = q + r * D;
         for (int64_t j0 = 0; j0 < nt; j0 += 16) {
             const int64_t nk = nt - j0 < 16 ? nt - j0 : 16;
             __m512 acc[16];
-            for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+            for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
             for (int64_t c = 0; c < D; c += 16) {
                 const __m512 qv = _mm512_loadu_ps(qr + c);
-                for (int k = 0; k < 16; k++)
-                    if (k < nk) acc[k] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kt + (j0 + k) * D + c), acc[k]);
+                for (int kk = 0; kk < 16; kk++)
+                    if (kk < nk) acc[kk] = _mm512_fmadd_ps(qv, ld16(k, (j0 + kk) * ks + c, f16), acc[kk]);
             }
             _mm512_mask_storeu_ps(s + r * TL + j0, (__mmask16)((1u << nk) - 1), hsum16(acc));
         }
@@ -404,18 +454,18 @@ SC_T_AVX512 static void qk_avx512(const float *q, const float *kt, float *s, int
 /* Rows in fours: 4 rows x 4 keys of accumulators share every load (8 loads
  * feed 16 FMAs instead of 17 loads feeding 16), and one transposing
  * reduction yields all 16 (row, key) scores. */
-SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
-                                    int64_t TL) {
+SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                  int64_t nt, int64_t D, int64_t TL) {
     int64_t r0 = 0;
     for (; r0 + 4 <= R; r0 += 4) {
         for (int64_t j0 = 0; j0 < nt; j0 += 4) {
             const int64_t nk = nt - j0 < 4 ? nt - j0 : 4;
             __m512 acc[16];
-            for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+            for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
             for (int64_t c = 0; c < D; c += 16) {
                 __m512 kv[4];
                 for (int kk = 0; kk < 4; kk++)
-                    kv[kk] = kk < nk ? _mm512_loadu_ps(kt + (j0 + kk) * D + c) : _mm512_setzero_ps();
+                    kv[kk] = kk < nk ? ld16(k, (j0 + kk) * ks + c, f16) : _mm512_setzero_ps();
                 for (int rr = 0; rr < 4; rr++) {
                     const __m512 qv = _mm512_loadu_ps(q + (r0 + rr) * D + c);
                     for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
@@ -427,34 +477,55 @@ SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, i
                 for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
         }
     }
-    if (r0 < R) qk_avx512(q + r0 * D, kt, s + r0 * TL, R - r0, nt, D, TL);
+    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL);
 }
 
 /* O += P V with the accumulators of 4 rows x 64 channels in registers. */
-SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
-                                  int64_t TL) {
+SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
+                                int64_t nt, int64_t D, int64_t TL) {
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
             const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
             __m512 acc[4][4];
             for (int rr = 0; rr < 4; rr++)
-                for (int k = 0; k < 4; k++)
-                    acc[rr][k] = (rr < nr && k < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * k)
-                                                      : _mm512_setzero_ps();
+                for (int kk = 0; kk < 4; kk++)
+                    acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
+                                                        : _mm512_setzero_ps();
             for (int64_t j = 0; j < nt; j++) {
-                __m512 v[4];
-                for (int k = 0; k < 4; k++) v[k] = k < nv ? _mm512_loadu_ps(vt + j * D + c0 + 16 * k) : _mm512_setzero_ps();
+                __m512 x[4];
+                for (int kk = 0; kk < 4; kk++) x[kk] = kk < nv ? ld16(v, j * vs + c0 + 16 * kk, f16) : _mm512_setzero_ps();
                 for (int rr = 0; rr < 4; rr++) {
                     if (rr >= nr) break;
                     const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
-                    for (int k = 0; k < 4; k++) acc[rr][k] = _mm512_fmadd_ps(pj, v[k], acc[rr][k]);
+                    for (int kk = 0; kk < 4; kk++) acc[rr][kk] = _mm512_fmadd_ps(pj, x[kk], acc[rr][kk]);
                 }
             }
             for (int rr = 0; rr < nr; rr++)
-                for (int k = 0; k < nv; k++) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * k, acc[rr][k]);
+                for (int kk = 0; kk < nv; kk++) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
         }
     }
+}
+
+/* fp32 tiles (decoded formats) */
+SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
+                                    int64_t TL) {
+    qk44_body(q, kt, D, 0, s, R, nt, D, TL);
+}
+SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
+                                  int64_t TL) {
+    pv_body(p, vt, D, 0, o, R, nt, D, TL);
+}
+/* rows read in place */
+SC_T_AVX512 static void qkd_avx512(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                   int64_t nt, int64_t D, int64_t TL) {
+    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL);
+    else qk44_body(q, k, ks, 0, s, R, nt, D, TL);
+}
+SC_T_AVX512 static void pvd_avx512(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
+                                   int64_t nt, int64_t D, int64_t TL) {
+    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL);
+    else pv_body(p, v, vs, 0, o, R, nt, D, TL);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef */
@@ -504,7 +575,7 @@ SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m,
 }
 
 SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512);
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512);
 }
 SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #endif
@@ -611,7 +682,7 @@ static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
     return alpha;
 }
 
-static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon); }
+static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL); }
 #endif
 
 /* ------------------------------------------------------------ entry point */
@@ -706,6 +777,7 @@ sc_status sc_attention(const sc_attention_args *a) {
         c.v_rotate = a->vf->encoding != SC_ENC_FP16 && a->vf->rotate;
         c.v_smooth = a->vf->encoding != SC_ENC_FP16 && a->vf->smooth;
     }
+    c.direct = tensors || (a->kf->encoding == SC_ENC_FP16 && a->vf->encoding == SC_ENC_FP16);
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= TILE_KEYS ? unit : unit * ((TILE_KEYS + unit - 1) / unit);
     const int threads = sc_num_threads();
