@@ -52,3 +52,41 @@ def test_decode_torch_bf16(benchmark, n):
     q = torch.from_numpy(Q).bfloat16()
     with torch.no_grad():
         benchmark(F.scaled_dot_product_attention, q, k, v, enable_gqa=True)
+
+
+# ---- fixed cost per call: decode at N=16 (almost all overhead), sdpa vs torch
+_small = {}
+
+
+def _small_inputs():
+    if not _small:
+        rng = np.random.default_rng(3)
+        _small["q"] = rng.standard_normal((1, 32, 1, 128)).astype(np.float16)
+        _small["k"] = rng.standard_normal((1, 8, 16, 128)).astype(np.float16)
+        _small["v"] = rng.standard_normal((1, 8, 16, 128)).astype(np.float16)
+    return _small["q"], _small["k"], _small["v"]
+
+
+def test_small_call_sdpa(benchmark):
+    import sagecore
+    benchmark.group = "small call: decode N=16"
+    q, k, v = _small_inputs()
+    benchmark(sagecore.sdpa, q, k, v)
+
+
+def test_small_call_c_kernel(benchmark):
+    """The same call straight into the compiled core: sdpa's time minus this is the Python cost."""
+    from sagecore import _cpu
+    benchmark.group = "small call: decode N=16"
+    q, k, v = _small_inputs()
+    out = np.empty(q.shape, np.float32)
+    benchmark(_cpu.attention_tensors, q, k, v, out, None, 128 ** -0.5, False, 1, None)
+
+
+def test_small_call_torch_bf16(benchmark):
+    torch = pytest.importorskip("torch", reason="torch is the optional peer (pip install -e '.[bench]')")
+    import torch.nn.functional as F
+    benchmark.group = "small call: decode N=16"
+    q, k, v = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in _small_inputs())
+    with torch.no_grad():
+        benchmark(F.scaled_dot_product_attention, q, k, v, enable_gqa=True)

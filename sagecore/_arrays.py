@@ -26,21 +26,29 @@ def as_array(x, name: str) -> np.ndarray:
     raise ArgumentTypeError(name, f"expected a numpy array or an object with __dlpack__, got {type(x).__name__}")
 
 
-def as_kv_input(x, name: str, layout: str) -> np.ndarray:
-    """A float16/float32 4-d array viewed as BHND with a contiguous last axis."""
+def as_kv_input(x, name: str, layout: str, copy: bool = False) -> np.ndarray:
+    """A float16/float32 4-d array viewed as BHND with a contiguous last axis.
+
+    With ``copy=True``, inputs that cannot be used in place (another float
+    dtype, a strided head_dim) are copied instead of rejected."""
     a = as_array(x, name)
     if a.ndim != 4:
         raise InvalidArgumentError(name, f"expected a 4-d array in layout {layout}, got shape {a.shape}")
     if a.dtype not in _FLOAT_DTYPES:
-        raise ArgumentTypeError(name, f"expected dtype float16 or float32, got {a.dtype}")
+        if copy and a.dtype.kind == "f":
+            a = a.astype(np.float32)
+        else:
+            raise ArgumentTypeError(name, f"expected dtype float16 or float32, got {a.dtype}"
+                                    + ("" if a.dtype.kind != "f" else "; pass copy=True to convert"))
     if layout == "BNHD":
         a = a.transpose(0, 2, 1, 3)
     elif layout != "BHND":
         raise InvalidArgumentError("layout", f"expected 'BHND' or 'BNHD', got {layout!r}")
-    if a.shape[3] > 1 and a.strides[3] != a.itemsize:
-        raise InvalidArgumentError(name, "the head_dim axis must be contiguous; pass np.ascontiguousarray(x)")
-    if any(s % a.itemsize for s in a.strides):
-        raise InvalidArgumentError(name, "strides must be multiples of the element size")
+    if (a.shape[3] > 1 and a.strides[3] != a.itemsize) or any(s % a.itemsize for s in a.strides):
+        if not copy:
+            raise InvalidArgumentError(name, "the head_dim axis must be contiguous and strides multiples of the "
+                                             "element size; pass copy=True or np.ascontiguousarray(x)")
+        a = np.ascontiguousarray(a)
     return a
 
 

@@ -47,7 +47,8 @@ cdef int fill_tensor(sc_tensor *t, cnp.ndarray a, str name) except -1:
     else:
         raise errors.ArgumentTypeError(name, f"dtype must be float16 or float32, got {a.dtype}")
     if a.shape[3] > 1 and a.strides[3] != itemsize:
-        raise errors.InvalidArgumentError(name, "the head_dim axis must be contiguous (stride 1)")
+        raise errors.InvalidArgumentError(name, "the head_dim axis must be contiguous (stride 1); pass copy=True "
+                                          "or np.ascontiguousarray(x)")
     for i in range(3):
         if a.strides[i] % itemsize:
             raise errors.InvalidArgumentError(name, "strides must be multiples of the item size")

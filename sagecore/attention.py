@@ -5,34 +5,32 @@ float32, BHND or BNHD, any strides with a contiguous head_dim): no copy and
 no dequantization pass. Quantized K/V live in a QuantKVCache
 (:meth:`QuantKVCache.attend`).
 
-Backends: ``"cpu"`` (the C kernels), ``"reference"`` (materialized float64
-SDPA, only when asked for) and ``"auto"``. The full selector with device
-profiles, the pipeline graph and the Metal backend come with the
-graph/selector milestone; here ``"auto"`` picks the CPU kernels when they
-accept the request and otherwise raises NoBackendError with every backend's
-reason. There is no silent fallback.
+Each call is a request to the selector (:mod:`sagecore.selector`), which
+picks the backend and path; the plan for it comes from the plan cache
+(:mod:`sagecore.graph`) and runs on its backend's executor
+(:mod:`sagecore.executor`). ``backend="reference"`` (materialized float64)
+is used only when asked for; there is no silent fallback.
+
+Fast path: after the first call with a given signature (shapes, dtypes,
+causal, scale) of plain numpy BHND inputs and default options, later calls
+with the same signature go straight to the prepared plan's runner.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sagecore import _cpu
 from sagecore._arrays import as_kv_input, prepare_out
-from sagecore.errors import InvalidArgumentError, NoBackendError
+from sagecore.errors import InvalidArgumentError
 
 __all__ = ["sdpa"]
 
-
-def _cpu_declines(D):
-    from sagecore.backends import ATTENTION_HEAD_DIMS
-    if D not in ATTENTION_HEAD_DIMS:
-        return f"kernels are built for head_dim {list(ATTENTION_HEAD_DIMS)}, not {D}"
-    return None
+#: signature -> runner for repeat calls (cleared by sagecore.selector.reset())
+_FAST: dict = {}
 
 
 def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto", out=None, kv_lens=None,
-         split_k=0, return_lse=False):
+         split_k=0, return_lse=False, copy=False):
     """Attention of ``q`` over ``k``/``v``.
 
     Args:
@@ -41,11 +39,13 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         scale: softmax scale, default ``1/sqrt(D)``.
         is_causal: right-aligned causal mask (row i of M sees keys ``j <= N - M + i``).
         layout: ``"BHND"`` or ``"BNHD"`` for q, k, v and the output.
-        backend: ``"auto"``, ``"cpu"`` or ``"reference"``.
+        backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
         out: optional float32/float16 array shaped like q (in ``layout``).
         kv_lens: optional per-batch valid key counts.
-        split_k: 0 automatic, 1 off, n splits (CPU backend).
+        split_k: 0 lets the selector decide, 1 disables, n forces n key splits.
         return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
+        copy: allow a copy when an input is not usable in place (non-contiguous
+            head_dim, float64, ...); by default that is an error.
 
     Returns:
         The output (float32 numpy array unless ``out`` is given), and the lse if asked.
@@ -54,34 +54,67 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
-    if backend not in ("auto", "cpu", "reference"):
-        raise InvalidArgumentError("backend", f"expected 'auto', 'cpu' or 'reference', got {backend!r}")
-    qa = as_kv_input(q, "q", layout)
-    ka = as_kv_input(k, "k", layout)
-    va = as_kv_input(v, "v", layout)
+    if (out is None and kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
+            and backend == "auto" and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+        run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale))
+        if run is not None:
+            return run(q, k, v)
+    return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy)
+
+
+def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy):
+    from sagecore.executor import plan_for
+    from sagecore.graph import AttentionRequest
+    if not isinstance(backend, str):
+        raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
+    if type(split_k) is not int or split_k < 0:
+        raise InvalidArgumentError("split_k", f"expected an integer >= 0, got {split_k!r}")
+    qa = as_kv_input(q, "q", layout, copy)
+    ka = as_kv_input(k, "k", layout, copy)
+    va = as_kv_input(v, "v", layout, copy)
     B, Hq, M, D = qa.shape
     if ka.shape != va.shape:
         raise InvalidArgumentError("v", f"shape {tuple(va.shape)} differs from k's {tuple(ka.shape)} (BHND)")
     if ka.shape[0] != B or ka.shape[3] != D:
         raise InvalidArgumentError("k", f"expected batch {B} and head_dim {D}, got {tuple(ka.shape)} (BHND)")
-    if Hq % ka.shape[1]:
+    if ka.shape[1] == 0 or Hq % ka.shape[1]:
         raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {ka.shape[1]}")
-    scale = float(1.0 / np.sqrt(D) if scale is None else scale)
-    if backend == "reference":
-        from sagecore.reference import sdpa_reference
-        o, lse = sdpa_reference(qa, ka, va, scale=scale, is_causal=is_causal, kv_lens=kv_lens, return_lse=True)
-        o, lse = o.astype(np.float32), lse.astype(np.float32)
-        res = o if layout == "BHND" else o.transpose(0, 2, 1, 3)
-        if out is not None:
-            np.copyto(out, res.astype(np.asarray(out).dtype, copy=False))
-            res = out
-        return (res, lse) if return_lse else res
-    why = _cpu_declines(D)
-    if why:
-        raise NoBackendError("no backend can run this sdpa call",
-                             {"cpu": why, "metal": "not built yet",
-                              "reference": "only used when asked for with backend='reference'"})
+    if ka.dtype != va.dtype:
+        raise InvalidArgumentError("v", f"dtype {va.dtype} differs from k's {ka.dtype}")
+    if scale is not None and not isinstance(scale, (int, float, np.floating)):
+        raise InvalidArgumentError("scale", f"expected a number or None, got {type(scale).__name__}")
+    sc = float(1.0 / np.sqrt(D) if scale is None else scale)
+    if not np.isfinite(sc):
+        raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
     out_arr, ret = prepare_out(out, qa.shape, layout)
+    req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=str(ka.dtype),
+                           q_dtype=str(qa.dtype), out_dtype=str(out_arr.dtype), causal=bool(is_causal),
+                           backend=backend, split_k=split_k, return_lse=bool(return_lse),
+                           kv_lens=kv_lens is not None)
+    plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
-    _cpu.attention_tensors(qa, ka, va, out_arr, kv_lens, scale, bool(is_causal), int(split_k), lse)
+    plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
+    if (out is None and kv_lens is None and not return_lse and not split_k and layout == "BHND"
+            and backend == "auto" and not copy and type(q) is np.ndarray and type(k) is np.ndarray
+            and type(v) is np.ndarray and plan.backend == "cpu"):
+        _remember(q, k, v, is_causal, scale, plan, sc)
     return (ret, lse) if return_lse else ret
+
+
+def _remember(q, k, v, is_causal, scale, plan, sc):
+    from sagecore.selector import overrides
+    if overrides().debug:
+        return  # keep logging every decision
+    if len(_FAST) > 256:
+        _FAST.clear()
+    run_plan = plan.runner
+    shape = q.shape
+    n = k.shape[2]
+    empty = np.empty
+    f32 = np.float32
+
+    def run(q, k, v):
+        o = empty(shape, f32)
+        run_plan(q, k, v, o, n, sc, None, None)
+        return o
+    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale)] = run

@@ -69,7 +69,15 @@ def main(argv=None):
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (DRAM) decode runs")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--quick", action="store_true", help="N=4096 decode and the chunk only (smoke run)")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
+                    help="backend to measure (metal: only on a Mac with the Metal backend built)")
     args = ap.parse_args(argv)
+    if args.backend != "cpu":
+        from sagecore.backends import capabilities
+        caps = capabilities(args.backend)
+        if not caps.available:
+            print(f"error: backend {args.backend!r} is unavailable: {caps.unavailable_reason}", file=sys.stderr)
+            return 2
     torch = None
     try:
         if args.no_torch:
@@ -97,13 +105,65 @@ def main(argv=None):
     decode_ns = [4096] if args.quick else [4096, 16384, 32768] + ([131072] if args.full else [])
     prefill = [("chunk 512 x 8192", 512, 8192)] if args.quick else \
         [("prefill 2048 causal", 2048, 2048), ("chunk 512 x 8192", 512, 8192)]
-    steps = len(decode_ns) * (len(POLICIES) + (1 if torch is not None else 0)) + len(prefill)
+    steps = 1 + len(decode_ns) * (len(POLICIES) + 2 + (1 if torch is not None else 0)) + len(prefill)
     step = 0
+    # fixed cost per call: decode at N=16, where almost everything is overhead
+    _progress(step, steps, "small call N=16")
+    step += 1
+    import sagecore
+    qs = rng.standard_normal((B, HQ, 1, D)).astype(np.float16)
+    ks = rng.standard_normal((B, HKV, 16, D)).astype(np.float16)
+    vs = rng.standard_normal((B, HKV, 16, D)).astype(np.float16)
+    os_ = np.empty(qs.shape, np.float32)
+    reps_small = 2000
+
+    def per_call(fn):
+        fn()
+        best = 1e9
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps_small):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / reps_small)
+        return best
+    t_sd = per_call(lambda: sagecore.sdpa(qs, ks, vs))
+    t_c = per_call(lambda: _cpu.attention_tensors(qs, ks, vs, os_, None, D ** -0.5, False, 1, None))
+    small = [("sdpa", t_sd), ("C kernel", t_c)]
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in (qs, ks, vs))
+        with torch.no_grad():
+            small.append(("torch-bfloat16", per_call(lambda: F.scaled_dot_product_attention(tq, tk, tv,
+                                                                                           enable_gqa=True))))
+    sys.stderr.write("\r" + " " * 80 + "\r")
+    for name, t in small:
+        rows.append(dict(workload="small call N=16", path=name, ms=t * 1e3, kv_gbs=0.0, frac_bw=0.0))
+        print(f"{'small call N=16':22s} {name:14s} {t * 1e6:9.2f} us")
+    print(f"{'':22s} python cost per sdpa call {(t_sd - t_c) * 1e6:.2f} us"
+          + (f"; torch / sdpa {small[2][1] / t_sd:.2f}x" if len(small) > 2 else ""))
     q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
     out = np.empty_like(q)
     for N in decode_ns:
         k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
         v = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        # FlashAttention over plain fp16 tensors (sdpa), and numpy's materialized softmax(QK^T)V in fp32
+        _progress(step, steps, f"decode N={N} sdpa fp16")
+        step += 1
+        t = best_of(lambda: sagecore.sdpa(q, k, v, out=out), args.reps)
+        report(f"decode N={N} warm", "sdpa-fp16", t, k.nbytes + v.nbytes)
+        _progress(step, steps, f"decode N={N} numpy")
+        step += 1
+        kf, vf = k.astype(np.float32), v.astype(np.float32)
+        qg = q.reshape(B, HKV, HQ // HKV, D)
+
+        def numpy_sdpa():
+            s_ = qg @ kf.transpose(0, 1, 3, 2) * D ** -0.5
+            s_ -= s_.max(-1, keepdims=True)
+            p_ = np.exp(s_)
+            p_ /= p_.sum(-1, keepdims=True)
+            return p_ @ vf
+        t = best_of(numpy_sdpa, args.reps)
+        report(f"decode N={N} warm", "numpy-fp32", t, kf.nbytes + vf.nbytes)
+        del kf, vf
         for pol in POLICIES:
             _progress(step, steps, f"decode N={N} {pol}")
             step += 1
@@ -182,9 +242,12 @@ def main(argv=None):
     _progress(steps, steps, "done")
     # side-by-side ratios from this run
     by = {(r["workload"], r["path"]): r["ms"] for r in rows}
+    if ("small call N=16", "torch-bfloat16") in by:
+        print(f"  {'small call N=16':22s} sdpa  vs torch bf16 "
+              f"{by[('small call N=16', 'torch-bfloat16')] / by[('small call N=16', 'sdpa')]:5.2f}x")
     print("\nratios (time of the other path / time of ours, same run):")
     for (wl, path), ms in by.items():
-        if path in ("int8", "int4"):
+        if path in ("int8", "int4", "sdpa-fp16"):
             parts = [f"vs fp16 {by[(wl, 'fp16')] / ms:5.2f}x"] if (wl, "fp16") in by else []
             if (wl, "torch-bfloat16") in by:
                 parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")

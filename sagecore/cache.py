@@ -45,6 +45,11 @@ _FILE_VERSION = 1
 _FILE_HEAD = struct.Struct("<8sHHQI")  # magic, version, reserved, json_len, json_crc
 
 
+def _env_backend():
+    from sagecore.selector import overrides
+    return overrides().backend
+
+
 def _lcm(a, b):
     return a * b // math.gcd(a, b)
 
@@ -378,8 +383,12 @@ class QuantKVCache:
 
     # ----------------------------------------------------------- attention
     def attend(self, q, *, scale=None, is_causal=True, layout="BHND", kv_lens=None, split_k=0,
-               out=None, return_lse=False):
-        """Attention of ``q`` over the cache with the CPU kernels.
+               out=None, return_lse=False, backend="auto", copy=False):
+        """Attention of ``q`` over the cache.
+
+        The selector (:mod:`sagecore.selector`) routes the call: FlashAttention
+        while the cache is in its fp16 phase or holds fp16, QuantAttention over
+        quantized formats, the float64 reference only with ``backend="reference"``.
 
         Args:
             q: ``[batch, q_heads, M, head_dim]`` (or BNHD), float16/float32,
@@ -388,42 +397,66 @@ class QuantKVCache:
             is_causal: right-aligned causal mask (row i of M sees keys
                 ``j <= len - M + i``), the decode / chunked-prefill convention.
             kv_lens: optional per-batch key counts (<= len(cache)).
-            split_k: 0 chooses automatically, 1 disables, n forces n key splits.
+            split_k: 0 lets the selector decide, 1 disables, n forces n key splits.
             out: optional float32/float16 array shaped like q (in ``layout``).
             return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
+            backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
+            copy: allow copying a q that cannot be used in place.
 
         Returns:
             ``out`` (float32 unless ``out`` is given), and the lse if asked.
 
         Raises:
             InvalidArgumentError, ArgumentTypeError: bad shapes or types.
-            UnsupportedError: a head_dim the kernels are not built for (C: sc_attention).
+            NoBackendError: no backend serves the cache's formats at this head_dim.
         """
-        q = as_kv_input(q, "q", layout)
+        from sagecore.executor import plan_for
+        from sagecore.graph import AttentionRequest
+        q = as_kv_input(q, "q", layout, copy)
         B, Hq, M, D = q.shape
         if B != self.batch or D != self.head_dim:
             raise InvalidArgumentError("q", f"expected batch {self.batch} and head_dim {self.head_dim}, got shape "
                                             f"{tuple(q.shape)} (BHND)")
         if Hq % self.kv_heads:
             raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {self.kv_heads}")
+        if type(split_k) is not int or split_k < 0:
+            raise InvalidArgumentError("split_k", f"expected an integer >= 0, got {split_k!r}")
+        if not isinstance(backend, str):
+            raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
         out_arr, ret = prepare_out(out, q.shape, layout)
         scale = float(1.0 / np.sqrt(D) if scale is None else scale)
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         group = Hq // self.kv_heads
         with self._lock:
             L = self._len
-            if self._fp16 is not None:
-                segs = [(tuple(range(self.kv_heads)), self._fp16_store(0), self._fp16_store(1))]
+            if backend == "reference" or (backend == "auto" and _env_backend() == "reference"):
+                segs = None
+            elif self._fp16 is not None:
+                segs = [(tuple(range(self.kv_heads)), "fp16", "fp16", self._fp16_store(0), self._fp16_store(1))]
             else:
-                segs = [(s.heads, s.k.packed, s.v.packed) for s in self._segments]
-            for heads, ks, vs in segs:
+                segs = [(s.heads, s.k.fmt.format_id, s.v.fmt.format_id, s.k.packed, s.v.packed)
+                        for s in self._segments]
+            if segs is None:
+                # the reference runs over the dequantized content, like every parity test
+                kd, vd = self.dequantize(np.float32)
+                segs = [(tuple(range(self.kv_heads)), "dequantized", "dequantized", kd, vd)]
+                source = "tensor"
+            else:
+                source = "store"
+            for heads, kfid, vfid, ks, vs in segs:
                 qh = [h * group + g for h in heads for g in range(group)]
                 contiguous = qh == list(range(qh[0], qh[-1] + 1))
                 sl = slice(qh[0], qh[-1] + 1)
                 qs = q[:, sl] if contiguous else np.ascontiguousarray(q[:, qh])
                 os_ = out_arr[:, sl] if contiguous else np.empty((B, len(qh), M, D), out_arr.dtype)
                 ls = np.empty((B, len(qh), M), np.float32) if lse is not None else None
-                _cpu.attention(qs, ks, vs, os_, len(heads), L, kv_lens, scale, bool(is_causal), int(split_k), ls)
+                req = AttentionRequest(B, len(qh), len(heads), M, L, D, k_format=kfid, v_format=vfid,
+                                       kv_source=source, kv_dtype="float32" if source == "tensor" else "packed",
+                                       q_dtype=str(q.dtype), out_dtype=str(out_arr.dtype), causal=bool(is_causal),
+                                       backend=backend, split_k=split_k, return_lse=lse is not None,
+                                       kv_lens=kv_lens is not None)
+                plan = plan_for(req)
+                plan.runner(qs, ks, vs, os_, L, scale, kv_lens, ls)
                 if not contiguous:
                     out_arr[:, qh] = os_
                 if lse is not None:

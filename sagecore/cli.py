@@ -1,4 +1,4 @@
-"""Command line: ``python -m sagecore {info,demo,accuracy,bench}``."""
+"""Command line: ``python -m sagecore {info,demo,accuracy,bench,tune}``."""
 
 from __future__ import annotations
 
@@ -71,18 +71,29 @@ def _demo(args) -> int:
             cache.append(k[:, :, s:s + 1], v[:, :, s:s + 1])
         return cache, time.perf_counter() - t0
 
+    built = {}
     for name, pol in builtin_policies().items():
         # median of three builds: on 2 cores the first can collide with numpy's
         # BLAS threads still spinning after the previous attention
         runs = [build(pol) for _ in range(3)]
         cache = runs[0][0]
         t_append = sorted(t for _, t in runs)[1]
+        built[name] = cache
         out = cache.attend(q)
         t_attend = min(_timed(lambda: cache.attend(q)) for _ in range(5))
         m = quality(out, ref)
         print(f"{name:12s} {cache.nbytes / 2**20:8.2f}MB {cache.nbytes / fp16_bytes:7.3f}x "
               f"{cache.bits_per_element():6.2f} {m['cosine']:10.6f} {m['min_head_cosine']:10.6f} "
               f"{m['rel_l1']:8.4f} {t_append * 1e3:7.1f}ms {t_attend * 1e3:7.1f}ms")
+    # what the selector chose for the last cache, and why (the same request attend() made)
+    from sagecore.executor import plan_for
+    from sagecore.graph import AttentionRequest
+    name = "int8"
+    seg = built[name]._segments[0]
+    req = AttentionRequest(B, Hq, Hkv, 1, N, D, k_format=seg.k.fmt.format_id, v_format=seg.v.fmt.format_id,
+                           kv_source="store", kv_dtype="packed", q_dtype=str(q.dtype), causal=True)
+    print(f"\nselector, for the {name} cache's decode step:")
+    print("\n".join("  " + line for line in plan_for(req).describe().splitlines()))
     print("\nmemory = every buffer the cache holds (codes, scales, side tables, staging);"
           " cosine/rel L1 against float64 attention over the original K/V;\n"
           "append = median of 3 builds of the whole cache (chunks of 512, then 4 single tokens);\n"
@@ -127,6 +138,8 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=0)
     sub.add_parser("bench", help="attention on the standard workloads vs fp16 and torch (see --help)",
                    add_help=False)
+    sub.add_parser("tune", help="measure this machine's crossovers and write its device profile (see --help)",
+                   add_help=False)
     a = sub.add_parser("accuracy", help="accuracy of built-in policies on LLM-like and real activations")
     a.add_argument("--policy", action="append", help="policy name or file (repeatable); default: built-ins")
     a.add_argument("--data", nargs="+", default=["llm", "real"], choices=["llm", "real"])
@@ -134,5 +147,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:
         from sagecore import bench
         return bench.main(argv[1:])
+    if argv[:1] == ["tune"]:
+        from sagecore import tune
+        return tune.main(argv[1:])
     args = p.parse_args(argv)
     return {"info": _info, "demo": _demo, "accuracy": _accuracy}[args.cmd](args)

@@ -29,6 +29,7 @@ def test_demo_small():
     r = run("-m", "sagecore", "demo", "--tokens", "512")
     assert r.returncode == 0, r.stderr
     assert "int4" in r.stdout and "vs fp16" in r.stdout
+    assert "selector, for the int8 cache" in r.stdout and "QuantAttention on cpu" in r.stdout
 
 
 def test_bad_command():
@@ -52,5 +53,27 @@ def test_bench_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert {(x["workload"], x["path"]) for x in rows} >= {("decode N=4096 warm", "int8"), ("chunk 512 x 8192", "fp16")}
-    assert all(x["ms"] > 0 and x["kv_gbs"] > 0 for x in rows)
+    assert all(x["ms"] > 0 and (x["kv_gbs"] > 0 or x["workload"] == "small call N=16") for x in rows)
+    assert {x["path"] for x in rows if x["workload"] == "small call N=16"} >= {"sdpa", "C kernel"}
     assert "vs fp16" in r.stdout
+
+
+def test_bench_backend_metal_is_a_clear_error():
+    r = run("-m", "sagecore", "bench", "--backend", "metal", "--quick")
+    assert r.returncode == 2 and "metal" in r.stderr and "unavailable" in r.stderr
+
+
+def test_tune_writes_a_profile_the_selector_uses(tmp_path):
+    import os
+    env = {**os.environ, "SAGECORE_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "sagecore", "tune", "--quick", "--no-plot"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    files = list(tmp_path.glob("profile-cpu-*.json"))
+    assert len(files) == 1
+    d = json.loads(files[0].read_text())
+    assert d["version"] == 1 and d["source"].startswith("tune")
+    assert "int8/fp16" in r.stdout and "split_k.min_kv_len" in r.stdout
+    code = ("from sagecore.profile import load_profile; p = load_profile('cpu'); print(p.path, p.source)")
+    r2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r2.stdout.split()[0] == str(files[0]) and "tune" in r2.stdout

@@ -1,0 +1,183 @@
+"""Public API contracts: DLPack zero-copy input, copy=, thread safety, typed errors."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import sagecore
+from sagecore import errors
+
+RNG = np.random.default_rng(7)
+
+
+def qkv(B=1, Hq=8, Hkv=2, M=1, N=96, D=64, dtype=np.float16):
+    q = RNG.standard_normal((B, Hq, M, D)).astype(np.float32)
+    k = RNG.standard_normal((B, Hkv, N, D)).astype(dtype)
+    v = RNG.standard_normal((B, Hkv, N, D)).astype(dtype)
+    return q, k, v
+
+
+class DLPackOnly:
+    """A foreign tensor: exposes only the DLPack protocol (like mlx or cupy-on-host)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kw):
+        return self._a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_dlpack_input_is_zero_copy():
+    from sagecore._arrays import as_array
+    q, k, v = qkv()
+    view = as_array(DLPackOnly(k), "k")
+    assert view.__array_interface__["data"][0] == k.__array_interface__["data"][0]
+    out = sagecore.sdpa(DLPackOnly(q), DLPackOnly(k), DLPackOnly(v))
+    np.testing.assert_array_equal(out, sagecore.sdpa(q, k, v))
+
+
+def test_dlpack_torch_zero_copy():
+    torch = pytest.importorskip("torch", reason="torch is an optional extra ([bench]); the DLPackOnly test "
+                                               "covers the protocol without it")
+    from sagecore._arrays import as_array
+    q, k, v = qkv()
+    tq, tk, tv = (torch.from_numpy(x.copy()) for x in (q, k, v))
+    assert as_array(tk, "k").__array_interface__["data"][0] == tk.data_ptr()
+    out = sagecore.sdpa(tq, tk, tv)
+    np.testing.assert_allclose(out, sagecore.sdpa(q, k, v), rtol=0, atol=0)
+    # BNHD views of torch tensors, read in place
+    tkn = tk.transpose(1, 2)
+    assert as_array(tkn, "k").__array_interface__["data"][0] == tk.data_ptr()
+    out2 = sagecore.sdpa(tq.transpose(1, 2), tkn, tv.transpose(1, 2), layout="BNHD")
+    np.testing.assert_array_equal(out2.transpose(0, 2, 1, 3), out)
+    # a cache fed from torch
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=128)
+    c.append(tk, tv)
+    assert c.attend(tq).shape == q.shape
+    # unsupported dtype: a typed error naming the argument
+    with pytest.raises(errors.ArgumentTypeError, match="k"):
+        sagecore.sdpa(tq, tk.to(torch.bfloat16), tv)
+
+
+def test_copy_argument():
+    q, k, v = qkv()
+    kw = np.zeros(k.shape[:3] + (2 * k.shape[3],), k.dtype)
+    kw[..., ::2] = k
+    strided = kw[..., ::2]
+    with pytest.raises(errors.InvalidArgumentError, match="copy=True"):
+        sagecore.sdpa(q, strided, v)
+    np.testing.assert_array_equal(sagecore.sdpa(q, strided, v, copy=True), sagecore.sdpa(q, k, v))
+    with pytest.raises(errors.ArgumentTypeError, match="copy=True"):
+        sagecore.sdpa(q.astype(np.float64), k, v)
+    np.testing.assert_allclose(sagecore.sdpa(q.astype(np.float64), k, v, copy=True), sagecore.sdpa(q, k, v))
+
+
+def test_concurrent_attends_on_distinct_caches_match_serial():
+    caches, qs = [], []
+    for i in range(6):
+        q, k, v = qkv(N=700 + 37 * i)
+        c = sagecore.QuantKVCache(["int8", "int4", "fp16"][i % 3], batch=1, kv_heads=2, head_dim=64, capacity=1024)
+        c.append(k, v)
+        caches.append(c)
+        qs.append(q)
+    serial = [c.attend(q) for c, q in zip(caches, qs)]
+    with ThreadPoolExecutor(6) as ex:
+        for _ in range(5):
+            par = list(ex.map(lambda cq: cq[0].attend(cq[1]), zip(caches, qs)))
+            for a, b in zip(serial, par):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_sdpa_same_signature_match_serial():
+    inputs = [qkv(N=300) for _ in range(8)]
+    serial = [sagecore.sdpa(*x) for x in inputs]
+    with ThreadPoolExecutor(8) as ex:
+        par = list(ex.map(lambda x: sagecore.sdpa(*x), inputs * 4))
+    for i, p in enumerate(par):
+        np.testing.assert_array_equal(p, serial[i % 8])
+
+
+def test_concurrent_appends_to_one_cache_are_serialized():
+    """Each thread appends chunks filled with its own marker; afterwards the
+    cache holds every chunk whole (some order), none torn or lost."""
+    D, chunk, per_thread, nthreads = 64, 5, 8, 4
+    c = sagecore.QuantKVCache("fp16", batch=1, kv_heads=1, head_dim=D, capacity=16)
+    start = threading.Barrier(nthreads)
+
+    def work(t):
+        start.wait()
+        for j in range(per_thread):
+            marker = np.float32(t * 100 + j)
+            x = np.full((1, 1, chunk, D), marker, np.float32)
+            c.append(x, -x)
+
+    with ThreadPoolExecutor(nthreads) as ex:
+        list(ex.map(work, range(nthreads)))
+    assert len(c) == chunk * per_thread * nthreads
+    k, v = c.dequantize()
+    rows = k[0, 0]
+    np.testing.assert_array_equal(v[0, 0], -rows)
+    markers = rows[::chunk, 0]
+    for i, m in enumerate(markers):
+        np.testing.assert_array_equal(rows[i * chunk:(i + 1) * chunk], m)  # each chunk whole
+    assert sorted(markers.tolist()) == sorted(float(t * 100 + j) for t in range(nthreads) for j in range(per_thread))
+    for t in range(nthreads):  # each thread's chunks in its own order
+        mine = [m for m in markers.tolist() if int(m) // 100 == t]
+        assert mine == sorted(mine)
+
+
+@pytest.mark.parametrize("call,exc,arg", [
+    (lambda q, k, v: sagecore.sdpa(q, k, v, layout="NHBD"), errors.InvalidArgumentError, "layout"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, backend="gpu"), errors.InvalidArgumentError, "backend"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, backend=3), errors.InvalidArgumentError, "backend"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, split_k=-1), errors.InvalidArgumentError, "split_k"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, split_k=1.5), errors.InvalidArgumentError, "split_k"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, scale="x"), errors.InvalidArgumentError, "scale"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, scale=float("nan")), errors.InvalidArgumentError, "scale"),
+    (lambda q, k, v: sagecore.sdpa(q[0], k, v), errors.InvalidArgumentError, "q"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v[:, :, :5]), errors.InvalidArgumentError, "v"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v.astype(np.float32)), errors.InvalidArgumentError, "v"),
+    (lambda q, k, v: sagecore.sdpa(q[:, :3], k, v), errors.InvalidArgumentError, "q"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, out=np.empty((1, 8, 1, 63), np.float32)),
+     errors.InvalidArgumentError, "out"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[1, 2]), errors.InvalidArgumentError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa("q", k, v), errors.ArgumentTypeError, "q"),
+    (lambda q, k, v: sagecore.sdpa(q.astype(np.int32), k, v), errors.ArgumentTypeError, "q"),
+])
+def test_bad_arguments_are_typed_and_named(call, exc, arg):
+    q, k, v = qkv()
+    with pytest.raises(exc) as ei:
+        call(q, k, v)
+    assert getattr(ei.value, "argument", None) == arg, str(ei.value)
+
+
+def test_attend_bad_arguments():
+    q, k, v = qkv()
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=128)
+    c.append(k, v)
+    for kw, arg in ((dict(split_k=-2), "split_k"), (dict(backend=None), "backend"), (dict(layout="X"), "layout")):
+        with pytest.raises(errors.InvalidArgumentError) as ei:
+            c.attend(q, **kw)
+        assert ei.value.argument == arg
+    with pytest.raises(errors.InvalidArgumentError) as ei:
+        c.attend(q[:, :3])
+    assert ei.value.argument == "q"
+
+
+def test_type_stubs_cover_the_compiled_module():
+    """sagecore/_cpu.pyi declares exactly the compiled module's public names, and ships with py.typed."""
+    import ast
+    import pathlib
+
+    from sagecore import _cpu
+    pkg = pathlib.Path(sagecore.__file__).parent
+    assert (pkg / "py.typed").exists()
+    tree = ast.parse((pkg / "_cpu.pyi").read_text())
+    stub = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    stub |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    public = {n for n in dir(_cpu) if not n.startswith("_") and n not in ("np", "errors")}
+    assert stub == public
