@@ -25,22 +25,9 @@ import numpy as np
 
 
 def _best(fn, reps):
-    fn()
-    t = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return min(t)
-
-
-def _progress(done, total, what):
-    width = 30
-    fill = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {what:32s}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+    from sagecore.bench import best_of
+    fn()  # warm-up: first-call plan building and page faults
+    return best_of(fn, reps)
 
 
 def crossover(lengths, fast, slow):
@@ -58,6 +45,7 @@ def crossover(lengths, fast, slow):
 def main(argv=None) -> int:
     from sagecore import _cpu, selector
     from sagecore.attention import sdpa
+    from sagecore.bench import _progress
     from sagecore.cache import QuantKVCache
     from sagecore.profile import Profile, default_profile, device_name, profile_path
 

@@ -8,6 +8,8 @@ import pytest
 import sagecore
 from sagecore import errors
 
+from helpers import DLPackOnly
+
 RNG = np.random.default_rng(7)
 
 
@@ -16,19 +18,6 @@ def qkv(B=1, Hq=8, Hkv=2, M=1, N=96, D=64, dtype=np.float16):
     k = RNG.standard_normal((B, Hkv, N, D)).astype(dtype)
     v = RNG.standard_normal((B, Hkv, N, D)).astype(dtype)
     return q, k, v
-
-
-class DLPackOnly:
-    """A foreign tensor: exposes only the DLPack protocol (like mlx or cupy-on-host)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kw):
-        return self._a.__dlpack__(**kw)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
 
 
 def test_dlpack_input_is_zero_copy():

@@ -8,6 +8,8 @@ from sagecore.cache import QuantKVCache
 from sagecore.errors import (ArgumentTypeError, CorruptFileError, FormatVersionError, InvalidArgumentError,
                              NonFiniteError, PolicyError)
 
+from helpers import DLPackOnly
+
 POLICIES = ["fp16", "int8", "int4", "int8k-int4v", "q8_0",
             {"k": "int8.t4.g16.s16+out2+zp", "v": "int4.t1.g16.s32+smooth+rot", "smooth_window": 8},
             {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g32.s16", "min_kv_len": 100}]
@@ -232,19 +234,6 @@ def test_public_names():
     assert "QuantKVCache" in dir(sagecore)
     with pytest.raises(AttributeError):
         sagecore.nope  # noqa: B018
-
-
-class DLPackOnly:
-    """A foreign tensor: exposes only the DLPack protocol (like torch or mlx)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kw):
-        return self._a.__dlpack__(**kw)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
 
 
 def test_dlpack_inputs(rng):
