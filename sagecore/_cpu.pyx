@@ -38,10 +38,11 @@ cdef int fill_tensor(sc_tensor *t, cnp.ndarray a, str name) except -1:
     if a.ndim != 4:
         raise errors.InvalidArgumentError(name, f"expected a 4-d array [batch, heads, tokens, head_dim], got {a.ndim}-d")
     cdef int itemsize
-    if a.dtype == np.float16:
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if typenum == cnp.NPY_FLOAT16:
         t.dtype = SC_DTYPE_F16
         itemsize = 2
-    elif a.dtype == np.float32:
+    elif typenum == cnp.NPY_FLOAT32:
         t.dtype = SC_DTYPE_F32
         itemsize = 4
     else:
@@ -132,7 +133,7 @@ cdef object prepare_args(sc_attention_args *a, cnp.ndarray q, cnp.ndarray out, o
     cdef cnp.ndarray lens_arr = None, lse_arr
     fill_tensor(&a.q, q, "q")
     fill_tensor(&a.out, out, "out")
-    if not out.flags.writeable:
+    if not cnp.PyArray_ISWRITEABLE(out):
         raise errors.InvalidArgumentError("out", "must be writeable")
     a.kv_lens = NULL
     a.lse = NULL

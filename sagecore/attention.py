@@ -12,8 +12,9 @@ picks the backend and path; the plan for it comes from the plan cache
 is used only when asked for; there is no silent fallback.
 
 Fast path: after the first call with a given signature (shapes, dtypes,
-causal, scale) of plain numpy BHND inputs and default options, later calls
-with the same signature go straight to the prepared plan's runner.
+causal, scale, out's dtype) of plain numpy BHND inputs and default options,
+later calls with the same signature go straight to the prepared plan's
+runner; the kernel entry still validates every array.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
-    if (out is None and kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
+    if (kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
             and backend == "auto" and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
-        run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale))
-        if run is not None:
-            return run(q, k, v)
+        if out is None:
+            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, None))
+            if run is not None:
+                return run(q, k, v, None)
+        elif type(out) is np.ndarray:
+            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, out.dtype))
+            if run is not None:
+                return run(q, k, v, out)
     return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy)
 
 
@@ -94,14 +100,14 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
-    if (out is None and kv_lens is None and not return_lse and not split_k and layout == "BHND"
-            and backend == "auto" and not copy and type(q) is np.ndarray and type(k) is np.ndarray
-            and type(v) is np.ndarray and plan.backend == "cpu"):
-        _remember(q, k, v, is_causal, scale, plan, sc)
+    if (kv_lens is None and not return_lse and not split_k and layout == "BHND" and backend == "auto"
+            and not copy and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
+            and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
+        _remember(q, k, v, is_causal, scale, plan, sc, None if out is None else out.dtype)
     return (ret, lse) if return_lse else ret
 
 
-def _remember(q, k, v, is_causal, scale, plan, sc):
+def _remember(q, k, v, is_causal, scale, plan, sc, out_dtype):
     from sagecore.selector import overrides
     if overrides().debug:
         return  # keep logging every decision
@@ -113,8 +119,15 @@ def _remember(q, k, v, is_causal, scale, plan, sc):
     empty = np.empty
     f32 = np.float32
 
-    def run(q, k, v):
-        o = empty(shape, f32)
+    def run(q, k, v, out):
+        # out has the remembered dtype; the kernel entry checks its strides
+        # and writeability, as on the first call
+        if out is None:
+            o = empty(shape, f32)
+        elif out.shape != shape:
+            raise InvalidArgumentError("out", f"expected shape {shape} (BHND), got {out.shape}")
+        else:
+            o = out
         run_plan(q, k, v, o, n, sc, None, None)
         return o
-    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale)] = run
+    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, out_dtype)] = run

@@ -15,6 +15,7 @@ enable_gqa=True) in the same run when torch is installed.
     OPENBLAS_NUM_THREADS=1 python -m sagecore bench [--full] [--json out.json]
 """
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -69,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (DRAM) decode runs")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--quick", action="store_true", help="N=4096 decode and the chunk only (smoke run)")
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the small-call (N=16 decode, fixed cost per call) comparison")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
                     help="backend to measure (metal: only on a Mac with the Metal backend built)")
     args = ap.parse_args(argv)
@@ -102,8 +105,9 @@ def main(argv=None):
         rows.append(dict(workload=name, path=path, ms=t * 1e3, kv_gbs=gbs, frac_bw=gbs * 1e9 / bw))
         print(f"{name:22s} {path:14s} {t * 1e3:9.2f} ms  KV {gbs:6.2f} GB/s  {gbs * 1e9 / bw:5.2f} of read bw {extra}")
 
-    decode_ns = [4096] if args.quick else [4096, 16384, 32768] + ([131072] if args.full else [])
-    prefill = [("chunk 512 x 8192", 512, 8192)] if args.quick else \
+    decode_ns = [] if args.small_only else [4096] if args.quick else \
+        [4096, 16384, 32768] + ([131072] if args.full else [])
+    prefill = [] if args.small_only else [("chunk 512 x 8192", 512, 8192)] if args.quick else \
         [("prefill 2048 causal", 2048, 2048), ("chunk 512 x 8192", 512, 8192)]
     steps = 1 + len(decode_ns) * (len(POLICIES) + 2 + (1 if torch is not None else 0)) + len(prefill)
     step = 0
@@ -117,29 +121,38 @@ def main(argv=None):
     os_ = np.empty(qs.shape, np.float32)
     reps_small = 2000
 
-    def per_call(fn):
-        fn()
-        best = 1e9
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(reps_small):
-                fn()
-            best = min(best, (time.perf_counter() - t0) / reps_small)
+    def per_call(fns):
+        """Best time per call of each fn, measured round-robin so that a burst
+        of machine noise hits every path alike (ratios side by side)."""
+        for fn in fns:
+            fn()
+        best = [1e9] * len(fns)
+        for _ in range(7):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                for _ in range(reps_small):
+                    fn()
+                best[i] = min(best[i], (time.perf_counter() - t0) / reps_small)
         return best
-    t_sd = per_call(lambda: sagecore.sdpa(qs, ks, vs))
-    t_c = per_call(lambda: _cpu.attention_tensors(qs, ks, vs, os_, None, D ** -0.5, False, 1, None))
-    small = [("sdpa", t_sd), ("C kernel", t_c)]
+    names = ["sdpa", "C kernel"]
+    fns = [lambda: sagecore.sdpa(qs, ks, vs),
+           lambda: _cpu.attention_tensors(qs, ks, vs, os_, None, D ** -0.5, False, 1, None)]
     if torch is not None:
         tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in (qs, ks, vs))
-        with torch.no_grad():
-            small.append(("torch-bfloat16", per_call(lambda: F.scaled_dot_product_attention(tq, tk, tv,
-                                                                                           enable_gqa=True))))
+        fq, fk, fv = (torch.from_numpy(x.astype(np.float32)) for x in (qs, ks, vs))
+        names += ["torch-bfloat16", "torch-float32"]
+        fns += [lambda: F.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True),
+                lambda: F.scaled_dot_product_attention(fq, fk, fv, enable_gqa=True)]
+    with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
+        small = list(zip(names, per_call(fns)))
+    t_sd, t_c = small[0][1], small[1][1]
     sys.stderr.write("\r" + " " * 80 + "\r")
     for name, t in small:
         rows.append(dict(workload="small call N=16", path=name, ms=t * 1e3, kv_gbs=0.0, frac_bw=0.0))
         print(f"{'small call N=16':22s} {name:14s} {t * 1e6:9.2f} us")
     print(f"{'':22s} python cost per sdpa call {(t_sd - t_c) * 1e6:.2f} us"
-          + (f"; torch / sdpa {small[2][1] / t_sd:.2f}x" if len(small) > 2 else ""))
+          + (f"; torch bf16 / sdpa {small[2][1] / t_sd:.2f}x, torch fp32 / sdpa {small[3][1] / t_sd:.2f}x"
+             if len(small) > 2 else ""))
     q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
     out = np.empty_like(q)
     for N in decode_ns:
@@ -242,9 +255,10 @@ def main(argv=None):
     _progress(steps, steps, "done")
     # side-by-side ratios from this run
     by = {(r["workload"], r["path"]): r["ms"] for r in rows}
-    if ("small call N=16", "torch-bfloat16") in by:
-        print(f"  {'small call N=16':22s} sdpa  vs torch bf16 "
-              f"{by[('small call N=16', 'torch-bfloat16')] / by[('small call N=16', 'sdpa')]:5.2f}x")
+    for tp in ("torch-bfloat16", "torch-float32"):
+        if ("small call N=16", tp) in by:
+            print(f"  {'small call N=16':22s} sdpa  vs {tp:14s} "
+                  f"{by[('small call N=16', tp)] / by[('small call N=16', 'sdpa')]:5.2f}x")
     print("\nratios (time of the other path / time of ours, same run):")
     for (wl, path), ms in by.items():
         if path in ("int8", "int4", "sdpa-fp16"):

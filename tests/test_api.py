@@ -170,3 +170,29 @@ def test_type_stubs_cover_the_compiled_module():
     stub |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
     public = {n for n in dir(_cpu) if not n.startswith("_") and n not in ("np", "errors")}
     assert stub == public
+
+
+def test_repeat_calls_with_out_take_the_fast_path_and_still_check_out():
+    """The second call of a signature runs the remembered plan; out is filled
+    in place and a wrong out is still a typed error naming it."""
+    from sagecore.attention import _FAST
+    from sagecore.reference import sdpa_reference
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 8, 1, 64)).astype(np.float16)
+    k = rng.standard_normal((1, 2, 40, 64)).astype(np.float16)
+    v = rng.standard_normal((1, 2, 40, 64)).astype(np.float16)
+    ref = sdpa_reference(q, k, v)
+    _FAST.clear()
+    for dt in (np.float32, np.float16):
+        outs = [np.full(q.shape, np.nan, dt) for _ in range(2)]
+        for o in outs:
+            assert sagecore.sdpa(q, k, v, out=o) is o
+        assert any(key[-1] == np.dtype(dt) for key in _FAST)
+        for o in outs:
+            np.testing.assert_allclose(o.astype(np.float64), ref, atol=3e-3)
+    with pytest.raises(errors.InvalidArgumentError, match="out"):
+        sagecore.sdpa(q, k, v, out=np.empty((1, 8, 2, 64), np.float32))
+    ro = np.empty(q.shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(errors.InvalidArgumentError, match="writeable"):
+        sagecore.sdpa(q, k, v, out=ro)

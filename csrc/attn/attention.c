@@ -28,6 +28,10 @@
 
 #define SC_LOG2E 1.4426950408889634f
 #define SC_LN2 0.6931471805599453f
+/* query-row x key x channel products below which one thread does the call */
+#ifndef SMALL_WORK
+#define SMALL_WORK 131072.0
+#endif
 #define ROWS_MAX 64 /* query rows per work item (group * rows per head) */
 #ifndef TILE_KEYS
 #define TILE_KEYS 32 /* keys per tile: fp32 K and V tiles of d128 fill 2 x 16 KB of L1 */
@@ -100,6 +104,8 @@ typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l);
  * provides them; other formats go through the tile decoder. */
 typedef void (*qkd_fn)(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R, int64_t nt,
                        int64_t D, int64_t TL);
+/* one query row from fp16: q0 = q, qr = q * scale (NULL: the generic loops) */
+typedef void (*ldq_fn)(const uint16_t *src, float *q0, float *qr, float scale, int64_t D);
 typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
                        int64_t D, int64_t TL);
 
@@ -208,8 +214,9 @@ static void load_tile(const sc_row_kernels *rk, const sc_tensor *t, sc_decoder *
 }
 
 /* Output of one row: o = O/l (then V's inverse rotation and mean), or zeros. */
-static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int64_t i, const float *O,
-                       float m, float l, const float *q0, float *tmp) {
+static inline __attribute__((always_inline)) void finish_row(const attn_ctx *c, int64_t b, int64_t hk,
+                                                             int64_t g, int64_t i, const float *O, float m,
+                                                             float l, const float *q0, float *tmp) {
     const sc_attention_args *a = c->a;
     const int64_t D = c->D, h = hk * c->group + g, kr = b * c->Hkv + hk;
     if (l > 0.0f) {
@@ -238,7 +245,7 @@ static void finish_row(const attn_ctx *c, int64_t b, int64_t hk, int64_t g, int6
 /* --------------------------------------------------------------- the item */
 static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
                                                                  qk_fn qk, pv_fn pv, sm_fn sm, qkd_fn qkd,
-                                                                 pvd_fn pvd) {
+                                                                 pvd_fn pvd, ldq_fn ldq) {
     /* workspace pointers as locals: with -fno-strict-aliasing, every float
      * store could alias w->o etc., which kept loops scalar and reloading */
     float *const wq = w->q, *const wq0 = w->q0, *const wo = w->o, *const ws = w->s;
@@ -262,12 +269,17 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             float *qr = wq + r * D, *q0 = wq0 + r * D;
             if (ii < mrows) {
                 const char *src = q_row(&a->q, b, hk * c->group + g, i0 + ii);
+                if (a->q.dtype == SC_DTYPE_F16 && ldq) {
+                    ldq((const uint16_t *)src, q0, qr, qscale, D);
+                    goto row_init;
+                }
                 if (a->q.dtype == SC_DTYPE_F16) c->rk->load_f16((const uint16_t *)src, NULL, q0, D);
                 else memcpy(q0, src, (size_t)D * sizeof(float));
             } else {
                 for (int64_t d = 0; d < D; d++) q0[d] = 0.0f;
             }
             for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * qscale;
+        row_init:
             wm[r] = -INFINITY;
             wl[r] = 0.0f;
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
@@ -384,7 +396,7 @@ static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l)
     return softmax_generic(sr, vis, nt, m, l);
 }
 static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL);
+    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL, NULL);
 }
 static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #ifdef SC_X86
@@ -402,7 +414,7 @@ SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, flo
     return softmax_generic(sr, vis, nt, m, l);
 }
 SC_T_AVX2 static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL);
 }
 SC_T_AVX2 static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
@@ -488,7 +500,12 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
             const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
             __m512 acc[4][4];
+            /* fixed trip counts, fully unrolled: acc stays in registers (a
+             * variable-bound loop here made GCC spill acc and copy it out
+             * with rep movsq, ~40% of a short decode) */
+#pragma GCC unroll 4
             for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
                 for (int kk = 0; kk < 4; kk++)
                     acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
                                                         : _mm512_setzero_ps();
@@ -501,8 +518,11 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
                     for (int kk = 0; kk < 4; kk++) acc[rr][kk] = _mm512_fmadd_ps(pj, x[kk], acc[rr][kk]);
                 }
             }
-            for (int rr = 0; rr < nr; rr++)
-                for (int kk = 0; kk < nv; kk++) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
+#pragma GCC unroll 4
+            for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+                for (int kk = 0; kk < 4; kk++)
+                    if (rr < nr && kk < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
         }
     }
 }
@@ -574,8 +594,18 @@ SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m,
     return alpha;
 }
 
+/* D is a multiple of 16 (head dims 32..256 step 16) */
+SC_T_AVX512 static void ldq_avx512(const uint16_t *src, float *q0, float *qr, float scale, int64_t D) {
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int64_t d = 0; d < D; d += 16) {
+        const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + d)));
+        _mm512_storeu_ps(q0 + d, x);
+        _mm512_storeu_ps(qr + d, _mm512_mul_ps(x, s));
+    }
+}
+
 SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512);
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512);
 }
 SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #endif
@@ -682,7 +712,7 @@ static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
     return alpha;
 }
 
-static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL); }
+static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL); }
 #endif
 
 /* ------------------------------------------------------------ entry point */
@@ -809,7 +839,19 @@ sc_status sc_attention(const sc_attention_args *a) {
 #endif
     volatile int failed = 0;
     int nth = threads < items ? threads : (int)items;
+    /* Tiny calls run on the calling thread: waking the OpenMP team costs
+     * 2-3 us, more than splitting < ~8 us of work saves (measured: decode of
+     * 32 heads x 16 keys x d128 was slower on 2 threads than on 1). */
+    if ((double)B * (double)Hq * (double)M * (double)c.N * (double)D < SMALL_WORK) nth = 1;
     (void)nth; /* unused without OpenMP */
+    if (nth == 1) { /* no team to wake */
+        attn_ws w;
+        if (!ws_init(&w, &c)) failed = 1;
+        for (int64_t it = 0; it < items && !failed; it++) item(&c, it, &w);
+        if (S > 1)
+            for (int64_t blk = 0; blk < B * Hkv * c.nrb && !failed; blk++) reduce(&c, blk, &w);
+        ws_free(&w);
+    } else
 #pragma omp parallel num_threads(nth)
     {
         attn_ws w;
