@@ -90,3 +90,12 @@ def test_small_call_torch_bf16(benchmark):
     q, k, v = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in _small_inputs())
     with torch.no_grad():
         benchmark(F.scaled_dot_product_attention, q, k, v, enable_gqa=True)
+
+
+def test_small_call_torch_fp32(benchmark):
+    torch = pytest.importorskip("torch", reason="torch is the optional peer (pip install -e '.[bench]')")
+    import torch.nn.functional as F
+    benchmark.group = "small call: decode N=16"
+    q, k, v = (torch.from_numpy(x.astype(np.float32)) for x in _small_inputs())
+    with torch.no_grad():
+        benchmark(F.scaled_dot_product_attention, q, k, v, enable_gqa=True)
