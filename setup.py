@@ -51,7 +51,7 @@ class BuildExt(build_ext):
             use_omp = _compiler_accepts(
                 cc, ["-fopenmp"], "#include <omp.h>\nint main(void){return omp_get_max_threads()>0?0:1;}\n")
         for ext in self.extensions:
-            if use_omp:
+            if use_omp and ext.name == "sagecore._cpu":
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
         if not use_omp:
@@ -68,7 +68,26 @@ ext = Extension(
     extra_link_args=[],
 )
 
+# The Metal shim: Objective-C on macOS, the host emulation (C++) elsewhere.
+if sys.platform == "darwin":
+    metal_ext = Extension(
+        "sagecore._metal",
+        sources=["sagecore/_metal.pyx", "objc_shim/metal/shim_metal.m"],
+        include_dirs=["objc_shim"],
+        extra_compile_args=["-fobjc-arc"],
+        extra_link_args=["-framework", "Metal", "-framework", "Foundation"],
+    )
+else:
+    metal_ext = Extension(
+        "sagecore._metal",
+        sources=["sagecore/_metal.pyx", "objc_shim/host/shim_host.cpp", "objc_shim/host/emu_gen.cpp"],
+        include_dirs=["objc_shim", "objc_shim/host"],
+        language="c++",
+        extra_compile_args=["-std=c++17", "-O2"],
+        extra_link_args=["-ldl", "-lpthread"],
+    )
+
 setup(
-    ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True),
+    ext_modules=cythonize([ext, metal_ext], compiler_directives={"language_level": "3"}, quiet=True),
     cmdclass={"build_ext": BuildExt},
 )

@@ -19,6 +19,12 @@ __all__ = [
     "CorruptFileError",
     "UnsupportedError",
     "NoBackendError",
+    "MetalError",
+    "MetalUnavailableError",
+    "MetalCompileError",
+    "MetalFunctionNotFoundError",
+    "MetalLimitError",
+    "MetalExecutionError",
 ]
 
 
@@ -92,3 +98,33 @@ class NoBackendError(UnsupportedError):
         detail = "".join(f"\n  - {name}: {why}" for name, why in reasons.items())
         super().__init__(message + detail)
         self.reasons = reasons
+
+
+class MetalError(SagecoreError, RuntimeError):
+    """A Metal shim call failed (objc_shim/sagecore_metal.h status codes)."""
+
+
+class MetalUnavailableError(MetalError, UnsupportedError):
+    """No Metal device or toolchain (SC_MTL_ERR_UNAVAILABLE)."""
+
+
+class MetalCompileError(MetalError):
+    """A Metal library did not compile. ``log`` holds the compiler's full output."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
+
+
+class MetalFunctionNotFoundError(MetalError, LookupError):
+    """The library has no kernel of that name (SC_MTL_ERR_NOT_FOUND)."""
+
+
+class MetalLimitError(MetalError, ValueError):
+    """A threadgroup size or memory request over the pipeline's or device's limit."""
+
+
+class MetalExecutionError(MetalError):
+    """A dispatch failed: in the host emulation an out-of-bounds access, a barrier
+    or SIMD-group collective not reached by every thread, a deadlock, or a race
+    found by the race check; the message names the thread and source line."""
