@@ -167,3 +167,20 @@ def test_property_bounds_and_finiteness(fid, n, fill, noise, seed):
     # constant blocks with symmetric codes come back (almost) exactly
     if not noise and not f.rotate and not f.smooth and not f.zero_point and fill != 0:
         assert np.allclose(out, x32, rtol=2 ** -7)
+
+
+@pytest.mark.parametrize("fid", ["int8.t16.g1.s16+out4", "int4.t8.g1.s16+out5", "int8.t8.g2.s32+zp+out9"])
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_partial_group_with_fewer_positions_than_outliers(fid, N, rng):
+    """A partial token group whose cells hold fewer values than k (here nt*G < k)
+    once made the packer write through slot index 0xFFFF (a segfault). Every
+    position is then an outlier: the round trip is exact and the spare slots
+    stay unused."""
+    D = 32
+    x = rng.standard_normal((1, 3, N, D)).astype(np.float16)
+    st, out = pack(fid, x)
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+    f = KVFormat.parse(fid)
+    G = f.channel_group
+    idx = st.arrays["out_idx"][:, 0]  # the first (partial) group: [rows, cells, k]
+    assert (idx[..., : N * G] != 0xFFFF).all() and (idx[..., N * G:] == 0xFFFF).all()

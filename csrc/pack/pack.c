@@ -225,7 +225,11 @@ static inline float load_scale(const sc_format *f, const void *base, int64_t i) 
 static void select_outliers(group_ctx *c, int64_t nt, int64_t cell, uint16_t *idx, uint16_t *val) {
     const int64_t G = c->G, D = c->D, k = c->k_out;
     const int64_t c0 = cell * G, n = nt * G;
-    for (int64_t j = 0; j < k; j++) {
+    /* a partial group (nt < T) may hold fewer positions than k: the slots
+     * past n stay unused (0xFFFF) and are never dereferenced */
+    const int64_t kk = k < n ? k : n;
+    for (int64_t j = kk; j < k; j++) { idx[j] = 0xFFFFu; val[j] = 0; }
+    for (int64_t j = 0; j < kk; j++) {
         int64_t best = -1;
         float bestv = -1.0f;
         for (int64_t p = 0; p < n; p++) {
@@ -242,14 +246,12 @@ static void select_outliers(group_ctx *c, int64_t nt, int64_t cell, uint16_t *id
     int64_t fill = 0;
     for (int64_t p = 0; p < n; p++) {
         int taken = 0;
-        for (int64_t q = 0; q < k; q++) taken |= idx[q] == (uint16_t)p;
+        for (int64_t q = 0; q < kk; q++) taken |= idx[q] == (uint16_t)p;
         if (!taken) { fill = p; break; }
     }
+    /* every position an outlier (n <= k): the filler is irrelevant, keep it in range */
     float fv = c->x[(fill / G) * D + c0 + fill % G];
-    for (int64_t j = 0; j < k; j++) c->x[(idx[j] / G) * D + c0 + idx[j] % G] = fv;
-    /* unused slots of a partial group (nt < T) */
-    for (int64_t j = 0; j < k; j++)
-        if (j >= n) { idx[j] = 0xFFFFu; val[j] = 0; }
+    for (int64_t j = 0; j < kk; j++) c->x[(idx[j] / G) * D + c0 + idx[j] % G] = fv;
 }
 
 /* Quantize the nt (<= T) tokens now in c->x as group `g` of `row`. */
