@@ -1780,12 +1780,14 @@ struct __pyx_obj_8sagecore_6_metal_Buffer;
 struct __pyx_obj_8sagecore_6_metal_Library;
 struct __pyx_obj_8sagecore_6_metal_Pipeline;
 struct __pyx_obj_8sagecore_6_metal_CommandBuffer;
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr;
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr;
 struct __pyx_array_obj;
 struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "sagecore/_metal.pyx":52
+/* "sagecore/_metal.pyx":54
  * 
  * 
  * cdef class Device:             # <<<<<<<<<<<<<<
@@ -1798,7 +1800,7 @@ struct __pyx_obj_8sagecore_6_metal_Device {
 };
 
 
-/* "sagecore/_metal.pyx":137
+/* "sagecore/_metal.pyx":151
  * 
  * 
  * cdef class Buffer:             # <<<<<<<<<<<<<<
@@ -1816,7 +1818,7 @@ struct __pyx_obj_8sagecore_6_metal_Buffer {
 };
 
 
-/* "sagecore/_metal.pyx":186
+/* "sagecore/_metal.pyx":200
  * 
  * 
  * cdef class Library:             # <<<<<<<<<<<<<<
@@ -1830,7 +1832,7 @@ struct __pyx_obj_8sagecore_6_metal_Library {
 };
 
 
-/* "sagecore/_metal.pyx":254
+/* "sagecore/_metal.pyx":268
  * 
  * 
  * cdef class Pipeline:             # <<<<<<<<<<<<<<
@@ -1844,7 +1846,7 @@ struct __pyx_obj_8sagecore_6_metal_Pipeline {
 };
 
 
-/* "sagecore/_metal.pyx":274
+/* "sagecore/_metal.pyx":288
  * 
  * 
  * cdef class CommandBuffer:             # <<<<<<<<<<<<<<
@@ -1856,6 +1858,38 @@ struct __pyx_obj_8sagecore_6_metal_CommandBuffer {
   sc_mtl_cmdbuf *c;
   struct __pyx_obj_8sagecore_6_metal_Device *device;
   PyObject *keep;
+};
+
+
+/* "sagecore/_metal.pyx":101
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):             # <<<<<<<<<<<<<<
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+*/
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr {
+  PyObject_HEAD
+  PyObject *__pyx_genexpr_arg_0;
+  PyObject *__pyx_v_st;
+};
+
+
+/* "sagecore/_metal.pyx":104
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0             # <<<<<<<<<<<<<<
+ *             b.device = self
+ *             b.source = obj
+*/
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr {
+  PyObject_HEAD
+  PyObject *__pyx_genexpr_arg_0;
+  PyObject *__pyx_v_n;
+  PyObject *__pyx_v_st;
+  PyObject *__pyx_t_0;
+  Py_ssize_t __pyx_t_1;
+  PyObject *(*__pyx_t_2)(PyObject *);
 };
 
 
@@ -2060,6 +2094,95 @@ static struct __pyx_vtabstruct__memoryviewslice *__pyx_vtabptr__memoryviewslice;
 #define __Pyx_CLEAR(r)    do { PyObject* tmp = ((PyObject*)(r)); r = NULL; __Pyx_DECREF(tmp);} while(0)
 #define __Pyx_XCLEAR(r)   do { if((r) != NULL) {PyObject* tmp = ((PyObject*)(r)); r = NULL; __Pyx_DECREF(tmp);}} while(0)
 
+/* FastTypeChecks.proto (used by GivenExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+#define __Pyx_TypeCheck(obj, type) __Pyx_IsSubtype(Py_TYPE(obj), (PyTypeObject *)type)
+#define __Pyx_TypeCheck2(obj, type1, type2) __Pyx_IsAnySubtype2(Py_TYPE(obj), (PyTypeObject *)type1, (PyTypeObject *)type2)
+static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b);
+static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b);
+#define __Pyx_PyAnySet_Check(obj)  __Pyx_TypeCheck2(obj, &PySet_Type, &PyFrozenSet_Type)
+#else
+#define __Pyx_TypeCheck(obj, type) PyObject_TypeCheck(obj, (PyTypeObject *)type)
+#define __Pyx_TypeCheck2(obj, type1, type2) (PyObject_TypeCheck(obj, (PyTypeObject *)type1) || PyObject_TypeCheck(obj, (PyTypeObject *)type2))
+#define __Pyx_PyAnySet_Check(obj)  PyAnySet_Check(obj)
+#endif
+
+/* PyThreadStateGet.proto (used by PyErrFetchRestore) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyThreadState_declare  PyThreadState *__pyx_tstate;
+#define __Pyx_PyThreadState_assign  __pyx_tstate = __Pyx_PyThreadState_Current;
+#if PY_VERSION_HEX >= 0x030C00A6
+#define __Pyx_PyErr_Occurred()  (__pyx_tstate->current_exception != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->current_exception ? (PyObject*) Py_TYPE(__pyx_tstate->current_exception) : (PyObject*) NULL)
+#else
+#define __Pyx_PyErr_Occurred()  (__pyx_tstate->curexc_type != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->curexc_type)
+#endif
+#else
+#define __Pyx_PyThreadState_declare
+#define __Pyx_PyThreadState_assign
+#define __Pyx_PyErr_Occurred()  (PyErr_Occurred() != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  PyErr_Occurred()
+#endif
+
+/* PyErrFetchRestore.proto (used by GivenExceptionMatches) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyErr_Clear() __Pyx_ErrRestore(NULL, NULL, NULL)
+#define __Pyx_ErrRestoreWithState(type, value, tb)  __Pyx_ErrRestoreInState(PyThreadState_GET(), type, value, tb)
+#define __Pyx_ErrFetchWithState(type, value, tb)    __Pyx_ErrFetchInState(PyThreadState_GET(), type, value, tb)
+#define __Pyx_ErrRestore(type, value, tb)  __Pyx_ErrRestoreInState(__pyx_tstate, type, value, tb)
+#define __Pyx_ErrFetch(type, value, tb)    __Pyx_ErrFetchInState(__pyx_tstate, type, value, tb)
+static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb);
+static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
+#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A6
+#define __Pyx_PyErr_SetNone(exc) (Py_INCREF(exc), __Pyx_ErrRestore((exc), NULL, NULL))
+#else
+#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
+#endif
+#else
+#define __Pyx_PyErr_Clear() PyErr_Clear()
+#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
+#define __Pyx_ErrRestoreWithState(type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetchWithState(type, value, tb)  PyErr_Fetch(type, value, tb)
+#define __Pyx_ErrRestoreInState(tstate, type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetchInState(tstate, type, value, tb)  PyErr_Fetch(type, value, tb)
+#define __Pyx_ErrRestore(type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetch(type, value, tb)  PyErr_Fetch(type, value, tb)
+#endif
+
+/* GivenExceptionMatches.proto (used by PyErrExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject *type);
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2);
+#else
+#define __Pyx_PyErr_GivenExceptionMatches(err, type) PyErr_GivenExceptionMatches(err, type)
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2) {
+    return PyErr_GivenExceptionMatches(err, type1) || PyErr_GivenExceptionMatches(err, type2);
+}
+#endif
+#define __Pyx_PyErr_ExceptionMatches2(err1, err2)  __Pyx_PyErr_GivenExceptionMatches2(__Pyx_PyErr_CurrentExceptionType(), err1, err2)
+
+/* PyErrExceptionMatches.proto (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
+#else
+#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
+#endif
+
+/* PyObjectGetAttrStr.proto (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name);
+#else
+#define __Pyx_PyObject_GetAttrStr(o,n) PyObject_GetAttr(o,n)
+#endif
+
+/* PyObjectGetAttrStrNoError.proto (used by GetBuiltinName) */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name);
+
+/* GetBuiltinName.proto */
+static PyObject *__Pyx_GetBuiltinName(PyObject *name);
+
 /* CopyObjectArray.proto (used by TupleOrListFromArrayImpl) */
 #if CYTHON_COMPILING_IN_CPYTHON
 static CYTHON_INLINE void __Pyx_copy_object_array(PyObject *const *CYTHON_RESTRICT src, PyObject** CYTHON_RESTRICT dest, Py_ssize_t length);
@@ -2188,26 +2311,6 @@ typedef struct {
 static CYTHON_INLINE int __Pyx_IgnoreGivenException(PyObject *given_exception, PyObject *ignorable_exception);
 #define __Pyx_IgnoreException(ignorable_exception) __Pyx_IgnoreGivenException(NULL, ignorable_exception)
 
-/* FastTypeChecks.proto (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_COMPILING_IN_CPYTHON
-#define __Pyx_TypeCheck(obj, type) __Pyx_IsSubtype(Py_TYPE(obj), (PyTypeObject *)type)
-#define __Pyx_TypeCheck2(obj, type1, type2) __Pyx_IsAnySubtype2(Py_TYPE(obj), (PyTypeObject *)type1, (PyTypeObject *)type2)
-static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b);
-static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b);
-#define __Pyx_PyAnySet_Check(obj)  __Pyx_TypeCheck2(obj, &PySet_Type, &PyFrozenSet_Type)
-#else
-#define __Pyx_TypeCheck(obj, type) PyObject_TypeCheck(obj, (PyTypeObject *)type)
-#define __Pyx_TypeCheck2(obj, type1, type2) (PyObject_TypeCheck(obj, (PyTypeObject *)type1) || PyObject_TypeCheck(obj, (PyTypeObject *)type2))
-#define __Pyx_PyAnySet_Check(obj)  PyAnySet_Check(obj)
-#endif
-
-/* PyObjectGetAttrStr.proto (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_USE_TYPE_SLOTS
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name);
-#else
-#define __Pyx_PyObject_GetAttrStr(o,n) PyObject_GetAttr(o,n)
-#endif
-
 /* UnpackUnboundCMethod_impl.export */
 static int __Pyx_TryUnpackUnboundCMethod(__Pyx_CachedCFunction* target);
 
@@ -2317,75 +2420,6 @@ static void __Pyx_ArgTypeError(PyObject *obj, PyTypeObject *type, const char *na
 
 /* ArgTypeTest.proto */
 static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, int none_allowed, const char *name, int exact);
-
-/* PyThreadStateGet.proto (used by PyErrFetchRestore) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyThreadState_declare  PyThreadState *__pyx_tstate;
-#define __Pyx_PyThreadState_assign  __pyx_tstate = __Pyx_PyThreadState_Current;
-#if PY_VERSION_HEX >= 0x030C00A6
-#define __Pyx_PyErr_Occurred()  (__pyx_tstate->current_exception != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->current_exception ? (PyObject*) Py_TYPE(__pyx_tstate->current_exception) : (PyObject*) NULL)
-#else
-#define __Pyx_PyErr_Occurred()  (__pyx_tstate->curexc_type != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->curexc_type)
-#endif
-#else
-#define __Pyx_PyThreadState_declare
-#define __Pyx_PyThreadState_assign
-#define __Pyx_PyErr_Occurred()  (PyErr_Occurred() != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  PyErr_Occurred()
-#endif
-
-/* PyErrFetchRestore.proto (used by GivenExceptionMatches) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyErr_Clear() __Pyx_ErrRestore(NULL, NULL, NULL)
-#define __Pyx_ErrRestoreWithState(type, value, tb)  __Pyx_ErrRestoreInState(PyThreadState_GET(), type, value, tb)
-#define __Pyx_ErrFetchWithState(type, value, tb)    __Pyx_ErrFetchInState(PyThreadState_GET(), type, value, tb)
-#define __Pyx_ErrRestore(type, value, tb)  __Pyx_ErrRestoreInState(__pyx_tstate, type, value, tb)
-#define __Pyx_ErrFetch(type, value, tb)    __Pyx_ErrFetchInState(__pyx_tstate, type, value, tb)
-static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb);
-static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
-#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A6
-#define __Pyx_PyErr_SetNone(exc) (Py_INCREF(exc), __Pyx_ErrRestore((exc), NULL, NULL))
-#else
-#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
-#endif
-#else
-#define __Pyx_PyErr_Clear() PyErr_Clear()
-#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
-#define __Pyx_ErrRestoreWithState(type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetchWithState(type, value, tb)  PyErr_Fetch(type, value, tb)
-#define __Pyx_ErrRestoreInState(tstate, type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetchInState(tstate, type, value, tb)  PyErr_Fetch(type, value, tb)
-#define __Pyx_ErrRestore(type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetch(type, value, tb)  PyErr_Fetch(type, value, tb)
-#endif
-
-/* GivenExceptionMatches.proto (used by PyErrExceptionMatches) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject *type);
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2);
-#else
-#define __Pyx_PyErr_GivenExceptionMatches(err, type) PyErr_GivenExceptionMatches(err, type)
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2) {
-    return PyErr_GivenExceptionMatches(err, type1) || PyErr_GivenExceptionMatches(err, type2);
-}
-#endif
-#define __Pyx_PyErr_ExceptionMatches2(err1, err2)  __Pyx_PyErr_GivenExceptionMatches2(__Pyx_PyErr_CurrentExceptionType(), err1, err2)
-
-/* PyErrExceptionMatches.proto (used by PyObjectGetAttrStrNoError) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
-#else
-#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
-#endif
-
-/* PyObjectGetAttrStrNoError.proto (used by GetBuiltinName) */
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name);
-
-/* GetBuiltinName.proto */
-static PyObject *__Pyx_GetBuiltinName(PyObject *name);
 
 /* PyObjectFastCallMethod.proto */
 #if CYTHON_VECTORCALL
@@ -2845,6 +2879,57 @@ static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
          const char* encoding, const char* errors,
          PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors));
 
+/* PyObjectCompare.proto */
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop);
+
+/* pep479.proto */
+static void __Pyx_Generator_Replace_StopIteration(int in_async_gen);
+
+/* IterFinish.proto */
+static CYTHON_INLINE int __Pyx_IterFinish(void);
+
+/* UnpackItemEndCheck.proto */
+static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected);
+
+/* PyLongBinop.proto */
+#if !CYTHON_COMPILING_IN_PYPY
+static CYTHON_INLINE PyObject* __Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check);
+#else
+#define __Pyx_PyLong_SubtractObjC(op1, op2, intval, inplace, zerodivision_check)\
+    (inplace ? PyNumber_InPlaceSubtract(op1, op2) : PyNumber_Subtract(op1, op2))
+#endif
+
+/* PyNumberBinop.proto */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyNumber_Multiply_object_object(op1, op2)  PyNumber_Multiply(op1, op2)
+#define __Pyx_PyNumber_InPlaceMultiply_object_object(op1, op2)  PyNumber_InPlaceMultiply(op1, op2)
+#else
+#define __Pyx_PyNumber_Multiply_object_object(op1, op2)  __Pyx__PyNumber_Multiply_object_object(op1, op2, 0)
+#define __Pyx_PyNumber_InPlaceMultiply_object_object(op1, op2)  __Pyx__PyNumber_Multiply_object_object(op1, op2, 1)
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_Multiply_object_object(PyObject *op1, PyObject *op2, int inplace);
+#endif
+
+/* DictGetItem.proto */
+#if !CYTHON_COMPILING_IN_PYPY
+static PyObject *__Pyx_PyDict_GetItem(PyObject *d, PyObject* key);
+#define __Pyx_PyObject_Dict_GetItem(obj, name)\
+    (likely(__Pyx_PyAnyDict_CheckExact(obj)) ?\
+     __Pyx_PyDict_GetItem(obj, name) : PyObject_GetItem(obj, name))
+#else
+#define __Pyx_PyDict_GetItem(d, key) PyObject_GetItem(d, key)
+#define __Pyx_PyObject_Dict_GetItem(obj, name)  PyObject_GetItem(obj, name)
+#endif
+
+/* PyNumberBinop.proto */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyNumber_Add_object_object(op1, op2)  PyNumber_Add(op1, op2)
+#define __Pyx_PyNumber_InPlaceAdd_object_object(op1, op2)  PyNumber_InPlaceAdd(op1, op2)
+#else
+#define __Pyx_PyNumber_Add_object_object(op1, op2)  __Pyx__PyNumber_Add_object_object(op1, op2, 0)
+#define __Pyx_PyNumber_InPlaceAdd_object_object(op1, op2)  __Pyx__PyNumber_Add_object_object(op1, op2, 1)
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_Add_object_object(PyObject *op1, PyObject *op2, int inplace);
+#endif
+
 /* PyUnicode_Unicode.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Unicode(PyObject *obj);
 
@@ -2903,21 +2988,12 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize
 static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 #endif
 
-/* IterFinish.proto */
-static CYTHON_INLINE int __Pyx_IterFinish(void);
-
-/* UnpackItemEndCheck.proto */
-static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected);
-
 /* ListAppend.proto */
 #if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
 static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x);
 #else
 #define __Pyx_PyList_Append(L,x) PyList_Append(L,x)
 #endif
-
-/* PyObjectCompare.proto */
-static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop);
 
 /* AllocateExtensionType.proto */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final);
@@ -2952,6 +3028,20 @@ static PyObject *__Pyx_CallNewInitFromVectorcall(PyTypeObject *t, PyObject *cons
 #define __Pyx_call_type_traverse(o, always_call, visit, arg) 0
 #else
 static int __Pyx_call_type_traverse(PyObject *o, int always_call, visitproc visit, void *arg);
+#endif
+
+/* CheckTypeForFreelists.proto */
+#if CYTHON_USE_FREELISTS
+#if CYTHON_USE_TYPE_SPECS
+#define __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(t, expected_tp, expected_size) ((int) ((t) == (expected_tp)))
+#define __PYX_CHECK_TYPE_FOR_FREELIST_FLAGS  Py_TPFLAGS_IS_ABSTRACT
+#else
+#define __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(t, expected_tp, expected_size) ((int) ((t)->tp_basicsize == (expected_size)))
+#define __PYX_CHECK_TYPE_FOR_FREELIST_FLAGS  (Py_TPFLAGS_IS_ABSTRACT | Py_TPFLAGS_HEAPTYPE)
+#endif
+#define __PYX_CHECK_TYPE_FOR_FREELISTS(t, expected_tp, expected_size)\
+    (__PYX_CHECK_FINAL_TYPE_FOR_FREELISTS((t), (expected_tp), (expected_size)) &\
+     (int) (!__Pyx_PyType_HasFeature((t), __PYX_CHECK_TYPE_FOR_FREELIST_FLAGS)))
 #endif
 
 /* CallSlotAsVectorcall.proto */
@@ -3305,14 +3395,14 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int32_t(int32_t value);
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value);
 
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
+
 /* CIntFromPy.proto */
 static CYTHON_INLINE int32_t __Pyx_PyLong_As_int32_t(PyObject *);
 
 /* CIntFromPy.proto */
 static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *);
-
-/* CIntToPy.proto */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
 
 /* PyObjectCallMethod1.proto (used by UpdateUnpickledDict) */
 static CYTHON_INLINE PyObject* __Pyx_PyObject_CallMethod1(PyObject* obj, PyObject* method_name, PyObject* arg);
@@ -3337,6 +3427,111 @@ static void __Pyx_init_runtime_version(void);
 #define __Pyx_init_runtime_version()
 #endif
 static unsigned long __Pyx_get_runtime_version(void);
+
+/* IterNextPlain.proto (used by CoroutineBase) */
+static CYTHON_INLINE PyObject *__Pyx_PyIter_Next_Plain(PyObject *iterator);
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+static PyObject *__Pyx_GetBuiltinNext_LimitedAPI(void);
+#endif
+
+/* PyObjectCallNoArg.proto (used by CoroutineBase) */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CallNoArg(PyObject *func);
+
+/* ReturnWithStopIteration.proto (used by CoroutineBase) */
+static CYTHON_INLINE void __Pyx_ReturnWithStopIteration(PyObject* value, int async, int iternext);
+
+/* CoroutineBase.proto (used by Generator) */
+struct __pyx_CoroutineObject;
+typedef PyObject *(*__pyx_coroutine_body_t)(struct __pyx_CoroutineObject *, PyThreadState *, PyObject *);
+#if CYTHON_USE_EXC_INFO_STACK
+#define __Pyx_ExcInfoStruct  _PyErr_StackItem
+#else
+typedef struct {
+    PyObject *exc_type;
+    PyObject *exc_value;
+    PyObject *exc_traceback;
+} __Pyx_ExcInfoStruct;
+#endif
+typedef struct __pyx_CoroutineObject {
+    PyObject_HEAD
+    __pyx_coroutine_body_t body;
+    PyObject *closure;
+    __Pyx_ExcInfoStruct gi_exc_state;
+#if PY_VERSION_HEX < 0x030C0000 || CYTHON_COMPILING_IN_LIMITED_API
+    PyObject *gi_weakreflist;
+#endif
+    PyObject *classobj;
+    PyObject *yieldfrom;
+    __Pyx_pyiter_sendfunc yieldfrom_am_send;
+    PyObject *gi_name;
+    PyObject *gi_qualname;
+    PyObject *gi_modulename;
+    PyObject *gi_code;
+    PyObject *gi_frame;
+#if CYTHON_USE_SYS_MONITORING && (CYTHON_PROFILE || CYTHON_TRACE)
+    PyMonitoringState __pyx_pymonitoring_state[__Pyx_MonitoringEventTypes_CyGen_count];
+    uint64_t __pyx_pymonitoring_version;
+#endif
+    int resume_label;
+    char is_running;
+} __pyx_CoroutineObject;
+static __pyx_CoroutineObject *__Pyx__Coroutine_New(
+    PyTypeObject *type, __pyx_coroutine_body_t body, PyObject *code, PyObject *closure,
+    PyObject *name, PyObject *qualname, PyObject *module_name);
+static __pyx_CoroutineObject *__Pyx__Coroutine_NewInit(
+            __pyx_CoroutineObject *gen, __pyx_coroutine_body_t body, PyObject *code, PyObject *closure,
+            PyObject *name, PyObject *qualname, PyObject *module_name);
+static CYTHON_INLINE void __Pyx_Coroutine_ExceptionClear(__Pyx_ExcInfoStruct *self);
+static int __Pyx_Coroutine_clear(PyObject *self);
+static __Pyx_PySendResult __Pyx_Coroutine_AmSend(PyObject *self, PyObject *value, PyObject **retval);
+static PyObject *__Pyx_Coroutine_Send(PyObject *self, PyObject *value);
+static __Pyx_PySendResult __Pyx_Coroutine_Close(PyObject *self, PyObject **retval);
+static PyObject *__Pyx_Coroutine_Throw(PyObject *gen,
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+    PyObject *args
+#else
+    PyObject *const *args, Py_ssize_t nargs
+#endif
+    );
+#if CYTHON_USE_EXC_INFO_STACK
+#define __Pyx_Coroutine_SwapException(self)
+#define __Pyx_Coroutine_ResetAndClearException(self)  __Pyx_Coroutine_ExceptionClear(&(self)->gi_exc_state)
+#else
+#define __Pyx_Coroutine_SwapException(self) {\
+    __Pyx_ExceptionSwap(&(self)->gi_exc_state.exc_type, &(self)->gi_exc_state.exc_value, &(self)->gi_exc_state.exc_traceback);\
+    __Pyx_Coroutine_ResetFrameBackpointer(&(self)->gi_exc_state);\
+    }
+#define __Pyx_Coroutine_ResetAndClearException(self) {\
+    __Pyx_ExceptionReset((self)->gi_exc_state.exc_type, (self)->gi_exc_state.exc_value, (self)->gi_exc_state.exc_traceback);\
+    (self)->gi_exc_state.exc_type = (self)->gi_exc_state.exc_value = (self)->gi_exc_state.exc_traceback = NULL;\
+    }
+#endif
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyGen_FetchStopIterationValue(pvalue)\
+    __Pyx_PyGen__FetchStopIterationValue(__pyx_tstate, pvalue)
+#else
+#define __Pyx_PyGen_FetchStopIterationValue(pvalue)\
+    __Pyx_PyGen__FetchStopIterationValue(__Pyx_PyThreadState_Current, pvalue)
+#endif
+static int __Pyx_PyGen__FetchStopIterationValue(PyThreadState *tstate, PyObject **pvalue);
+static CYTHON_INLINE void __Pyx_Coroutine_ResetFrameBackpointer(__Pyx_ExcInfoStruct *exc_state);
+static char __Pyx_Coroutine_test_and_set_is_running(__pyx_CoroutineObject *gen);
+static void __Pyx_Coroutine_unset_is_running(__pyx_CoroutineObject *gen);
+static char __Pyx_Coroutine_get_is_running(__pyx_CoroutineObject *gen);
+static PyObject *__Pyx_Coroutine_get_is_running_getter(PyObject *gen, void *closure);
+#if __PYX_HAS_PY_AM_SEND == 2
+static void __Pyx_SetBackportTypeAmSend(PyTypeObject *type, __Pyx_PyAsyncMethodsStruct *static_amsend_methods, __Pyx_pyiter_sendfunc am_send);
+#endif
+static PyObject *__Pyx_Coroutine_fail_reduce_ex(PyObject *self, PyObject *arg);
+
+/* Generator.proto */
+#define __Pyx_Generator_USED
+#define __Pyx_Generator_CheckExact(obj) Py_IS_TYPE(obj, __pyx_mstate_global->__pyx_GeneratorType)
+#define __Pyx_Generator_New(body, code, closure, name, qualname, module_name)\
+    __Pyx__Coroutine_New(__pyx_mstate_global->__pyx_GeneratorType, body, code, closure, name, qualname, module_name)
+static PyObject *__Pyx_Generator_Next(PyObject *self);
+static int __pyx_Generator_init(PyObject *module);
+static CYTHON_INLINE PyObject *__Pyx_Generator_GetInlinedResult(PyObject *self);
 
 /* CheckBinaryVersion.proto */
 static int __Pyx_check_binary_version(unsigned long ct_version, unsigned long rt_version, int allow_newer);
@@ -3497,6 +3692,8 @@ int __pyx_module_is_main_sagecore___metal = 0;
 
 /* Implementation of "sagecore._metal" */
 /* #### Code section: global_var ### */
+static PyObject *__pyx_builtin_sum;
+static PyObject *__pyx_builtin_zip;
 static PyObject *__pyx_builtin___import__;
 static PyObject *__pyx_builtin_enumerate;
 static PyObject *__pyx_builtin_Ellipsis;
@@ -3568,6 +3765,8 @@ static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sa
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4info(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_6set_host_threads(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, int __pyx_v_n); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_8buffer(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, size_t __pyx_v_length); /* proto */
+static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4wrap_genexpr(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_genexpr_arg_0); /* proto */
+static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4wrap_3genexpr(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_genexpr_arg_0); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, PyObject *__pyx_v_obj); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, PyObject *__pyx_v_source, PyObject *__pyx_v_name, PyObject *__pyx_v_include_dir, int __pyx_v_fast_math); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, PyObject *__pyx_v_path); /* proto */
@@ -3732,6 +3931,52 @@ static PyObject *__pyx_tp_new_8sagecore_6_metal_CommandBuffer(PyTypeObject *t, P
 #if CYTHON_VECTORCALL_TPNEW
 static PyObject *__pyx_tp_vectorcall_8sagecore_6_metal_CommandBuffer(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames); /*proto*/
 #endif
+static PyObject *__pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+static PyObject *__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr(PyTypeObject *t, PyObject *a, PyObject *k); /*proto*/
+#endif
+#if !CYTHON_VECTORCALL_TPNEW
+#define __pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr __pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr
+#endif
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames); /*proto*/
+#endif
+static PyObject *__pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+static PyObject *__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyTypeObject *t, PyObject *a, PyObject *k); /*proto*/
+#endif
+#if !CYTHON_VECTORCALL_TPNEW
+#define __pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr __pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr
+#endif
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames); /*proto*/
+#endif
 static PyObject *__pyx_tp_new__initialisation_array(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3858,6 +4103,8 @@ namespace {
     PyObject *__pyx_type_8sagecore_6_metal_Library;
     PyObject *__pyx_type_8sagecore_6_metal_Pipeline;
     PyObject *__pyx_type_8sagecore_6_metal_CommandBuffer;
+    PyObject *__pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr;
+    PyObject *__pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr;
     PyObject *__pyx_type___pyx_array;
     PyObject *__pyx_type___pyx_MemviewEnum;
     PyObject *__pyx_type___pyx_memoryview;
@@ -3867,6 +4114,8 @@ namespace {
     PyTypeObject *__pyx_ptype_8sagecore_6_metal_Library;
     PyTypeObject *__pyx_ptype_8sagecore_6_metal_Pipeline;
     PyTypeObject *__pyx_ptype_8sagecore_6_metal_CommandBuffer;
+    PyTypeObject *__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr;
+    PyTypeObject *__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr;
     PyTypeObject *__pyx_array_type;
     PyTypeObject *__pyx_MemviewEnum_type;
     PyTypeObject *__pyx_memoryview_type;
@@ -3875,9 +4124,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
-    PyObject *__pyx_tuple[9];
-    PyObject *__pyx_codeobj_tab[32];
-    PyObject *__pyx_string_tab[265];
+    PyObject *__pyx_tuple[10];
+    PyObject *__pyx_codeobj_tab[34];
+    PyObject *__pyx_string_tab[284];
     PyObject *__pyx_number_tab[4];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -3885,6 +4134,16 @@ namespace {
 PyObject *__Pyx_PyFrozenDictType;
 #endif
 
+
+#if CYTHON_USE_FREELISTS
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *__pyx_freelist_8sagecore_6_metal___pyx_scope_struct__genexpr[8];
+int __pyx_freecount_8sagecore_6_metal___pyx_scope_struct__genexpr;
+#endif
+
+#if CYTHON_USE_FREELISTS
+struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *__pyx_freelist_8sagecore_6_metal___pyx_scope_struct_1_genexpr[8];
+int __pyx_freecount_8sagecore_6_metal___pyx_scope_struct_1_genexpr;
+#endif
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
 
@@ -3898,6 +4157,14 @@ PyTypeObject *__pyx_CyFunctionType;
 
 /* CodeObjectCache.module_state_decls */
 struct __Pyx_CodeObjectCache __pyx_code_cache;
+
+/* IterNextPlain.module_state_decls */
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+PyObject *__Pyx_GetBuiltinNext_LimitedAPI_cache;
+#endif
+
+/* Generator.module_state_decls */
+PyTypeObject *__pyx_GeneratorType;
 
 /* #### Code section: module_state_end ### */
 } __pyx_mstatetype;
@@ -3959,239 +4226,258 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_gc __pyx_string_tab[29]
 #define __pyx_kp_u_isenabled __pyx_string_tab[30]
 #define __pyx_kp_u_name_3 __pyx_string_tab[31]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[32]
-#define __pyx_kp_u_sagecore__metal_pyx __pyx_string_tab[33]
-#define __pyx_kp_u_self_p_cannot_be_converted_to_a __pyx_string_tab[34]
-#define __pyx_kp_u_sizes_must_be_0 __pyx_string_tab[35]
-#define __pyx_kp_u_source_metal __pyx_string_tab[36]
-#define __pyx_kp_u_the_wrapped_memory_is_read_only __pyx_string_tab[37]
-#define __pyx_kp_u_unable_to_allocate_array_data __pyx_string_tab[38]
-#define __pyx_kp_u_unable_to_allocate_shape_and_str __pyx_string_tab[39]
-#define __pyx_n_u_ABI_VERSION __pyx_string_tab[40]
-#define __pyx_n_u_ASCII __pyx_string_tab[41]
-#define __pyx_n_u_ArgumentTypeError __pyx_string_tab[42]
-#define __pyx_n_u_B __pyx_string_tab[43]
-#define __pyx_n_u_Buffer __pyx_string_tab[44]
-#define __pyx_n_u_Buffer___reduce_cython __pyx_string_tab[45]
-#define __pyx_n_u_Buffer___setstate_cython __pyx_string_tab[46]
-#define __pyx_n_u_Buffer_numpy __pyx_string_tab[47]
-#define __pyx_n_u_CommandBuffer __pyx_string_tab[48]
-#define __pyx_n_u_CommandBuffer___reduce_cython __pyx_string_tab[49]
-#define __pyx_n_u_CommandBuffer___setstate_cython __pyx_string_tab[50]
-#define __pyx_n_u_CommandBuffer_barrier __pyx_string_tab[51]
-#define __pyx_n_u_CommandBuffer_commit __pyx_string_tab[52]
-#define __pyx_n_u_CommandBuffer_dispatch __pyx_string_tab[53]
-#define __pyx_n_u_CommandBuffer_gpu_time __pyx_string_tab[54]
-#define __pyx_n_u_CommandBuffer_set_buffer __pyx_string_tab[55]
-#define __pyx_n_u_CommandBuffer_set_bytes __pyx_string_tab[56]
-#define __pyx_n_u_CommandBuffer_set_pipeline __pyx_string_tab[57]
-#define __pyx_n_u_CommandBuffer_set_race_check __pyx_string_tab[58]
-#define __pyx_n_u_CommandBuffer_set_threadgroup_me __pyx_string_tab[59]
-#define __pyx_n_u_CommandBuffer_wait __pyx_string_tab[60]
-#define __pyx_n_u_Device __pyx_string_tab[61]
-#define __pyx_n_u_Device___reduce_cython __pyx_string_tab[62]
-#define __pyx_n_u_Device___setstate_cython __pyx_string_tab[63]
-#define __pyx_n_u_Device_buffer __pyx_string_tab[64]
-#define __pyx_n_u_Device_command_buffer __pyx_string_tab[65]
-#define __pyx_n_u_Device_info __pyx_string_tab[66]
-#define __pyx_n_u_Device_library_from_file __pyx_string_tab[67]
-#define __pyx_n_u_Device_library_from_source __pyx_string_tab[68]
-#define __pyx_n_u_Device_set_host_threads __pyx_string_tab[69]
-#define __pyx_n_u_Device_wrap __pyx_string_tab[70]
-#define __pyx_n_u_Ellipsis __pyx_string_tab[71]
-#define __pyx_n_u_InvalidArgumentError __pyx_string_tab[72]
-#define __pyx_n_u_Library __pyx_string_tab[73]
-#define __pyx_n_u_Library___reduce_cython __pyx_string_tab[74]
-#define __pyx_n_u_Library___setstate_cython __pyx_string_tab[75]
-#define __pyx_n_u_Library_functions __pyx_string_tab[76]
-#define __pyx_n_u_Library_pipeline __pyx_string_tab[77]
-#define __pyx_n_u_MetalCompileError __pyx_string_tab[78]
-#define __pyx_n_u_MetalExecutionError __pyx_string_tab[79]
-#define __pyx_n_u_MetalFunctionNotFoundError __pyx_string_tab[80]
-#define __pyx_n_u_MetalLimitError __pyx_string_tab[81]
-#define __pyx_n_u_MetalUnavailableError __pyx_string_tab[82]
-#define __pyx_n_u_Pipeline __pyx_string_tab[83]
-#define __pyx_n_u_Pipeline___reduce_cython __pyx_string_tab[84]
-#define __pyx_n_u_Pipeline___setstate_cython __pyx_string_tab[85]
-#define __pyx_n_u_Sequence __pyx_string_tab[86]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[87]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[88]
-#define __pyx_n_u_annotate __pyx_string_tab[89]
-#define __pyx_n_u_class __pyx_string_tab[90]
-#define __pyx_n_u_class_getitem __pyx_string_tab[91]
-#define __pyx_n_u_dict __pyx_string_tab[92]
-#define __pyx_n_u_dlpack __pyx_string_tab[93]
-#define __pyx_n_u_func __pyx_string_tab[94]
-#define __pyx_n_u_getstate __pyx_string_tab[95]
-#define __pyx_n_u_import __pyx_string_tab[96]
-#define __pyx_n_u_main __pyx_string_tab[97]
-#define __pyx_n_u_module __pyx_string_tab[98]
-#define __pyx_n_u_name_2 __pyx_string_tab[99]
-#define __pyx_n_u_new __pyx_string_tab[100]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[101]
-#define __pyx_n_u_pyx_state __pyx_string_tab[102]
-#define __pyx_n_u_pyx_type __pyx_string_tab[103]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[104]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[105]
-#define __pyx_n_u_qualname __pyx_string_tab[106]
-#define __pyx_n_u_reduce __pyx_string_tab[107]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[108]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[109]
-#define __pyx_n_u_set_name __pyx_string_tab[110]
-#define __pyx_n_u_setstate __pyx_string_tab[111]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[112]
-#define __pyx_n_u_test __pyx_string_tab[113]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[114]
-#define __pyx_n_u_a __pyx_string_tab[115]
-#define __pyx_n_u_abc __pyx_string_tab[116]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[117]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[118]
-#define __pyx_n_u_b __pyx_string_tab[119]
-#define __pyx_n_u_backend_name __pyx_string_tab[120]
-#define __pyx_n_u_barrier __pyx_string_tab[121]
-#define __pyx_n_u_base __pyx_string_tab[122]
-#define __pyx_n_u_bfloat __pyx_string_tab[123]
-#define __pyx_n_u_bool __pyx_string_tab[124]
-#define __pyx_n_u_buf __pyx_string_tab[125]
-#define __pyx_n_u_buffer __pyx_string_tab[126]
-#define __pyx_n_u_c __pyx_string_tab[127]
-#define __pyx_n_u_cast __pyx_string_tab[128]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[129]
-#define __pyx_n_u_command_buffer __pyx_string_tab[130]
-#define __pyx_n_u_commit __pyx_string_tab[131]
-#define __pyx_n_u_configure __pyx_string_tab[132]
-#define __pyx_n_u_constants __pyx_string_tab[133]
-#define __pyx_n_u_copied __pyx_string_tab[134]
-#define __pyx_n_u_count __pyx_string_tab[135]
-#define __pyx_n_u_cs __pyx_string_tab[136]
-#define __pyx_n_u_data __pyx_string_tab[137]
-#define __pyx_n_u_dispatch __pyx_string_tab[138]
-#define __pyx_n_u_dtype __pyx_string_tab[139]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[140]
-#define __pyx_n_u_e __pyx_string_tab[141]
-#define __pyx_n_u_emulated __pyx_string_tab[142]
-#define __pyx_n_u_encode __pyx_string_tab[143]
-#define __pyx_n_u_enumerate __pyx_string_tab[144]
-#define __pyx_n_u_error __pyx_string_tab[145]
-#define __pyx_n_u_errors __pyx_string_tab[146]
-#define __pyx_n_u_fast_math __pyx_string_tab[147]
-#define __pyx_n_u_flags __pyx_string_tab[148]
-#define __pyx_n_u_float __pyx_string_tab[149]
-#define __pyx_n_u_fn __pyx_string_tab[150]
-#define __pyx_n_u_format __pyx_string_tab[151]
-#define __pyx_n_u_fortran __pyx_string_tab[152]
-#define __pyx_n_u_from_dlpack __pyx_string_tab[153]
-#define __pyx_n_u_frombuffer __pyx_string_tab[154]
-#define __pyx_n_u_function __pyx_string_tab[155]
-#define __pyx_n_u_functions __pyx_string_tab[156]
-#define __pyx_n_u_g __pyx_string_tab[157]
-#define __pyx_n_u_gpu_family __pyx_string_tab[158]
-#define __pyx_n_u_gpu_time __pyx_string_tab[159]
-#define __pyx_n_u_i __pyx_string_tab[160]
-#define __pyx_n_u_id __pyx_string_tab[161]
-#define __pyx_n_u_idx __pyx_string_tab[162]
-#define __pyx_n_u_include_dir __pyx_string_tab[163]
-#define __pyx_n_u_index __pyx_string_tab[164]
-#define __pyx_n_u_info __pyx_string_tab[165]
-#define __pyx_n_u_int __pyx_string_tab[166]
-#define __pyx_n_u_items __pyx_string_tab[167]
-#define __pyx_n_u_itemsize __pyx_string_tab[168]
-#define __pyx_n_u_key __pyx_string_tab[169]
-#define __pyx_n_u_kind __pyx_string_tab[170]
-#define __pyx_n_u_length __pyx_string_tab[171]
-#define __pyx_n_u_lib __pyx_string_tab[172]
-#define __pyx_n_u_library_from_file __pyx_string_tab[173]
-#define __pyx_n_u_library_from_source __pyx_string_tab[174]
-#define __pyx_n_u_max_threadgroup_memory __pyx_string_tab[175]
-#define __pyx_n_u_max_threads_per_threadgroup __pyx_string_tab[176]
-#define __pyx_n_u_memview __pyx_string_tab[177]
-#define __pyx_n_u_metal __pyx_string_tab[178]
-#define __pyx_n_u_mode __pyx_string_tab[179]
-#define __pyx_n_u_mv __pyx_string_tab[180]
-#define __pyx_n_u_n __pyx_string_tab[181]
-#define __pyx_n_u_name __pyx_string_tab[182]
-#define __pyx_n_u_ndarray __pyx_string_tab[183]
-#define __pyx_n_u_ndim __pyx_string_tab[184]
-#define __pyx_n_u_np __pyx_string_tab[185]
-#define __pyx_n_u_numpy __pyx_string_tab[186]
-#define __pyx_n_u_o __pyx_string_tab[187]
-#define __pyx_n_u_ob __pyx_string_tab[188]
-#define __pyx_n_u_obj __pyx_string_tab[189]
-#define __pyx_n_u_offset __pyx_string_tab[190]
-#define __pyx_n_u_on __pyx_string_tab[191]
-#define __pyx_n_u_opts __pyx_string_tab[192]
-#define __pyx_n_u_p __pyx_string_tab[193]
-#define __pyx_n_u_pack __pyx_string_tab[194]
-#define __pyx_n_u_path __pyx_string_tab[195]
-#define __pyx_n_u_pipeline __pyx_string_tab[196]
-#define __pyx_n_u_pop __pyx_string_tab[197]
-#define __pyx_n_u_recommended_working_set __pyx_string_tab[198]
-#define __pyx_n_u_register __pyx_string_tab[199]
-#define __pyx_n_u_reshape __pyx_string_tab[200]
-#define __pyx_n_u_s __pyx_string_tab[201]
-#define __pyx_n_u_sagecore __pyx_string_tab[202]
-#define __pyx_n_u_sagecore__metal __pyx_string_tab[203]
-#define __pyx_n_u_self __pyx_string_tab[204]
-#define __pyx_n_u_set_buffer __pyx_string_tab[205]
-#define __pyx_n_u_set_bytes __pyx_string_tab[206]
-#define __pyx_n_u_set_host_threads __pyx_string_tab[207]
-#define __pyx_n_u_set_pipeline __pyx_string_tab[208]
-#define __pyx_n_u_set_race_check __pyx_string_tab[209]
-#define __pyx_n_u_set_threadgroup_memory __pyx_string_tab[210]
-#define __pyx_n_u_setdefault __pyx_string_tab[211]
-#define __pyx_n_u_shape __pyx_string_tab[212]
-#define __pyx_n_u_short __pyx_string_tab[213]
-#define __pyx_n_u_simd_width __pyx_string_tab[214]
-#define __pyx_n_u_simdgroup_matrix __pyx_string_tab[215]
-#define __pyx_n_u_size __pyx_string_tab[216]
-#define __pyx_n_u_source __pyx_string_tab[217]
-#define __pyx_n_u_split __pyx_string_tab[218]
-#define __pyx_n_u_src __pyx_string_tab[219]
-#define __pyx_n_u_start __pyx_string_tab[220]
-#define __pyx_n_u_step __pyx_string_tab[221]
-#define __pyx_n_u_stop __pyx_string_tab[222]
-#define __pyx_n_u_struct __pyx_string_tab[223]
-#define __pyx_n_u_t __pyx_string_tab[224]
-#define __pyx_n_u_tg __pyx_string_tab[225]
-#define __pyx_n_u_th __pyx_string_tab[226]
-#define __pyx_n_u_threadgroups __pyx_string_tab[227]
-#define __pyx_n_u_threads __pyx_string_tab[228]
-#define __pyx_n_u_uint __pyx_string_tab[229]
-#define __pyx_n_u_unified_memory __pyx_string_tab[230]
-#define __pyx_n_u_unpack __pyx_string_tab[231]
-#define __pyx_n_u_update __pyx_string_tab[232]
-#define __pyx_n_u_ushort __pyx_string_tab[233]
-#define __pyx_n_u_val __pyx_string_tab[234]
-#define __pyx_n_u_value __pyx_string_tab[235]
-#define __pyx_n_u_values __pyx_string_tab[236]
-#define __pyx_n_u_view __pyx_string_tab[237]
-#define __pyx_n_u_wait __pyx_string_tab[238]
-#define __pyx_n_u_wrap __pyx_string_tab[239]
-#define __pyx_n_u_x __pyx_string_tab[240]
-#define __pyx_n_b_O __pyx_string_tab[241]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[242]
-#define __pyx_kp_b_iso88591_as_U __pyx_string_tab[243]
-#define __pyx_kp_b_iso88591_b_q __pyx_string_tab[244]
-#define __pyx_kp_b_iso88591_A_QnAT __pyx_string_tab[245]
-#define __pyx_kp_b_iso88591_A_Q_d_1_E __pyx_string_tab[246]
-#define __pyx_kp_b_iso88591_A_Q_1D_G1 __pyx_string_tab[247]
-#define __pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q __pyx_string_tab[248]
-#define __pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q __pyx_string_tab[249]
-#define __pyx_kp_b_iso88591_A_Qd __pyx_string_tab[250]
-#define __pyx_kp_b_iso88591_A_q_A __pyx_string_tab[251]
-#define __pyx_kp_b_iso88591_A_Q_Qd_a __pyx_string_tab[252]
-#define __pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q __pyx_string_tab[253]
-#define __pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q __pyx_string_tab[254]
-#define __pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY __pyx_string_tab[255]
-#define __pyx_kp_b_iso88591_A_QoQd_as_1_r_1 __pyx_string_tab[256]
-#define __pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ __pyx_string_tab[257]
-#define __pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B __pyx_string_tab[258]
-#define __pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_5_q_Zq_Zq_Q_AT __pyx_string_tab[259]
-#define __pyx_kp_b_iso88591_Bk_a_uF_Zq __pyx_string_tab[260]
-#define __pyx_kp_b_iso88591_Q_Q_1D_A __pyx_string_tab[261]
-#define __pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2 __pyx_string_tab[262]
-#define __pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1 __pyx_string_tab[263]
-#define __pyx_kp_b_iso88591_A_Q_q_D_q_A_E __pyx_string_tab[264]
+#define __pyx_kp_u_negative_strides_cannot_be_wrapp __pyx_string_tab[32]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[33]
+#define __pyx_kp_u_sagecore__metal_pyx __pyx_string_tab[34]
+#define __pyx_kp_u_self_p_cannot_be_converted_to_a __pyx_string_tab[35]
+#define __pyx_kp_u_sizes_must_be_0 __pyx_string_tab[36]
+#define __pyx_kp_u_source_metal __pyx_string_tab[37]
+#define __pyx_kp_u_the_wrapped_memory_is_read_only __pyx_string_tab[38]
+#define __pyx_kp_u_unable_to_allocate_array_data __pyx_string_tab[39]
+#define __pyx_kp_u_unable_to_allocate_shape_and_str __pyx_string_tab[40]
+#define __pyx_n_u_ABI_VERSION __pyx_string_tab[41]
+#define __pyx_n_u_ASCII __pyx_string_tab[42]
+#define __pyx_n_u_ArgumentTypeError __pyx_string_tab[43]
+#define __pyx_n_u_B __pyx_string_tab[44]
+#define __pyx_n_u_Buffer __pyx_string_tab[45]
+#define __pyx_n_u_Buffer___reduce_cython __pyx_string_tab[46]
+#define __pyx_n_u_Buffer___setstate_cython __pyx_string_tab[47]
+#define __pyx_n_u_Buffer_numpy __pyx_string_tab[48]
+#define __pyx_n_u_CommandBuffer __pyx_string_tab[49]
+#define __pyx_n_u_CommandBuffer___reduce_cython __pyx_string_tab[50]
+#define __pyx_n_u_CommandBuffer___setstate_cython __pyx_string_tab[51]
+#define __pyx_n_u_CommandBuffer_barrier __pyx_string_tab[52]
+#define __pyx_n_u_CommandBuffer_commit __pyx_string_tab[53]
+#define __pyx_n_u_CommandBuffer_dispatch __pyx_string_tab[54]
+#define __pyx_n_u_CommandBuffer_gpu_time __pyx_string_tab[55]
+#define __pyx_n_u_CommandBuffer_set_buffer __pyx_string_tab[56]
+#define __pyx_n_u_CommandBuffer_set_bytes __pyx_string_tab[57]
+#define __pyx_n_u_CommandBuffer_set_pipeline __pyx_string_tab[58]
+#define __pyx_n_u_CommandBuffer_set_race_check __pyx_string_tab[59]
+#define __pyx_n_u_CommandBuffer_set_threadgroup_me __pyx_string_tab[60]
+#define __pyx_n_u_CommandBuffer_wait __pyx_string_tab[61]
+#define __pyx_n_u_Device __pyx_string_tab[62]
+#define __pyx_n_u_Device___reduce_cython __pyx_string_tab[63]
+#define __pyx_n_u_Device___setstate_cython __pyx_string_tab[64]
+#define __pyx_n_u_Device_buffer __pyx_string_tab[65]
+#define __pyx_n_u_Device_command_buffer __pyx_string_tab[66]
+#define __pyx_n_u_Device_info __pyx_string_tab[67]
+#define __pyx_n_u_Device_library_from_file __pyx_string_tab[68]
+#define __pyx_n_u_Device_library_from_source __pyx_string_tab[69]
+#define __pyx_n_u_Device_set_host_threads __pyx_string_tab[70]
+#define __pyx_n_u_Device_wrap __pyx_string_tab[71]
+#define __pyx_n_u_Ellipsis __pyx_string_tab[72]
+#define __pyx_n_u_InvalidArgumentError __pyx_string_tab[73]
+#define __pyx_n_u_Library __pyx_string_tab[74]
+#define __pyx_n_u_Library___reduce_cython __pyx_string_tab[75]
+#define __pyx_n_u_Library___setstate_cython __pyx_string_tab[76]
+#define __pyx_n_u_Library_functions __pyx_string_tab[77]
+#define __pyx_n_u_Library_pipeline __pyx_string_tab[78]
+#define __pyx_n_u_MetalCompileError __pyx_string_tab[79]
+#define __pyx_n_u_MetalExecutionError __pyx_string_tab[80]
+#define __pyx_n_u_MetalFunctionNotFoundError __pyx_string_tab[81]
+#define __pyx_n_u_MetalLimitError __pyx_string_tab[82]
+#define __pyx_n_u_MetalUnavailableError __pyx_string_tab[83]
+#define __pyx_n_u_Pipeline __pyx_string_tab[84]
+#define __pyx_n_u_Pipeline___reduce_cython __pyx_string_tab[85]
+#define __pyx_n_u_Pipeline___setstate_cython __pyx_string_tab[86]
+#define __pyx_n_u_Sequence __pyx_string_tab[87]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[88]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[89]
+#define __pyx_n_u_annotate __pyx_string_tab[90]
+#define __pyx_n_u_array_interface __pyx_string_tab[91]
+#define __pyx_n_u_class __pyx_string_tab[92]
+#define __pyx_n_u_class_getitem __pyx_string_tab[93]
+#define __pyx_n_u_dict __pyx_string_tab[94]
+#define __pyx_n_u_dlpack __pyx_string_tab[95]
+#define __pyx_n_u_func __pyx_string_tab[96]
+#define __pyx_n_u_getstate __pyx_string_tab[97]
+#define __pyx_n_u_import __pyx_string_tab[98]
+#define __pyx_n_u_main __pyx_string_tab[99]
+#define __pyx_n_u_module __pyx_string_tab[100]
+#define __pyx_n_u_name_2 __pyx_string_tab[101]
+#define __pyx_n_u_new __pyx_string_tab[102]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[103]
+#define __pyx_n_u_pyx_state __pyx_string_tab[104]
+#define __pyx_n_u_pyx_type __pyx_string_tab[105]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[106]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[107]
+#define __pyx_n_u_qualname __pyx_string_tab[108]
+#define __pyx_n_u_reduce __pyx_string_tab[109]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[110]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[111]
+#define __pyx_n_u_set_name __pyx_string_tab[112]
+#define __pyx_n_u_setstate __pyx_string_tab[113]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[114]
+#define __pyx_n_u_test __pyx_string_tab[115]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[116]
+#define __pyx_n_u_a_2 __pyx_string_tab[117]
+#define __pyx_n_u_abc __pyx_string_tab[118]
+#define __pyx_n_u_addr __pyx_string_tab[119]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[120]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[121]
+#define __pyx_n_u_b __pyx_string_tab[122]
+#define __pyx_n_u_backend_name __pyx_string_tab[123]
+#define __pyx_n_u_barrier __pyx_string_tab[124]
+#define __pyx_n_u_base __pyx_string_tab[125]
+#define __pyx_n_u_bfloat __pyx_string_tab[126]
+#define __pyx_n_u_bool __pyx_string_tab[127]
+#define __pyx_n_u_buf __pyx_string_tab[128]
+#define __pyx_n_u_buffer __pyx_string_tab[129]
+#define __pyx_n_u_c __pyx_string_tab[130]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[131]
+#define __pyx_n_u_cast __pyx_string_tab[132]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[133]
+#define __pyx_n_u_close __pyx_string_tab[134]
+#define __pyx_n_u_command_buffer __pyx_string_tab[135]
+#define __pyx_n_u_commit __pyx_string_tab[136]
+#define __pyx_n_u_configure __pyx_string_tab[137]
+#define __pyx_n_u_constants __pyx_string_tab[138]
+#define __pyx_n_u_copied __pyx_string_tab[139]
+#define __pyx_n_u_count __pyx_string_tab[140]
+#define __pyx_n_u_cs __pyx_string_tab[141]
+#define __pyx_n_u_data __pyx_string_tab[142]
+#define __pyx_n_u_dispatch __pyx_string_tab[143]
+#define __pyx_n_u_dtype __pyx_string_tab[144]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[145]
+#define __pyx_n_u_e __pyx_string_tab[146]
+#define __pyx_n_u_emulated __pyx_string_tab[147]
+#define __pyx_n_u_encode __pyx_string_tab[148]
+#define __pyx_n_u_enumerate __pyx_string_tab[149]
+#define __pyx_n_u_error __pyx_string_tab[150]
+#define __pyx_n_u_errors __pyx_string_tab[151]
+#define __pyx_n_u_extent __pyx_string_tab[152]
+#define __pyx_n_u_f_contiguous __pyx_string_tab[153]
+#define __pyx_n_u_fast_math __pyx_string_tab[154]
+#define __pyx_n_u_flags __pyx_string_tab[155]
+#define __pyx_n_u_float __pyx_string_tab[156]
+#define __pyx_n_u_fn __pyx_string_tab[157]
+#define __pyx_n_u_format __pyx_string_tab[158]
+#define __pyx_n_u_fortran __pyx_string_tab[159]
+#define __pyx_n_u_from_dlpack __pyx_string_tab[160]
+#define __pyx_n_u_frombuffer __pyx_string_tab[161]
+#define __pyx_n_u_function __pyx_string_tab[162]
+#define __pyx_n_u_functions __pyx_string_tab[163]
+#define __pyx_n_u_g __pyx_string_tab[164]
+#define __pyx_n_u_genexpr __pyx_string_tab[165]
+#define __pyx_n_u_gpu_family __pyx_string_tab[166]
+#define __pyx_n_u_gpu_time __pyx_string_tab[167]
+#define __pyx_n_u_i __pyx_string_tab[168]
+#define __pyx_n_u_id __pyx_string_tab[169]
+#define __pyx_n_u_idx __pyx_string_tab[170]
+#define __pyx_n_u_include_dir __pyx_string_tab[171]
+#define __pyx_n_u_index __pyx_string_tab[172]
+#define __pyx_n_u_info __pyx_string_tab[173]
+#define __pyx_n_u_int __pyx_string_tab[174]
+#define __pyx_n_u_items __pyx_string_tab[175]
+#define __pyx_n_u_itemsize __pyx_string_tab[176]
+#define __pyx_n_u_key __pyx_string_tab[177]
+#define __pyx_n_u_kind __pyx_string_tab[178]
+#define __pyx_n_u_length __pyx_string_tab[179]
+#define __pyx_n_u_lib __pyx_string_tab[180]
+#define __pyx_n_u_library_from_file __pyx_string_tab[181]
+#define __pyx_n_u_library_from_source __pyx_string_tab[182]
+#define __pyx_n_u_max_threadgroup_memory __pyx_string_tab[183]
+#define __pyx_n_u_max_threads_per_threadgroup __pyx_string_tab[184]
+#define __pyx_n_u_memview __pyx_string_tab[185]
+#define __pyx_n_u_metal __pyx_string_tab[186]
+#define __pyx_n_u_mode __pyx_string_tab[187]
+#define __pyx_n_u_mv __pyx_string_tab[188]
+#define __pyx_n_u_n __pyx_string_tab[189]
+#define __pyx_n_u_name __pyx_string_tab[190]
+#define __pyx_n_u_ndarray __pyx_string_tab[191]
+#define __pyx_n_u_ndim __pyx_string_tab[192]
+#define __pyx_n_u_next __pyx_string_tab[193]
+#define __pyx_n_u_np __pyx_string_tab[194]
+#define __pyx_n_u_numpy __pyx_string_tab[195]
+#define __pyx_n_u_o __pyx_string_tab[196]
+#define __pyx_n_u_ob __pyx_string_tab[197]
+#define __pyx_n_u_obj __pyx_string_tab[198]
+#define __pyx_n_u_offset __pyx_string_tab[199]
+#define __pyx_n_u_on __pyx_string_tab[200]
+#define __pyx_n_u_opts __pyx_string_tab[201]
+#define __pyx_n_u_p __pyx_string_tab[202]
+#define __pyx_n_u_pack __pyx_string_tab[203]
+#define __pyx_n_u_path __pyx_string_tab[204]
+#define __pyx_n_u_pipeline __pyx_string_tab[205]
+#define __pyx_n_u_pop __pyx_string_tab[206]
+#define __pyx_n_u_recommended_working_set __pyx_string_tab[207]
+#define __pyx_n_u_register __pyx_string_tab[208]
+#define __pyx_n_u_reshape __pyx_string_tab[209]
+#define __pyx_n_u_s __pyx_string_tab[210]
+#define __pyx_n_u_sagecore __pyx_string_tab[211]
+#define __pyx_n_u_sagecore__metal __pyx_string_tab[212]
+#define __pyx_n_u_self __pyx_string_tab[213]
+#define __pyx_n_u_send __pyx_string_tab[214]
+#define __pyx_n_u_set_buffer __pyx_string_tab[215]
+#define __pyx_n_u_set_bytes __pyx_string_tab[216]
+#define __pyx_n_u_set_host_threads __pyx_string_tab[217]
+#define __pyx_n_u_set_pipeline __pyx_string_tab[218]
+#define __pyx_n_u_set_race_check __pyx_string_tab[219]
+#define __pyx_n_u_set_threadgroup_memory __pyx_string_tab[220]
+#define __pyx_n_u_setdefault __pyx_string_tab[221]
+#define __pyx_n_u_shape __pyx_string_tab[222]
+#define __pyx_n_u_short __pyx_string_tab[223]
+#define __pyx_n_u_simd_width __pyx_string_tab[224]
+#define __pyx_n_u_simdgroup_matrix __pyx_string_tab[225]
+#define __pyx_n_u_size __pyx_string_tab[226]
+#define __pyx_n_u_source __pyx_string_tab[227]
+#define __pyx_n_u_split __pyx_string_tab[228]
+#define __pyx_n_u_src __pyx_string_tab[229]
+#define __pyx_n_u_st __pyx_string_tab[230]
+#define __pyx_n_u_start __pyx_string_tab[231]
+#define __pyx_n_u_step __pyx_string_tab[232]
+#define __pyx_n_u_stop __pyx_string_tab[233]
+#define __pyx_n_u_strides __pyx_string_tab[234]
+#define __pyx_n_u_struct __pyx_string_tab[235]
+#define __pyx_n_u_sum __pyx_string_tab[236]
+#define __pyx_n_u_t __pyx_string_tab[237]
+#define __pyx_n_u_tg __pyx_string_tab[238]
+#define __pyx_n_u_th __pyx_string_tab[239]
+#define __pyx_n_u_threadgroups __pyx_string_tab[240]
+#define __pyx_n_u_threads __pyx_string_tab[241]
+#define __pyx_n_u_throw __pyx_string_tab[242]
+#define __pyx_n_u_uint __pyx_string_tab[243]
+#define __pyx_n_u_unified_memory __pyx_string_tab[244]
+#define __pyx_n_u_unpack __pyx_string_tab[245]
+#define __pyx_n_u_update __pyx_string_tab[246]
+#define __pyx_n_u_ushort __pyx_string_tab[247]
+#define __pyx_n_u_val __pyx_string_tab[248]
+#define __pyx_n_u_value __pyx_string_tab[249]
+#define __pyx_n_u_values __pyx_string_tab[250]
+#define __pyx_n_u_view __pyx_string_tab[251]
+#define __pyx_n_u_wait __pyx_string_tab[252]
+#define __pyx_n_u_wrap __pyx_string_tab[253]
+#define __pyx_n_u_wrap_locals_genexpr __pyx_string_tab[254]
+#define __pyx_n_u_writeable __pyx_string_tab[255]
+#define __pyx_n_u_x __pyx_string_tab[256]
+#define __pyx_n_u_zip __pyx_string_tab[257]
+#define __pyx_n_b_O __pyx_string_tab[258]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[259]
+#define __pyx_kp_b_iso88591_as_U __pyx_string_tab[260]
+#define __pyx_kp_b_iso88591_b_q __pyx_string_tab[261]
+#define __pyx_kp_b_iso88591_A_QnAT __pyx_string_tab[262]
+#define __pyx_kp_b_iso88591_A_Q_d_1_E __pyx_string_tab[263]
+#define __pyx_kp_b_iso88591_A_Q_1D_G1 __pyx_string_tab[264]
+#define __pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q __pyx_string_tab[265]
+#define __pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q __pyx_string_tab[266]
+#define __pyx_kp_b_iso88591_A_Qd __pyx_string_tab[267]
+#define __pyx_kp_b_iso88591_A_q_A __pyx_string_tab[268]
+#define __pyx_kp_b_iso88591_A_Q_Qd_a __pyx_string_tab[269]
+#define __pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q __pyx_string_tab[270]
+#define __pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q __pyx_string_tab[271]
+#define __pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY __pyx_string_tab[272]
+#define __pyx_kp_b_iso88591_A_QoQd_as_1_r_1 __pyx_string_tab[273]
+#define __pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ __pyx_string_tab[274]
+#define __pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_Qe2Zt5_6_s_VST __pyx_string_tab[275]
+#define __pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B __pyx_string_tab[276]
+#define __pyx_kp_b_iso88591_a __pyx_string_tab[277]
+#define __pyx_kp_b_iso88591__7 __pyx_string_tab[278]
+#define __pyx_kp_b_iso88591_Bk_a_uF_Zq __pyx_string_tab[279]
+#define __pyx_kp_b_iso88591_Q_Q_1D_A __pyx_string_tab[280]
+#define __pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2 __pyx_string_tab[281]
+#define __pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1 __pyx_string_tab[282]
+#define __pyx_kp_b_iso88591_A_Q_q_D_q_A_E __pyx_string_tab[283]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -4220,6 +4506,10 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_type_8sagecore_6_metal_Pipeline);
   Py_CLEAR(clear_module_state->__pyx_ptype_8sagecore_6_metal_CommandBuffer);
   Py_CLEAR(clear_module_state->__pyx_type_8sagecore_6_metal_CommandBuffer);
+  Py_CLEAR(clear_module_state->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr);
+  Py_CLEAR(clear_module_state->__pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr);
+  Py_CLEAR(clear_module_state->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr);
+  Py_CLEAR(clear_module_state->__pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr);
   Py_CLEAR(clear_module_state->__pyx_array_type);
   Py_CLEAR(clear_module_state->__pyx_type___pyx_array);
   Py_CLEAR(clear_module_state->__pyx_MemviewEnum_type);
@@ -4232,9 +4522,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
-  for (int i=0; i<9; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<32; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<265; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<34; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<284; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -4242,6 +4532,9 @@ Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
 
 /* CythonFunctionPerModule.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CyFunctionType);
+
+/* Generator.module_state_clear */
+Py_CLEAR(clear_module_state->__pyx_GeneratorType);
 
 /* #### Code section: module_state_clear_end ### */
 return 0;
@@ -4268,6 +4561,10 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_type_8sagecore_6_metal_Pipeline);
   Py_VISIT(traverse_module_state->__pyx_ptype_8sagecore_6_metal_CommandBuffer);
   Py_VISIT(traverse_module_state->__pyx_type_8sagecore_6_metal_CommandBuffer);
+  Py_VISIT(traverse_module_state->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr);
+  Py_VISIT(traverse_module_state->__pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr);
+  Py_VISIT(traverse_module_state->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr);
+  Py_VISIT(traverse_module_state->__pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr);
   Py_VISIT(traverse_module_state->__pyx_array_type);
   Py_VISIT(traverse_module_state->__pyx_type___pyx_array);
   Py_VISIT(traverse_module_state->__pyx_MemviewEnum_type);
@@ -4280,9 +4577,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
-  for (int i=0; i<9; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<32; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<265; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<34; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<284; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -4290,6 +4587,9 @@ Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
 
 /* CythonFunctionPerModule.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CyFunctionType);
+
+/* Generator.module_state_traverse */
+Py_VISIT(traverse_module_state->__pyx_GeneratorType);
 
 /* #### Code section: module_state_traverse_end ### */
 return 0;
@@ -18469,7 +18769,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *__
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":21
+/* "sagecore/_metal.pyx":23
  * 
  * 
  * cdef int check(sc_mtl_status status) except -1 nogil:             # <<<<<<<<<<<<<<
@@ -18496,7 +18796,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
   PyGILState_STATE __pyx_gilstate_save;
   __Pyx_RefNannySetupContext("check", 1);
 
-  /* "sagecore/_metal.pyx":23
+  /* "sagecore/_metal.pyx":25
  * cdef int check(sc_mtl_status status) except -1 nogil:
  *     """Raise the typed exception for a failed status (takes the GIL only then)."""
  *     if status == SC_MTL_OK:             # <<<<<<<<<<<<<<
@@ -18508,7 +18808,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":24
+    /* "sagecore/_metal.pyx":26
  *     """Raise the typed exception for a failed status (takes the GIL only then)."""
  *     if status == SC_MTL_OK:
  *         return 0             # <<<<<<<<<<<<<<
@@ -18521,7 +18821,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
     }
     goto __pyx_L0;
 
-    /* "sagecore/_metal.pyx":23
+    /* "sagecore/_metal.pyx":25
  * cdef int check(sc_mtl_status status) except -1 nogil:
  *     """Raise the typed exception for a failed status (takes the GIL only then)."""
  *     if status == SC_MTL_OK:             # <<<<<<<<<<<<<<
@@ -18530,7 +18830,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
   }
 
-  /* "sagecore/_metal.pyx":25
+  /* "sagecore/_metal.pyx":27
  *     if status == SC_MTL_OK:
  *         return 0
  *     with gil:             # <<<<<<<<<<<<<<
@@ -18541,7 +18841,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
       PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":26
+        /* "sagecore/_metal.pyx":28
  *         return 0
  *     with gil:
  *         msg = sc_mtl_last_error().decode("utf-8", "replace")             # <<<<<<<<<<<<<<
@@ -18550,16 +18850,16 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
 
         __pyx_t_2 = sc_mtl_last_error();
-        __pyx_t_3 = __Pyx_ssize_strlen(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 26, __pyx_L5_error)
-        __pyx_t_4 = __Pyx_decode_c_string(__pyx_t_2, 0, __pyx_t_3, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 26, __pyx_L5_error)
+        __pyx_t_3 = __Pyx_ssize_strlen(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 28, __pyx_L5_error)
+        __pyx_t_4 = __Pyx_decode_c_string(__pyx_t_2, 0, __pyx_t_3, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 28, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_4);
 
-        if (!(likely(PyUnicode_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_4))) __PYX_ERR(0, 26, __pyx_L5_error)
+        if (!(likely(PyUnicode_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_4))) __PYX_ERR(0, 28, __pyx_L5_error)
         __Pyx_INCREF(__pyx_t_4);
         __pyx_v_msg = __pyx_t_4;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-        /* "sagecore/_metal.pyx":27
+        /* "sagecore/_metal.pyx":29
  *     with gil:
  *         msg = sc_mtl_last_error().decode("utf-8", "replace")
  *         if status == SC_MTL_ERR_COMPILE:             # <<<<<<<<<<<<<<
@@ -18571,7 +18871,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":28
+          /* "sagecore/_metal.pyx":30
  *         msg = sc_mtl_last_error().decode("utf-8", "replace")
  *         if status == SC_MTL_ERR_COMPILE:
  *             raise errors.MetalCompileError(msg, sc_mtl_last_compile_log().decode("utf-8", "replace"))             # <<<<<<<<<<<<<<
@@ -18579,18 +18879,18 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  *             raise errors.MetalUnavailableError(msg)
 */
           __pyx_t_5 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 28, __pyx_L5_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 30, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
-          __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalCompileError); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 28, __pyx_L5_error)
+          __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalCompileError); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 30, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_7);
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
           __pyx_t_8 = sc_mtl_last_compile_log();
-          __pyx_t_3 = __Pyx_ssize_strlen(__pyx_t_8); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 28, __pyx_L5_error)
-          __pyx_t_6 = __Pyx_decode_c_string(__pyx_t_8, 0, __pyx_t_3, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 28, __pyx_L5_error)
+          __pyx_t_3 = __Pyx_ssize_strlen(__pyx_t_8); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 30, __pyx_L5_error)
+          __pyx_t_6 = __Pyx_decode_c_string(__pyx_t_8, 0, __pyx_t_3, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 30, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
 
-          if (!(likely(PyUnicode_CheckExact(__pyx_t_6)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_6))) __PYX_ERR(0, 28, __pyx_L5_error)
+          if (!(likely(PyUnicode_CheckExact(__pyx_t_6)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_6))) __PYX_ERR(0, 30, __pyx_L5_error)
           __pyx_t_9 = 1;
           #if CYTHON_UNPACK_METHODS
           if (unlikely(PyMethod_Check(__pyx_t_7))) {
@@ -18609,14 +18909,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
             __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 28, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 30, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 28, __pyx_L5_error)
+          __PYX_ERR(0, 30, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":27
+          /* "sagecore/_metal.pyx":29
  *     with gil:
  *         msg = sc_mtl_last_error().decode("utf-8", "replace")
  *         if status == SC_MTL_ERR_COMPILE:             # <<<<<<<<<<<<<<
@@ -18625,7 +18925,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":29
+        /* "sagecore/_metal.pyx":31
  *         if status == SC_MTL_ERR_COMPILE:
  *             raise errors.MetalCompileError(msg, sc_mtl_last_compile_log().decode("utf-8", "replace"))
  *         if status == SC_MTL_ERR_UNAVAILABLE:             # <<<<<<<<<<<<<<
@@ -18637,7 +18937,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":30
+          /* "sagecore/_metal.pyx":32
  *             raise errors.MetalCompileError(msg, sc_mtl_last_compile_log().decode("utf-8", "replace"))
  *         if status == SC_MTL_ERR_UNAVAILABLE:
  *             raise errors.MetalUnavailableError(msg)             # <<<<<<<<<<<<<<
@@ -18645,9 +18945,9 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  *             raise errors.MetalFunctionNotFoundError(msg)
 */
           __pyx_t_7 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 30, __pyx_L5_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 32, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
-          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalUnavailableError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 30, __pyx_L5_error)
+          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalUnavailableError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 32, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_5);
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __pyx_t_9 = 1;
@@ -18667,14 +18967,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
             __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 30, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 32, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 30, __pyx_L5_error)
+          __PYX_ERR(0, 32, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":29
+          /* "sagecore/_metal.pyx":31
  *         if status == SC_MTL_ERR_COMPILE:
  *             raise errors.MetalCompileError(msg, sc_mtl_last_compile_log().decode("utf-8", "replace"))
  *         if status == SC_MTL_ERR_UNAVAILABLE:             # <<<<<<<<<<<<<<
@@ -18683,7 +18983,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":31
+        /* "sagecore/_metal.pyx":33
  *         if status == SC_MTL_ERR_UNAVAILABLE:
  *             raise errors.MetalUnavailableError(msg)
  *         if status == SC_MTL_ERR_NOT_FOUND:             # <<<<<<<<<<<<<<
@@ -18695,7 +18995,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":32
+          /* "sagecore/_metal.pyx":34
  *             raise errors.MetalUnavailableError(msg)
  *         if status == SC_MTL_ERR_NOT_FOUND:
  *             raise errors.MetalFunctionNotFoundError(msg)             # <<<<<<<<<<<<<<
@@ -18703,9 +19003,9 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  *             raise errors.MetalLimitError(msg)
 */
           __pyx_t_5 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 32, __pyx_L5_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 34, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_7);
-          __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_MetalFunctionNotFoundError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 32, __pyx_L5_error)
+          __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_MetalFunctionNotFoundError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 34, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
           __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
           __pyx_t_9 = 1;
@@ -18725,14 +19025,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 32, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 34, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 32, __pyx_L5_error)
+          __PYX_ERR(0, 34, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":31
+          /* "sagecore/_metal.pyx":33
  *         if status == SC_MTL_ERR_UNAVAILABLE:
  *             raise errors.MetalUnavailableError(msg)
  *         if status == SC_MTL_ERR_NOT_FOUND:             # <<<<<<<<<<<<<<
@@ -18741,7 +19041,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":33
+        /* "sagecore/_metal.pyx":35
  *         if status == SC_MTL_ERR_NOT_FOUND:
  *             raise errors.MetalFunctionNotFoundError(msg)
  *         if status == SC_MTL_ERR_LIMIT:             # <<<<<<<<<<<<<<
@@ -18753,7 +19053,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":34
+          /* "sagecore/_metal.pyx":36
  *             raise errors.MetalFunctionNotFoundError(msg)
  *         if status == SC_MTL_ERR_LIMIT:
  *             raise errors.MetalLimitError(msg)             # <<<<<<<<<<<<<<
@@ -18761,9 +19061,9 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  *             raise errors.MetalExecutionError(msg)
 */
           __pyx_t_6 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 34, __pyx_L5_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 36, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_5);
-          __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_MetalLimitError); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 34, __pyx_L5_error)
+          __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_MetalLimitError); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 36, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_7);
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __pyx_t_9 = 1;
@@ -18783,14 +19083,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
             __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 34, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 36, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 34, __pyx_L5_error)
+          __PYX_ERR(0, 36, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":33
+          /* "sagecore/_metal.pyx":35
  *         if status == SC_MTL_ERR_NOT_FOUND:
  *             raise errors.MetalFunctionNotFoundError(msg)
  *         if status == SC_MTL_ERR_LIMIT:             # <<<<<<<<<<<<<<
@@ -18799,7 +19099,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":35
+        /* "sagecore/_metal.pyx":37
  *         if status == SC_MTL_ERR_LIMIT:
  *             raise errors.MetalLimitError(msg)
  *         if status == SC_MTL_ERR_EXECUTION:             # <<<<<<<<<<<<<<
@@ -18811,7 +19111,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":36
+          /* "sagecore/_metal.pyx":38
  *             raise errors.MetalLimitError(msg)
  *         if status == SC_MTL_ERR_EXECUTION:
  *             raise errors.MetalExecutionError(msg)             # <<<<<<<<<<<<<<
@@ -18819,9 +19119,9 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  *             raise MemoryError(msg)
 */
           __pyx_t_7 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 36, __pyx_L5_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 38, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
-          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalExecutionError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 36, __pyx_L5_error)
+          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_MetalExecutionError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 38, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_5);
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __pyx_t_9 = 1;
@@ -18841,14 +19141,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
             __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 36, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 38, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 36, __pyx_L5_error)
+          __PYX_ERR(0, 38, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":35
+          /* "sagecore/_metal.pyx":37
  *         if status == SC_MTL_ERR_LIMIT:
  *             raise errors.MetalLimitError(msg)
  *         if status == SC_MTL_ERR_EXECUTION:             # <<<<<<<<<<<<<<
@@ -18857,7 +19157,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":37
+        /* "sagecore/_metal.pyx":39
  *         if status == SC_MTL_ERR_EXECUTION:
  *             raise errors.MetalExecutionError(msg)
  *         if status == SC_MTL_ERR_NO_MEMORY:             # <<<<<<<<<<<<<<
@@ -18869,7 +19169,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
         if (unlikely(__pyx_t_1)) {
 
 
-          /* "sagecore/_metal.pyx":38
+          /* "sagecore/_metal.pyx":40
  *             raise errors.MetalExecutionError(msg)
  *         if status == SC_MTL_ERR_NO_MEMORY:
  *             raise MemoryError(msg)             # <<<<<<<<<<<<<<
@@ -18882,14 +19182,14 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
             PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_v_msg};
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 38, __pyx_L5_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 40, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_Raise(__pyx_t_4, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __PYX_ERR(0, 38, __pyx_L5_error)
+          __PYX_ERR(0, 40, __pyx_L5_error)
 
-          /* "sagecore/_metal.pyx":37
+          /* "sagecore/_metal.pyx":39
  *         if status == SC_MTL_ERR_EXECUTION:
  *             raise errors.MetalExecutionError(msg)
  *         if status == SC_MTL_ERR_NO_MEMORY:             # <<<<<<<<<<<<<<
@@ -18898,7 +19198,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
 */
         }
 
-        /* "sagecore/_metal.pyx":39
+        /* "sagecore/_metal.pyx":41
  *         if status == SC_MTL_ERR_NO_MEMORY:
  *             raise MemoryError(msg)
  *         raise errors.InvalidArgumentError("metal", msg)             # <<<<<<<<<<<<<<
@@ -18906,9 +19206,9 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
  * 
 */
         __pyx_t_5 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 39, __pyx_L5_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 41, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_7);
-        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 39, __pyx_L5_error)
+        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 41, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __pyx_t_9 = 1;
@@ -18928,15 +19228,15 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
           __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 39, __pyx_L5_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 41, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         __Pyx_Raise(__pyx_t_4, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        __PYX_ERR(0, 39, __pyx_L5_error)
+        __PYX_ERR(0, 41, __pyx_L5_error)
       }
 
-      /* "sagecore/_metal.pyx":25
+      /* "sagecore/_metal.pyx":27
  *     if status == SC_MTL_OK:
  *         return 0
  *     with gil:             # <<<<<<<<<<<<<<
@@ -18951,7 +19251,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
       }
   }
 
-  /* "sagecore/_metal.pyx":21
+  /* "sagecore/_metal.pyx":23
  * 
  * 
  * cdef int check(sc_mtl_status status) except -1 nogil:             # <<<<<<<<<<<<<<
@@ -18977,7 +19277,7 @@ static int __pyx_f_8sagecore_6_metal_check(sc_mtl_status __pyx_v_status) {
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":42
+/* "sagecore/_metal.pyx":44
  * 
  * 
  * def backend_name():             # <<<<<<<<<<<<<<
@@ -19013,7 +19313,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_backend_name(CYTHON_UNUSED PyObject 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backend_name", 0);
 
-  /* "sagecore/_metal.pyx":44
+  /* "sagecore/_metal.pyx":46
  * def backend_name():
  *     """``"metal"`` or ``"host-emulation"``: which implementation of the shim is linked."""
  *     return sc_mtl_backend_name().decode()             # <<<<<<<<<<<<<<
@@ -19022,11 +19322,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_backend_name(CYTHON_UNUSED PyObject 
 */
 
   __pyx_t_1 = sc_mtl_backend_name();
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 44, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 44, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 46, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 46, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 44, __pyx_L1_error)
+  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 46, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -19039,7 +19339,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_backend_name(CYTHON_UNUSED PyObject 
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":42
+  /* "sagecore/_metal.pyx":44
  * 
  * 
  * def backend_name():             # <<<<<<<<<<<<<<
@@ -19058,7 +19358,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_backend_name(CYTHON_UNUSED PyObject 
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":47
+/* "sagecore/_metal.pyx":49
  * 
  * 
  * def configure(str key, str value):             # <<<<<<<<<<<<<<
@@ -19107,39 +19407,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_key,&__pyx_mstate_global->__pyx_n_u_value,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 47, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 49, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 47, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 49, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 47, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 49, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 47, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 49, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 47, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 49, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 47, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 49, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 47, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 49, __pyx_L3_error)
     }
     __pyx_v_key = ((PyObject*)values[0]);
     __pyx_v_value = ((PyObject*)values[1]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 47, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 49, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19150,8 +19450,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_key), (&PyUnicode_Type), 1, "key", 1))) __PYX_ERR(0, 47, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_value), (&PyUnicode_Type), 1, "value", 1))) __PYX_ERR(0, 47, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_key), (&PyUnicode_Type), 1, "key", 1))) __PYX_ERR(0, 49, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_value), (&PyUnicode_Type), 1, "value", 1))) __PYX_ERR(0, 49, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_2configure(__pyx_self, __pyx_v_key, __pyx_v_value);
 
   /* function exit code */
@@ -19184,7 +19484,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_2configure(CYTHON_UNUSED PyObject *_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("configure", 0);
 
-  /* "sagecore/_metal.pyx":49
+  /* "sagecore/_metal.pyx":51
  * def configure(str key, str value):
  *     """Emulation settings (``emu_dir``, ``cache_dir``, ``cxx``); ignored on Metal."""
  *     check(sc_mtl_emu_configure(key.encode(), value.encode()))             # <<<<<<<<<<<<<<
@@ -19193,26 +19493,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_2configure(CYTHON_UNUSED PyObject *_
 */
   if (unlikely(__pyx_v_key == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 49, __pyx_L1_error)
+    __PYX_ERR(0, 51, __pyx_L1_error)
   }
-  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_key, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 49, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_key, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 51, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyBytes_AsString(__pyx_t_1); if (unlikely((!__pyx_t_2) && PyErr_Occurred())) __PYX_ERR(0, 49, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyBytes_AsString(__pyx_t_1); if (unlikely((!__pyx_t_2) && PyErr_Occurred())) __PYX_ERR(0, 51, __pyx_L1_error)
   if (unlikely(__pyx_v_value == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 49, __pyx_L1_error)
+    __PYX_ERR(0, 51, __pyx_L1_error)
   }
-  __pyx_t_3 = PyUnicode_AsEncodedString(__pyx_v_value, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 49, __pyx_L1_error)
+  __pyx_t_3 = PyUnicode_AsEncodedString(__pyx_v_value, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 51, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyBytes_AsString(__pyx_t_3); if (unlikely((!__pyx_t_4) && PyErr_Occurred())) __PYX_ERR(0, 49, __pyx_L1_error)
-  __pyx_t_5 = __pyx_f_8sagecore_6_metal_check(sc_mtl_emu_configure(__pyx_t_2, __pyx_t_4)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 49, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBytes_AsString(__pyx_t_3); if (unlikely((!__pyx_t_4) && PyErr_Occurred())) __PYX_ERR(0, 51, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_8sagecore_6_metal_check(sc_mtl_emu_configure(__pyx_t_2, __pyx_t_4)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 51, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
 
 
-  /* "sagecore/_metal.pyx":47
+  /* "sagecore/_metal.pyx":49
  * 
  * 
  * def configure(str key, str value):             # <<<<<<<<<<<<<<
@@ -19234,7 +19534,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_2configure(CYTHON_UNUSED PyObject *_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":56
+/* "sagecore/_metal.pyx":58
  *     cdef sc_mtl_device *d
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19290,7 +19590,7 @@ static int __pyx_pf_8sagecore_6_metal_6Device___cinit__(struct __pyx_obj_8sageco
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "sagecore/_metal.pyx":57
+  /* "sagecore/_metal.pyx":59
  * 
  *     def __cinit__(self):
  *         self.d = NULL             # <<<<<<<<<<<<<<
@@ -19299,17 +19599,17 @@ static int __pyx_pf_8sagecore_6_metal_6Device___cinit__(struct __pyx_obj_8sageco
 */
   __pyx_v_self->d = NULL;
 
-  /* "sagecore/_metal.pyx":58
+  /* "sagecore/_metal.pyx":60
  *     def __cinit__(self):
  *         self.d = NULL
  *         check(sc_mtl_device_create(&self.d))             # <<<<<<<<<<<<<<
  * 
  *     def __dealloc__(self):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_device_create((&__pyx_v_self->d))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 58, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_device_create((&__pyx_v_self->d))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 60, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":56
+  /* "sagecore/_metal.pyx":58
  *     cdef sc_mtl_device *d
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19328,7 +19628,7 @@ static int __pyx_pf_8sagecore_6_metal_6Device___cinit__(struct __pyx_obj_8sageco
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":60
+/* "sagecore/_metal.pyx":62
  *         check(sc_mtl_device_create(&self.d))
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -19352,7 +19652,7 @@ static void __pyx_pw_8sagecore_6_metal_6Device_3__dealloc__(PyObject *__pyx_v_se
 static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":61
+  /* "sagecore/_metal.pyx":63
  * 
  *     def __dealloc__(self):
  *         if self.d != NULL:             # <<<<<<<<<<<<<<
@@ -19364,7 +19664,7 @@ static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sa
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":62
+    /* "sagecore/_metal.pyx":64
  *     def __dealloc__(self):
  *         if self.d != NULL:
  *             sc_mtl_device_free(self.d)             # <<<<<<<<<<<<<<
@@ -19373,7 +19673,7 @@ static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sa
 */
     sc_mtl_device_free(__pyx_v_self->d);
 
-    /* "sagecore/_metal.pyx":61
+    /* "sagecore/_metal.pyx":63
  * 
  *     def __dealloc__(self):
  *         if self.d != NULL:             # <<<<<<<<<<<<<<
@@ -19382,7 +19682,7 @@ static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sa
 */
   }
 
-  /* "sagecore/_metal.pyx":60
+  /* "sagecore/_metal.pyx":62
  *         check(sc_mtl_device_create(&self.d))
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -19394,7 +19694,7 @@ static void __pyx_pf_8sagecore_6_metal_6Device_2__dealloc__(struct __pyx_obj_8sa
 
 }
 
-/* "sagecore/_metal.pyx":64
+/* "sagecore/_metal.pyx":66
  *             sc_mtl_device_free(self.d)
  * 
  *     def info(self):             # <<<<<<<<<<<<<<
@@ -19459,109 +19759,109 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4info(struct __pyx_obj_8sage
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("info", 0);
 
-  /* "sagecore/_metal.pyx":67
+  /* "sagecore/_metal.pyx":69
  *         """Capabilities as a dict (name, gpu_family, limits, features, emulated)."""
  *         cdef sc_mtl_device_info i
  *         check(sc_mtl_device_info_get(self.d, &i))             # <<<<<<<<<<<<<<
  *         return dict(name=i.name.decode("utf-8", "replace"), gpu_family=i.gpu_family,
  *                     max_threads_per_threadgroup=i.max_threads_per_threadgroup,
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_device_info_get(__pyx_v_self->d, (&__pyx_v_i))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_device_info_get(__pyx_v_self->d, (&__pyx_v_i))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 69, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":68
+  /* "sagecore/_metal.pyx":70
  *         cdef sc_mtl_device_info i
  *         check(sc_mtl_device_info_get(self.d, &i))
  *         return dict(name=i.name.decode("utf-8", "replace"), gpu_family=i.gpu_family,             # <<<<<<<<<<<<<<
  *                     max_threads_per_threadgroup=i.max_threads_per_threadgroup,
  *                     max_threadgroup_memory=i.max_threadgroup_memory,
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(10); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 68, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(10); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
 
   __pyx_t_3 = __pyx_v_i.name;
-  __pyx_t_4 = __Pyx_ssize_strlen(__pyx_t_3); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 68, __pyx_L1_error)
-  __pyx_t_5 = __Pyx_decode_c_string(__pyx_t_3, 0, __pyx_t_4, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 68, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_ssize_strlen(__pyx_t_3); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 70, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_decode_c_string(__pyx_t_3, 0, __pyx_t_4, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  if (!(likely(PyUnicode_CheckExact(__pyx_t_5)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_5))) __PYX_ERR(0, 68, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_name, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (!(likely(PyUnicode_CheckExact(__pyx_t_5)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_5))) __PYX_ERR(0, 70, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_name, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.gpu_family); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 68, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.gpu_family); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_gpu_family, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_gpu_family, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":69
+  /* "sagecore/_metal.pyx":71
  *         check(sc_mtl_device_info_get(self.d, &i))
  *         return dict(name=i.name.decode("utf-8", "replace"), gpu_family=i.gpu_family,
  *                     max_threads_per_threadgroup=i.max_threads_per_threadgroup,             # <<<<<<<<<<<<<<
  *                     max_threadgroup_memory=i.max_threadgroup_memory,
  *                     recommended_working_set=i.recommended_working_set, unified_memory=bool(i.unified_memory),
 */
-  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.max_threads_per_threadgroup); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 69, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.max_threads_per_threadgroup); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_threads_per_threadgroup, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_threads_per_threadgroup, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":70
+  /* "sagecore/_metal.pyx":72
  *         return dict(name=i.name.decode("utf-8", "replace"), gpu_family=i.gpu_family,
  *                     max_threads_per_threadgroup=i.max_threads_per_threadgroup,
  *                     max_threadgroup_memory=i.max_threadgroup_memory,             # <<<<<<<<<<<<<<
  *                     recommended_working_set=i.recommended_working_set, unified_memory=bool(i.unified_memory),
  *                     simdgroup_matrix=bool(i.simdgroup_matrix), bfloat=bool(i.bfloat), simd_width=i.simd_width,
 */
-  __pyx_t_5 = __Pyx_PyLong_From_int64_t(__pyx_v_i.max_threadgroup_memory); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 70, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_int64_t(__pyx_v_i.max_threadgroup_memory); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 72, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":71
+  /* "sagecore/_metal.pyx":73
  *                     max_threads_per_threadgroup=i.max_threads_per_threadgroup,
  *                     max_threadgroup_memory=i.max_threadgroup_memory,
  *                     recommended_working_set=i.recommended_working_set, unified_memory=bool(i.unified_memory),             # <<<<<<<<<<<<<<
  *                     simdgroup_matrix=bool(i.simdgroup_matrix), bfloat=bool(i.bfloat), simd_width=i.simd_width,
  *                     emulated=bool(i.emulated))
 */
-  __pyx_t_5 = __Pyx_PyLong_From_int64_t(__pyx_v_i.recommended_working_set); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 71, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_int64_t(__pyx_v_i.recommended_working_set); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 73, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_recommended_working_set, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_recommended_working_set, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.unified_memory != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 71, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.unified_memory != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 73, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_unified_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_unified_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":72
+  /* "sagecore/_metal.pyx":74
  *                     max_threadgroup_memory=i.max_threadgroup_memory,
  *                     recommended_working_set=i.recommended_working_set, unified_memory=bool(i.unified_memory),
  *                     simdgroup_matrix=bool(i.simdgroup_matrix), bfloat=bool(i.bfloat), simd_width=i.simd_width,             # <<<<<<<<<<<<<<
  *                     emulated=bool(i.emulated))
  * 
 */
-  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.simdgroup_matrix != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 72, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.simdgroup_matrix != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 74, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_simdgroup_matrix, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_simdgroup_matrix, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.bfloat != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 72, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.bfloat != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 74, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_bfloat, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_bfloat, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.simd_width); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 72, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_i.simd_width); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 74, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_simd_width, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_simd_width, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":73
+  /* "sagecore/_metal.pyx":75
  *                     recommended_working_set=i.recommended_working_set, unified_memory=bool(i.unified_memory),
  *                     simdgroup_matrix=bool(i.simdgroup_matrix), bfloat=bool(i.bfloat), simd_width=i.simd_width,
  *                     emulated=bool(i.emulated))             # <<<<<<<<<<<<<<
  * 
  *     def set_host_threads(self, int n):
 */
-  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.emulated != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 73, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyBool_FromLong((!(!(__pyx_v_i.emulated != 0)))); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 75, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_emulated, __pyx_t_5) < (0)) __PYX_ERR(0, 68, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_emulated, __pyx_t_5) < (0)) __PYX_ERR(0, 70, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   {
     PyObject *__pyx_temp;
@@ -19574,7 +19874,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4info(struct __pyx_obj_8sage
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":64
+  /* "sagecore/_metal.pyx":66
  *             sc_mtl_device_free(self.d)
  * 
  *     def info(self):             # <<<<<<<<<<<<<<
@@ -19595,7 +19895,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4info(struct __pyx_obj_8sage
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":75
+/* "sagecore/_metal.pyx":77
  *                     emulated=bool(i.emulated))
  * 
  *     def set_host_threads(self, int n):             # <<<<<<<<<<<<<<
@@ -19643,32 +19943,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_n,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 75, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 77, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 75, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 77, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_host_threads", 0) < (0)) __PYX_ERR(0, 75, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_host_threads", 0) < (0)) __PYX_ERR(0, 77, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_host_threads", 1, 1, 1, i); __PYX_ERR(0, 75, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_host_threads", 1, 1, 1, i); __PYX_ERR(0, 77, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 75, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 77, __pyx_L3_error)
     }
-    __pyx_v_n = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_n == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 75, __pyx_L3_error)
+    __pyx_v_n = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_n == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 77, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_host_threads", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 75, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_host_threads", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 77, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19699,17 +19999,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_6set_host_threads(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_host_threads", 0);
 
-  /* "sagecore/_metal.pyx":77
+  /* "sagecore/_metal.pyx":79
  *     def set_host_threads(self, int n):
  *         """Host threads that run threadgroups (emulation; 0 = all cores)."""
  *         check(sc_mtl_set_host_threads(self.d, n))             # <<<<<<<<<<<<<<
  * 
  *     def buffer(self, size_t length):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_host_threads(__pyx_v_self->d, __pyx_v_n)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 77, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_host_threads(__pyx_v_self->d, __pyx_v_n)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 79, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":75
+  /* "sagecore/_metal.pyx":77
  *                     emulated=bool(i.emulated))
  * 
  *     def set_host_threads(self, int n):             # <<<<<<<<<<<<<<
@@ -19729,7 +20029,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_6set_host_threads(struct __p
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":79
+/* "sagecore/_metal.pyx":81
  *         check(sc_mtl_set_host_threads(self.d, n))
  * 
  *     def buffer(self, size_t length):             # <<<<<<<<<<<<<<
@@ -19777,32 +20077,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_length,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 79, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 81, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 79, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 81, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "buffer", 0) < (0)) __PYX_ERR(0, 79, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "buffer", 0) < (0)) __PYX_ERR(0, 81, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("buffer", 1, 1, 1, i); __PYX_ERR(0, 79, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("buffer", 1, 1, 1, i); __PYX_ERR(0, 81, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 79, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 81, __pyx_L3_error)
     }
-    __pyx_v_length = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 79, __pyx_L3_error)
+    __pyx_v_length = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 81, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("buffer", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 79, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("buffer", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 81, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19835,19 +20135,19 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_8buffer(struct __pyx_obj_8sa
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("buffer", 0);
 
-  /* "sagecore/_metal.pyx":81
+  /* "sagecore/_metal.pyx":83
  *     def buffer(self, size_t length):
  *         """A new zero-filled shared buffer of ``length`` bytes."""
  *         cdef Buffer b = Buffer.__new__(Buffer)             # <<<<<<<<<<<<<<
  *         b.device = self
  *         check(sc_mtl_buffer_alloc(self.d, length, &b.b))
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Buffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 81, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Buffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 83, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":82
+  /* "sagecore/_metal.pyx":84
  *         """A new zero-filled shared buffer of ``length`` bytes."""
  *         cdef Buffer b = Buffer.__new__(Buffer)
  *         b.device = self             # <<<<<<<<<<<<<<
@@ -19859,17 +20159,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_8buffer(struct __pyx_obj_8sa
   __Pyx_GOTREF((PyObject *)__pyx_v_b->device);
   __Pyx_DECREF_SET(__pyx_v_b->device, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":83
+  /* "sagecore/_metal.pyx":85
  *         cdef Buffer b = Buffer.__new__(Buffer)
  *         b.device = self
  *         check(sc_mtl_buffer_alloc(self.d, length, &b.b))             # <<<<<<<<<<<<<<
  *         return b
  * 
 */
-  __pyx_t_2 = __pyx_f_8sagecore_6_metal_check(sc_mtl_buffer_alloc(__pyx_v_self->d, __pyx_v_length, (&__pyx_v_b->b))); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 83, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_8sagecore_6_metal_check(sc_mtl_buffer_alloc(__pyx_v_self->d, __pyx_v_length, (&__pyx_v_b->b))); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 85, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":84
+  /* "sagecore/_metal.pyx":86
  *         b.device = self
  *         check(sc_mtl_buffer_alloc(self.d, length, &b.b))
  *         return b             # <<<<<<<<<<<<<<
@@ -19887,7 +20187,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_8buffer(struct __pyx_obj_8sa
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":79
+  /* "sagecore/_metal.pyx":81
  *         check(sc_mtl_set_host_threads(self.d, n))
  * 
  *     def buffer(self, size_t length):             # <<<<<<<<<<<<<<
@@ -19907,7 +20207,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_8buffer(struct __pyx_obj_8sa
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":86
+/* "sagecore/_metal.pyx":88
  *         return b
  * 
  *     def wrap(self, obj):             # <<<<<<<<<<<<<<
@@ -19955,32 +20255,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_obj,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 86, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 88, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 86, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 88, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "wrap", 0) < (0)) __PYX_ERR(0, 86, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "wrap", 0) < (0)) __PYX_ERR(0, 88, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("wrap", 1, 1, 1, i); __PYX_ERR(0, 86, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("wrap", 1, 1, 1, i); __PYX_ERR(0, 88, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 86, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 88, __pyx_L3_error)
     }
     __pyx_v_obj = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("wrap", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 86, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("wrap", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 88, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20000,140 +20300,839 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
+static PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_2generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
+
+/* "sagecore/_metal.pyx":101
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):             # <<<<<<<<<<<<<<
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+*/
+
+static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4wrap_genexpr(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_genexpr_arg_0) {
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *__pyx_cur_scope;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("genexpr", 0);
+  __pyx_cur_scope = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr, __pyx_mstate_global->__pyx_empty_tuple, NULL);
+  if (unlikely(!__pyx_cur_scope)) {
+    __pyx_cur_scope = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)Py_None);
+    __Pyx_INCREF(Py_None);
+    __PYX_ERR(0, 101, __pyx_L1_error)
+  } else {
+    __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
+  }
+  __pyx_cur_scope->__pyx_genexpr_arg_0 = __pyx_genexpr_arg_0;
+  __Pyx_INCREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
+  __Pyx_GIVEREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
+  {
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_8sagecore_6_metal_6Device_4wrap_2generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_wrap_locals_genexpr, __pyx_mstate_global->__pyx_n_u_sagecore__metal); if (unlikely(!gen)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_cur_scope);
+    __Pyx_RefNannyFinishContext();
+    return (PyObject *) gen;
+  }
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_AddTraceback("sagecore._metal.Device.wrap.genexpr", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __Pyx_DECREF((PyObject *)__pyx_cur_scope);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_2generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value) /* generator body */
+{
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *__pyx_cur_scope = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)__pyx_generator->closure);
+  PyObject *__pyx_r = NULL;
+  PyObject *__pyx_t_1 = NULL;
+  Py_ssize_t __pyx_t_2;
+  PyObject *(*__pyx_t_3)(PyObject *);
+  PyObject *__pyx_t_4 = NULL;
+  int __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("genexpr", 0);
+  switch (__pyx_generator->resume_label) {
+    case 0: goto __pyx_L3_first_run;
+    default: /* CPython raises the right error here */
+    __Pyx_RefNannyFinishContext();
+    return NULL;
+  }
+  __pyx_L3_first_run:;
+  if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 101, __pyx_L1_error)
+  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 101, __pyx_L1_error) }
+  if (likely(PyList_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) || PyTuple_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) {
+    __pyx_t_1 = __pyx_cur_scope->__pyx_genexpr_arg_0; __Pyx_INCREF(__pyx_t_1);
+    __pyx_t_2 = 0;
+    __pyx_t_3 = NULL;
+  } else {
+    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 101, __pyx_L1_error)
+  }
+  for (;;) {
+    if (likely(!__pyx_t_3)) {
+      if (likely(PyList_CheckExact(__pyx_t_1))) {
+        {
+          Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
+          #if !CYTHON_ASSUME_SAFE_SIZE
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 101, __pyx_L1_error)
+          #endif
+          if (__pyx_t_2 >= __pyx_temp) break;
+        }
+        __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_2, __Pyx_ReferenceSharing_OwnStrongReference);
+        ++__pyx_t_2;
+      } else {
+        {
+          Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
+          #if !CYTHON_ASSUME_SAFE_SIZE
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 101, __pyx_L1_error)
+          #endif
+          if (__pyx_t_2 >= __pyx_temp) break;
+        }
+        #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+        __pyx_t_4 = __Pyx_NewRef(PyTuple_GET_ITEM(__pyx_t_1, __pyx_t_2));
+        #else
+        __pyx_t_4 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
+        #endif
+        ++__pyx_t_2;
+      }
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 101, __pyx_L1_error)
+    } else {
+      __pyx_t_4 = __pyx_t_3(__pyx_t_1);
+      if (unlikely(!__pyx_t_4)) {
+        PyObject* exc_type = PyErr_Occurred();
+        if (exc_type) {
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 101, __pyx_L1_error)
+          PyErr_Clear();
+        }
+        break;
+      }
+    }
+    __Pyx_GOTREF(__pyx_t_4);
+    __Pyx_XGOTREF(__pyx_cur_scope->__pyx_v_st);
+    __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_st, __pyx_t_4);
+    __Pyx_GIVEREF(__pyx_t_4);
+    __pyx_t_4 = 0;
+    __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_cur_scope->__pyx_v_st, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 101, __pyx_L1_error)
+    if (__pyx_t_5) {
+
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __Pyx_INCREF(Py_True);
+          __pyx_r = Py_True;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      goto __pyx_L0;
+    }
+  }
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  /*else*/ {
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF(Py_False);
+        __pyx_r = Py_False;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+  }
+  CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_4);
+  if (__Pyx_PyErr_Occurred()) {
+    __Pyx_Generator_Replace_StopIteration(0);
+    __Pyx_AddTraceback("genexpr", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  }
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  #if !CYTHON_USE_EXC_INFO_STACK
+  __Pyx_Coroutine_ResetAndClearException(__pyx_generator);
+  #endif
+  __pyx_generator->resume_label = -1;
+  __Pyx_Coroutine_clear((PyObject*)__pyx_generator);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+static PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_5generator1(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
+
+/* "sagecore/_metal.pyx":104
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0             # <<<<<<<<<<<<<<
+ *             b.device = self
+ *             b.source = obj
+*/
+
+static PyObject *__pyx_pf_8sagecore_6_metal_6Device_4wrap_3genexpr(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_genexpr_arg_0) {
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *__pyx_cur_scope;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("genexpr", 0);
+  __pyx_cur_scope = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr, __pyx_mstate_global->__pyx_empty_tuple, NULL);
+  if (unlikely(!__pyx_cur_scope)) {
+    __pyx_cur_scope = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)Py_None);
+    __Pyx_INCREF(Py_None);
+    __PYX_ERR(0, 104, __pyx_L1_error)
+  } else {
+    __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
+  }
+  __pyx_cur_scope->__pyx_genexpr_arg_0 = __pyx_genexpr_arg_0;
+  __Pyx_INCREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
+  __Pyx_GIVEREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
+  {
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_8sagecore_6_metal_6Device_4wrap_5generator1, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_wrap_locals_genexpr, __pyx_mstate_global->__pyx_n_u_sagecore__metal); if (unlikely(!gen)) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_cur_scope);
+    __Pyx_RefNannyFinishContext();
+    return (PyObject *) gen;
+  }
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_AddTraceback("sagecore._metal.Device.wrap.genexpr", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __Pyx_DECREF((PyObject *)__pyx_cur_scope);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_5generator1(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value) /* generator body */
+{
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *__pyx_cur_scope = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)__pyx_generator->closure);
+  PyObject *__pyx_r = NULL;
+  PyObject *__pyx_t_1 = NULL;
+  Py_ssize_t __pyx_t_2;
+  PyObject *(*__pyx_t_3)(PyObject *);
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *(*__pyx_t_8)(PyObject *);
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("genexpr", 0);
+  switch (__pyx_generator->resume_label) {
+    case 0: goto __pyx_L3_first_run;
+    case 1: goto __pyx_L8_resume_from_yield;
+    default: /* CPython raises the right error here */
+    __Pyx_RefNannyFinishContext();
+    return NULL;
+  }
+  __pyx_L3_first_run:;
+  if (unlikely(__pyx_sent_value != Py_None)) {
+    if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
+    __PYX_ERR(0, 104, __pyx_L1_error)
+  }
+  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 104, __pyx_L1_error) }
+  if (likely(PyList_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) || PyTuple_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) {
+    __pyx_t_1 = __pyx_cur_scope->__pyx_genexpr_arg_0; __Pyx_INCREF(__pyx_t_1);
+    __pyx_t_2 = 0;
+    __pyx_t_3 = NULL;
+  } else {
+    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 104, __pyx_L1_error)
+  }
+  for (;;) {
+    if (likely(!__pyx_t_3)) {
+      if (likely(PyList_CheckExact(__pyx_t_1))) {
+        {
+          Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
+          #if !CYTHON_ASSUME_SAFE_SIZE
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 104, __pyx_L1_error)
+          #endif
+          if (__pyx_t_2 >= __pyx_temp) break;
+        }
+        __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_2, __Pyx_ReferenceSharing_OwnStrongReference);
+        ++__pyx_t_2;
+      } else {
+        {
+          Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
+          #if !CYTHON_ASSUME_SAFE_SIZE
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 104, __pyx_L1_error)
+          #endif
+          if (__pyx_t_2 >= __pyx_temp) break;
+        }
+        #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+        __pyx_t_4 = __Pyx_NewRef(PyTuple_GET_ITEM(__pyx_t_1, __pyx_t_2));
+        #else
+        __pyx_t_4 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
+        #endif
+        ++__pyx_t_2;
+      }
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 104, __pyx_L1_error)
+    } else {
+      __pyx_t_4 = __pyx_t_3(__pyx_t_1);
+      if (unlikely(!__pyx_t_4)) {
+        PyObject* exc_type = PyErr_Occurred();
+        if (exc_type) {
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 104, __pyx_L1_error)
+          PyErr_Clear();
+        }
+        break;
+      }
+    }
+    __Pyx_GOTREF(__pyx_t_4);
+    if ((likely(PyTuple_CheckExact(__pyx_t_4))) || (PyList_CheckExact(__pyx_t_4))) {
+      PyObject* sequence = __pyx_t_4;
+      Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
+      if (unlikely(size != 2)) {
+        if (size > 2) __Pyx_RaiseTooManyValuesError(2);
+        else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
+        __PYX_ERR(0, 104, __pyx_L1_error)
+      }
+      #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+      if (likely(PyTuple_CheckExact(sequence))) {
+        __pyx_t_5 = PyTuple_GET_ITEM(sequence, 0);
+        __Pyx_INCREF(__pyx_t_5);
+        __pyx_t_6 = PyTuple_GET_ITEM(sequence, 1);
+        __Pyx_INCREF(__pyx_t_6);
+      } else {
+        __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 104, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_5);
+        __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_6);
+      }
+      #else
+      __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
+      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+      #endif
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    } else {
+      Py_ssize_t index = -1;
+      __pyx_t_7 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
+      index = 0; __pyx_t_5 = __pyx_t_8(__pyx_t_7); if (unlikely(!__pyx_t_5)) goto __pyx_L6_unpacking_failed;
+      __Pyx_GOTREF(__pyx_t_5);
+      index = 1; __pyx_t_6 = __pyx_t_8(__pyx_t_7); if (unlikely(!__pyx_t_6)) goto __pyx_L6_unpacking_failed;
+      __Pyx_GOTREF(__pyx_t_6);
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 2) < (0)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __pyx_t_8 = NULL;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      goto __pyx_L7_unpacking_done;
+      __pyx_L6_unpacking_failed:;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __pyx_t_8 = NULL;
+      if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
+      __PYX_ERR(0, 104, __pyx_L1_error)
+      __pyx_L7_unpacking_done:;
+    }
+    __Pyx_XGOTREF(__pyx_cur_scope->__pyx_v_n);
+    __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_n, __pyx_t_5);
+    __Pyx_GIVEREF(__pyx_t_5);
+    __pyx_t_5 = 0;
+    __Pyx_XGOTREF(__pyx_cur_scope->__pyx_v_st);
+    __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_st, __pyx_t_6);
+    __Pyx_GIVEREF(__pyx_t_6);
+    __pyx_t_6 = 0;
+    __pyx_t_4 = __Pyx_PyLong_SubtractObjC(__pyx_cur_scope->__pyx_v_n, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_4, __pyx_cur_scope->__pyx_v_st); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_r = __pyx_t_6;
+    __pyx_t_6 = 0;
+    __Pyx_XGIVEREF(__pyx_t_1);
+    __pyx_cur_scope->__pyx_t_0 = __pyx_t_1;
+
+    __pyx_cur_scope->__pyx_t_1 = __pyx_t_2;
+
+    __pyx_cur_scope->__pyx_t_2 = __pyx_t_3;
+    __Pyx_XGIVEREF(__pyx_r);
+    __Pyx_RefNannyFinishContext();
+    __Pyx_Coroutine_ResetAndClearException(__pyx_generator);
+    /* return from generator, yielding value */
+    __pyx_generator->resume_label = 1;
+    return __pyx_r;
+    __pyx_L8_resume_from_yield:;
+    __pyx_t_1 = __pyx_cur_scope->__pyx_t_0;
+    __pyx_cur_scope->__pyx_t_0 = 0;
+    __Pyx_XGOTREF(__pyx_t_1);
+    __pyx_t_2 = __pyx_cur_scope->__pyx_t_1;
+    __pyx_t_3 = __pyx_cur_scope->__pyx_t_2;
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 104, __pyx_L1_error)
+  }
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  if (__Pyx_PyErr_Occurred()) {
+    __Pyx_Generator_Replace_StopIteration(0);
+    __Pyx_AddTraceback("genexpr", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  }
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  #if !CYTHON_USE_EXC_INFO_STACK
+  __Pyx_Coroutine_ResetAndClearException(__pyx_generator);
+  #endif
+  __pyx_generator->resume_label = -1;
+  __Pyx_Coroutine_clear((PyObject*)__pyx_generator);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "sagecore/_metal.pyx":88
+ *         return b
+ * 
+ *     def wrap(self, obj):             # <<<<<<<<<<<<<<
+ *         """A buffer over ``obj``'s memory without copying (numpy array, any
+ *         buffer-protocol object, or a DLPack tensor). ``obj`` stays alive as long
+*/
 
 static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sagecore_6_metal_Device *__pyx_v_self, PyObject *__pyx_v_obj) {
-  PyObject *__pyx_v_np = NULL;
   struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_b = 0;
   Py_buffer __pyx_v_view;
   int __pyx_v_copied;
+  size_t __pyx_v_addr;
+  size_t __pyx_v_extent;
+  PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_2generator = 0;
+  PyObject *__pyx_gb_8sagecore_6_metal_6Device_4wrap_5generator1 = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  int __pyx_t_3;
-  int __pyx_t_4;
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
   int __pyx_t_5;
   PyObject *__pyx_t_6 = NULL;
-  size_t __pyx_t_7;
-  int __pyx_t_8;
-  int __pyx_t_9;
-  char const *__pyx_t_10;
+  PyObject *__pyx_t_7 = NULL;
+  size_t __pyx_t_8;
+  PyObject *__pyx_t_9 = NULL;
+  PyObject *__pyx_t_10 = NULL;
   PyObject *__pyx_t_11 = NULL;
-  PyObject *__pyx_t_12 = NULL;
-  PyObject *__pyx_t_13 = NULL;
-  PyObject *__pyx_t_14 = NULL;
-  PyObject *__pyx_t_15 = NULL;
+  size_t __pyx_t_12;
+  int __pyx_t_13;
+  int __pyx_t_14;
+  char const *__pyx_t_15;
+  PyObject *__pyx_t_16 = NULL;
+  PyObject *__pyx_t_17 = NULL;
+  PyObject *__pyx_t_18 = NULL;
+  PyObject *__pyx_t_19 = NULL;
+  PyObject *__pyx_t_20 = NULL;
+  PyObject *__pyx_t_21 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("wrap", 0);
   __Pyx_INCREF(__pyx_v_obj);
 
-  /* "sagecore/_metal.pyx":91
+  /* "sagecore/_metal.pyx":93
  *         as the buffer. ``Buffer.copied`` is True when Metal refused the wrap
  *         and the shim copied instead (then results must be read from the buffer)."""
- *         import numpy as np             # <<<<<<<<<<<<<<
- *         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
- *             obj = np.from_dlpack(obj)
-*/
-  __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 91, __pyx_L1_error)
-  __pyx_t_1 = __pyx_t_2;
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_v_np = __pyx_t_1;
-  __pyx_t_1 = 0;
-
-  /* "sagecore/_metal.pyx":92
- *         and the shim copied instead (then results must be read from the buffer)."""
- *         import numpy as np
  *         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):             # <<<<<<<<<<<<<<
  *             obj = np.from_dlpack(obj)
  *         cdef Buffer b = Buffer.__new__(Buffer)
 */
-  __pyx_t_4 = __Pyx_HasAttr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_dlpack); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 92, __pyx_L1_error)
-  if (__pyx_t_4) {
+  __pyx_t_2 = __Pyx_HasAttr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_dlpack); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 93, __pyx_L1_error)
+  if (__pyx_t_2) {
 
   } else {
 
-    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_1 = __pyx_t_2;
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_np, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 92, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = PyObject_IsInstance(__pyx_v_obj, __pyx_t_1); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 92, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_5 = (!__pyx_t_4);
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 93, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 93, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_2 = PyObject_IsInstance(__pyx_v_obj, __pyx_t_4); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 93, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_5 = (!__pyx_t_2);
 
 
 
-  __pyx_t_3 = __pyx_t_5;
+  __pyx_t_1 = __pyx_t_5;
 
   __pyx_L4_bool_binop_done:;
-  if (__pyx_t_3) {
+  if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":93
- *         import numpy as np
+    /* "sagecore/_metal.pyx":94
+ *         and the shim copied instead (then results must be read from the buffer)."""
  *         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
  *             obj = np.from_dlpack(obj)             # <<<<<<<<<<<<<<
  *         cdef Buffer b = Buffer.__new__(Buffer)
  *         cdef Py_buffer view
 */
-    __pyx_t_6 = __pyx_v_np;
-    __Pyx_INCREF(__pyx_t_6);
-    __pyx_t_7 = 0;
-    {
-      PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_v_obj};
-      __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_from_dlpack, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 93, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_1);
+    __pyx_t_3 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 94, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_from_dlpack); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 94, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __pyx_t_8 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_7))) {
+      __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_7);
+      assert(__pyx_t_3);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
+      __Pyx_INCREF(__pyx_t_3);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
+      __pyx_t_8 = 0;
     }
-    __Pyx_DECREF_SET(__pyx_v_obj, __pyx_t_1);
-    __pyx_t_1 = 0;
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_obj};
+      __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 94, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+    }
+    __Pyx_DECREF_SET(__pyx_v_obj, __pyx_t_4);
+    __pyx_t_4 = 0;
 
-    /* "sagecore/_metal.pyx":92
+    /* "sagecore/_metal.pyx":93
+ *         as the buffer. ``Buffer.copied`` is True when Metal refused the wrap
  *         and the shim copied instead (then results must be read from the buffer)."""
- *         import numpy as np
  *         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):             # <<<<<<<<<<<<<<
  *             obj = np.from_dlpack(obj)
  *         cdef Buffer b = Buffer.__new__(Buffer)
 */
   }
 
-  /* "sagecore/_metal.pyx":94
+  /* "sagecore/_metal.pyx":95
  *         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
  *             obj = np.from_dlpack(obj)
  *         cdef Buffer b = Buffer.__new__(Buffer)             # <<<<<<<<<<<<<<
  *         cdef Py_buffer view
  *         cdef int copied = 0
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Buffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 94, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_t_1);
-  __pyx_t_1 = 0;
+  __pyx_t_4 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Buffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 95, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_t_4);
+  __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":96
+  /* "sagecore/_metal.pyx":97
  *         cdef Buffer b = Buffer.__new__(Buffer)
  *         cdef Py_buffer view
  *         cdef int copied = 0             # <<<<<<<<<<<<<<
- *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
- *         try:
+ *         cdef size_t addr, extent
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
 */
   __pyx_v_copied = 0;
 
-  /* "sagecore/_metal.pyx":97
- *         cdef Py_buffer view
+  /* "sagecore/_metal.pyx":99
  *         cdef int copied = 0
+ *         cdef size_t addr, extent
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):             # <<<<<<<<<<<<<<
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_5 = PyObject_IsInstance(__pyx_v_obj, __pyx_t_7); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+  if (__pyx_t_5) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_5;
+
+    goto __pyx_L7_bool_binop_done;
+  }
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_5 = __pyx_t_2;
+
+    goto __pyx_L9_bool_binop_done;
+  }
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 99, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+
+  __pyx_t_5 = __pyx_t_2;
+
+  __pyx_L9_bool_binop_done:;
+  __pyx_t_2 = (!__pyx_t_5);
+
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L7_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "sagecore/_metal.pyx":101
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):             # <<<<<<<<<<<<<<
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+*/
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_strides); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __pyx_t_4 = __pyx_pf_8sagecore_6_metal_6Device_4wrap_genexpr(NULL, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __pyx_t_7 = __Pyx_Generator_GetInlinedResult(__pyx_t_4); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 101, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    if (unlikely(__pyx_t_1)) {
+
+
+      /* "sagecore/_metal.pyx":102
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")             # <<<<<<<<<<<<<<
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+*/
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 102, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __pyx_t_7 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[2], NULL); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 102, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_Raise(__pyx_t_7, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __PYX_ERR(0, 102, __pyx_L1_error)
+
+      /* "sagecore/_metal.pyx":101
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):             # <<<<<<<<<<<<<<
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+*/
+    }
+
+    /* "sagecore/_metal.pyx":103
+ *             if any(st < 0 for st in obj.strides):
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]             # <<<<<<<<<<<<<<
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+ *             b.device = self
+*/
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_array_interface); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_8 = __Pyx_PyLong_As_size_t(__pyx_t_7); if (unlikely((__pyx_t_8 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __pyx_v_addr = __pyx_t_8;
+
+    /* "sagecore/_metal.pyx":104
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0             # <<<<<<<<<<<<<<
+ *             b.device = self
+ *             b.source = obj
+*/
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 104, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    if (__pyx_t_1) {
+      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_3 = NULL;
+      __pyx_t_9 = NULL;
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_10);
+      __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_strides); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_11);
+      __pyx_t_12 = 1;
+      {
+        PyObject *__pyx_callargs[3] = {__pyx_t_9, __pyx_t_10, __pyx_t_11};
+        __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_builtin_zip, __pyx_callargs+__pyx_t_12, (3-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
+        __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+        __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_6);
+      }
+      __pyx_t_11 = __pyx_pf_8sagecore_6_metal_6Device_4wrap_3genexpr(NULL, __pyx_t_6); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_11);
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __pyx_t_12 = 1;
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_t_11};
+        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_builtin_sum, __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+        __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 104, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_4);
+      }
+      __pyx_t_11 = __Pyx_PyNumber_Add_object_object(__pyx_t_7, __pyx_t_4); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_11);
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __pyx_t_12 = __Pyx_PyLong_As_size_t(__pyx_t_11); if (unlikely((__pyx_t_12 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 104, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
+      __pyx_t_8 = __pyx_t_12;
+    } else {
+
+      __pyx_t_8 = 0;
+    }
+
+    __pyx_v_extent = __pyx_t_8;
+
+    /* "sagecore/_metal.pyx":105
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+ *             b.device = self             # <<<<<<<<<<<<<<
+ *             b.source = obj
+ *             b.readonly = not obj.flags.writeable
+*/
+    __Pyx_INCREF((PyObject *)__pyx_v_self);
+    __Pyx_GIVEREF((PyObject *)__pyx_v_self);
+    __Pyx_GOTREF((PyObject *)__pyx_v_b->device);
+    __Pyx_DECREF_SET(__pyx_v_b->device, __pyx_v_self);
+
+    /* "sagecore/_metal.pyx":106
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+ *             b.device = self
+ *             b.source = obj             # <<<<<<<<<<<<<<
+ *             b.readonly = not obj.flags.writeable
+ *             check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))
+*/
+    __Pyx_INCREF(__pyx_v_obj);
+    __Pyx_GIVEREF(__pyx_v_obj);
+    __Pyx_GOTREF(__pyx_v_b->source);
+    __Pyx_DECREF_SET(__pyx_v_b->source, __pyx_v_obj);
+
+    /* "sagecore/_metal.pyx":107
+ *             b.device = self
+ *             b.source = obj
+ *             b.readonly = not obj.flags.writeable             # <<<<<<<<<<<<<<
+ *             check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))
+ *             b.copied = bool(copied)
+*/
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_v_obj, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 107, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_11);
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 107, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 107, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_v_b->readonly = (!__pyx_t_1);
+
+
+    /* "sagecore/_metal.pyx":108
+ *             b.source = obj
+ *             b.readonly = not obj.flags.writeable
+ *             check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))             # <<<<<<<<<<<<<<
+ *             b.copied = bool(copied)
+ *             return b
+*/
+    __pyx_t_13 = __pyx_f_8sagecore_6_metal_check(sc_mtl_buffer_wrap(__pyx_v_self->d, ((void *)__pyx_v_addr), __pyx_v_extent, (&__pyx_v_b->b), (&__pyx_v_copied))); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 108, __pyx_L1_error)
+
+
+    /* "sagecore/_metal.pyx":109
+ *             b.readonly = not obj.flags.writeable
+ *             check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))
+ *             b.copied = bool(copied)             # <<<<<<<<<<<<<<
+ *             return b
+ *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
+*/
+    __pyx_v_b->copied = (!(!(__pyx_v_copied != 0)));
+
+    /* "sagecore/_metal.pyx":110
+ *             check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))
+ *             b.copied = bool(copied)
+ *             return b             # <<<<<<<<<<<<<<
+ *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
+ *         try:
+*/
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF((PyObject *)__pyx_v_b);
+        __pyx_r = ((PyObject *)__pyx_v_b);
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+
+    /* "sagecore/_metal.pyx":99
+ *         cdef int copied = 0
+ *         cdef size_t addr, extent
+ *         if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):             # <<<<<<<<<<<<<<
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):
+*/
+  }
+
+  /* "sagecore/_metal.pyx":111
+ *             b.copied = bool(copied)
+ *             return b
  *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)             # <<<<<<<<<<<<<<
  *         try:
  *             b.device = self
 */
-  __pyx_t_8 = PyObject_GetBuffer(__pyx_v_obj, (&__pyx_v_view), PyBUF_ANY_CONTIGUOUS); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 97, __pyx_L1_error)
+  __pyx_t_13 = PyObject_GetBuffer(__pyx_v_obj, (&__pyx_v_view), PyBUF_ANY_CONTIGUOUS); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 111, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":98
- *         cdef int copied = 0
+  /* "sagecore/_metal.pyx":112
+ *             return b
  *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
  *         try:             # <<<<<<<<<<<<<<
  *             b.device = self
@@ -20141,7 +21140,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
 */
   /*try:*/ {
 
-    /* "sagecore/_metal.pyx":99
+    /* "sagecore/_metal.pyx":113
  *         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
  *         try:
  *             b.device = self             # <<<<<<<<<<<<<<
@@ -20153,7 +21152,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
     __Pyx_GOTREF((PyObject *)__pyx_v_b->device);
     __Pyx_DECREF_SET(__pyx_v_b->device, __pyx_v_self);
 
-    /* "sagecore/_metal.pyx":100
+    /* "sagecore/_metal.pyx":114
  *         try:
  *             b.device = self
  *             b.source = obj             # <<<<<<<<<<<<<<
@@ -20165,29 +21164,29 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
     __Pyx_GOTREF(__pyx_v_b->source);
     __Pyx_DECREF_SET(__pyx_v_b->source, __pyx_v_obj);
 
-    /* "sagecore/_metal.pyx":101
+    /* "sagecore/_metal.pyx":115
  *             b.device = self
  *             b.source = obj
  *             b.readonly = view.readonly             # <<<<<<<<<<<<<<
  *             check(sc_mtl_buffer_wrap(self.d, view.buf, <size_t>view.len, &b.b, &copied))
  *         finally:
 */
-    __pyx_t_3 = __pyx_v_view.readonly;
+    __pyx_t_1 = __pyx_v_view.readonly;
 
-    __pyx_v_b->readonly = __pyx_t_3;
+    __pyx_v_b->readonly = __pyx_t_1;
 
-    /* "sagecore/_metal.pyx":102
+    /* "sagecore/_metal.pyx":116
  *             b.source = obj
  *             b.readonly = view.readonly
  *             check(sc_mtl_buffer_wrap(self.d, view.buf, <size_t>view.len, &b.b, &copied))             # <<<<<<<<<<<<<<
  *         finally:
  *             PyBuffer_Release(&view)
 */
-    __pyx_t_8 = __pyx_f_8sagecore_6_metal_check(sc_mtl_buffer_wrap(__pyx_v_self->d, __pyx_v_view.buf, ((size_t)__pyx_v_view.len), (&__pyx_v_b->b), (&__pyx_v_copied))); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 102, __pyx_L7_error)
+    __pyx_t_13 = __pyx_f_8sagecore_6_metal_check(sc_mtl_buffer_wrap(__pyx_v_self->d, __pyx_v_view.buf, ((size_t)__pyx_v_view.len), (&__pyx_v_b->b), (&__pyx_v_copied))); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 116, __pyx_L13_error)
 
   }
 
-  /* "sagecore/_metal.pyx":104
+  /* "sagecore/_metal.pyx":118
  *             check(sc_mtl_buffer_wrap(self.d, view.buf, <size_t>view.len, &b.b, &copied))
  *         finally:
  *             PyBuffer_Release(&view)             # <<<<<<<<<<<<<<
@@ -20197,43 +21196,48 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
   /*finally:*/ {
     /*normal exit:*/{
       PyBuffer_Release((&__pyx_v_view));
-      goto __pyx_L8;
+      goto __pyx_L14;
     }
-    __pyx_L7_error:;
+    __pyx_L13_error:;
     /*exception exit:*/{
       __Pyx_PyThreadState_declare
       __Pyx_PyThreadState_assign
-      __pyx_t_2 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
-      __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
+      __pyx_t_16 = 0; __pyx_t_17 = 0; __pyx_t_18 = 0; __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0;
+      __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
+      __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-       __Pyx_ExceptionSwap(&__pyx_t_13, &__pyx_t_14, &__pyx_t_15);
-      if ( unlikely(__Pyx_GetException(&__pyx_t_2, &__pyx_t_11, &__pyx_t_12) < 0)) __Pyx_ErrFetch(&__pyx_t_2, &__pyx_t_11, &__pyx_t_12);
-      __Pyx_XGOTREF(__pyx_t_2);
-      __Pyx_XGOTREF(__pyx_t_11);
-      __Pyx_XGOTREF(__pyx_t_12);
-      __Pyx_XGOTREF(__pyx_t_13);
-      __Pyx_XGOTREF(__pyx_t_14);
-      __Pyx_XGOTREF(__pyx_t_15);
-      __pyx_t_8 = __pyx_lineno; __pyx_t_9 = __pyx_clineno; __pyx_t_10 = __pyx_filename;
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
+       __Pyx_ExceptionSwap(&__pyx_t_19, &__pyx_t_20, &__pyx_t_21);
+      if ( unlikely(__Pyx_GetException(&__pyx_t_16, &__pyx_t_17, &__pyx_t_18) < 0)) __Pyx_ErrFetch(&__pyx_t_16, &__pyx_t_17, &__pyx_t_18);
+      __Pyx_XGOTREF(__pyx_t_16);
+      __Pyx_XGOTREF(__pyx_t_17);
+      __Pyx_XGOTREF(__pyx_t_18);
+      __Pyx_XGOTREF(__pyx_t_19);
+      __Pyx_XGOTREF(__pyx_t_20);
+      __Pyx_XGOTREF(__pyx_t_21);
+      __pyx_t_13 = __pyx_lineno; __pyx_t_14 = __pyx_clineno; __pyx_t_15 = __pyx_filename;
       {
         PyBuffer_Release((&__pyx_v_view));
       }
-      __Pyx_XGIVEREF(__pyx_t_13);
-      __Pyx_XGIVEREF(__pyx_t_14);
-      __Pyx_XGIVEREF(__pyx_t_15);
-      __Pyx_ExceptionReset(__pyx_t_13, __pyx_t_14, __pyx_t_15);
-      __Pyx_XGIVEREF(__pyx_t_2);
-      __Pyx_XGIVEREF(__pyx_t_11);
-      __Pyx_XGIVEREF(__pyx_t_12);
-      __Pyx_ErrRestore(__pyx_t_2, __pyx_t_11, __pyx_t_12);
-      __pyx_t_2 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
-      __pyx_lineno = __pyx_t_8; __pyx_clineno = __pyx_t_9; __pyx_filename = __pyx_t_10;
+      __Pyx_XGIVEREF(__pyx_t_19);
+      __Pyx_XGIVEREF(__pyx_t_20);
+      __Pyx_XGIVEREF(__pyx_t_21);
+      __Pyx_ExceptionReset(__pyx_t_19, __pyx_t_20, __pyx_t_21);
+      __Pyx_XGIVEREF(__pyx_t_16);
+      __Pyx_XGIVEREF(__pyx_t_17);
+      __Pyx_XGIVEREF(__pyx_t_18);
+      __Pyx_ErrRestore(__pyx_t_16, __pyx_t_17, __pyx_t_18);
+      __pyx_t_16 = 0; __pyx_t_17 = 0; __pyx_t_18 = 0; __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0;
+      __pyx_lineno = __pyx_t_13; __pyx_clineno = __pyx_t_14; __pyx_filename = __pyx_t_15;
       goto __pyx_L1_error;
     }
-    __pyx_L8:;
+    __pyx_L14:;
   }
 
-  /* "sagecore/_metal.pyx":105
+  /* "sagecore/_metal.pyx":119
  *         finally:
  *             PyBuffer_Release(&view)
  *         b.copied = bool(copied)             # <<<<<<<<<<<<<<
@@ -20242,7 +21246,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
 */
   __pyx_v_b->copied = (!(!(__pyx_v_copied != 0)));
 
-  /* "sagecore/_metal.pyx":106
+  /* "sagecore/_metal.pyx":120
  *             PyBuffer_Release(&view)
  *         b.copied = bool(copied)
  *         return b             # <<<<<<<<<<<<<<
@@ -20260,7 +21264,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":86
+  /* "sagecore/_metal.pyx":88
  *         return b
  * 
  *     def wrap(self, obj):             # <<<<<<<<<<<<<<
@@ -20270,22 +21274,30 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_10wrap(struct __pyx_obj_8sag
 
   /* function exit code */
   __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_9);
+  __Pyx_XDECREF(__pyx_t_10);
+  __Pyx_XDECREF(__pyx_t_11);
   __Pyx_AddTraceback("sagecore._metal.Device.wrap", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
-  __Pyx_XDECREF(__pyx_v_np);
   __Pyx_XDECREF((PyObject *)__pyx_v_b);
 
 
+
+
+  __Pyx_XDECREF(__pyx_gb_8sagecore_6_metal_6Device_4wrap_2generator);
+  __Pyx_XDECREF(__pyx_gb_8sagecore_6_metal_6Device_4wrap_5generator1);
   __Pyx_XDECREF(__pyx_v_obj);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":108
+/* "sagecore/_metal.pyx":122
  *         return b
  * 
  *     def library_from_source(self, str source, *, str name="source.metal", str include_dir=None, bint fast_math=False):             # <<<<<<<<<<<<<<
@@ -20336,28 +21348,28 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_source,&__pyx_mstate_global->__pyx_n_u_name,&__pyx_mstate_global->__pyx_n_u_include_dir,&__pyx_mstate_global->__pyx_n_u_fast_math,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 108, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 122, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 108, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 122, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "library_from_source", 0) < (0)) __PYX_ERR(0, 108, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "library_from_source", 0) < (0)) __PYX_ERR(0, 122, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject*)__pyx_mstate_global->__pyx_kp_u_source_metal));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject*)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("library_from_source", 1, 1, 1, i); __PYX_ERR(0, 108, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("library_from_source", 1, 1, 1, i); __PYX_ERR(0, 122, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 108, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 122, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject*)__pyx_mstate_global->__pyx_kp_u_source_metal));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject*)Py_None));
     }
@@ -20365,14 +21377,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_name = ((PyObject*)values[1]);
     __pyx_v_include_dir = ((PyObject*)values[2]);
     if (values[3]) {
-      __pyx_v_fast_math = __Pyx_PyObject_IsTrue(values[3]); if (unlikely((__pyx_v_fast_math == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 108, __pyx_L3_error)
+      __pyx_v_fast_math = __Pyx_PyObject_IsTrue(values[3]); if (unlikely((__pyx_v_fast_math == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 122, __pyx_L3_error)
     } else {
       __pyx_v_fast_math = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("library_from_source", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 108, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("library_from_source", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 122, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20383,9 +21395,9 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_source), (&PyUnicode_Type), 1, "source", 1))) __PYX_ERR(0, 108, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyUnicode_Type), 1, "name", 1))) __PYX_ERR(0, 108, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_include_dir), (&PyUnicode_Type), 1, "include_dir", 1))) __PYX_ERR(0, 108, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_source), (&PyUnicode_Type), 1, "source", 1))) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyUnicode_Type), 1, "name", 1))) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_include_dir), (&PyUnicode_Type), 1, "include_dir", 1))) __PYX_ERR(0, 122, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_6Device_12library_from_source(((struct __pyx_obj_8sagecore_6_metal_Device *)__pyx_v_self), __pyx_v_source, __pyx_v_name, __pyx_v_include_dir, __pyx_v_fast_math);
 
   /* function exit code */
@@ -20430,33 +21442,33 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("library_from_source", 0);
 
-  /* "sagecore/_metal.pyx":112
+  /* "sagecore/_metal.pyx":126
  * 
  *         Raises MetalCompileError with the compiler's log on failure."""
  *         cdef Library lib = Library.__new__(Library)             # <<<<<<<<<<<<<<
  *         opts = f"name={name};fast_math={int(fast_math)}" + (f";include={include_dir}" if include_dir else "")
  *         src = source.encode()
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Library(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 112, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Library(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_lib = ((struct __pyx_obj_8sagecore_6_metal_Library *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":113
+  /* "sagecore/_metal.pyx":127
  *         Raises MetalCompileError with the compiler's log on failure."""
  *         cdef Library lib = Library.__new__(Library)
  *         opts = f"name={name};fast_math={int(fast_math)}" + (f";include={include_dir}" if include_dir else "")             # <<<<<<<<<<<<<<
  *         src = source.encode()
  *         ob = opts.encode()
 */
-  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_fast_math); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_fast_math); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_CallOneArg(((PyObject *)(&PyLong_Type)), __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CallOneArg(((PyObject *)(&PyLong_Type)), __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_t_3, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_t_3, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_name_3;
@@ -20472,7 +21484,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_4[3]);
   #endif
   __pyx_t_3 = __Pyx_PyUnicode_Join(__pyx_t_4, 4, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 113, __pyx_L1_error)
+  if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -20480,14 +21492,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   else
   {
     Py_ssize_t __pyx_temp = __Pyx_PyUnicode_IS_TRUE(__pyx_v_include_dir);
-    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 113, __pyx_L1_error)
+    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 127, __pyx_L1_error)
     __pyx_t_7 = (__pyx_temp != 0);
   }
 
   if (__pyx_t_7) {
-    __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_include_dir); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 113, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_include_dir); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 127, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_include, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 113, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_include, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 127, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_2 = __pyx_t_8;
@@ -20497,14 +21509,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
     __pyx_t_2 = __pyx_mstate_global->__pyx_kp_u__5;
   }
 
-  __pyx_t_8 = __Pyx_PyUnicode_Concat__Pyx_ReferenceSharing_OwnStrongReferenceInPlaceSafe(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyUnicode_Concat__Pyx_ReferenceSharing_OwnStrongReferenceInPlaceSafe(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_opts = ((PyObject*)__pyx_t_8);
   __pyx_t_8 = 0;
 
-  /* "sagecore/_metal.pyx":114
+  /* "sagecore/_metal.pyx":128
  *         cdef Library lib = Library.__new__(Library)
  *         opts = f"name={name};fast_math={int(fast_math)}" + (f";include={include_dir}" if include_dir else "")
  *         src = source.encode()             # <<<<<<<<<<<<<<
@@ -20513,46 +21525,46 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
 */
   if (unlikely(__pyx_v_source == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 114, __pyx_L1_error)
+    __PYX_ERR(0, 128, __pyx_L1_error)
   }
-  __pyx_t_8 = PyUnicode_AsEncodedString(__pyx_v_source, NULL, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __pyx_t_8 = PyUnicode_AsEncodedString(__pyx_v_source, NULL, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 128, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __pyx_v_src = ((PyObject*)__pyx_t_8);
   __pyx_t_8 = 0;
 
-  /* "sagecore/_metal.pyx":115
+  /* "sagecore/_metal.pyx":129
  *         opts = f"name={name};fast_math={int(fast_math)}" + (f";include={include_dir}" if include_dir else "")
  *         src = source.encode()
  *         ob = opts.encode()             # <<<<<<<<<<<<<<
  *         cdef const char *s = src
  *         cdef const char *o = ob
 */
-  __pyx_t_8 = PyUnicode_AsEncodedString(__pyx_v_opts, NULL, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 115, __pyx_L1_error)
+  __pyx_t_8 = PyUnicode_AsEncodedString(__pyx_v_opts, NULL, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 129, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __pyx_v_ob = ((PyObject*)__pyx_t_8);
   __pyx_t_8 = 0;
 
-  /* "sagecore/_metal.pyx":116
+  /* "sagecore/_metal.pyx":130
  *         src = source.encode()
  *         ob = opts.encode()
  *         cdef const char *s = src             # <<<<<<<<<<<<<<
  *         cdef const char *o = ob
  *         lib.device = self
 */
-  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_src); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 116, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_src); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 130, __pyx_L1_error)
   __pyx_v_s = __pyx_t_9;
 
-  /* "sagecore/_metal.pyx":117
+  /* "sagecore/_metal.pyx":131
  *         ob = opts.encode()
  *         cdef const char *s = src
  *         cdef const char *o = ob             # <<<<<<<<<<<<<<
  *         lib.device = self
  *         with nogil:
 */
-  __pyx_t_10 = __Pyx_PyBytes_AsString(__pyx_v_ob); if (unlikely((!__pyx_t_10) && PyErr_Occurred())) __PYX_ERR(0, 117, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyBytes_AsString(__pyx_v_ob); if (unlikely((!__pyx_t_10) && PyErr_Occurred())) __PYX_ERR(0, 131, __pyx_L1_error)
   __pyx_v_o = __pyx_t_10;
 
-  /* "sagecore/_metal.pyx":118
+  /* "sagecore/_metal.pyx":132
  *         cdef const char *s = src
  *         cdef const char *o = ob
  *         lib.device = self             # <<<<<<<<<<<<<<
@@ -20564,7 +21576,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   __Pyx_GOTREF((PyObject *)__pyx_v_lib->device);
   __Pyx_DECREF_SET(__pyx_v_lib->device, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":119
+  /* "sagecore/_metal.pyx":133
  *         cdef const char *o = ob
  *         lib.device = self
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -20577,18 +21589,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":120
+        /* "sagecore/_metal.pyx":134
  *         lib.device = self
  *         with nogil:
  *             check(sc_mtl_library_from_source(self.d, s, o, &lib.l))             # <<<<<<<<<<<<<<
  *         return lib
  * 
 */
-        __pyx_t_6 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_from_source(__pyx_v_self->d, __pyx_v_s, __pyx_v_o, (&__pyx_v_lib->l))); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 120, __pyx_L4_error)
+        __pyx_t_6 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_from_source(__pyx_v_self->d, __pyx_v_s, __pyx_v_o, (&__pyx_v_lib->l))); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 134, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":119
+      /* "sagecore/_metal.pyx":133
  *         cdef const char *o = ob
  *         lib.device = self
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -20610,7 +21622,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
       }
   }
 
-  /* "sagecore/_metal.pyx":121
+  /* "sagecore/_metal.pyx":135
  *         with nogil:
  *             check(sc_mtl_library_from_source(self.d, s, o, &lib.l))
  *         return lib             # <<<<<<<<<<<<<<
@@ -20628,7 +21640,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":108
+  /* "sagecore/_metal.pyx":122
  *         return b
  * 
  *     def library_from_source(self, str source, *, str name="source.metal", str include_dir=None, bint fast_math=False):             # <<<<<<<<<<<<<<
@@ -20656,7 +21668,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_12library_from_source(struct
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":123
+/* "sagecore/_metal.pyx":137
  *         return lib
  * 
  *     def library_from_file(self, str path):             # <<<<<<<<<<<<<<
@@ -20703,32 +21715,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_path,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 123, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 137, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 123, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 137, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "library_from_file", 0) < (0)) __PYX_ERR(0, 123, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "library_from_file", 0) < (0)) __PYX_ERR(0, 137, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("library_from_file", 1, 1, 1, i); __PYX_ERR(0, 123, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("library_from_file", 1, 1, 1, i); __PYX_ERR(0, 137, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 123, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 137, __pyx_L3_error)
     }
     __pyx_v_path = ((PyObject*)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("library_from_file", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 123, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("library_from_file", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 137, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20739,7 +21751,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_path), (&PyUnicode_Type), 1, "path", 1))) __PYX_ERR(0, 123, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_path), (&PyUnicode_Type), 1, "path", 1))) __PYX_ERR(0, 137, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_6Device_14library_from_file(((struct __pyx_obj_8sagecore_6_metal_Device *)__pyx_v_self), __pyx_v_path);
 
   /* function exit code */
@@ -20771,19 +21783,19 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("library_from_file", 0);
 
-  /* "sagecore/_metal.pyx":124
+  /* "sagecore/_metal.pyx":138
  * 
  *     def library_from_file(self, str path):
  *         cdef Library lib = Library.__new__(Library)             # <<<<<<<<<<<<<<
  *         lib.device = self
  *         check(sc_mtl_library_from_file(self.d, path.encode(), &lib.l))
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Library(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Library(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_lib = ((struct __pyx_obj_8sagecore_6_metal_Library *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":125
+  /* "sagecore/_metal.pyx":139
  *     def library_from_file(self, str path):
  *         cdef Library lib = Library.__new__(Library)
  *         lib.device = self             # <<<<<<<<<<<<<<
@@ -20795,7 +21807,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct _
   __Pyx_GOTREF((PyObject *)__pyx_v_lib->device);
   __Pyx_DECREF_SET(__pyx_v_lib->device, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":126
+  /* "sagecore/_metal.pyx":140
  *         cdef Library lib = Library.__new__(Library)
  *         lib.device = self
  *         check(sc_mtl_library_from_file(self.d, path.encode(), &lib.l))             # <<<<<<<<<<<<<<
@@ -20804,17 +21816,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct _
 */
   if (unlikely(__pyx_v_path == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 126, __pyx_L1_error)
+    __PYX_ERR(0, 140, __pyx_L1_error)
   }
-  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_path, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_path, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyBytes_AsString(__pyx_t_1); if (unlikely((!__pyx_t_2) && PyErr_Occurred())) __PYX_ERR(0, 126, __pyx_L1_error)
-  __pyx_t_3 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_from_file(__pyx_v_self->d, __pyx_t_2, (&__pyx_v_lib->l))); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyBytes_AsString(__pyx_t_1); if (unlikely((!__pyx_t_2) && PyErr_Occurred())) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_3 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_from_file(__pyx_v_self->d, __pyx_t_2, (&__pyx_v_lib->l))); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
 
 
-  /* "sagecore/_metal.pyx":127
+  /* "sagecore/_metal.pyx":141
  *         lib.device = self
  *         check(sc_mtl_library_from_file(self.d, path.encode(), &lib.l))
  *         return lib             # <<<<<<<<<<<<<<
@@ -20832,7 +21844,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct _
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":123
+  /* "sagecore/_metal.pyx":137
  *         return lib
  * 
  *     def library_from_file(self, str path):             # <<<<<<<<<<<<<<
@@ -20852,7 +21864,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_14library_from_file(struct _
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":129
+/* "sagecore/_metal.pyx":143
  *         return lib
  * 
  *     def command_buffer(self):             # <<<<<<<<<<<<<<
@@ -20913,19 +21925,19 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_16command_buffer(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("command_buffer", 0);
 
-  /* "sagecore/_metal.pyx":130
+  /* "sagecore/_metal.pyx":144
  * 
  *     def command_buffer(self):
  *         cdef CommandBuffer c = CommandBuffer.__new__(CommandBuffer)             # <<<<<<<<<<<<<<
  *         c.device = self
  *         check(sc_mtl_cmdbuf_create(self.d, &c.c))
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_CommandBuffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 130, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_CommandBuffer(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_c = ((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":131
+  /* "sagecore/_metal.pyx":145
  *     def command_buffer(self):
  *         cdef CommandBuffer c = CommandBuffer.__new__(CommandBuffer)
  *         c.device = self             # <<<<<<<<<<<<<<
@@ -20937,31 +21949,31 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_16command_buffer(struct __py
   __Pyx_GOTREF((PyObject *)__pyx_v_c->device);
   __Pyx_DECREF_SET(__pyx_v_c->device, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":132
+  /* "sagecore/_metal.pyx":146
  *         cdef CommandBuffer c = CommandBuffer.__new__(CommandBuffer)
  *         c.device = self
  *         check(sc_mtl_cmdbuf_create(self.d, &c.c))             # <<<<<<<<<<<<<<
  *         c.keep = []
  *         return c
 */
-  __pyx_t_2 = __pyx_f_8sagecore_6_metal_check(sc_mtl_cmdbuf_create(__pyx_v_self->d, (&__pyx_v_c->c))); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 132, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_8sagecore_6_metal_check(sc_mtl_cmdbuf_create(__pyx_v_self->d, (&__pyx_v_c->c))); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 146, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":133
+  /* "sagecore/_metal.pyx":147
  *         c.device = self
  *         check(sc_mtl_cmdbuf_create(self.d, &c.c))
  *         c.keep = []             # <<<<<<<<<<<<<<
  *         return c
  * 
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_c->keep);
   __Pyx_DECREF_SET(__pyx_v_c->keep, ((PyObject*)__pyx_t_1));
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":134
+  /* "sagecore/_metal.pyx":148
  *         check(sc_mtl_cmdbuf_create(self.d, &c.c))
  *         c.keep = []
  *         return c             # <<<<<<<<<<<<<<
@@ -20979,7 +21991,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_16command_buffer(struct __py
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":129
+  /* "sagecore/_metal.pyx":143
  *         return lib
  * 
  *     def command_buffer(self):             # <<<<<<<<<<<<<<
@@ -21203,7 +22215,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_20__setstate_cython__(CYTHON
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":148
+/* "sagecore/_metal.pyx":162
  *     cdef int exports
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -21255,7 +22267,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":149
+  /* "sagecore/_metal.pyx":163
  * 
  *     def __cinit__(self):
  *         self.b = NULL             # <<<<<<<<<<<<<<
@@ -21264,7 +22276,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sageco
 */
   __pyx_v_self->b = NULL;
 
-  /* "sagecore/_metal.pyx":150
+  /* "sagecore/_metal.pyx":164
  *     def __cinit__(self):
  *         self.b = NULL
  *         self.exports = 0             # <<<<<<<<<<<<<<
@@ -21273,7 +22285,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sageco
 */
   __pyx_v_self->exports = 0;
 
-  /* "sagecore/_metal.pyx":148
+  /* "sagecore/_metal.pyx":162
  *     cdef int exports
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -21287,7 +22299,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sageco
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":152
+/* "sagecore/_metal.pyx":166
  *         self.exports = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -21311,7 +22323,7 @@ static void __pyx_pw_8sagecore_6_metal_6Buffer_3__dealloc__(PyObject *__pyx_v_se
 static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":153
+  /* "sagecore/_metal.pyx":167
  * 
  *     def __dealloc__(self):
  *         if self.b != NULL:             # <<<<<<<<<<<<<<
@@ -21323,7 +22335,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":154
+    /* "sagecore/_metal.pyx":168
  *     def __dealloc__(self):
  *         if self.b != NULL:
  *             sc_mtl_buffer_free(self.b)             # <<<<<<<<<<<<<<
@@ -21332,7 +22344,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 */
     sc_mtl_buffer_free(__pyx_v_self->b);
 
-    /* "sagecore/_metal.pyx":153
+    /* "sagecore/_metal.pyx":167
  * 
  *     def __dealloc__(self):
  *         if self.b != NULL:             # <<<<<<<<<<<<<<
@@ -21341,7 +22353,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 */
   }
 
-  /* "sagecore/_metal.pyx":152
+  /* "sagecore/_metal.pyx":166
  *         self.exports = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -21353,7 +22365,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 
 }
 
-/* "sagecore/_metal.pyx":156
+/* "sagecore/_metal.pyx":170
  *             sc_mtl_buffer_free(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21385,14 +22397,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":158
+  /* "sagecore/_metal.pyx":172
  *     @property
  *     def nbytes(self):
  *         return sc_mtl_buffer_length(self.b)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_length(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 158, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_length(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 172, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -21405,7 +22417,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":156
+  /* "sagecore/_metal.pyx":170
  *             sc_mtl_buffer_free(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21424,7 +22436,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":160
+/* "sagecore/_metal.pyx":174
  *         return sc_mtl_buffer_length(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21456,14 +22468,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":163
+  /* "sagecore/_metal.pyx":177
  *     def offset(self):
  *         """Offset of the data in its first wrapped page (wrapped memory)."""
  *         return sc_mtl_buffer_offset(self.b)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_offset(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_offset(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 177, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -21476,7 +22488,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":160
+  /* "sagecore/_metal.pyx":174
  *         return sc_mtl_buffer_length(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21495,7 +22507,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":165
+/* "sagecore/_metal.pyx":179
  *         return sc_mtl_buffer_offset(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21527,14 +22539,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":167
+  /* "sagecore/_metal.pyx":181
  *     @property
  *     def address(self):
  *         return <size_t>sc_mtl_buffer_contents(self.b)             # <<<<<<<<<<<<<<
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)sc_mtl_buffer_contents(__pyx_v_self->b))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 167, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)sc_mtl_buffer_contents(__pyx_v_self->b))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 181, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -21547,7 +22559,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":165
+  /* "sagecore/_metal.pyx":179
  *         return sc_mtl_buffer_offset(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -21566,7 +22578,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":169
+/* "sagecore/_metal.pyx":183
  *         return <size_t>sc_mtl_buffer_contents(self.b)
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):             # <<<<<<<<<<<<<<
@@ -21611,7 +22623,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   __pyx_v_view->obj = Py_None; __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(__pyx_v_view->obj);
 
-  /* "sagecore/_metal.pyx":170
+  /* "sagecore/_metal.pyx":184
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):             # <<<<<<<<<<<<<<
@@ -21633,7 +22645,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "sagecore/_metal.pyx":171
+    /* "sagecore/_metal.pyx":185
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):
  *             raise BufferError("the wrapped memory is read-only")             # <<<<<<<<<<<<<<
@@ -21646,14 +22658,14 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_wrapped_memory_is_read_only};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 171, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 185, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 171, __pyx_L1_error)
+    __PYX_ERR(0, 185, __pyx_L1_error)
 
-    /* "sagecore/_metal.pyx":170
+    /* "sagecore/_metal.pyx":184
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):             # <<<<<<<<<<<<<<
@@ -21662,17 +22674,17 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
 */
   }
 
-  /* "sagecore/_metal.pyx":172
+  /* "sagecore/_metal.pyx":186
  *         if self.readonly and (flags & PyBUF_WRITABLE):
  *             raise BufferError("the wrapped memory is read-only")
  *         PyBuffer_FillInfo(view, self, sc_mtl_buffer_contents(self.b), sc_mtl_buffer_length(self.b),             # <<<<<<<<<<<<<<
  *                           self.readonly, flags)
  *         self.exports += 1
 */
-  __pyx_t_6 = PyBuffer_FillInfo(__pyx_v_view, ((PyObject *)__pyx_v_self), sc_mtl_buffer_contents(__pyx_v_self->b), sc_mtl_buffer_length(__pyx_v_self->b), __pyx_v_self->readonly, __pyx_v_flags); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 172, __pyx_L1_error)
+  __pyx_t_6 = PyBuffer_FillInfo(__pyx_v_view, ((PyObject *)__pyx_v_self), sc_mtl_buffer_contents(__pyx_v_self->b), sc_mtl_buffer_length(__pyx_v_self->b), __pyx_v_self->readonly, __pyx_v_flags); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 186, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":174
+  /* "sagecore/_metal.pyx":188
  *         PyBuffer_FillInfo(view, self, sc_mtl_buffer_contents(self.b), sc_mtl_buffer_length(self.b),
  *                           self.readonly, flags)
  *         self.exports += 1             # <<<<<<<<<<<<<<
@@ -21681,7 +22693,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
 */
   __pyx_v_self->exports = (__pyx_v_self->exports + 1);
 
-  /* "sagecore/_metal.pyx":169
+  /* "sagecore/_metal.pyx":183
  *         return <size_t>sc_mtl_buffer_contents(self.b)
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):             # <<<<<<<<<<<<<<
@@ -21713,7 +22725,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":176
+/* "sagecore/_metal.pyx":190
  *         self.exports += 1
  * 
  *     def __releasebuffer__(self, Py_buffer *view):             # <<<<<<<<<<<<<<
@@ -21737,7 +22749,7 @@ CYTHON_UNUSED static void __pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__(
 
 static void __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED Py_buffer *__pyx_v_view) {
 
-  /* "sagecore/_metal.pyx":177
+  /* "sagecore/_metal.pyx":191
  * 
  *     def __releasebuffer__(self, Py_buffer *view):
  *         self.exports -= 1             # <<<<<<<<<<<<<<
@@ -21746,7 +22758,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(struct __pyx_o
 */
   __pyx_v_self->exports = (__pyx_v_self->exports - 1);
 
-  /* "sagecore/_metal.pyx":176
+  /* "sagecore/_metal.pyx":190
  *         self.exports += 1
  * 
  *     def __releasebuffer__(self, Py_buffer *view):             # <<<<<<<<<<<<<<
@@ -21758,7 +22770,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(struct __pyx_o
 
 }
 
-/* "sagecore/_metal.pyx":179
+/* "sagecore/_metal.pyx":193
  *         self.exports -= 1
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
@@ -21807,35 +22819,35 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 179, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 193, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 179, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 193, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 179, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 193, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "numpy", 0) < (0)) __PYX_ERR(0, 179, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "numpy", 0) < (0)) __PYX_ERR(0, 193, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, i); __PYX_ERR(0, 179, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, i); __PYX_ERR(0, 193, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 179, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 193, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 179, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 193, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -21846,7 +22858,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 179, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 193, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21883,20 +22895,20 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("numpy", 0);
 
-  /* "sagecore/_metal.pyx":181
+  /* "sagecore/_metal.pyx":195
  *     def numpy(self, dtype, shape=None):
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
  *         import numpy as np             # <<<<<<<<<<<<<<
  *         a = np.frombuffer(self, dtype=dtype)
  *         return a if shape is None else a.reshape(shape)
 */
-  __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 181, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 195, __pyx_L1_error)
   __pyx_t_1 = __pyx_t_2;
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_np = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":182
+  /* "sagecore/_metal.pyx":196
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
  *         import numpy as np
  *         a = np.frombuffer(self, dtype=dtype)             # <<<<<<<<<<<<<<
@@ -21911,14 +22923,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_dtype};
     #if CYTHON_VECTORCALL
-    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 182, __pyx_L1_error)
+    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 196, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 182, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 196, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -21927,13 +22939,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 182, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 196, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_a = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":183
+  /* "sagecore/_metal.pyx":197
  *         import numpy as np
  *         a = np.frombuffer(self, dtype=dtype)
  *         return a if shape is None else a.reshape(shape)             # <<<<<<<<<<<<<<
@@ -21952,7 +22964,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_shape};
       __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 183, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 197, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_1 = __pyx_t_5;
@@ -21970,7 +22982,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":179
+  /* "sagecore/_metal.pyx":193
  *         self.exports -= 1
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
@@ -21993,7 +23005,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":142
+/* "sagecore/_metal.pyx":156
  *     alive."""
  *     cdef sc_mtl_buffer *b
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -22060,7 +23072,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6device___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":143
+/* "sagecore/_metal.pyx":157
  *     cdef sc_mtl_buffer *b
  *     cdef readonly Device device
  *     cdef readonly object source             # <<<<<<<<<<<<<<
@@ -22127,7 +23139,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6source___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":144
+/* "sagecore/_metal.pyx":158
  *     cdef readonly Device device
  *     cdef readonly object source
  *     cdef readonly bint copied             # <<<<<<<<<<<<<<
@@ -22166,7 +23178,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6copied___get__(struct __pyx
       __Pyx_INCREF(__pyx_t_1);
       __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
       /*try:*/ {
-        __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_self->copied); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 144, __pyx_L4_error)
+        __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_self->copied); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 158, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_2);
         {
           PyObject *__pyx_temp;
@@ -22413,7 +23425,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_12__setstate_cython__(CYTHON
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":191
+/* "sagecore/_metal.pyx":205
  *     cdef readonly Device device
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -22465,7 +23477,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":192
+  /* "sagecore/_metal.pyx":206
  * 
  *     def __cinit__(self):
  *         self.l = NULL             # <<<<<<<<<<<<<<
@@ -22474,7 +23486,7 @@ static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagec
 */
   __pyx_v_self->l = NULL;
 
-  /* "sagecore/_metal.pyx":191
+  /* "sagecore/_metal.pyx":205
  *     cdef readonly Device device
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -22488,7 +23500,7 @@ static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagec
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":194
+/* "sagecore/_metal.pyx":208
  *         self.l = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -22512,7 +23524,7 @@ static void __pyx_pw_8sagecore_6_metal_7Library_3__dealloc__(PyObject *__pyx_v_s
 static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":195
+  /* "sagecore/_metal.pyx":209
  * 
  *     def __dealloc__(self):
  *         if self.l != NULL:             # <<<<<<<<<<<<<<
@@ -22524,7 +23536,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":196
+    /* "sagecore/_metal.pyx":210
  *     def __dealloc__(self):
  *         if self.l != NULL:
  *             sc_mtl_library_free(self.l)             # <<<<<<<<<<<<<<
@@ -22533,7 +23545,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 */
     sc_mtl_library_free(__pyx_v_self->l);
 
-    /* "sagecore/_metal.pyx":195
+    /* "sagecore/_metal.pyx":209
  * 
  *     def __dealloc__(self):
  *         if self.l != NULL:             # <<<<<<<<<<<<<<
@@ -22542,7 +23554,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 */
   }
 
-  /* "sagecore/_metal.pyx":194
+  /* "sagecore/_metal.pyx":208
  *         self.l = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -22554,7 +23566,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 
 }
 
-/* "sagecore/_metal.pyx":198
+/* "sagecore/_metal.pyx":212
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
@@ -22621,38 +23633,38 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("functions", 0);
 
-  /* "sagecore/_metal.pyx":200
+  /* "sagecore/_metal.pyx":214
  *     def functions(self):
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))             # <<<<<<<<<<<<<<
  *         s = buf.decode()
  *         return s.split("\n") if s else []
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_functions(__pyx_v_self->l, __pyx_v_buf, (sizeof(__pyx_v_buf)))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 200, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_functions(__pyx_v_self->l, __pyx_v_buf, (sizeof(__pyx_v_buf)))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 214, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":201
+  /* "sagecore/_metal.pyx":215
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
  *         s = buf.decode()             # <<<<<<<<<<<<<<
  *         return s.split("\n") if s else []
  * 
 */
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_v_buf); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 201, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_v_buf, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 201, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_v_buf); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 215, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_v_buf, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
   __pyx_v_s = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "sagecore/_metal.pyx":202
+  /* "sagecore/_metal.pyx":216
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
  *         s = buf.decode()
  *         return s.split("\n") if s else []             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_v_s); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 202, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_v_s); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 216, __pyx_L1_error)
   if (__pyx_t_4) {
     __pyx_t_6 = __pyx_v_s;
     __Pyx_INCREF(__pyx_t_6);
@@ -22661,13 +23673,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
       PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u__6};
       __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_split, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 202, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_3 = __pyx_t_5;
     __pyx_t_5 = 0;
   } else {
-    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 202, __pyx_L1_error)
+    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_3 = __pyx_t_5;
     __pyx_t_5 = 0;
@@ -22684,7 +23696,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":198
+  /* "sagecore/_metal.pyx":212
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
@@ -22707,7 +23719,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":204
+/* "sagecore/_metal.pyx":218
  *         return s.split("\n") if s else []
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22739,14 +23751,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":207
+  /* "sagecore/_metal.pyx":221
  *     def pipelines_created(self):
  *         """Pipeline-cache misses so far."""
  *         return sc_mtl_library_pipelines_created(self.l)             # <<<<<<<<<<<<<<
  * 
  *     def pipeline(self, str function, constants=None):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(sc_mtl_library_pipelines_created(__pyx_v_self->l)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 207, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(sc_mtl_library_pipelines_created(__pyx_v_self->l)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 221, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -22759,7 +23771,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":204
+  /* "sagecore/_metal.pyx":218
  *         return s.split("\n") if s else []
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22778,7 +23790,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":209
+/* "sagecore/_metal.pyx":223
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
@@ -22827,35 +23839,35 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_function,&__pyx_mstate_global->__pyx_n_u_constants,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 209, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 223, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 209, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 223, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 209, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 223, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pipeline", 0) < (0)) __PYX_ERR(0, 209, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pipeline", 0) < (0)) __PYX_ERR(0, 223, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, i); __PYX_ERR(0, 209, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, i); __PYX_ERR(0, 223, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 209, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 223, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 209, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 223, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -22866,7 +23878,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 209, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 223, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22877,7 +23889,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_function), (&PyUnicode_Type), 1, "function", 1))) __PYX_ERR(0, 209, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_function), (&PyUnicode_Type), 1, "function", 1))) __PYX_ERR(0, 223, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_7Library_6pipeline(((struct __pyx_obj_8sagecore_6_metal_Library *)__pyx_v_self), __pyx_v_function, __pyx_v_constants);
 
   /* function exit code */
@@ -22932,7 +23944,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pipeline", 0);
 
-  /* "sagecore/_metal.pyx":214
+  /* "sagecore/_metal.pyx":228
  *         Cached in the library by a name that spells out every specialization."""
  *         cdef sc_mtl_constant cs[64]
  *         cdef int n = 0             # <<<<<<<<<<<<<<
@@ -22941,63 +23953,63 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   __pyx_v_n = 0;
 
-  /* "sagecore/_metal.pyx":215
+  /* "sagecore/_metal.pyx":229
  *         cdef sc_mtl_constant cs[64]
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)             # <<<<<<<<<<<<<<
  *         if constants:
  *             if len(constants) > 64:
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Pipeline(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 215, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Pipeline(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_p = ((struct __pyx_obj_8sagecore_6_metal_Pipeline *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":216
+  /* "sagecore/_metal.pyx":230
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:             # <<<<<<<<<<<<<<
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_constants); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 216, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_constants); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "sagecore/_metal.pyx":217
+    /* "sagecore/_metal.pyx":231
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:
  *             if len(constants) > 64:             # <<<<<<<<<<<<<<
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):
 */
-    __pyx_t_3 = PyObject_Length(__pyx_v_constants); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 217, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_v_constants); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 231, __pyx_L1_error)
     __pyx_t_2 = (__pyx_t_3 > 64);
 
 
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "sagecore/_metal.pyx":218
+      /* "sagecore/_metal.pyx":232
  *         if constants:
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")             # <<<<<<<<<<<<<<
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 218, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 218, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 232, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 218, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 218, __pyx_L1_error)
+      __PYX_ERR(0, 232, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":217
+      /* "sagecore/_metal.pyx":231
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:
  *             if len(constants) > 64:             # <<<<<<<<<<<<<<
@@ -23006,7 +24018,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
     }
 
-    /* "sagecore/_metal.pyx":219
+    /* "sagecore/_metal.pyx":233
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):             # <<<<<<<<<<<<<<
@@ -23020,13 +24032,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_items, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 219, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 233, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 219, __pyx_L1_error)
+    __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 233, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 219, __pyx_L1_error)
+    if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_4; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -23034,13 +24046,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       {
         Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 219, __pyx_L1_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
         #endif
         if (__pyx_t_3 >= __pyx_temp) break;
       }
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_3, __Pyx_ReferenceSharing_OwnStrongReference);
       ++__pyx_t_3;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 219, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 233, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       if ((likely(PyTuple_CheckExact(__pyx_t_4))) || (PyList_CheckExact(__pyx_t_4))) {
         PyObject* sequence = __pyx_t_4;
@@ -23048,7 +24060,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 219, __pyx_L1_error)
+          __PYX_ERR(0, 233, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -23058,22 +24070,22 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_INCREF(__pyx_t_7);
         } else {
           __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 219, __pyx_L1_error)
+          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 233, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_6);
           __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 219, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 233, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_7);
         }
         #else
-        __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 219, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 233, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 219, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 233, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         #endif
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_8 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 219, __pyx_L1_error)
+        __pyx_t_8 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 233, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_8);
@@ -23081,7 +24093,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_GOTREF(__pyx_t_6);
         index = 1; __pyx_t_7 = __pyx_t_9(__pyx_t_8); if (unlikely(!__pyx_t_7)) goto __pyx_L7_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_7);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_8), 2) < (0)) __PYX_ERR(0, 219, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_8), 2) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         goto __pyx_L8_unpacking_done;
@@ -23089,7 +24101,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 219, __pyx_L1_error)
+        __PYX_ERR(0, 233, __pyx_L1_error)
         __pyx_L8_unpacking_done:;
       }
       __Pyx_XDECREF_SET(__pyx_v_idx, __pyx_t_6);
@@ -23097,7 +24109,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       __Pyx_XDECREF_SET(__pyx_v_val, __pyx_t_7);
       __pyx_t_7 = 0;
 
-      /* "sagecore/_metal.pyx":220
+      /* "sagecore/_metal.pyx":234
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):
  *                 kind = None             # <<<<<<<<<<<<<<
@@ -23107,7 +24119,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       __Pyx_INCREF(Py_None);
       __Pyx_XDECREF_SET(__pyx_v_kind, Py_None);
 
-      /* "sagecore/_metal.pyx":221
+      /* "sagecore/_metal.pyx":235
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
  *                 if isinstance(val, tuple):             # <<<<<<<<<<<<<<
@@ -23118,7 +24130,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":222
+        /* "sagecore/_metal.pyx":236
  *                 kind = None
  *                 if isinstance(val, tuple):
  *                     val, kind = val             # <<<<<<<<<<<<<<
@@ -23131,7 +24143,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           if (unlikely(size != 2)) {
             if (size > 2) __Pyx_RaiseTooManyValuesError(2);
             else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-            __PYX_ERR(0, 222, __pyx_L1_error)
+            __PYX_ERR(0, 236, __pyx_L1_error)
           }
           #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
           if (likely(PyTuple_CheckExact(sequence))) {
@@ -23141,28 +24153,28 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
             __Pyx_INCREF(__pyx_t_7);
           } else {
             __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 222, __pyx_L1_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 236, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_4);
             __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 222, __pyx_L1_error)
+            if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_7);
           }
           #else
-          __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 222, __pyx_L1_error)
+          __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 236, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_4);
-          __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 222, __pyx_L1_error)
+          __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
           #endif
         } else {
           Py_ssize_t index = -1;
-          __pyx_t_6 = PyObject_GetIter(__pyx_v_val); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 222, __pyx_L1_error)
+          __pyx_t_6 = PyObject_GetIter(__pyx_v_val); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 236, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_6);
           __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
           index = 0; __pyx_t_4 = __pyx_t_9(__pyx_t_6); if (unlikely(!__pyx_t_4)) goto __pyx_L10_unpacking_failed;
           __Pyx_GOTREF(__pyx_t_4);
           index = 1; __pyx_t_7 = __pyx_t_9(__pyx_t_6); if (unlikely(!__pyx_t_7)) goto __pyx_L10_unpacking_failed;
           __Pyx_GOTREF(__pyx_t_7);
-          if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 222, __pyx_L1_error)
+          if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 236, __pyx_L1_error)
           __pyx_t_9 = NULL;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           goto __pyx_L11_unpacking_done;
@@ -23170,7 +24182,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __pyx_t_9 = NULL;
           if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-          __PYX_ERR(0, 222, __pyx_L1_error)
+          __PYX_ERR(0, 236, __pyx_L1_error)
           __pyx_L11_unpacking_done:;
         }
         __Pyx_DECREF_SET(__pyx_v_val, __pyx_t_4);
@@ -23178,7 +24190,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF_SET(__pyx_v_kind, __pyx_t_7);
         __pyx_t_7 = 0;
 
-        /* "sagecore/_metal.pyx":221
+        /* "sagecore/_metal.pyx":235
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
  *                 if isinstance(val, tuple):             # <<<<<<<<<<<<<<
@@ -23187,18 +24199,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       }
 
-      /* "sagecore/_metal.pyx":223
+      /* "sagecore/_metal.pyx":237
  *                 if isinstance(val, tuple):
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx             # <<<<<<<<<<<<<<
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
 */
-      __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_idx); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 223, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_idx); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 237, __pyx_L1_error)
       (__pyx_v_cs[__pyx_v_n]).index = ((uint32_t)__pyx_t_10);
 
 
-      /* "sagecore/_metal.pyx":224
+      /* "sagecore/_metal.pyx":238
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:             # <<<<<<<<<<<<<<
@@ -23209,7 +24221,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":225
+        /* "sagecore/_metal.pyx":239
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \             # <<<<<<<<<<<<<<
@@ -23227,7 +24239,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
             __pyx_t_4 = __pyx_mstate_global->__pyx_n_u_int;
           } else {
 
-            /* "sagecore/_metal.pyx":226
+            /* "sagecore/_metal.pyx":240
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None             # <<<<<<<<<<<<<<
@@ -23254,7 +24266,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF_SET(__pyx_v_kind, __pyx_t_7);
         __pyx_t_7 = 0;
 
-        /* "sagecore/_metal.pyx":224
+        /* "sagecore/_metal.pyx":238
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:             # <<<<<<<<<<<<<<
@@ -23263,18 +24275,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       }
 
-      /* "sagecore/_metal.pyx":227
+      /* "sagecore/_metal.pyx":241
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None
  *                 if kind == "bool":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_BOOL
  *                     cs[n].value.i = 1 if val else 0
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_bool, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 227, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_bool, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 241, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":228
+        /* "sagecore/_metal.pyx":242
  *                         "float" if isinstance(val, float) else None
  *                 if kind == "bool":
  *                     cs[n].type = SC_MTL_FC_BOOL             # <<<<<<<<<<<<<<
@@ -23283,14 +24295,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_BOOL;
 
-        /* "sagecore/_metal.pyx":229
+        /* "sagecore/_metal.pyx":243
  *                 if kind == "bool":
  *                     cs[n].type = SC_MTL_FC_BOOL
  *                     cs[n].value.i = 1 if val else 0             # <<<<<<<<<<<<<<
  *                 elif kind == "int":
  *                     cs[n].type = SC_MTL_FC_INT32
 */
-        __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_val); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 229, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_val); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 243, __pyx_L1_error)
         if (__pyx_t_2) {
 
           __pyx_t_13 = 1;
@@ -23301,7 +24313,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 
         (__pyx_v_cs[__pyx_v_n]).value.i = __pyx_t_13;
 
-        /* "sagecore/_metal.pyx":227
+        /* "sagecore/_metal.pyx":241
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None
  *                 if kind == "bool":             # <<<<<<<<<<<<<<
@@ -23311,18 +24323,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":230
+      /* "sagecore/_metal.pyx":244
  *                     cs[n].type = SC_MTL_FC_BOOL
  *                     cs[n].value.i = 1 if val else 0
  *                 elif kind == "int":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_INT32
  *                     cs[n].value.i = <int32_t>val
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_int, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_int, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 244, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":231
+        /* "sagecore/_metal.pyx":245
  *                     cs[n].value.i = 1 if val else 0
  *                 elif kind == "int":
  *                     cs[n].type = SC_MTL_FC_INT32             # <<<<<<<<<<<<<<
@@ -23331,18 +24343,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_INT32;
 
-        /* "sagecore/_metal.pyx":232
+        /* "sagecore/_metal.pyx":246
  *                 elif kind == "int":
  *                     cs[n].type = SC_MTL_FC_INT32
  *                     cs[n].value.i = <int32_t>val             # <<<<<<<<<<<<<<
  *                 elif kind == "uint":
  *                     cs[n].type = SC_MTL_FC_UINT32
 */
-        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 232, __pyx_L1_error)
+        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.i = ((int32_t)__pyx_t_13);
 
 
-        /* "sagecore/_metal.pyx":230
+        /* "sagecore/_metal.pyx":244
  *                     cs[n].type = SC_MTL_FC_BOOL
  *                     cs[n].value.i = 1 if val else 0
  *                 elif kind == "int":             # <<<<<<<<<<<<<<
@@ -23352,18 +24364,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":233
+      /* "sagecore/_metal.pyx":247
  *                     cs[n].type = SC_MTL_FC_INT32
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "uint":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_UINT32
  *                     cs[n].value.u = <uint32_t>val
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_uint, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_uint, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 247, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":234
+        /* "sagecore/_metal.pyx":248
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "uint":
  *                     cs[n].type = SC_MTL_FC_UINT32             # <<<<<<<<<<<<<<
@@ -23372,18 +24384,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_UINT32;
 
-        /* "sagecore/_metal.pyx":235
+        /* "sagecore/_metal.pyx":249
  *                 elif kind == "uint":
  *                     cs[n].type = SC_MTL_FC_UINT32
  *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
  *                 elif kind == "short":
  *                     cs[n].type = SC_MTL_FC_INT16
 */
-        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 235, __pyx_L1_error)
+        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 249, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
 
 
-        /* "sagecore/_metal.pyx":233
+        /* "sagecore/_metal.pyx":247
  *                     cs[n].type = SC_MTL_FC_INT32
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "uint":             # <<<<<<<<<<<<<<
@@ -23393,18 +24405,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":236
+      /* "sagecore/_metal.pyx":250
  *                     cs[n].type = SC_MTL_FC_UINT32
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "short":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_INT16
  *                     cs[n].value.i = <int32_t>val
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_short, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 236, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_short, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":237
+        /* "sagecore/_metal.pyx":251
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "short":
  *                     cs[n].type = SC_MTL_FC_INT16             # <<<<<<<<<<<<<<
@@ -23413,18 +24425,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_INT16;
 
-        /* "sagecore/_metal.pyx":238
+        /* "sagecore/_metal.pyx":252
  *                 elif kind == "short":
  *                     cs[n].type = SC_MTL_FC_INT16
  *                     cs[n].value.i = <int32_t>val             # <<<<<<<<<<<<<<
  *                 elif kind == "ushort":
  *                     cs[n].type = SC_MTL_FC_UINT16
 */
-        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 238, __pyx_L1_error)
+        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 252, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.i = ((int32_t)__pyx_t_13);
 
 
-        /* "sagecore/_metal.pyx":236
+        /* "sagecore/_metal.pyx":250
  *                     cs[n].type = SC_MTL_FC_UINT32
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "short":             # <<<<<<<<<<<<<<
@@ -23434,18 +24446,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":239
+      /* "sagecore/_metal.pyx":253
  *                     cs[n].type = SC_MTL_FC_INT16
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "ushort":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_UINT16
  *                     cs[n].value.u = <uint32_t>val
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_ushort, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 239, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_ushort, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 253, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":240
+        /* "sagecore/_metal.pyx":254
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "ushort":
  *                     cs[n].type = SC_MTL_FC_UINT16             # <<<<<<<<<<<<<<
@@ -23454,18 +24466,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_UINT16;
 
-        /* "sagecore/_metal.pyx":241
+        /* "sagecore/_metal.pyx":255
  *                 elif kind == "ushort":
  *                     cs[n].type = SC_MTL_FC_UINT16
  *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
  *                 elif kind == "float":
  *                     cs[n].type = SC_MTL_FC_FLOAT
 */
-        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 241, __pyx_L1_error)
+        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 255, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
 
 
-        /* "sagecore/_metal.pyx":239
+        /* "sagecore/_metal.pyx":253
  *                     cs[n].type = SC_MTL_FC_INT16
  *                     cs[n].value.i = <int32_t>val
  *                 elif kind == "ushort":             # <<<<<<<<<<<<<<
@@ -23475,18 +24487,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":242
+      /* "sagecore/_metal.pyx":256
  *                     cs[n].type = SC_MTL_FC_UINT16
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "float":             # <<<<<<<<<<<<<<
  *                     cs[n].type = SC_MTL_FC_FLOAT
  *                     cs[n].value.f = <float>val
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_float, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 242, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_float, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
       if (likely(__pyx_t_2)) {
 
 
-        /* "sagecore/_metal.pyx":243
+        /* "sagecore/_metal.pyx":257
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "float":
  *                     cs[n].type = SC_MTL_FC_FLOAT             # <<<<<<<<<<<<<<
@@ -23495,18 +24507,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
         (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_FLOAT;
 
-        /* "sagecore/_metal.pyx":244
+        /* "sagecore/_metal.pyx":258
  *                 elif kind == "float":
  *                     cs[n].type = SC_MTL_FC_FLOAT
  *                     cs[n].value.f = <float>val             # <<<<<<<<<<<<<<
  *                 else:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
 */
-        __pyx_t_14 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_14 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 244, __pyx_L1_error)
+        __pyx_t_14 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_14 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 258, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.f = ((float)__pyx_t_14);
 
 
-        /* "sagecore/_metal.pyx":242
+        /* "sagecore/_metal.pyx":256
  *                     cs[n].type = SC_MTL_FC_UINT16
  *                     cs[n].value.u = <uint32_t>val
  *                 elif kind == "float":             # <<<<<<<<<<<<<<
@@ -23516,7 +24528,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L13;
       }
 
-      /* "sagecore/_metal.pyx":246
+      /* "sagecore/_metal.pyx":260
  *                     cs[n].value.f = <float>val
  *                 else:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")             # <<<<<<<<<<<<<<
@@ -23525,14 +24537,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       /*else*/ {
         __pyx_t_4 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 246, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 260, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 246, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 260, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 246, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 260, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_15 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 246, __pyx_L1_error)
+        __pyx_t_15 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 260, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_15);
         __pyx_t_16[0] = __pyx_mstate_global->__pyx_kp_u_constant;
         __pyx_t_16[1] = __pyx_t_6;
@@ -23547,7 +24559,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __pyx_t_18 |= __Pyx_PyUnicode_KIND_04(__pyx_t_16[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[3]);
         #endif
         __pyx_t_19 = __Pyx_PyUnicode_Join(__pyx_t_16, 4, __pyx_t_17, __pyx_t_18);
-        if (unlikely(!__pyx_t_19)) __PYX_ERR(0, 246, __pyx_L1_error)
+        if (unlikely(!__pyx_t_19)) __PYX_ERR(0, 260, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_19);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
@@ -23569,16 +24581,16 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_19); __pyx_t_19 = 0;
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 246, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 260, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
         }
         __Pyx_Raise(__pyx_t_7, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        __PYX_ERR(0, 246, __pyx_L1_error)
+        __PYX_ERR(0, 260, __pyx_L1_error)
       }
       __pyx_L13:;
 
-      /* "sagecore/_metal.pyx":247
+      /* "sagecore/_metal.pyx":261
  *                 else:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
  *                 n += 1             # <<<<<<<<<<<<<<
@@ -23587,7 +24599,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       __pyx_v_n = (__pyx_v_n + 1);
 
-      /* "sagecore/_metal.pyx":219
+      /* "sagecore/_metal.pyx":233
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):             # <<<<<<<<<<<<<<
@@ -23597,7 +24609,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "sagecore/_metal.pyx":216
+    /* "sagecore/_metal.pyx":230
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:             # <<<<<<<<<<<<<<
@@ -23606,7 +24618,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   }
 
-  /* "sagecore/_metal.pyx":248
+  /* "sagecore/_metal.pyx":262
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
  *                 n += 1
  *         fn = function.encode()             # <<<<<<<<<<<<<<
@@ -23615,26 +24627,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   if (unlikely(__pyx_v_function == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 248, __pyx_L1_error)
+    __PYX_ERR(0, 262, __pyx_L1_error)
   }
-  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_fn = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":249
+  /* "sagecore/_metal.pyx":263
  *                 n += 1
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))             # <<<<<<<<<<<<<<
  *         p.library = self
  *         return p
 */
-  __pyx_t_20 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_20) && PyErr_Occurred())) __PYX_ERR(0, 249, __pyx_L1_error)
-  __pyx_t_18 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_20, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(0, 249, __pyx_L1_error)
+  __pyx_t_20 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_20) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_18 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_20, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(0, 263, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":250
+  /* "sagecore/_metal.pyx":264
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self             # <<<<<<<<<<<<<<
@@ -23646,7 +24658,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   __Pyx_GOTREF((PyObject *)__pyx_v_p->library);
   __Pyx_DECREF_SET(__pyx_v_p->library, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":251
+  /* "sagecore/_metal.pyx":265
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self
  *         return p             # <<<<<<<<<<<<<<
@@ -23664,7 +24676,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":209
+  /* "sagecore/_metal.pyx":223
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
@@ -23696,7 +24708,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":189
+/* "sagecore/_metal.pyx":203
  *     """A compiled library; owns its pipeline cache."""
  *     cdef sc_mtl_library *l
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -23967,7 +24979,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_10__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":259
+/* "sagecore/_metal.pyx":273
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24001,7 +25013,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":261
+  /* "sagecore/_metal.pyx":275
  *     @property
  *     def name(self):
  *         return sc_mtl_pipeline_name(self.p).decode()             # <<<<<<<<<<<<<<
@@ -24010,11 +25022,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
 */
 
   __pyx_t_1 = sc_mtl_pipeline_name(__pyx_v_self->p);
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 261, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 261, __pyx_L1_error)
+  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 275, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -24027,7 +25039,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":259
+  /* "sagecore/_metal.pyx":273
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24046,7 +25058,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":263
+/* "sagecore/_metal.pyx":277
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24078,14 +25090,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":265
+  /* "sagecore/_metal.pyx":279
  *     @property
  *     def max_threads(self):
  *         return sc_mtl_pipeline_max_threads(self.p)             # <<<<<<<<<<<<<<
  * 
  *     def __eq__(self, other):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24098,7 +25110,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":263
+  /* "sagecore/_metal.pyx":277
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24117,7 +25129,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":267
+/* "sagecore/_metal.pyx":281
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -24151,7 +25163,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__eq__", 0);
 
-  /* "sagecore/_metal.pyx":268
+  /* "sagecore/_metal.pyx":282
  * 
  *     def __eq__(self, other):
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p             # <<<<<<<<<<<<<<
@@ -24162,7 +25174,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 268, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -24171,7 +25183,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   }
   __pyx_t_2 = (((struct __pyx_obj_8sagecore_6_metal_Pipeline *)__pyx_v_other)->p == __pyx_v_self->p);
 
-  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __pyx_t_3 = 0;
@@ -24188,7 +25200,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":267
+  /* "sagecore/_metal.pyx":281
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -24208,7 +25220,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":270
+/* "sagecore/_metal.pyx":284
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -24241,23 +25253,23 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__hash__", 0);
 
-  /* "sagecore/_metal.pyx":271
+  /* "sagecore/_metal.pyx":285
  * 
  *     def __hash__(self):
  *         return hash(<size_t>self.p)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
     __pyx_r = __pyx_t_2;
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":270
+  /* "sagecore/_metal.pyx":284
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -24277,7 +25289,7 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":257
+/* "sagecore/_metal.pyx":271
  *     """A specialized kernel (owned by its library's cache)."""
  *     cdef sc_mtl_pipeline *p
  *     cdef readonly Library library             # <<<<<<<<<<<<<<
@@ -24548,7 +25560,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_6__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":282
+/* "sagecore/_metal.pyx":296
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -24600,7 +25612,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":283
+  /* "sagecore/_metal.pyx":297
  * 
  *     def __cinit__(self):
  *         self.c = NULL             # <<<<<<<<<<<<<<
@@ -24609,7 +25621,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
 */
   __pyx_v_self->c = NULL;
 
-  /* "sagecore/_metal.pyx":282
+  /* "sagecore/_metal.pyx":296
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -24623,7 +25635,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":285
+/* "sagecore/_metal.pyx":299
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -24647,7 +25659,7 @@ static void __pyx_pw_8sagecore_6_metal_13CommandBuffer_3__dealloc__(PyObject *__
 static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":286
+  /* "sagecore/_metal.pyx":300
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -24659,7 +25671,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":287
+    /* "sagecore/_metal.pyx":301
  *     def __dealloc__(self):
  *         if self.c != NULL:
  *             sc_mtl_cmdbuf_free(self.c)             # <<<<<<<<<<<<<<
@@ -24668,7 +25680,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
     sc_mtl_cmdbuf_free(__pyx_v_self->c);
 
-    /* "sagecore/_metal.pyx":286
+    /* "sagecore/_metal.pyx":300
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -24677,7 +25689,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
   }
 
-  /* "sagecore/_metal.pyx":285
+  /* "sagecore/_metal.pyx":299
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -24689,7 +25701,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 
 }
 
-/* "sagecore/_metal.pyx":289
+/* "sagecore/_metal.pyx":303
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -24736,32 +25748,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_p,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 289, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 303, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 289, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 289, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 303, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 289, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 303, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 289, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
     }
     __pyx_v_p = ((struct __pyx_obj_8sagecore_6_metal_Pipeline *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 289, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 303, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -24772,7 +25784,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 289, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 303, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_p);
 
   /* function exit code */
@@ -24803,17 +25815,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_pipeline", 0);
 
-  /* "sagecore/_metal.pyx":290
+  /* "sagecore/_metal.pyx":304
  * 
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))             # <<<<<<<<<<<<<<
  *         self.keep.append(p.library)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 304, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":291
+  /* "sagecore/_metal.pyx":305
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)             # <<<<<<<<<<<<<<
@@ -24822,15 +25834,15 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 291, __pyx_L1_error)
+    __PYX_ERR(0, 305, __pyx_L1_error)
   }
   __pyx_t_2 = ((PyObject *)__pyx_v_p->library);
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
-  /* "sagecore/_metal.pyx":289
+  /* "sagecore/_metal.pyx":303
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -24851,7 +25863,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":293
+/* "sagecore/_metal.pyx":307
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -24900,55 +25912,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 293, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 307, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 293, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 307, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 293, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 307, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L3_error)
     __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)values[1]);
     if (values[2]) {
-      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L3_error)
+      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L3_error)
     } else {
       __pyx_v_offset = ((size_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 293, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 307, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -24959,7 +25971,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 293, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 307, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_index, __pyx_v_b, __pyx_v_offset);
 
   /* function exit code */
@@ -24991,17 +26003,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_buffer", 0);
 
-  /* "sagecore/_metal.pyx":294
+  /* "sagecore/_metal.pyx":308
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))             # <<<<<<<<<<<<<<
  *         self.keep.append(b)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 308, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":295
+  /* "sagecore/_metal.pyx":309
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)             # <<<<<<<<<<<<<<
@@ -25010,12 +26022,12 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 295, __pyx_L1_error)
+    __PYX_ERR(0, 309, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":293
+  /* "sagecore/_metal.pyx":307
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -25035,7 +26047,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":297
+/* "sagecore/_metal.pyx":311
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -25084,39 +26096,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 297, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 311, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 297, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 297, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 297, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 311, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 297, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 311, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 297, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 297, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
     __pyx_v_data = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 297, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 311, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25156,14 +26168,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_bytes", 0);
 
-  /* "sagecore/_metal.pyx":299
+  /* "sagecore/_metal.pyx":313
  *     def set_bytes(self, uint32_t index, data):
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
 */
-  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_2 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_2);
@@ -25173,17 +26185,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_cast, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 299, __pyx_L1_error)
-  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 299, __pyx_L1_error)
+  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_mv = __pyx_t_5;
   __pyx_t_5.memview = NULL;
   __pyx_t_5.data = NULL;
 
-  /* "sagecore/_metal.pyx":300
+  /* "sagecore/_metal.pyx":314
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))             # <<<<<<<<<<<<<<
@@ -25201,11 +26213,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_6 = NULL;
   }
 
-  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 300, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 314, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":297
+  /* "sagecore/_metal.pyx":311
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -25230,7 +26242,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":302
+/* "sagecore/_metal.pyx":316
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -25278,39 +26290,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_length,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 302, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 316, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 316, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 316, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 316, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 302, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 316, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 316, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 316, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
-    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L3_error)
+    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 302, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 316, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25342,17 +26354,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_threadgroup_memory", 0);
 
-  /* "sagecore/_metal.pyx":303
+  /* "sagecore/_metal.pyx":317
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))             # <<<<<<<<<<<<<<
  * 
  *     def dispatch(self, threadgroups, threads):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 317, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":302
+  /* "sagecore/_metal.pyx":316
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -25372,7 +26384,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":305
+/* "sagecore/_metal.pyx":319
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -25421,39 +26433,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_threadgroups,&__pyx_mstate_global->__pyx_n_u_threads,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 305, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 319, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 305, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 319, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 305, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 319, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 305, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 319, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 305, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 319, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 305, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 319, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 305, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 319, __pyx_L3_error)
     }
     __pyx_v_threadgroups = values[0];
     __pyx_v_threads = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 305, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 319, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25497,53 +26509,53 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("dispatch", 0);
 
-  /* "sagecore/_metal.pyx":310
+  /* "sagecore/_metal.pyx":324
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 324, __pyx_L1_error)
   __pyx_t_3 = (3 - __pyx_t_2);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[4], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_tg = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":311
+  /* "sagecore/_metal.pyx":325
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))             # <<<<<<<<<<<<<<
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
 */
-  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 325, __pyx_L1_error)
   __pyx_t_2 = (3 - __pyx_t_3);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[4], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_th = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":312
+  /* "sagecore/_metal.pyx":326
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):             # <<<<<<<<<<<<<<
@@ -25553,14 +26565,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   for (__pyx_t_6 = 0; __pyx_t_6 < 3; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "sagecore/_metal.pyx":313
+    /* "sagecore/_metal.pyx":327
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
 */
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 313, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 327, __pyx_L1_error)
     if (!__pyx_t_8) {
 
     } else {
@@ -25569,7 +26581,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 
       goto __pyx_L6_bool_binop_done;
     }
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 313, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 327, __pyx_L1_error)
 
     __pyx_t_7 = __pyx_t_8;
 
@@ -25577,26 +26589,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
     if (unlikely(__pyx_t_7)) {
 
 
-      /* "sagecore/_metal.pyx":314
+      /* "sagecore/_metal.pyx":328
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
  *             g[i] = tg[i]
  *             t[i] = th[i]
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 314, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 328, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 314, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 328, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[5], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 314, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 328, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 314, __pyx_L1_error)
+      __PYX_ERR(0, 328, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":313
+      /* "sagecore/_metal.pyx":327
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
@@ -25605,40 +26617,40 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 */
     }
 
-    /* "sagecore/_metal.pyx":315
+    /* "sagecore/_metal.pyx":329
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]             # <<<<<<<<<<<<<<
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 329, __pyx_L1_error)
     (__pyx_v_g[__pyx_v_i]) = __pyx_t_9;
 
 
-    /* "sagecore/_metal.pyx":316
+    /* "sagecore/_metal.pyx":330
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
  *             t[i] = th[i]             # <<<<<<<<<<<<<<
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 330, __pyx_L1_error)
     (__pyx_v_t[__pyx_v_i]) = __pyx_t_9;
 
   }
 
-  /* "sagecore/_metal.pyx":317
+  /* "sagecore/_metal.pyx":331
  *             g[i] = tg[i]
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))             # <<<<<<<<<<<<<<
  * 
  *     def barrier(self):
 */
-  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 331, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":305
+  /* "sagecore/_metal.pyx":319
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -25666,7 +26678,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":319
+/* "sagecore/_metal.pyx":333
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -25725,17 +26737,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("barrier", 0);
 
-  /* "sagecore/_metal.pyx":320
+  /* "sagecore/_metal.pyx":334
  * 
  *     def barrier(self):
  *         check(sc_mtl_barrier(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def set_race_check(self, bint on=True):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 334, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":333
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -25755,7 +26767,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":322
+/* "sagecore/_metal.pyx":336
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -25802,37 +26814,37 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_on,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 322, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 336, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 322, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 322, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 336, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 322, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 322, __pyx_L3_error)
+      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 336, __pyx_L3_error)
     } else {
       __pyx_v_on = ((int)1);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 322, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 336, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25863,17 +26875,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_race_check", 0);
 
-  /* "sagecore/_metal.pyx":323
+  /* "sagecore/_metal.pyx":337
  * 
  *     def set_race_check(self, bint on=True):
  *         check(sc_mtl_set_race_check(self.c, on))             # <<<<<<<<<<<<<<
  * 
  *     def commit(self):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 323, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 337, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":322
+  /* "sagecore/_metal.pyx":336
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -25893,7 +26905,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":325
+/* "sagecore/_metal.pyx":339
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -25952,7 +26964,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("commit", 0);
 
-  /* "sagecore/_metal.pyx":326
+  /* "sagecore/_metal.pyx":340
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -25965,18 +26977,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":327
+        /* "sagecore/_metal.pyx":341
  *     def commit(self):
  *         with nogil:
  *             check(sc_mtl_commit(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def wait(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 327, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 341, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":326
+      /* "sagecore/_metal.pyx":340
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -25998,7 +27010,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       }
   }
 
-  /* "sagecore/_metal.pyx":325
+  /* "sagecore/_metal.pyx":339
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -26018,7 +27030,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":329
+/* "sagecore/_metal.pyx":343
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -26077,7 +27089,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("wait", 0);
 
-  /* "sagecore/_metal.pyx":330
+  /* "sagecore/_metal.pyx":344
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -26090,18 +27102,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":331
+        /* "sagecore/_metal.pyx":345
  *     def wait(self):
  *         with nogil:
  *             check(sc_mtl_wait(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def gpu_time(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 331, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 345, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":330
+      /* "sagecore/_metal.pyx":344
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -26123,7 +27135,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       }
   }
 
-  /* "sagecore/_metal.pyx":329
+  /* "sagecore/_metal.pyx":343
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -26143,7 +27155,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":333
+/* "sagecore/_metal.pyx":347
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -26206,21 +27218,21 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("gpu_time", 0);
 
-  /* "sagecore/_metal.pyx":336
+  /* "sagecore/_metal.pyx":350
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))             # <<<<<<<<<<<<<<
  *         return e - s
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 336, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 350, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":337
+  /* "sagecore/_metal.pyx":351
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))
  *         return e - s             # <<<<<<<<<<<<<<
 */
-  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -26233,7 +27245,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":333
+  /* "sagecore/_metal.pyx":347
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -26254,7 +27266,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":279
+/* "sagecore/_metal.pyx":293
  *     command buffer is gone."""
  *     cdef sc_mtl_cmdbuf *c
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -27740,6 +28752,436 @@ static PyTypeObject __pyx_type_8sagecore_6_metal_CommandBuffer = {
   #endif
 };
 #endif
+
+static PyObject *__pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    CYTHON_UNUSED PyObject *const *args, CYTHON_UNUSED Py_ssize_t nargs, CYTHON_UNUSED PyObject *kwnames
+#else
+    CYTHON_UNUSED PyObject *a, CYTHON_UNUSED PyObject *k
+#endif
+) {
+  return o;
+}
+
+static PyObject *__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+) {
+  PyObject *o;
+  #if CYTHON_USE_FREELISTS
+  if (likely((int)(__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct__genexpr > 0) & __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(t, __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr))))
+  {
+    o = (PyObject*)__pyx_mstate_global->__pyx_freelist_8sagecore_6_metal___pyx_scope_struct__genexpr[--__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct__genexpr];
+    #if CYTHON_USE_TYPE_SPECS
+    Py_DECREF(Py_TYPE(o));
+    #endif
+    memset(o, 0, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr));
+    #if CYTHON_COMPILING_IN_LIMITED_API
+    (void) PyObject_Init(o, t);
+    #else
+    (void) PyObject_INIT(o, t);
+    #endif
+    PyObject_GC_Track(o);
+  } else
+  #endif
+  {
+    o = __Pyx_AllocateExtensionType(t, 1);
+  }
+  if (unlikely(!o)) return 0;
+  return __pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct__genexpr(o, 
+#if CYTHON_VECTORCALL_TPNEW
+    args, nargs, kwnames
+#else
+    a, k
+#endif
+);
+}
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr(PyTypeObject *t, PyObject *a, PyObject *k) {
+  return __Pyx_CallTpnewAsVectorcall(__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr, t, a, k);
+}
+#endif
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+  if (unlikely((PyTypeObject*)t != __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr || __Pyx_PyType_HasFeature((PyTypeObject*)t, Py_TPFLAGS_IS_ABSTRACT))) {
+    return __Pyx_CallNewInitFromVectorcall((PyTypeObject*)t, args, nargsf, kwnames);
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject *o = __pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr((PyTypeObject*)t, args, nargs, kwnames);
+  return o;
+}
+#endif
+
+static void __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *o) {
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *p = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)o;
+  #if CYTHON_USE_TP_FINALIZE
+  if (unlikely(__Pyx_PyObject_GetSlot(o, tp_finalize, destructor)) && !__Pyx_PyObject_GC_IsFinalized(o)) {
+    if (__Pyx_PyObject_GetSlot(o, tp_dealloc, destructor) == __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct__genexpr) {
+      if (PyObject_CallFinalizerFromDealloc(o)) return;
+    }
+  }
+  #endif
+  PyObject_GC_UnTrack(o);
+  Py_CLEAR(p->__pyx_genexpr_arg_0);
+  Py_CLEAR(p->__pyx_v_st);
+  #if CYTHON_USE_FREELISTS
+  if (likely((int)(__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct__genexpr < 8) & __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(Py_TYPE(o), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr))))
+  {
+    __pyx_mstate_global->__pyx_freelist_8sagecore_6_metal___pyx_scope_struct__genexpr[__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct__genexpr++] = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)o);
+  } else
+  #endif
+  {
+    PyTypeObject *tp = Py_TYPE(o);
+    #if CYTHON_USE_TYPE_SLOTS
+    (*tp->tp_free)(o);
+    #else
+    {
+      freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+      if (tp_free) tp_free(o);
+    }
+    #endif
+    #if CYTHON_USE_TYPE_SPECS
+    Py_DECREF(tp);
+    #endif
+  }
+}
+
+static int __pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct__genexpr(PyObject *o, visitproc v, void *a) {
+  int e;
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *p = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr *)o;
+  {
+    e = __Pyx_call_type_traverse(o, 1, v, a);
+    if (e) return e;
+  }
+  if (p->__pyx_genexpr_arg_0) {
+    e = (*v)(p->__pyx_genexpr_arg_0, a); if (e) return e;
+  }
+  if (p->__pyx_v_st) {
+    e = (*v)(p->__pyx_v_st, a); if (e) return e;
+  }
+  return 0;
+}
+#if CYTHON_USE_TYPE_SPECS
+static PyType_Slot __pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr_slots[] = {
+  {Py_tp_dealloc, (void *)__pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct__genexpr},
+  {Py_tp_traverse, (void *)__pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct__genexpr},
+  {Py_tp_new, (void *)__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr},
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  {Py_tp_vectorcall, (void *)__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr},
+  #endif
+  #endif
+  {0, 0},
+};
+static PyType_Spec __pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr_spec = {
+  "sagecore._metal.__pyx_scope_struct__genexpr",
+  sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr),
+  0,
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_HAVE_GC,
+  __pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr_slots,
+};
+#else
+
+static PyTypeObject __pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr = {
+  PyVarObject_HEAD_INIT(0, 0)
+  "sagecore._metal.""__pyx_scope_struct__genexpr", /*tp_name*/
+  sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr), /*tp_basicsize*/
+  0, /*tp_itemsize*/
+  __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct__genexpr, /*tp_dealloc*/
+  0, /*tp_vectorcall_offset*/
+  0, /*tp_getattr*/
+  0, /*tp_setattr*/
+  0, /*tp_as_async*/
+  0, /*tp_repr*/
+  0, /*tp_as_number*/
+  0, /*tp_as_sequence*/
+  0, /*tp_as_mapping*/
+  0, /*tp_hash*/
+  0, /*tp_call*/
+  0, /*tp_str*/
+  0, /*tp_getattro*/
+  0, /*tp_setattro*/
+  0, /*tp_as_buffer*/
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
+  0, /*tp_doc*/
+  __pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct__genexpr, /*tp_traverse*/
+  0, /*tp_clear*/
+  0, /*tp_richcompare*/
+  0, /*tp_weaklistoffset*/
+  0, /*tp_iter*/
+  0, /*tp_iternext*/
+  0, /*tp_methods*/
+  0, /*tp_members*/
+  0, /*tp_getset*/
+  0, /*tp_base*/
+  0, /*tp_dict*/
+  0, /*tp_descr_get*/
+  0, /*tp_descr_set*/
+  #if !CYTHON_USE_TYPE_SPECS
+  0, /*tp_dictoffset*/
+  #endif
+  0, /*tp_init*/
+  0, /*tp_alloc*/
+  __pyx_tp_new_8sagecore_6_metal___pyx_scope_struct__genexpr, /*tp_new*/
+  0, /*tp_free*/
+  0, /*tp_is_gc*/
+  0, /*tp_bases*/
+  0, /*tp_mro*/
+  0, /*tp_cache*/
+  0, /*tp_subclasses*/
+  0, /*tp_weaklist*/
+  0, /*tp_del*/
+  0, /*tp_version_tag*/
+  #if CYTHON_USE_TP_FINALIZE
+  0, /*tp_finalize*/
+  #else
+  NULL, /*tp_finalize*/
+  #endif
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  __pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct__genexpr, /*tp_vectorcall*/
+  #else
+  NULL, /*tp_vectorcall*/
+  #endif
+  #endif
+  #if __PYX_NEED_TP_PRINT_SLOT == 1
+  0, /*tp_print*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030C0000
+  0, /*tp_watched*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030d00A4
+  0, /*tp_versions_used*/
+  #endif
+  #if CYTHON_COMPILING_IN_PYPY && PY_VERSION_HEX < 0x030a0000
+  0, /*tp_pypy_flags*/
+  #endif
+};
+#endif
+
+static PyObject *__pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    CYTHON_UNUSED PyObject *const *args, CYTHON_UNUSED Py_ssize_t nargs, CYTHON_UNUSED PyObject *kwnames
+#else
+    CYTHON_UNUSED PyObject *a, CYTHON_UNUSED PyObject *k
+#endif
+) {
+  return o;
+}
+
+static PyObject *__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+) {
+  PyObject *o;
+  #if CYTHON_USE_FREELISTS
+  if (likely((int)(__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct_1_genexpr > 0) & __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(t, __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr))))
+  {
+    o = (PyObject*)__pyx_mstate_global->__pyx_freelist_8sagecore_6_metal___pyx_scope_struct_1_genexpr[--__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct_1_genexpr];
+    #if CYTHON_USE_TYPE_SPECS
+    Py_DECREF(Py_TYPE(o));
+    #endif
+    memset(o, 0, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr));
+    #if CYTHON_COMPILING_IN_LIMITED_API
+    (void) PyObject_Init(o, t);
+    #else
+    (void) PyObject_INIT(o, t);
+    #endif
+    PyObject_GC_Track(o);
+  } else
+  #endif
+  {
+    o = __Pyx_AllocateExtensionType(t, 1);
+  }
+  if (unlikely(!o)) return 0;
+  return __pyx_tp_new__initialisation_8sagecore_6_metal___pyx_scope_struct_1_genexpr(o, 
+#if CYTHON_VECTORCALL_TPNEW
+    args, nargs, kwnames
+#else
+    a, k
+#endif
+);
+}
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyTypeObject *t, PyObject *a, PyObject *k) {
+  return __Pyx_CallTpnewAsVectorcall(__pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr, t, a, k);
+}
+#endif
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+  if (unlikely((PyTypeObject*)t != __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr || __Pyx_PyType_HasFeature((PyTypeObject*)t, Py_TPFLAGS_IS_ABSTRACT))) {
+    return __Pyx_CallNewInitFromVectorcall((PyTypeObject*)t, args, nargsf, kwnames);
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject *o = __pyx_tp_new_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr((PyTypeObject*)t, args, nargs, kwnames);
+  return o;
+}
+#endif
+
+static void __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *o) {
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *p = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)o;
+  #if CYTHON_USE_TP_FINALIZE
+  if (unlikely(__Pyx_PyObject_GetSlot(o, tp_finalize, destructor)) && !__Pyx_PyObject_GC_IsFinalized(o)) {
+    if (__Pyx_PyObject_GetSlot(o, tp_dealloc, destructor) == __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct_1_genexpr) {
+      if (PyObject_CallFinalizerFromDealloc(o)) return;
+    }
+  }
+  #endif
+  PyObject_GC_UnTrack(o);
+  Py_CLEAR(p->__pyx_genexpr_arg_0);
+  Py_CLEAR(p->__pyx_v_n);
+  Py_CLEAR(p->__pyx_v_st);
+  Py_CLEAR(p->__pyx_t_0);
+  #if CYTHON_USE_FREELISTS
+  if (likely((int)(__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct_1_genexpr < 8) & __PYX_CHECK_FINAL_TYPE_FOR_FREELISTS(Py_TYPE(o), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr, sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr))))
+  {
+    __pyx_mstate_global->__pyx_freelist_8sagecore_6_metal___pyx_scope_struct_1_genexpr[__pyx_mstate_global->__pyx_freecount_8sagecore_6_metal___pyx_scope_struct_1_genexpr++] = ((struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)o);
+  } else
+  #endif
+  {
+    PyTypeObject *tp = Py_TYPE(o);
+    #if CYTHON_USE_TYPE_SLOTS
+    (*tp->tp_free)(o);
+    #else
+    {
+      freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+      if (tp_free) tp_free(o);
+    }
+    #endif
+    #if CYTHON_USE_TYPE_SPECS
+    Py_DECREF(tp);
+    #endif
+  }
+}
+
+static int __pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct_1_genexpr(PyObject *o, visitproc v, void *a) {
+  int e;
+  struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *p = (struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr *)o;
+  {
+    e = __Pyx_call_type_traverse(o, 1, v, a);
+    if (e) return e;
+  }
+  if (p->__pyx_genexpr_arg_0) {
+    e = (*v)(p->__pyx_genexpr_arg_0, a); if (e) return e;
+  }
+  if (p->__pyx_v_n) {
+    e = (*v)(p->__pyx_v_n, a); if (e) return e;
+  }
+  if (p->__pyx_v_st) {
+    e = (*v)(p->__pyx_v_st, a); if (e) return e;
+  }
+  if (p->__pyx_t_0) {
+    e = (*v)(p->__pyx_t_0, a); if (e) return e;
+  }
+  return 0;
+}
+#if CYTHON_USE_TYPE_SPECS
+static PyType_Slot __pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr_slots[] = {
+  {Py_tp_dealloc, (void *)__pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct_1_genexpr},
+  {Py_tp_traverse, (void *)__pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct_1_genexpr},
+  {Py_tp_new, (void *)__pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr},
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  {Py_tp_vectorcall, (void *)__pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr},
+  #endif
+  #endif
+  {0, 0},
+};
+static PyType_Spec __pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr_spec = {
+  "sagecore._metal.__pyx_scope_struct_1_genexpr",
+  sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr),
+  0,
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_HAVE_GC,
+  __pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr_slots,
+};
+#else
+
+static PyTypeObject __pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr = {
+  PyVarObject_HEAD_INIT(0, 0)
+  "sagecore._metal.""__pyx_scope_struct_1_genexpr", /*tp_name*/
+  sizeof(struct __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr), /*tp_basicsize*/
+  0, /*tp_itemsize*/
+  __pyx_tp_dealloc_8sagecore_6_metal___pyx_scope_struct_1_genexpr, /*tp_dealloc*/
+  0, /*tp_vectorcall_offset*/
+  0, /*tp_getattr*/
+  0, /*tp_setattr*/
+  0, /*tp_as_async*/
+  0, /*tp_repr*/
+  0, /*tp_as_number*/
+  0, /*tp_as_sequence*/
+  0, /*tp_as_mapping*/
+  0, /*tp_hash*/
+  0, /*tp_call*/
+  0, /*tp_str*/
+  0, /*tp_getattro*/
+  0, /*tp_setattro*/
+  0, /*tp_as_buffer*/
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
+  0, /*tp_doc*/
+  __pyx_tp_traverse_8sagecore_6_metal___pyx_scope_struct_1_genexpr, /*tp_traverse*/
+  0, /*tp_clear*/
+  0, /*tp_richcompare*/
+  0, /*tp_weaklistoffset*/
+  0, /*tp_iter*/
+  0, /*tp_iternext*/
+  0, /*tp_methods*/
+  0, /*tp_members*/
+  0, /*tp_getset*/
+  0, /*tp_base*/
+  0, /*tp_dict*/
+  0, /*tp_descr_get*/
+  0, /*tp_descr_set*/
+  #if !CYTHON_USE_TYPE_SPECS
+  0, /*tp_dictoffset*/
+  #endif
+  0, /*tp_init*/
+  0, /*tp_alloc*/
+  __pyx_tp_new_8sagecore_6_metal___pyx_scope_struct_1_genexpr, /*tp_new*/
+  0, /*tp_free*/
+  0, /*tp_is_gc*/
+  0, /*tp_bases*/
+  0, /*tp_mro*/
+  0, /*tp_cache*/
+  0, /*tp_subclasses*/
+  0, /*tp_weaklist*/
+  0, /*tp_del*/
+  0, /*tp_version_tag*/
+  #if CYTHON_USE_TP_FINALIZE
+  0, /*tp_finalize*/
+  #else
+  NULL, /*tp_finalize*/
+  #endif
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  __pyx_tp_vectorcall_8sagecore_6_metal___pyx_scope_struct_1_genexpr, /*tp_vectorcall*/
+  #else
+  NULL, /*tp_vectorcall*/
+  #endif
+  #endif
+  #if __PYX_NEED_TP_PRINT_SLOT == 1
+  0, /*tp_print*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030C0000
+  0, /*tp_watched*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030d00A4
+  0, /*tp_versions_used*/
+  #endif
+  #if CYTHON_COMPILING_IN_PYPY && PY_VERSION_HEX < 0x030a0000
+  0, /*tp_pypy_flags*/
+  #endif
+};
+#endif
 static struct __pyx_vtabstruct_array __pyx_vtable_array;
 
 static PyObject *__pyx_tp_new__initialisation_array(PyObject *o, 
@@ -28858,6 +30300,8 @@ static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_B
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx_mstatetype *__pyx_mstate); /*proto*/
+static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr(__pyx_mstatetype *__pyx_mstate); /*proto*/
+static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_array_obj(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_MemviewEnum_obj(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_memoryview_obj(__pyx_mstatetype *__pyx_mstate); /*proto*/
@@ -28910,14 +30354,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Device(__pyx_mstate
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Device", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Device ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Device_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device)) __PYX_ERR(0, 52, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Device_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device)) __PYX_ERR(0, 54, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device = &__pyx_type_8sagecore_6_metal_Device;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 54, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device);
@@ -28927,8 +30371,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Device(__pyx_mstate
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Device, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Device, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 54, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Device) < (0)) __PYX_ERR(0, 54, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -28945,7 +30389,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Buffer(__pyx_mstate
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Buffer", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Buffer ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Buffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Buffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer)) __PYX_ERR(0, 151, __pyx_L1_error)
   #if !CYTHON_COMPILING_IN_LIMITED_API
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_as_buffer = &__pyx_tp_as_buffer_Buffer;
   #elif defined(Py_bf_getbuffer) && defined(Py_bf_releasebuffer)
@@ -28961,7 +30405,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Buffer(__pyx_mstate
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer);
@@ -28971,8 +30415,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Buffer(__pyx_mstate
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Buffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Buffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -28989,14 +30433,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstat
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Library ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Library_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library)) __PYX_ERR(0, 186, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Library_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library)) __PYX_ERR(0, 200, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = &__pyx_type_8sagecore_6_metal_Library;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 186, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library);
@@ -29006,8 +30450,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstat
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Library, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 186, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 186, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Library, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -29024,14 +30468,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Pipeline ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 268, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = &__pyx_type_8sagecore_6_metal_Pipeline;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 254, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline);
@@ -29041,8 +30485,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 254, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 254, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -29059,14 +30503,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_CommandBuffer ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 274, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 288, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = &__pyx_type_8sagecore_6_metal_CommandBuffer;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 274, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer);
@@ -29076,8 +30520,74 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 274, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 274, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __Pyx_RefNannyFinishContext();
+  return 0;
+  __pyx_L1_error:;
+  __Pyx_RefNannyFinishContext();
+  return -1;
+}
+
+static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr(__pyx_mstatetype *__pyx_mstate) {
+  __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  CYTHON_UNUSED_VAR(__pyx_mstate);
+  __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr", 0);
+  /*--- Exttype __pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr ---*/
+  #if CYTHON_USE_TYPE_SPECS
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr)) __PYX_ERR(0, 101, __pyx_L1_error)
+  #else
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr = &__pyx_type_8sagecore_6_metal___pyx_scope_struct__genexpr;
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  #endif
+  #if !CYTHON_USE_TYPE_SPECS
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr) < (0)) __PYX_ERR(0, 101, __pyx_L1_error)
+  #endif
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr);
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  if ((CYTHON_USE_TYPE_SLOTS && CYTHON_USE_PYTYPE_LOOKUP) && likely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr->tp_dictoffset && __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr->tp_getattro == PyObject_GenericGetAttr)) {
+    __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct__genexpr->tp_getattro = PyObject_GenericGetAttr;
+  }
+  #endif
+  __Pyx_RefNannyFinishContext();
+  return 0;
+  __pyx_L1_error:;
+  __Pyx_RefNannyFinishContext();
+  return -1;
+}
+
+static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr(__pyx_mstatetype *__pyx_mstate) {
+  __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  CYTHON_UNUSED_VAR(__pyx_mstate);
+  __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr", 0);
+  /*--- Exttype __pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr ---*/
+  #if CYTHON_USE_TYPE_SPECS
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr)) __PYX_ERR(0, 104, __pyx_L1_error)
+  #else
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr = &__pyx_type_8sagecore_6_metal___pyx_scope_struct_1_genexpr;
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  #endif
+  #if !CYTHON_USE_TYPE_SPECS
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr) < (0)) __PYX_ERR(0, 104, __pyx_L1_error)
+  #endif
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr);
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  if ((CYTHON_USE_TYPE_SLOTS && CYTHON_USE_PYTYPE_LOOKUP) && likely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr->tp_dictoffset && __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr->tp_getattro == PyObject_GenericGetAttr)) {
+    __pyx_mstate->__pyx_ptype_8sagecore_6_metal___pyx_scope_struct_1_genexpr->tp_getattro = PyObject_GenericGetAttr;
+  }
+  #endif
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -29582,6 +31092,8 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
+  if (unlikely((__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct__genexpr(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
+  if (unlikely((__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal___pyx_scope_struct_1_genexpr(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_array_obj(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_MemviewEnum_obj(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_memoryview_obj(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
@@ -30087,179 +31599,192 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   /* "sagecore/_metal.pyx":16
  * from sagecore._csagecore_metal cimport *
  * 
+ * import numpy as np             # <<<<<<<<<<<<<<
+ * 
+ * from sagecore import errors
+*/
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 16, __pyx_L1_error)
+  __pyx_t_4 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_4);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 16, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "sagecore/_metal.pyx":18
+ * import numpy as np
+ * 
  * from sagecore import errors             # <<<<<<<<<<<<<<
  * 
  * ABI_VERSION = SC_MTL_ABI_VERSION
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_errors};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_sagecore, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 16, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_sagecore, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 18, __pyx_L1_error)
   }
   __pyx_t_4 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_errors};
     __pyx_t_9 = 0; {
-      __pyx_t_5 = __Pyx_ImportFrom(__pyx_t_4, __pyx_imported_names[__pyx_t_9]); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 16, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_ImportFrom(__pyx_t_4, __pyx_imported_names[__pyx_t_9]); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 18, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_9], __pyx_t_5) < (0)) __PYX_ERR(0, 16, __pyx_L1_error)
+      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_9], __pyx_t_5) < (0)) __PYX_ERR(0, 18, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     }
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":18
+  /* "sagecore/_metal.pyx":20
  * from sagecore import errors
  * 
  * ABI_VERSION = SC_MTL_ABI_VERSION             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = __Pyx_PyLong_From_int(SC_MTL_ABI_VERSION); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 18, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(SC_MTL_ABI_VERSION); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 20, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ABI_VERSION, __pyx_t_4) < (0)) __PYX_ERR(0, 18, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ABI_VERSION, __pyx_t_4) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":42
+  /* "sagecore/_metal.pyx":44
  * 
  * 
  * def backend_name():             # <<<<<<<<<<<<<<
  *     """``"metal"`` or ``"host-emulation"``: which implementation of the shim is linked."""
  *     return sc_mtl_backend_name().decode()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_1backend_name, 0, __pyx_mstate_global->__pyx_n_u_backend_name, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 42, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_1backend_name, 0, __pyx_mstate_global->__pyx_n_u_backend_name, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 44, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backend_name, __pyx_t_4) < (0)) __PYX_ERR(0, 42, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backend_name, __pyx_t_4) < (0)) __PYX_ERR(0, 44, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":47
+  /* "sagecore/_metal.pyx":49
  * 
  * 
  * def configure(str key, str value):             # <<<<<<<<<<<<<<
  *     """Emulation settings (``emu_dir``, ``cache_dir``, ``cxx``); ignored on Metal."""
  *     check(sc_mtl_emu_configure(key.encode(), value.encode()))
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_3configure, 0, __pyx_mstate_global->__pyx_n_u_configure, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 47, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_3configure, 0, __pyx_mstate_global->__pyx_n_u_configure, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 49, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_4) < (0)) __PYX_ERR(0, 47, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_4) < (0)) __PYX_ERR(0, 49, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":64
+  /* "sagecore/_metal.pyx":66
  *             sc_mtl_device_free(self.d)
  * 
  *     def info(self):             # <<<<<<<<<<<<<<
  *         """Capabilities as a dict (name, gpu_family, limits, features, emulated)."""
  *         cdef sc_mtl_device_info i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_5info, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_info, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 64, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_5info, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_info, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 66, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_info, __pyx_t_4) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_info, __pyx_t_4) < (0)) __PYX_ERR(0, 66, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":75
+  /* "sagecore/_metal.pyx":77
  *                     emulated=bool(i.emulated))
  * 
  *     def set_host_threads(self, int n):             # <<<<<<<<<<<<<<
  *         """Host threads that run threadgroups (emulation; 0 = all cores)."""
  *         check(sc_mtl_set_host_threads(self.d, n))
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_7set_host_threads, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_set_host_threads, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 75, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_7set_host_threads, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_set_host_threads, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 77, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_set_host_threads, __pyx_t_4) < (0)) __PYX_ERR(0, 75, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_set_host_threads, __pyx_t_4) < (0)) __PYX_ERR(0, 77, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":79
+  /* "sagecore/_metal.pyx":81
  *         check(sc_mtl_set_host_threads(self.d, n))
  * 
  *     def buffer(self, size_t length):             # <<<<<<<<<<<<<<
  *         """A new zero-filled shared buffer of ``length`` bytes."""
  *         cdef Buffer b = Buffer.__new__(Buffer)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_9buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 79, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_9buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 81, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_buffer, __pyx_t_4) < (0)) __PYX_ERR(0, 79, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_buffer, __pyx_t_4) < (0)) __PYX_ERR(0, 81, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":86
+  /* "sagecore/_metal.pyx":88
  *         return b
  * 
  *     def wrap(self, obj):             # <<<<<<<<<<<<<<
  *         """A buffer over ``obj``'s memory without copying (numpy array, any
  *         buffer-protocol object, or a DLPack tensor). ``obj`` stays alive as long
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_11wrap, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_wrap, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 86, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_11wrap, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_wrap, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 88, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_wrap, __pyx_t_4) < (0)) __PYX_ERR(0, 86, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_wrap, __pyx_t_4) < (0)) __PYX_ERR(0, 88, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "sagecore/_metal.pyx":108
+  /* "sagecore/_metal.pyx":122
  *         return b
  * 
  *     def library_from_source(self, str source, *, str name="source.metal", str include_dir=None, bint fast_math=False):             # <<<<<<<<<<<<<<
  *         """Compile MSL ``source`` (host emulation: as C++, cached by content hash).
  * 
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 108, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_name, __pyx_mstate_global->__pyx_kp_u_source_metal) < (0)) __PYX_ERR(0, 108, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_include_dir, Py_None) < (0)) __PYX_ERR(0, 108, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fast_math, Py_False) < (0)) __PYX_ERR(0, 108, __pyx_L1_error)
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_13library_from_source, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_library_from_source, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 108, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_name, __pyx_mstate_global->__pyx_kp_u_source_metal) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_include_dir, Py_None) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fast_math, Py_False) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_13library_from_source, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_library_from_source, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsKwDict(__pyx_t_5, __pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_library_from_source, __pyx_t_5) < (0)) __PYX_ERR(0, 108, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_library_from_source, __pyx_t_5) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":123
+  /* "sagecore/_metal.pyx":137
  *         return lib
  * 
  *     def library_from_file(self, str path):             # <<<<<<<<<<<<<<
  *         cdef Library lib = Library.__new__(Library)
  *         lib.device = self
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_15library_from_file, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_library_from_file, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_15library_from_file, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_library_from_file, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_library_from_file, __pyx_t_5) < (0)) __PYX_ERR(0, 123, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_library_from_file, __pyx_t_5) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":129
+  /* "sagecore/_metal.pyx":143
  *         return lib
  * 
  *     def command_buffer(self):             # <<<<<<<<<<<<<<
  *         cdef CommandBuffer c = CommandBuffer.__new__(CommandBuffer)
  *         c.device = self
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_17command_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_command_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 129, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_17command_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device_command_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_command_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Device, __pyx_mstate_global->__pyx_n_u_command_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -30267,7 +31792,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_19__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_19__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30281,7 +31806,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_21__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Device_21__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Device___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30289,20 +31814,20 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":179
+  /* "sagecore/_metal.pyx":193
  *         self.exports -= 1
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
  *         import numpy as np
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_9numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer_numpy, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_9numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer_numpy, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 193, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[6]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_5) < (0)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[7]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_5) < (0)) __PYX_ERR(0, 193, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -30310,7 +31835,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_11__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_11__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30324,7 +31849,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_13__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_13__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30332,35 +31857,35 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":198
+  /* "sagecore/_metal.pyx":212
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_5functions, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_functions, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 198, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_5functions, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_functions, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_functions, __pyx_t_5) < (0)) __PYX_ERR(0, 198, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_functions, __pyx_t_5) < (0)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":209
+  /* "sagecore/_metal.pyx":223
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
  *         """The pipeline of ``function`` specialized by ``constants``:
  *         ``{index: value}`` (bool, int or float; or ``(value, "uint"|"short"|"ushort")``).
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_7pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 209, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_7pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 223, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[6]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 209, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[7]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 223, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -30368,7 +31893,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_9__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_9__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30382,7 +31907,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_11__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_11__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30395,7 +31920,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "self.p cannot be converted to a Python object for pickling"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_8Pipeline_5__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Pipeline___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_8Pipeline_5__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Pipeline___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30409,7 +31934,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "self.p cannot be converted to a Python object for pickling"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_8Pipeline_7__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Pipeline___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_8Pipeline_7__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Pipeline___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30417,156 +31942,156 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":289
+  /* "sagecore/_metal.pyx":303
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 289, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":293
+  /* "sagecore/_metal.pyx":307
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[8]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":297
+  /* "sagecore/_metal.pyx":311
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 297, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":302
+  /* "sagecore/_metal.pyx":316
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 302, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 302, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":305
+  /* "sagecore/_metal.pyx":319
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
  *         """Dispatch ``threadgroups`` (x, y, z) of ``threads`` (x, y, z) each.
  *         The threadgroup size is checked against the pipeline (MetalLimitError)."""
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 305, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":333
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_barrier(self.c))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 333, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 319, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 333, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":322
+  /* "sagecore/_metal.pyx":336
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 322, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 322, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[9]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":325
+  /* "sagecore/_metal.pyx":339
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_commit(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 325, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":329
+  /* "sagecore/_metal.pyx":343
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_wait(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 343, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 329, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 343, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":333
+  /* "sagecore/_metal.pyx":347
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 333, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -30574,7 +32099,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_25__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_25__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[32])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30588,7 +32113,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_27__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_27__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[33])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -30646,6 +32171,8 @@ static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
+  __pyx_builtin_sum = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_sum); if (!__pyx_builtin_sum) __PYX_ERR(0, 104, __pyx_L1_error)
+  __pyx_builtin_zip = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_zip); if (!__pyx_builtin_zip) __PYX_ERR(0, 104, __pyx_L1_error)
   __pyx_builtin___import__ = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_import); if (!__pyx_builtin___import__) __PYX_ERR(1, 119, __pyx_L1_error)
   __pyx_builtin_enumerate = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_enumerate); if (!__pyx_builtin_enumerate) __PYX_ERR(1, 175, __pyx_L1_error)
   __pyx_builtin_Ellipsis = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_Ellipsis); if (!__pyx_builtin_Ellipsis) __PYX_ERR(1, 436, __pyx_L1_error)
@@ -30711,7 +32238,21 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "sagecore/_metal.pyx":182
+  /* "sagecore/_metal.pyx":102
+ *             # a strided view: wrap the span of memory it covers (kernels index it by strides)
+ *             if any(st < 0 for st in obj.strides):
+ *                 raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")             # <<<<<<<<<<<<<<
+ *             addr = obj.__array_interface__["data"][0]
+ *             extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+*/
+  {
+    PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_obj, __pyx_mstate_global->__pyx_kp_u_negative_strides_cannot_be_wrapp};
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 102, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
+
+  /* "sagecore/_metal.pyx":196
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
  *         import numpy as np
  *         a = np.frombuffer(self, dtype=dtype)             # <<<<<<<<<<<<<<
@@ -30720,12 +32261,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 182, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 196, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "sagecore/_metal.pyx":218
+  /* "sagecore/_metal.pyx":232
  *         if constants:
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")             # <<<<<<<<<<<<<<
@@ -30734,26 +32275,26 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_constants, __pyx_mstate_global->__pyx_kp_u_at_most_64_function_constants};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 218, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 232, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "sagecore/_metal.pyx":310
+  /* "sagecore/_metal.pyx":324
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_mstate_global->__pyx_tuple[4] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 310, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
+  __pyx_mstate_global->__pyx_tuple[5] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 324, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_int_1);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[4], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 310, __pyx_L1_error);
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[5], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "sagecore/_metal.pyx":314
+  /* "sagecore/_metal.pyx":328
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
@@ -30762,12 +32303,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_threadgroups, __pyx_mstate_global->__pyx_kp_u_sizes_must_be_0};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 314, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 328, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "sagecore/_metal.pyx":179
+  /* "sagecore/_metal.pyx":193
  *         self.exports -= 1
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
@@ -30776,12 +32317,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {Py_None};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 179, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 193, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "sagecore/_metal.pyx":293
+  /* "sagecore/_metal.pyx":307
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -30790,12 +32331,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 293, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 307, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "sagecore/_metal.pyx":322
+  /* "sagecore/_metal.pyx":336
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -30804,14 +32345,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {Py_True};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 322, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 336, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<9; ++i) {
+    for (Py_ssize_t i=0; i<10; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -30868,41 +32409,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{6},{8},{15},{1},{2},{20},{11},{9},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{29},{15},{9},{7},{6},{2},{9},{5},{50},{19},{58},{18},{12},{31},{30},{37},{11},{5},{17},{1},{6},{24},{26},{12},{13},{31},{33},{21},{20},{22},{22},{24},{23},{26},{28},{36},{18},{6},{24},{26},{13},{21},{11},{24},{26},{23},{11},{8},{20},{7},{25},{27},{17},{16},{17},{19},{26},{15},{21},{8},{26},{28},{8},{15},{20},{12},{9},{17},{8},{10},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{15},{18},{1},{12},{7},{4},{6},{4},{3},{6},{1},{4},{18},{14},{6},{9},{9},{6},{5},{2},{4},{8},{5},{15},{1},{8},{6},{9},{5},{6},{9},{5},{5},{2},{6},{7},{11},{10},{8},{9},{1},{10},{8},{1},{2},{3},{11},{5},{4},{3},{5},{8},{3},{4},{6},{3},{17},{19},{22},{27},{7},{5},{4},{2},{1},{4},{7},{4},{2},{5},{1},{2},{3},{6},{2},{4},{1},{4},{4},{8},{3},{23},{8},{7},{1},{8},{15},{4},{10},{9},{16},{12},{14},{22},{10},{5},{5},{10},{16},{4},{6},{5},{3},{5},{4},{4},{6},{1},{2},{2},{12},{7},{4},{14},{6},{6},{6},{3},{5},{6},{4},{4},{4},{1}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{144},{158},{42},{21},{435},{125},{38}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{6},{8},{15},{1},{2},{20},{11},{9},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{29},{15},{9},{7},{6},{2},{9},{5},{47},{50},{19},{58},{18},{12},{31},{30},{37},{11},{5},{17},{1},{6},{24},{26},{12},{13},{31},{33},{21},{20},{22},{22},{24},{23},{26},{28},{36},{18},{6},{24},{26},{13},{21},{11},{24},{26},{23},{11},{8},{20},{7},{25},{27},{17},{16},{17},{19},{26},{15},{21},{8},{26},{28},{8},{15},{20},{12},{19},{9},{17},{8},{10},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{4},{15},{18},{1},{12},{7},{4},{6},{4},{3},{6},{1},{12},{4},{18},{5},{14},{6},{9},{9},{6},{5},{2},{4},{8},{5},{15},{1},{8},{6},{9},{5},{6},{6},{12},{9},{5},{5},{2},{6},{7},{11},{10},{8},{9},{1},{7},{10},{8},{1},{2},{3},{11},{5},{4},{3},{5},{8},{3},{4},{6},{3},{17},{19},{22},{27},{7},{5},{4},{2},{1},{4},{7},{4},{4},{2},{5},{1},{2},{3},{6},{2},{4},{1},{4},{4},{8},{3},{23},{8},{7},{1},{8},{15},{4},{4},{10},{9},{16},{12},{14},{22},{10},{5},{5},{10},{16},{4},{6},{5},{3},{2},{5},{4},{4},{7},{6},{3},{1},{2},{2},{12},{7},{5},{4},{14},{6},{6},{6},{3},{5},{6},{4},{4},{4},{21},{9},{1},{3}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{320},{144},{2},{2},{42},{21},{435},{125},{38}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2328 bytes) */
-static const char cstring[] = "x\332\265V\315w\323\306\026\257KJ\003\244\020C\0104\320V!\201\360\016\304\305\234P^\303G\217\023\022\232>\240\030\302W\340\035\235\2614\262\207H#Y3J\354\236\363\316c\351\245\226Zj\251\245\226^f\231\245\226^\346O\350\237\320;#\311\216q^w/\347D\222\357\334\271\237\277\373\2339\251 \256\334j)v\355#\326\370\303\353\334\305X1\\T\2670\345\377(-+\313\212G\231\3478\266\313\261\256\354 \323\303\312=\0031\256Z\2107\036\334#T3=\035?\270\377\024[\266\333~M\360\256b\033\312}\315\246\234\324=\333c\n\242\272\242\023W\330\377\\Lh\276\300\270Kt\3600PVl\367o\327\207e}\315\207\277\254\"Jm\256 \306H\235*\334V\\\214\364E\233\232m\305\222A\356@\220\033\024r!\272b\331:\276\251\340\226\003{\301\324\202\266 \374.\030\220\257\213\350\302M\245\016\246re\326@\016\006W\nj\021\246<\263)~fs\254\360\006\024q\265\315\0336U@\256c\223\324\260\2138\006\217\"F\260\354\n%\252<_{\276\270\364\317%\031\261\213E\311\231\302\274\232fB\260\230\211\302\325<br\360\300\333\016f%e\303P\332\266\247P\014\261A&\016\350\035\336\300\033\230*\014s\361\241,\310\274\021\0476Ua;\241\365\205\254Td\007\213\335\353\310d\270\204t]\005=\0141[6\343\312OK\212\341QMlS\240=\214#\312\231f\233&\2262VB5-\227\203=\206j&\306T<\353\032a\351\227N\221\205\037P\033r7\220grEU]\254{\032VUE\367\244sj\323E\250\305\016A&\254j\204\022\256\252\014\325\261f\273\370G\325\302\034\231%\247\335b\3304J\216\242\245M\254a\021\323\016\226\350\003+Hy\236\3269\005\254\002}R\034\242m\233\220-#\177@I,\217\311m\017\037(\267\230\355\271\032.I\333\242B\273.r\0340\224\302@\364\252\017\rO\346!]\230\246\255A\363\024\344\272\250\255\350\210\243\322\021\253)\026D#S\030\262ReeC}\275\366\342\345\306\357\317*/W76*n\335\023c\264\t\255\\s]\333]Y\361\014\003\273\351\263\324/\221&3R\325\276\034\032\n\325\346#+\324\263\234\366\252mY\3405\025\r\375\030\265\370\371\362\210\341a\205\032dL>7\252\301/\302\207e\200\002\007q\2551,\255;\236\312\211\205\207\245\340S\255\035\021\254\224\2679f\243b\20780B\364\010C.\022\3315\260\266=\272\306\033\242\231u\327\366\0345m\360\260\316.\"""\374\021\336!\032N\237\243\345\352\313G\352\224\255\244yd?\264\324\272:$$\324\260\263O \001\027\271m\325pmK5\210\211\217\222\247\010\315VD\026\r\030\311,\025\226\211\005j\327L\2238\214\260\214\211rhIX=I\rf\257\321\264\006\013#y\345K9\001\260\\\220\267\340\251\030\035\250\243\003\361KgR\260\326\302\232\047\364\007\242\365\314\002\020\342\272\355Q}\260\362\204\000~\006?_Q\264\203\210)\346I\n\237g\236\362\367h\374\207VF\022x\211\233\036\246\032\026\347Nip\004\301\246v\013\376\037\001\367\252\317p\213\277\300\206\252f\374\010\244\004\004$\030t\360Q\307\234pl\t\201.\366\210\267\351 m[|\211\352\210w=\367\016\177\304\022G\242\370\262\020\241\362m\353\236)\327\004\031\312\267\010DU\201\324R\3142\317J\177eV\304\247\340\371\364\313\243\222\310\260\272Fs\275\035.\312$l4=d\346fsf\035)T_\200[\342\207\200S\276\207\035\n}\244\210\252\nc(r!L\0056\266\241\265\024#\240\375\234\3542\214#\326\246\032\261K}\035V\253A\2110\014\201\360\223\321G\r1\\3L\033\361\232m\233\2603\335\254ipi\320D\037U\250\027\027\223,6\017OQJ6\300\370\006\\\022\340\344\032\034G\016\301\272\006\300\342\032\023\214\2343\220.\352\047\037\"\370\364P\300\330\362L\210Z\007`\300\351\216\241\234\3624\306\002n\362\301\372\027\030\303Du&\2035`r]\020e\047\277\234\316\024\002\3423\r/\037\223\376\270\324\005\347\031\310\"f;g?Bt\242\267\262k\021\200\311\205\233\tn\t^ Tb\214\245\217?\3606no\303\242\211i\2357\200\025F\010\343\010\246\260P\353\010\242\033H\231\352`\367\260\006(\210\353\216<\002\305]\307\332\241\242WT\227\247\033\\\232,\352\310s\305\266kP>\3330\000\0366\265\035\316\034\221<T\271\221\223\201c;\242\047\226\330\216uu\327v!\376\272\300\223\213\353\204\301-\307\305\362Xd\371\271\236\277K\351\371.\316\366\301y\320?\001>\347\275\303g\3000\353\037\315\363 \315\356\035\251\367\006\264\220\021\013\"$:o\210\257L\033\301I\335\222\327\004YL\346\230\2043W\003\214\301\006\216\035\306m\370w=\215s\016=9\344\211e\241y\320D\217\022\003\320\2309\207\261\2052y\016\240\022{\32250\264\274\047\313\007\023\325\027G\217`\361\326\357\237""\n\275\261\223\235\033~\365S\341`\354D\247\230\234\374>@\001\013\027\242\251\350U\274\320-\n\371\251\344\324\367A-\374:l~\252\364\306\277\351T;4\250\004\233a1\373\231\234\236\r\213\341|\250G\263Q\2717>\321Y\363/\004\205\240\030\314\366\025nD\345\350Q<\026?\356\226\205\354Rp7\274\236j\237\352,\373\325L\353Z\210B\036-E<\276\333\235\357\242.\333\233\355\215\237\351H\267?\004\377\211~\215+1\350\236\350\314\370\345l\313\225p6\\\202M\345\250\022\311\245\213~1\337\363\315\351\336D\321/\3727\202j\240\207\263\207$\213A3\034\013+\237*\007\251\225\253a\025\242\237\217P_\222\207\342\211\220EN\253\235]\037I\313\376q\037\371\355\264\034\007\343\027\203\343A\003\224\233\303q\345\025\271\036\317\306\345\270\222\205t0~#Z\216\2531\356\336\331+\354\0253]Qr\016Y\354F(r\343b|\255\373e\367\032\254_\334\237\336w\223\352\233\344\315\333\344\355\273O\225?\217\177q\3424T\337\226\371\314\203S\226\326\360L\307\365\317\372\345\276Frz>\254\204\233\320\303j\0041O\371k\320\214\253\301.\354h\307\023\335\177\3555\367\013\275\251[q!.\366\246Dk*\275\251\233Q%Y|\274\367\337\344\365V\262\365>y\377!\371\360\357\336\324U\260R\214f\223\033\277tw\367\364\375\331\375\362\376o\311k\224\240ZR\323zS\337\t\024@\007\204\353\223\302\365+\177\326\177\030\236\013\037G\267\243\027\021\023\311\213$\205\370\347`\025\"\250E_FsiX\002\047\347\241\224\315\336\204H\240\350\317\371/|78\027\254H\010^\t+\275\311i\337H.\227\343br{\005\2600!\260\207\375\333~\025Z1\364C\2422\257\213\026\025e<\223E\001\257\273\340\373NpZ\366\367c\267\320=\337\255\355\025z\023g\375+\376\223\260\020\202N\277\205\007\3433\001 \016\036\301\035X\232\226M\025\216\266D\220\375\327\207`*\250J %g\363Bo\306\323q\253\313\367~\332/B\225\226\366\233\311\363\352\301\304e\230\223j\200Rh,\371\315\240 \201\220\214\001<\016\316L\212\032\254t\266\2419\327\302\343\241D\227\347\257\007s\301V\330\214\306E{\2221\200f\006\223\271\260\034>\212\306\240Oc?FMQ\357i193\301\365\301,\225E-\031d|\017\006\2660\250_\274\330\205\320\047\375\257\3747\301:4\354\347h=\236\355M^\200""\204&\317\371\313\020$\016\313\275\251o\203\013b\327Y0p\333\177\027|\214\nb\371Np,\200\305K\301r\270\0255\343\257\342\367{\047\366g\222\227\233\311\346\273\344\335V\357\342\\\270\014-\305\361\375n\363\220\3764\364\326\r.B\205\263\317\351\300\013\327\242o\301\361\371\031H\262\372?T6`\220\377V\3417@\317\377\331\302\343\250|05\023\\K\224\333\200\341\007{\247\366\313\311\023=\321q\202\215\336\344\371\224\261\336B1?g\300\371H\217\347`\302Q,\t\341\222_\311:\276\234,\303`\331\211\355\3749\376\305\211\313\003\002<#\210%\271\260\000-?\006\243\370\264{N\014h\362+\224\366c\362q\2737~\272c\370\217\0039G\233\202X{\343\337A\334\351#e\317\214\326\222\2630\304\200\304\251\370e\367X\267\334]\205v\244\316+}\256\371A2\337\243\350kh\344\230\340\245>[\377\005\237f\363g";
-    PyObject *data = __Pyx_DecompressString(cstring, 2328, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2514 bytes) */
+static const char cstring[] = "x\332\265VKw\323H\026\306M\232N \204\030B\240\201\246e\022\0103\0207\316\004\350\016\217>N\010tz\200\306$\274\231\243S\226Jv\021\275\254*%6\347\314\031\226^j\251\245\226Zj\351\245\227^j\351e~B\377\204\271U\222\354\004gz7>\307R\351\326\255[\367\361\335\257\352\270\204\230t\253)Y\325OXa\017\2573\007cIsP\315\300&\373[qEZ\221\\\223\272\266m9\014\253\322\016\322],\335\323\020e\262\201X\375\301=b*\272\253\342\007\367\237a\303rZ\257\t\336\225,M\272\257X&#5\327r\251\204LUR\211\303\355\177-&f6A\231CT\330a\250,Y\316_\316\037\224\r4\037\376\272\206L\323b\022\242\224\324L\211Y\222\203\221\272h\231zK2\204\223;\340\344\206\t\261\020U2,\025\337\224p\323\206\265`jAY\340\373.h\020\257\203\314\205\233R\rLe\312\264\216l\014[I\250I\250\364\3342\361s\213a\211\325!\211k-V\267L\t\344*\326I\025;\210a\330\221\373\010\226\035\256dJ/\326_,.\377\274,<v0O9\225\250[Utp\026S\236\270\252Kt\006;\260\226\215iQ\332\320\244\226\345J&\006\337 \022\033\364\366/`ulJ\0243>\220\026D\334\210\021\313\224a91k\013i\252\310\016\346\253\037#\235\342\"RU\031\3640\370lX\224Iw\226%\3155\025\276L\202\362P\206LF\025K\327\261\220\321\"\252*\231\034\354QT\32516\371\263\246\020\232\214T\023\031\370\201\211kH\354\225\024\206JJR\211*\226v\035d\333X\275\227D\200`#\273eZ\220*\r\271:\223d\331\301\252\253`Y\226TW\370jZ\346\"X\331!H\207Y\205\230\204\3112E5\254X\016\376I60Cz\321n5)\326\265\242\275o\047pu\007\013\260\202\025$\275H\312\222\340[\202\262J6Q\266uH\016%\237\301E\303\245b\331\303\007\322-j\271\216\202\213\3026Oh\352t\212\032^\332\001\222\\\021\266\330B\327-\005j-!\307A-IE\014\025\017\231M\240\303\353\236&\247X^\335\220_\257\277\334\334\370\343yysmc\243\354\324\\\336u[P\371u\307\261\234\325UW\323\260\223<\213\203\024)\"\"Y\036\310\241\376P\03462c\272\206\335Z\263\014\003vMD\007>F-~==b\370\240B\025\"&_\033U\340\213\260\2032\000\215\215\230R?(\255\331\256\314\210\201\017JaO\271z\210\263B\336b\230\216\212mbC\307\231\207\030r\020\217\256\216\225\355\3219V\347\305\2549\226k\313I\201\017\352\354\"\302\036\341\035\242\340""\3449\232\256\201|$O\351L\022G\372\241$\326\345\003BbjV:\004\316p\220\323\2225\3072d\215\350\3700y\202\320t\206GQ\207\016NC\241\251\230\243v]\327\211M\tM\211+\203\226\200\325\323\304`\372\032\rk81\022W6\225\361\005\315\004Y\t\236\361\326\201<\332\340\277\330L\010\326\233Xq\271\376P\3648\265\000\374\371\330rMu8\363\224\000~\206\237\257L\264\203\210\316\373I\010_\244;e\357Q\377\367\315\214\004\260\211\033.6\025\314\217\251\342\360\304\202E\255&\374\037\001U\313\317q\223\275\304\232,\247t\n\244\004c\336\33421\201\3115\016*\370\t\016\036\016j\230\021\206\r.P\271\031\376\326m\244l\363\021O\030\177\3272\207\340G\014~\250\362\221\201\210)\336\226\352\352b\216\323\251xs\337d\031x.\2011u\215\344+\265\302\207\374\244HF\256)\270\r\313\353f\246\267\303x\346\270\215\206\213\364\314lF\266#\271\033\010p\223\177p\204ek\350>\327G\362*\313\320\231<\026Be h\013\252mb\004\007\007\0346N\306\201)\364\021m\231\n\261\212\003=Z\255B\2320\364\006\337+e\225*\242\270\252\351\026bU\313\322ae\262XQ\344\341\025B\201k\210\302K\r\205\221\031ovnH\321-\212\017v[BJ\260P\203\205p \016O9\233`U\001\0002\205r\346\316\230J\345I\025\017\036Qrx`l\270:\204\241\002\200\340\322\200!\307\342\220\307\034\226\342A\0019\320e\332>\027\0077%MG5*\342\321\240\347\035\020\245W\014\321\327\tR\3700q8k\260A\243\325j\330\204K\212\303ISC\006\321[\031}\022\242\022\265\231^\303\000z\016\334\204p\223\023\013\240\225#\222&\217\317x\033\267\266aR\307f\215\325\201VF\030\347\020\2521P\363\020\246\034J\251lcg\277\006(\360\353\2258C\371\335\312\3301yUMUt\020\\\322\014\210\203\231\2668\234,\253\n\271\2654\r\000e\231\226\315\250\315\363\000%\250g\214b[\266#\252\t&\260*\357Z\016\304P\343\010tp\215P\350G\007\213\263\225f\227\203\354]L.\t\374\202\000\267\024ux\260\014\216\222\257\tt\377ar\360\3708\374\300\000iz\201I<\250CE)1\300K\242\262:\037\245\332\010\216\374\246\270o\210\244R[\047\214:\n\345]\004K\030\266)\263\354\364b\000/\027\356\205\256\301\030\324i\337\2564u\023^\326\256\013\325uM\242\001~So\240\373!w\256\r8\306\256\360\005\270_""\\\330\305\203\362\262\360C\215\237\017\374_\274\317\333R\247\017\213)\266v\035@\n\247\213\346gb\377\361%\327\037;\336\276\341U\276\344\366\306&\332\371\370\370e\037\3714X\010g\302W\321B\047\317\345\047\342\023\227\375j\360]\320\370R\356\217\237lW\332\246_\366\267\202|\372\031O\025\202|0\037\250a!,\365\307\047\333\353\3369?\347\347\375\302@\341FX\n\037Ec\321\223N\211\313.\372w\203\353\211\366\211\366\212WI\265\256\005(`\341r\310\242\273\235\371\016\352\320n\241?~\252-\266\375\321\377w\370[T\216@w\242}\301+\245K\256\004\205`\031\026\225\302r(\246\316{\371l\315\311\251\376d\336\313{7\374\212\257\006\205}\222E\277\021\214\005\345/\345\275\304\312\325\240\002\336\317\207h \311\\q\271\313<\246\265\366\256\207\204e\357\230\207\274V\222\216\275\361\363\3761\277\016\312\215\203~e\031\271\036\025\242RTN]\332\033\277\021\256D\225\010wnws\335|\252\313S\316 \212\335\020\205N\224\217\256u\276\351\\\203\371\363\275\331\236\023W\336\304o\336\306o\337})\377y\354\310\304\024d\337\022\361\314\303\2464\311\341\251\266\343\235\366J\003\215xj>(\007[P\303J\010>\317x\353P\214\253\376.\254hE\223\235\177v\033\275\\\177\346V\224\213\362\375\031^\232r\177\346fX\216\027\237t\377\023\277~\037\277\377\020\177\370\030\177\374W\177\346*X\311\207\205\370\306\257\235\335\256\332+\364J\275\337\343\327(F\325\270\252\364g~\340(\200\n\360\255\217\037\231\230l\337\365\n\336m\177J$\363S\047\3279\333\251vs\375\311\323\336\025\357i\220\013 \342A\276\366\306/\370\205\275\244\376\036\366\227\374\367\220\360\333\321\321\350N\347r\227\366\346z\257\343\315\255\275\311Y\310\372\364\254\247\305\227J\220\032@d\177\362\214\367\217x\366\357\020\372]\236\334\376\344Yo\323?\036\\\t\326\202V|\013\034\3031\266c\273\321\237<\331~\357\355\177}\364g\374\315\340X\200\004\n\342\323Y\226\336F\257;?wK\335rw\253\227\357\025\222\025\314/\371e\276\031$\030<\365o\203\377\263\242\314\207\033\256|et+\232\215\232\035\326\275\303M\366\226{\215\370Eeo\362\022tN\305G\tX\226\275\206\237K\241\301\3637\325~\005\371{\030\234\t\236\204K\341""\313\220\212\370\000$\\\374\213\277\006\025\254\206\337\204sIYy\237\235\005(\202\007\034\000yo\316{\3519\376\031\177U\264\360\225\240<L\\\274\264\332\025qU\332\330[\202\204\243\203\037\242\2533\\)a\336CQ.\036\003\020\357\235\232\346;\255\266\267\001B\327D\356\300_\327{\354\317A\301\032\3418\007Q<\006\r\224\202y.(\005\217\3021@\323\330Oa\203G5\313\373\373\202\177}\330\361%\3561\205\230\356\001\255\344\366\225w\261\003\301L{\337zo\374\307\000\253_\302\307Q\241?}\016B\234>\343\255\200{8(\365g\276\367\317\361U\247\301\300\222\367\316\377\024\346\370\364m\377\250\017\223\027\375\225\340}\330\210\276\215>t\047z\027\000C\361\326\273\370\335\373\376\371\271`\005\022\207\243\373\235\306>}\300\027$\355<@3\035\316\372n\260\036~\017\033\237\275\000AV\376\207\312\006\320\315_*\374\0165\372?[x\022\226\366f.\370\327bi\t\220\362\240{\242W\212\237\252\261\n\r\240\365\247\317&\274\372\026\222\3715O\317\207j4\007<\204\"A[\027\275\204\240\342\261\225x\005\332\337\212-\373\317\361#\023\227\2064}\212\323_|n\001J~\024\010\343Y\347\014\247\221\3707H\355\247\370\323v\177|\252\255yO|\201\326-N\377\375\361\037\300\357\344\221p|J\276\361i\240\032\350\216\231h\263s\264S\352\254A9\222\315\313\003F\374Q\360\363\243\360;(\344\030g\317\301\231\362_\207a}\346";
+    PyObject *data = __Pyx_DecompressString(cstring, 2514, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3050 bytes) */
-static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\377no defau\377lt __red\377uce__ du\336x\002non-\341@vi\373al\033\000cinit\377__sageco\377re/_meta\377l.pyxsel\337f.p c\277Cbe\346\220\001ve\371b\310@a P\364\342#\253\204\003 \245@ pic\273kl\353\000siz\301 m\371u\321\0004\000>= 0s?ource.W\002\250 \377 wrapped\310\200d\250A\222fu\315\002\252aal\367loc\272@ arr\377ay data.\360\013\020\206c\330\204\001\265\204\003s.AB\377I_VERSIO\377NASCIIAr\353gu\303\205\001T\310@Err\377orBBuffe\325r\000\003.\232&c\265b__\270\017\006\316@\203@te_\013\014n\377umpyComm\007andE\003\000\n@\017\017\rH\016\2722\013b\357\000ierG\013c\366m\000it[\013disp\357atchq\013gpu\337_time\207\013se\347t_b\363\002\005\020yte=s\035\017pipe\316@6\020\373ra\320`check\366S\017th\344\206\001grou\363p_\342\206\003\220+wait?Device\000\003\357/\240\017\006\360.+\004\302\0038\004c\203C_\336\010\ninfoX\004li\377brary_fr\177om_file\004\021\370\234\204\003\212\004\247!host_\362\305\003s\241\004\262\204\001Elli\217psis\260\210\004\323e\322bL\200c\003\000\004\306o\017\007\310n,\005\371\206\005s$=\005\373%M\223\206\001\360`p\275\000\277\204\002>\014\002Execu\344\207\001\t\007\375F\274\207\004NotFou\373nd#\007Limit\3762\007Unavail\004\302\207""\001\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016\377Sequence\372\364\213\001.\371\213\007__Pyx\376\001\000Dict_Ne\177xtRef__\231\211\004\237e____\356\211\002\000\006_\177getitem\026\001\371d0\001 \000dlpac\201k(\001\233\211\0010\001\"\000\222\206\003>\000iym\217\215\001F\001main\003\002\217odulW\002\211\211\001`\001n\313ewg\001p\210\000\257\204\002su\360^\000\n\001?\004\025\001type\333__\037\001un\304\210\002e_\233En \005vt\351\211\001\253\001q\207ualO\005\322\211\005\260\207\016\354\211\006e\201x\337\001\366\205\001\203\005\312\207\006\371\000\316\207\016_\337_test\321\001s_\357coro\330@nea\347abc\203\211\005\272\206\004asy\337ncio.\033\006sb=b\240 end_\374\212\001\270\207\004\377basebflo\377atboolbu\375f\370\206\003ccastc\n\323\206\001_\255 t\306\206\0019\001\270\205\013\347\207\003\377configur}e\204\214\010piedc\326`\047tcs\216\212\001\372\207\005d\274!\000\002\357_is_\300\220\003eem\277ulated\226`o\277deenum\211\216\002e\364\200\212\001\000\002s\270\220\006flag\375s\250\002fnform\003at\363\216\004\261\206\002\375C\275\206\001\274\210\003\240\215\005\372\246\205\006g\360\210\001famil\375y\366\210\005iididx\376\220\221\004_dirind\275e\r\000foin\337bs\374\345a\250\214\001keykin\377dlengthl\343ib\240\207\016\265\207\n\306\214\003max\371_\327\210\017\014\007s_per\216\026\tmem\353\220\001\332\215\002\350\220\001m\333vn\250\216\001nd\331\214\002nd\357imnp\323\213\002oob\377objoffse\377tonoptsp\336\374\204\001path\210\212\005po\355p\220Amm\357@ed_\367wor\275\000g_se\177tregist\336 %e\236\221\002s\320\216\005\330\216\005.\332\216\003\330\216\001\000\206\213\007\225\213\002\376\212\001\350\210\r\257\213\001\374\212\005\273\213\001\354\212\007\234\311\213\001\326\212\017set\361\217\004x\003h\277ortsim\237\000i\347dth\006\001\217\213\004atr\363ix\242\217\002\224\217\002spli\177tsrcsta.\000\277tepsto\001\000r\237ucttt\221@\307\213\010s\372\214\212\004u\302@unifi\354\375\000\307\223\003un\243\207\001upd\337ateusw\001va\211l\243\225\002\250\225\002s\351\223\001""\367\213\001\370\217\001x\377O\200\001\330\004\n\210+\377\220Q\200\001\340\004\t\210\377\021\320\n\036\230a\230s\377\240\047\250\024\250U\260\047\373\270\021\024\001\013\320\013\036\230\377b\240\007\240q\200A\330\377\010\r\210Q\210n\230A\357\230T\240\021\010\004\320\016!\377\240\021\240$\240d\250!\377\2501\330\010\014\210E\220\177\027\230\001\230\021\230!\030\006\377+\2501\250D\260\004\260\367G\2701@\001\033\2307\240}((\003\013\210:\220QQ\002\377\320\016&\240a\240t\250\3774\250t\2607\270$\270\377a\270s\300!\330\010\017\375\210r\002\037\230}\250H\260\373A\260)\000\t\210\032\2201\276,\004\"\240!\24042\0001w\250A\250\026\002\030\220\021,\005\377\r\016\330\014\021\220\021\220?+\230Q\230d\240\211\001\n\005\377-\230q\240\004\240A\200\373A\340\313\001\320\016%\240QN\273\000$\250a\t\006\203\005u\257\001\276\320\001C\210w\220a\211\002\220\337\006\220a\220y\211#\340\010\337\030\230\006\230h\265\000q\330\371\010\214\t\212%(\260!\2601\373\260A\300\004\340\010+\250:\377\260Q\260e\2705\300\001\323\300\021\360\004\357!t\303\000w\250\377a\250r\260\021\260&\270\367\002\270&\035\000\030\310\026\310\377r\320QW\320WX\320\377XY\200A\360\006\000\tU\016\373 o\313\002$\252 s\354#\177\017\210r\220\022\2201\031\006\177\320\016$\240A\240T\301@\273Q\250\261\000\024\220E\212@%\373\230w\334 y\260\014\270K\377\300q\310\001\330\0240\260\337\001\260\021\330\024\227AA\330\377\024,\250A\320-G\300\377\177\320VZ\320Z[\320\377[\\\320\\]\330\024%\376C\000\021\250!\320+?\270\377w\300d\310!\3101\310\377J\320Va\320ab\320\037bc\330\024\035\202a\377 w\001\375\n\231\001U\220!\220>\240\377\023\240G\2502\250R\250qs\371\001\256a\023\0019\230C\177\000?b\250\002\250#\250\222\002\244a\335\025\310 q\330\014\275\001\021\220\377#\220R\220r\230\023\230\375B\376b\"\240A\330\020\026\377\220f\320\0341\260\021\320\3532B\211`\014\370ae\2202\303\220Q\210@\000\n\221\204\002\220%c\250\335\021\252 \n\000\020\207`\013\210\3357\220\0005\230\016\333Bj\270\377\001\270\025\270b\300\001\330\377\014\022\220\"\220L\240\001y\240\253`""\272F\340\010\032\230\357`\266\002\000\2305\030\000\026\240\321A\330\316s\000Z\220q\000\004\n\001\\\230\267\024\230Q\326b\320\022\341%T\377\260\026\260x\270t\3006\373\310\021\243 4\310q\320P\277Q\340\014\034\230A\371`a\276\225c4\220q\230\001\313\204\002\320\177\004!\240\021\340\017\020\250\205\001\377B\210k\230\021\230&\240\373\006\240\331bu\220F\230#\277\230Z\240q\250\010\233A\320\367\004%\240\226\205\005#\2401\240\367D\250\004\245@\004/\250qu\360\355 \026\266\205\001\032\230(\302\205\007\3651\310!s\202@;\230b\240\335\001\266\047\260-\270\344 \020\220\377\005\220W\230F\240!\240\3779\250F\260!\330\020\027\376\325\000\020\023\220:\230Q\230\377e\2401\330\024\031\230\027\3722\001\022\303@2\220Y\230j\375\250@\000\023\2205\230\003\230\376\032\000\033\230:\240Z\250q\377\260\005\260[\300\t\310\032\377\320ST\320TY\320Y\277Z\330\030#\240:\320@e\353\260<b\000\020\047\006\026\220a\352\314@\030\337 \024\005\003\026\230uo\240E\250\031v\000\025\032\342\000\367Q\330\024\016\022I\250Q\330\236\004\032J\250a\330\000?g\032G\377\2501\340\024\032\230&\320\377 2\260!\260=\300\013\377\3101\320Ld\320de\277\320ef\330\020\025\254\210\003X\370\312 \213\211\003\370\210\007$\250d\260#\337\260Q\260a\260\214\207\002\033\220\376\365\206\003\320\004:\320:Z\320\377Zo\320op\360\010\000\353\t\034\367\210\007\017\325\207\001\320\027\047\376\360@\003\2501\250M\270\023\366\235\206\001\320H\330 j\320jk\377\330\010\016\210f\220G\230:\354\210\002T\325\211\001\330\010\035\374`\000\002\371\010\270\211\003\342\210\004\320\022,\250A\377\250T\260\024\260S\270\003\317\2701\270C\361@\273\211\001\320\004uA\343\207\006\037\365\210\002D\250\007\306@\001\004\224\210\001\245\212\006";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3050, 4475);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3303 bytes) */
+static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\307neg{\000i\000\307Cs \375c\204Cbe wra\277pped; \275\002a\376f\000pyno de\377fault __\377reduce__\367 du\247\002non-\336\220`vial\033\000ci\377nit__sag\377ecore/_m\377etal.pyx?self.p_\010\366`sve\250\204\002\367@a P\221C\372\332\204\003 \324@ pick\335l\232 siz\360 mu\374\200 \236\000>= 0so\037urce.W\002\327 \255\005\310\257d\327A\301fu\374\002\331aal\367loc\351@ arr\377ay data.\360\013\020\265c\207\205\001\226$.ABI\377_VERSION\377ASCIIArg\365u\362\205\001T\367@Erro\377rBBufferj\000\003.\232&c\344b__\017\006\334\375@\262@te_\013\014nu\377mpyComma\003ndE\003\000\n@\017\017\rH\0162\013]b\357\000ierG\013cm\000\373it[\013dispa\367tchq\013gpu_\357time\207\013set\363_b\363\002\005\020ytes\236\035\017pipe\316@6\020r}a\320`checkS\017\373th\223\207\001group\371_\221\207\003\220+waitD\037evice\000\003\357/\017\006P\360.+\004\302\0038\004c\203C_\010\n\357infoX\004lib\377rary_fro?m_file\004\021\234\204\003|\212\004\247!host_\305\003\371s\241\004\347\205\001EllipGsis\337\210\004\323e\322bLc\003@\000\004\306o\017\007\310n,\005\250\207\005s=\005\022\373%M\223\206\001\360`p\275\000\277\204\002\014\002\237Execu\223\210\001\t\007F\376\353\207\004NotFoun}d#""\007Limit2\007\177Unavail\361\207\001\202\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016S\177equence\243\214\001}.\250\214\007__Pyx\001\000\377Dict_Nex\277tRef__\310\211\004e\363__\t\000\331\206\001_intGerf\321a\021\000\260\212\002_\000\006\177getitem)\001\371dC\0013\000dlpac\201k;\001\335\211\001C\001\"\000\245\206\003Q\000iym\321\215\001Y\001main\003\002\217odulj\002\313\211\001s\001n\313ewz\001p\233\000\302\204\002su\360^\000\n\001?\004\025\001type\333__\037\001un\327\210\002e_\233En \005vt\253\212\001\276\001q\207ualO\005\345\211\005\303\207\016\377\211\006e\201x\362\001\211\206\001\203\005\335\207\006\214 \341\207\016_\337_test\321\001s_\357coro\353@nea\177abcaddr\232\211\005\376\321\206\004asyncio\335.\037\006sbb\244 en\363d_\302\213\001\317\207\004base\377bfloatbo\337olbuf\217\207\003cc}_\320\217\007castc\366\206\001\346\226@_t\351\206\001E\001clo\363se\340\205\013\217\210\003conf\337igure\333\214\010piwedc\376`tcs\266\212\001\362\242\210\005d\321!\000\002_is_\376\227\221\003eemulat\373ed\276`odeenKum\340\216\002e\250\212\001\000\002s\267`\317entf\230\010\241\221\006fl\367ags\313\002fnfo\017rmat\334\217\004\353\206\002\244c\367\206\001\370\366\210\003\211\216\005\340\205\006ggene\367xpr\261\211\001fami\373ly\267\211\005iidid\375x\200\222\004_dirin{de\r\000foin\215\204\002\371s\223\204\001\351\214\001keyki\377ndlength\307lib\341\207\016\366\207\n\207\215\003ma\363x_\230\211\017\014\007s_pe\035r\026\tmem\333\221\001\233\216\002\330\221\001\267mvn\230\217\001nd\232\215\002nwdim\305\000tnp\230\214\002\377oobobjof\377fsetonop\367tsp\256\205\001pathn\315\212\005pop\255Amm\235`\277ed_wor\301\000g\377_setregi+st\373 e\222\222\002s\225\217\005\235\217\005\t.\237\217\003\235\217\001s\332`\317\213\007\336\213\002\307\213\001\200\261\211\r\370\213\001\305\213\005\204\214\001\265\213\007\222\214\001\237\213\017s\363et\272\220\004|\003hort\367sim\243\000idth|\006\001\330\213\004atrix\353\217\002\376\335\217\002splitsr\277cststa0\000t\277epstop\257\221\004s\377tr""uctsum\323tt\245@\234\214\010s\341\212\004th\377rowuintu\317nifi\222 \320\224\003un\376\352\207\001updateu\235s\210\001val\254\226\002\261\226\002s\260\362\224\001\321\214\001\207\222\001\213\222\001.<\265\220\001l\367s>.\325dwrit\375e\332\222\001xzipO\200\377\001\330\004\n\210+\220Q\377\200\001\340\004\t\210\021\320\377\n\036\230a\230s\240\047\377\250\024\250U\260\047\270\021\376\024\001\013\320\013\036\230b\240\377\007\240q\200A\330\010\r\377\210Q\210n\230A\230T\373\240\021\010\004\320\016!\240\021\377\240$\240d\250!\2501\377\330\010\014\210E\220\027\230\337\001\230\021\230!\030\006+\250\3771\250D\260\004\260G\270}1@\001\033\2307\240((\003\337\013\210:\220QQ\002\320\016\377&\240a\240t\2504\250\377t\2607\270$\270a\270\177s\300!\330\010\017\210r\002\377\037\230}\250H\260A\260\276)\000\t\210\032\2201,\004\"\357\240!\24042\0001\250A\335\250\026\002\030\220\021,\005\r\016\377\330\014\021\220\021\220+\230\317Q\230d\240\211\001\n\005-\230\377q\240\004\240A\200A\340\276\313\001\320\016%\240Q\273\000$\223\250a\t\006\203\005u\257\001\320\001C\357\210w\220a\211\002\220\006\220\367a\220y\211#\340\010\030\230w\006\230h\265\000q\330\010\214\t\376\212%(\260!\2601\260A\376\300\004\340\010+\250:\260Q\377\260e\2705\300\001\300\021\364\360\004\357!t\303\000w\250a\250\377r\260\021\260&\270\002\270\375&\035\000\030\310\026\310r\320\377QW\320WX\320XY\177\200A\360\006\000\t\016\373 \325o\313\002$\252 s\354#\017\210\337r\220\022\2201\031\006\320\016\337$\240A\240T\301@Q\250\356\261\000\024\220E\212@%\230w\376\334 y\260\014\270K\300q\377\310\001\330\0240\260\001\260\367\021\330\024\227AA\330\024,\377\250A\320-G\300\177\320\377VZ\320Z[\320[\\\277\320\\]\330\024%C\000\021\377\250!\320+?\270w\300\377d\310!\3101\310J\320\377Va\320ab\320bc\307\330\024\035\202a\377 w\001\n\000\377\t\014\2107\220!\2205\373\230\016\310\"j\270\001\270\025\377\270b\300\001\330\014\022\220?\"\220L\240\001\240\230@\247&\177\340\010\032\230!\340\010\373B\277\220e\2302\230Z\371@5\377\260\003\2606\270\036\300s\377\310#""\310V\320ST\340\373\014\026\363 \020\026\220f\320\373\0341\230 \047\270\021\330\014\277\023\2203\320\026*\352`7\376\331!\330\014\025\220S\230\n\377\240\"\240C\240y\3200\376\226\000e\320ep\320pq?\330\014\r\210Z\220\000\004\t\002\377\\\230\024\230S\240\006\240\355a\223b\320\022\236%X\260V\377\2708\3001\300A\300T\357\310\021\310!3\003t\2301\333\230Ai\0011\330\246\001\2305\246\275\000\026\240\343AC\023QF\014T\377\260\026\260x\270t\3006\376O\001\3104\310q\320PQ\377\340\014\034\230A\230Q\230}a\247c4\220q\230\001\333\204\004\335\360\275 \016\210U\275 >\240\377\023\240G\2502\250R\250\355s\333\002\010\r\022\0029\230C~\277@b\250\002\250#\250\322B\316\344\205\001\025\220a\336\001\375A\021\220\377#\220R\220r\230\023\230\275B\276\206\002\"\240A\330\260&\320\3672B\300\323\002Q\210e\220\0172\220Q\220\200 \305\206\001\005\005\321\206\002\376\320ec\250\021\220a\260\001\377\320\004!\240\021\340\017\020\376\316\206\001B\210k\230\021\230&\376\267\"\010\017\210u\220F\230\335#\256@q\250\010\301a\320\004\373%\240\274\206\005#\2401\240D{\250\004\313`\004/\250q\322\001\335\026\334\206\001\032\230(\350\206\0071\330\357\014\017\210s\250`;\230b\273\240\001\234\007\260-\270\263@\020\377\220\005\220W\230F\240!\377\2409\250F\260!\330\020\375\027\302@\020\023\220:\230Q\377\230e\2401\330\024\031\230\365\0272\001\022\351`2\220Y\230kj\250@\000\023\364`\003\230\032\000\377\033\230:\240Z\250q\260\177\005\260[\300\t\310\032\301`\377\320TY\320YZ\330\030w#\240:\266 e\260<b\000\361\020\047\006\335`\262 \030\240\021\330\375\024\005\003\026\230u\240E\250-\031v\000\025\032\342\000Q\020\005\024\014\357I\250Q\330\004\032J\250a\371\330\000?g\032G\2501\340\024\377\032\230&\320 2\260!\377\260=\300\013\3101\320L\377d\320de\320ef\330\213\020\025\322\211\003X\312 \261\212\003\236\212\007$\377\250d\260#\260Q\260a\355\260\262\210\002\033\220\233\210\003\320\004:\377\320:Z\320Zo\320o\277p\360\010\000\t\034\235\212\007\017\376\373\210\001\320\027\047\240q\250\003\277\2501\250M\270\023\303\207\001\320\375H\330 j\320jk""\330\010\277\016\210f\220G\230\222\212\002T\276\373\212\001\330\010\035\230Q\000\002\330\372\336\206\003\330\210\212\004\320\022,\250A\377\250T\260\024\260S\270\003\317\2701\270C\361@\341\212\001\320\004uA\211\211\006\037\233\212\002D\250\007\306@\001\004\272\211\001\313\213\006";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3303, 4811);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4475 bytes) */
-static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=no default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce___""_reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbufferccastcline_in_tracebackcommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsfast_mathflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcstartstepstopstructttgththreadgroupsthreadsuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapxO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&\240a\240t\2504\250u\260G\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!""\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220\025\220a\220q\330\014\017\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\200A\360\n\000\020\021\330\010\013\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\320\004!\240\021\340\017\020\330\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F""\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\003\2301\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240E\250\031\260!\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240G\2501\340\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
+    #else /* compression: none (4811 bytes) */
+static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=negative strides cannot be wrapped; pass a copyno default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____array_interface____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state""__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcaddrallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbuffercc_contiguouscastcline_in_tracebackclosecommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsextentf_contiguousfast_mathflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggenexprgpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnextnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfsendset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcststartstepstopstridesstructsumttgththreadgroupsthreadsthrowuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapwrap.<locals>.genexprwriteablexzipO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&\240a\240t\2504\250u\260G""\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\014\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\340\010\013\210:\220Q\220e\2302\230Z\240t\2505\260\003\2606\270\036\300s\310#\310V\320ST\340\014\026\220a\330\020\026\220f\320\0341\260\021\260\047\270\021\330\014\023\2203\320\026*\250!\2507\260!\2601\330\014\025\220S\230\n\240\"\240C\240y\3200b\320be\320ep\320pq\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230S\240\006\240a\330\014\021\220\021\320\022$\240A\240T\250\024\250X\260V\2708\3001\300A\300T\310\021\310!\330\014\r\210Z\220t\2301\230A\330\014\023\2201\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220\025\220a\220q\330\014\017""\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\220a\260\001\320\004!\240\021\340\017\020\330\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\003\2301\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240E\250\031\260!\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240G\2501\340\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010""\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 241; i++) {
+    for (int i = 0; i < 258; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 40) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 41) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -30910,8 +32451,8 @@ static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported val
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 241; i < 265; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-241].length;
+    for (int i = 258; i < 284; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-258].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -30921,15 +32462,15 @@ static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported val
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 265; i++) {
+    for (Py_ssize_t i = 0; i < 284; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 241;
-      for (Py_ssize_t i=0; i<24; ++i) {
+      PyObject **table = stringtab + 258;
+      for (Py_ssize_t i=0; i<26; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -31016,94 +32557,94 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 42};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 101};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_st};
+    __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_kp_b_iso88591_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 104};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_st};
+    __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_kp_b_iso88591__7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 44};
     PyObject* const varnames[] = {0};
-    __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_backend_name, __pyx_mstate->__pyx_kp_b_iso88591_b_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_backend_name, __pyx_mstate->__pyx_kp_b_iso88591_b_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 47};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 49};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_key, __pyx_mstate->__pyx_n_u_value};
-    __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_configure, __pyx_mstate->__pyx_kp_b_iso88591_as_U, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_configure, __pyx_mstate->__pyx_kp_b_iso88591_as_U, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 64};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 66};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_info, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_info, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 75};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 77};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_n};
-    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_host_threads, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_Qd_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_host_threads, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_Qd_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 79};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 81};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_length, __pyx_mstate->__pyx_n_u_b};
-    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 86};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_obj, __pyx_mstate->__pyx_n_u_np, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_view, __pyx_mstate->__pyx_n_u_copied};
-    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wrap, __pyx_mstate->__pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_5_q_Zq_Zq_Q_AT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 88};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_obj, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_view, __pyx_mstate->__pyx_n_u_copied, __pyx_mstate->__pyx_n_u_addr, __pyx_mstate->__pyx_n_u_extent, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_n_u_genexpr};
+    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wrap, __pyx_mstate->__pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_Qe2Zt5_6_s_VST, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 3, 11, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 108};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 3, 11, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 122};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_source, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_include_dir, __pyx_mstate->__pyx_n_u_fast_math, __pyx_mstate->__pyx_n_u_lib, __pyx_mstate->__pyx_n_u_opts, __pyx_mstate->__pyx_n_u_src, __pyx_mstate->__pyx_n_u_ob, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_o};
-    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_library_from_source, __pyx_mstate->__pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_library_from_source, __pyx_mstate->__pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 123};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 137};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_path, __pyx_mstate->__pyx_n_u_lib};
-    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_library_from_file, __pyx_mstate->__pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_library_from_file, __pyx_mstate->__pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 129};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 143};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_c};
-    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_command_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_command_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 179};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_np, __pyx_mstate->__pyx_n_u_a};
-    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_numpy, __pyx_mstate->__pyx_kp_b_iso88591_Bk_a_uF_Zq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 193};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_np, __pyx_mstate->__pyx_n_u_a_2};
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_numpy, __pyx_mstate->__pyx_kp_b_iso88591_Bk_a_uF_Zq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 198};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 212};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_s};
-    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_functions, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_functions, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 209};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 223};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_function, __pyx_mstate->__pyx_n_u_constants, __pyx_mstate->__pyx_n_u_cs, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_val, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_fn};
-    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
@@ -31116,64 +32657,74 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 289};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_p};
-    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_d_1_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 293};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_offset};
-    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_q_D_q_A_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 297};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_mv};
-    __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_bytes, __pyx_mstate->__pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 302};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_length};
-    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_threadgroup_memory, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_1D_G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 305};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_threadgroups, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_g, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_tg, __pyx_mstate->__pyx_n_u_th, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_dispatch, __pyx_mstate->__pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 319};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_barrier, __pyx_mstate->__pyx_kp_b_iso88591_A_QnAT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 322};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_on};
-    __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_race_check, __pyx_mstate->__pyx_kp_b_iso88591_Q_Q_1D_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 325};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_commit, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 329};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wait, __pyx_mstate->__pyx_kp_b_iso88591_A_Qd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 333};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_e};
-    __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_gpu_time, __pyx_mstate->__pyx_kp_b_iso88591_A_QoQd_as_1_r_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
-  }
-  {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[31] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[31])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 303};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_p};
+    __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_d_1_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 307};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_offset};
+    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_q_D_q_A_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 311};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_mv};
+    __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_bytes, __pyx_mstate->__pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 316};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_length};
+    __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_threadgroup_memory, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_1D_G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 319};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_threadgroups, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_g, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_tg, __pyx_mstate->__pyx_n_u_th, __pyx_mstate->__pyx_n_u_i};
+    __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_dispatch, __pyx_mstate->__pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 333};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_barrier, __pyx_mstate->__pyx_kp_b_iso88591_A_QnAT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 336};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_on};
+    __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_race_check, __pyx_mstate->__pyx_kp_b_iso88591_Q_Q_1D_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 339};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_commit, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 343};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wait, __pyx_mstate->__pyx_kp_b_iso88591_A_Qd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 347};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_e};
+    __pyx_mstate_global->__pyx_codeobj_tab[31] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_gpu_time, __pyx_mstate->__pyx_kp_b_iso88591_A_QoQd_as_1_r_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[31])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[32] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[32])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
+    __pyx_mstate_global->__pyx_codeobj_tab[33] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[33])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -31238,6 +32789,11 @@ static int __Pyx_InitGlobals(void) {
   
   if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
 
+  /* Generator.init */
+  if (likely(__pyx_Generator_init(__pyx_m) == 0)); else
+  
+  if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
+
   return 0;
   __pyx_L1_error:;
   return -1;
@@ -31291,6 +32847,246 @@ end:
     return (__Pyx_RefNannyAPIStruct *)r;
 }
 #endif
+
+/* FastTypeChecks (used by GivenExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static int __Pyx_InBases(PyTypeObject *a, PyTypeObject *b) {
+    while (a) {
+        a = __Pyx_PyType_GetSlot(a, tp_base, PyTypeObject*);
+        if (a == b)
+            return 1;
+    }
+    return b == &PyBaseObject_Type;
+}
+static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b) {
+    PyObject *mro;
+    if (a == b) return 1;
+    mro = a->tp_mro;
+    if (likely(mro)) {
+        Py_ssize_t i, n;
+        n = PyTuple_GET_SIZE(mro);
+        for (i = 0; i < n; i++) {
+            if (PyTuple_GET_ITEM(mro, i) == (PyObject *)b)
+                return 1;
+        }
+        return 0;
+    }
+    return __Pyx_InBases(a, b);
+}
+static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b) {
+    PyObject *mro;
+    if (cls == a || cls == b) return 1;
+    mro = cls->tp_mro;
+    if (likely(mro)) {
+        Py_ssize_t i, n;
+        n = PyTuple_GET_SIZE(mro);
+        for (i = 0; i < n; i++) {
+            PyObject *base = PyTuple_GET_ITEM(mro, i);
+            if (base == (PyObject *)a || base == (PyObject *)b)
+                return 1;
+        }
+        return 0;
+    }
+    return __Pyx_InBases(cls, a) || __Pyx_InBases(cls, b);
+}
+#endif
+
+/* PyErrFetchRestore (used by GivenExceptionMatches) */
+#if CYTHON_FAST_THREAD_STATE
+static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb) {
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject *tmp_value;
+    assert(type == NULL || (value != NULL && type == (PyObject*) Py_TYPE(value)));
+    if (value) {
+        #if CYTHON_COMPILING_IN_CPYTHON
+        if (unlikely(((PyBaseExceptionObject*) value)->traceback != tb))
+        #endif
+            PyException_SetTraceback(value, tb);
+    }
+    tmp_value = tstate->current_exception;
+    tstate->current_exception = value;
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#else
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+    tmp_type = tstate->curexc_type;
+    tmp_value = tstate->curexc_value;
+    tmp_tb = tstate->curexc_traceback;
+    tstate->curexc_type = type;
+    tstate->curexc_value = value;
+    tstate->curexc_traceback = tb;
+    Py_XDECREF(tmp_type);
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(tmp_tb);
+#endif
+}
+static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject* exc_value;
+    exc_value = tstate->current_exception;
+    tstate->current_exception = 0;
+    *value = exc_value;
+    *type = NULL;
+    *tb = NULL;
+    if (exc_value) {
+        *type = (PyObject*) Py_TYPE(exc_value);
+        Py_INCREF(*type);
+        #if CYTHON_COMPILING_IN_CPYTHON
+        *tb = ((PyBaseExceptionObject*) exc_value)->traceback;
+        Py_XINCREF(*tb);
+        #else
+        *tb = PyException_GetTraceback(exc_value);
+        #endif
+    }
+#else
+    *type = tstate->curexc_type;
+    *value = tstate->curexc_value;
+    *tb = tstate->curexc_traceback;
+    tstate->curexc_type = 0;
+    tstate->curexc_value = 0;
+    tstate->curexc_traceback = 0;
+#endif
+}
+#endif
+
+/* GivenExceptionMatches (used by PyErrExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static CYTHON_INLINE int __Pyx_inner_PyErr_GivenExceptionMatches2(PyObject *err, PyObject* exc_type1, PyObject *exc_type2) {
+    if (exc_type1) {
+        return __Pyx_IsAnySubtype2((PyTypeObject*)err, (PyTypeObject*)exc_type1, (PyTypeObject*)exc_type2);
+    } else {
+        return __Pyx_IsSubtype((PyTypeObject*)err, (PyTypeObject*)exc_type2);
+    }
+}
+static int __Pyx_PyErr_GivenExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
+    Py_ssize_t i, n;
+    assert(PyExceptionClass_Check(exc_type));
+    n = PyTuple_GET_SIZE(tuple);
+    for (i=0; i<n; i++) {
+        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
+    }
+    for (i=0; i<n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(tuple, i);
+        if (likely(PyExceptionClass_Check(t))) {
+            if (__Pyx_inner_PyErr_GivenExceptionMatches2(exc_type, NULL, t)) return 1;
+        } else {
+        }
+    }
+    return 0;
+}
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject* exc_type) {
+    if (likely(err == exc_type)) return 1;
+    if (likely(PyExceptionClass_Check(err))) {
+        if (likely(PyExceptionClass_Check(exc_type))) {
+            return __Pyx_inner_PyErr_GivenExceptionMatches2(err, NULL, exc_type);
+        } else if (likely(PyTuple_Check(exc_type))) {
+            return __Pyx_PyErr_GivenExceptionMatchesTuple(err, exc_type);
+        } else {
+        }
+    }
+    return PyErr_GivenExceptionMatches(err, exc_type);
+}
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *exc_type1, PyObject *exc_type2) {
+    assert(PyExceptionClass_Check(exc_type1));
+    assert(PyExceptionClass_Check(exc_type2));
+    if (likely(err == exc_type1 || err == exc_type2)) return 1;
+    if (likely(PyExceptionClass_Check(err))) {
+        return __Pyx_inner_PyErr_GivenExceptionMatches2(err, exc_type1, exc_type2);
+    }
+    return (PyErr_GivenExceptionMatches(err, exc_type1) || PyErr_GivenExceptionMatches(err, exc_type2));
+}
+#endif
+
+/* PyErrExceptionMatches (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_FAST_THREAD_STATE
+static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
+    Py_ssize_t i, n;
+    n = PyTuple_GET_SIZE(tuple);
+    for (i=0; i<n; i++) {
+        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
+    }
+    for (i=0; i<n; i++) {
+        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
+    }
+    return 0;
+}
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
+    int result;
+    PyObject *exc_type;
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject *current_exception = tstate->current_exception;
+    if (unlikely(!current_exception)) return 0;
+    exc_type = (PyObject*) Py_TYPE(current_exception);
+    if (exc_type == err) return 1;
+#else
+    exc_type = tstate->curexc_type;
+    if (exc_type == err) return 1;
+    if (unlikely(!exc_type)) return 0;
+#endif
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_INCREF(exc_type);
+    #endif
+    if (unlikely(PyTuple_Check(err))) {
+        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
+    } else {
+        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
+    }
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_DECREF(exc_type);
+    #endif
+    return result;
+}
+#endif
+
+/* PyObjectGetAttrStr (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name) {
+    PyTypeObject* tp = Py_TYPE(obj);
+    if (likely(tp->tp_getattro))
+        return tp->tp_getattro(obj, attr_name);
+    return PyObject_GetAttr(obj, attr_name);
+}
+#endif
+
+/* PyObjectGetAttrStrNoError (used by GetBuiltinName) */
+#if __PYX_LIMITED_VERSION_HEX < 0x030d0000
+static void __Pyx_PyObject_GetAttrStr_ClearAttributeError(void) {
+    __Pyx_PyThreadState_declare
+    __Pyx_PyThreadState_assign
+    if (likely(__Pyx_PyErr_ExceptionMatches(PyExc_AttributeError)))
+        __Pyx_PyErr_Clear();
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name) {
+    PyObject *result;
+#if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    (void) PyObject_GetOptionalAttr(obj, attr_name, &result);
+    return result;
+#else
+#if CYTHON_COMPILING_IN_CPYTHON && CYTHON_USE_TYPE_SLOTS
+    PyTypeObject* tp = Py_TYPE(obj);
+    if (likely(tp->tp_getattro == PyObject_GenericGetAttr)) {
+        return _PyObject_GenericGetAttrWithDict(obj, attr_name, NULL, 1);
+    }
+#endif
+    result = __Pyx_PyObject_GetAttrStr(obj, attr_name);
+    if (unlikely(!result)) {
+        __Pyx_PyObject_GetAttrStr_ClearAttributeError();
+    }
+    return result;
+#endif
+}
+
+/* GetBuiltinName */
+static PyObject *__Pyx_GetBuiltinName(PyObject *name) {
+    PyObject* result = __Pyx_PyObject_GetAttrStrNoError(__pyx_mstate_global->__pyx_b, name);
+    if (unlikely(!result) && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_NameError,
+            "name '%U' is not defined", name);
+    }
+    return result;
+}
 
 /* CopyObjectArray (used by TupleOrListFromArrayImpl) */
 #if CYTHON_COMPILING_IN_CPYTHON
@@ -31570,59 +33366,6 @@ static CYTHON_INLINE int __Pyx_IgnoreGivenException(PyObject *given_exception, P
     }
     return 0;
 }
-
-/* FastTypeChecks (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static int __Pyx_InBases(PyTypeObject *a, PyTypeObject *b) {
-    while (a) {
-        a = __Pyx_PyType_GetSlot(a, tp_base, PyTypeObject*);
-        if (a == b)
-            return 1;
-    }
-    return b == &PyBaseObject_Type;
-}
-static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b) {
-    PyObject *mro;
-    if (a == b) return 1;
-    mro = a->tp_mro;
-    if (likely(mro)) {
-        Py_ssize_t i, n;
-        n = PyTuple_GET_SIZE(mro);
-        for (i = 0; i < n; i++) {
-            if (PyTuple_GET_ITEM(mro, i) == (PyObject *)b)
-                return 1;
-        }
-        return 0;
-    }
-    return __Pyx_InBases(a, b);
-}
-static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b) {
-    PyObject *mro;
-    if (cls == a || cls == b) return 1;
-    mro = cls->tp_mro;
-    if (likely(mro)) {
-        Py_ssize_t i, n;
-        n = PyTuple_GET_SIZE(mro);
-        for (i = 0; i < n; i++) {
-            PyObject *base = PyTuple_GET_ITEM(mro, i);
-            if (base == (PyObject *)a || base == (PyObject *)b)
-                return 1;
-        }
-        return 0;
-    }
-    return __Pyx_InBases(cls, a) || __Pyx_InBases(cls, b);
-}
-#endif
-
-/* PyObjectGetAttrStr (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_USE_TYPE_SLOTS
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name) {
-    PyTypeObject* tp = Py_TYPE(obj);
-    if (likely(tp->tp_getattro))
-        return tp->tp_getattro(obj, attr_name);
-    return PyObject_GetAttr(obj, attr_name);
-}
-#endif
 
 /* UnpackUnboundCMethod_impl (used by UnpackUnboundCMethod) */
 #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030C0000
@@ -32341,193 +34084,6 @@ static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, in
         return 1;
     __Pyx_ArgTypeError(obj, type, name, exact);
     return 0;
-}
-
-/* PyErrFetchRestore (used by GivenExceptionMatches) */
-#if CYTHON_FAST_THREAD_STATE
-static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb) {
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject *tmp_value;
-    assert(type == NULL || (value != NULL && type == (PyObject*) Py_TYPE(value)));
-    if (value) {
-        #if CYTHON_COMPILING_IN_CPYTHON
-        if (unlikely(((PyBaseExceptionObject*) value)->traceback != tb))
-        #endif
-            PyException_SetTraceback(value, tb);
-    }
-    tmp_value = tstate->current_exception;
-    tstate->current_exception = value;
-    Py_XDECREF(tmp_value);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-#else
-    PyObject *tmp_type, *tmp_value, *tmp_tb;
-    tmp_type = tstate->curexc_type;
-    tmp_value = tstate->curexc_value;
-    tmp_tb = tstate->curexc_traceback;
-    tstate->curexc_type = type;
-    tstate->curexc_value = value;
-    tstate->curexc_traceback = tb;
-    Py_XDECREF(tmp_type);
-    Py_XDECREF(tmp_value);
-    Py_XDECREF(tmp_tb);
-#endif
-}
-static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject* exc_value;
-    exc_value = tstate->current_exception;
-    tstate->current_exception = 0;
-    *value = exc_value;
-    *type = NULL;
-    *tb = NULL;
-    if (exc_value) {
-        *type = (PyObject*) Py_TYPE(exc_value);
-        Py_INCREF(*type);
-        #if CYTHON_COMPILING_IN_CPYTHON
-        *tb = ((PyBaseExceptionObject*) exc_value)->traceback;
-        Py_XINCREF(*tb);
-        #else
-        *tb = PyException_GetTraceback(exc_value);
-        #endif
-    }
-#else
-    *type = tstate->curexc_type;
-    *value = tstate->curexc_value;
-    *tb = tstate->curexc_traceback;
-    tstate->curexc_type = 0;
-    tstate->curexc_value = 0;
-    tstate->curexc_traceback = 0;
-#endif
-}
-#endif
-
-/* GivenExceptionMatches (used by PyErrExceptionMatches) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static CYTHON_INLINE int __Pyx_inner_PyErr_GivenExceptionMatches2(PyObject *err, PyObject* exc_type1, PyObject *exc_type2) {
-    if (exc_type1) {
-        return __Pyx_IsAnySubtype2((PyTypeObject*)err, (PyTypeObject*)exc_type1, (PyTypeObject*)exc_type2);
-    } else {
-        return __Pyx_IsSubtype((PyTypeObject*)err, (PyTypeObject*)exc_type2);
-    }
-}
-static int __Pyx_PyErr_GivenExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
-    Py_ssize_t i, n;
-    assert(PyExceptionClass_Check(exc_type));
-    n = PyTuple_GET_SIZE(tuple);
-    for (i=0; i<n; i++) {
-        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
-    }
-    for (i=0; i<n; i++) {
-        PyObject *t = PyTuple_GET_ITEM(tuple, i);
-        if (likely(PyExceptionClass_Check(t))) {
-            if (__Pyx_inner_PyErr_GivenExceptionMatches2(exc_type, NULL, t)) return 1;
-        } else {
-        }
-    }
-    return 0;
-}
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject* exc_type) {
-    if (likely(err == exc_type)) return 1;
-    if (likely(PyExceptionClass_Check(err))) {
-        if (likely(PyExceptionClass_Check(exc_type))) {
-            return __Pyx_inner_PyErr_GivenExceptionMatches2(err, NULL, exc_type);
-        } else if (likely(PyTuple_Check(exc_type))) {
-            return __Pyx_PyErr_GivenExceptionMatchesTuple(err, exc_type);
-        } else {
-        }
-    }
-    return PyErr_GivenExceptionMatches(err, exc_type);
-}
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *exc_type1, PyObject *exc_type2) {
-    assert(PyExceptionClass_Check(exc_type1));
-    assert(PyExceptionClass_Check(exc_type2));
-    if (likely(err == exc_type1 || err == exc_type2)) return 1;
-    if (likely(PyExceptionClass_Check(err))) {
-        return __Pyx_inner_PyErr_GivenExceptionMatches2(err, exc_type1, exc_type2);
-    }
-    return (PyErr_GivenExceptionMatches(err, exc_type1) || PyErr_GivenExceptionMatches(err, exc_type2));
-}
-#endif
-
-/* PyErrExceptionMatches (used by PyObjectGetAttrStrNoError) */
-#if CYTHON_FAST_THREAD_STATE
-static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
-    Py_ssize_t i, n;
-    n = PyTuple_GET_SIZE(tuple);
-    for (i=0; i<n; i++) {
-        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
-    }
-    for (i=0; i<n; i++) {
-        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
-    }
-    return 0;
-}
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
-    int result;
-    PyObject *exc_type;
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject *current_exception = tstate->current_exception;
-    if (unlikely(!current_exception)) return 0;
-    exc_type = (PyObject*) Py_TYPE(current_exception);
-    if (exc_type == err) return 1;
-#else
-    exc_type = tstate->curexc_type;
-    if (exc_type == err) return 1;
-    if (unlikely(!exc_type)) return 0;
-#endif
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_INCREF(exc_type);
-    #endif
-    if (unlikely(PyTuple_Check(err))) {
-        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
-    } else {
-        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
-    }
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_DECREF(exc_type);
-    #endif
-    return result;
-}
-#endif
-
-/* PyObjectGetAttrStrNoError (used by GetBuiltinName) */
-#if __PYX_LIMITED_VERSION_HEX < 0x030d0000
-static void __Pyx_PyObject_GetAttrStr_ClearAttributeError(void) {
-    __Pyx_PyThreadState_declare
-    __Pyx_PyThreadState_assign
-    if (likely(__Pyx_PyErr_ExceptionMatches(PyExc_AttributeError)))
-        __Pyx_PyErr_Clear();
-}
-#endif
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name) {
-    PyObject *result;
-#if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
-    (void) PyObject_GetOptionalAttr(obj, attr_name, &result);
-    return result;
-#else
-#if CYTHON_COMPILING_IN_CPYTHON && CYTHON_USE_TYPE_SLOTS
-    PyTypeObject* tp = Py_TYPE(obj);
-    if (likely(tp->tp_getattro == PyObject_GenericGetAttr)) {
-        return _PyObject_GenericGetAttrWithDict(obj, attr_name, NULL, 1);
-    }
-#endif
-    result = __Pyx_PyObject_GetAttrStr(obj, attr_name);
-    if (unlikely(!result)) {
-        __Pyx_PyObject_GetAttrStr_ClearAttributeError();
-    }
-    return result;
-#endif
-}
-
-/* GetBuiltinName */
-static PyObject *__Pyx_GetBuiltinName(PyObject *name) {
-    PyObject* result = __Pyx_PyObject_GetAttrStrNoError(__pyx_mstate_global->__pyx_b, name);
-    if (unlikely(!result) && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_NameError,
-            "name '%U' is not defined", name);
-    }
-    return result;
 }
 
 /* PyObjectFastCallMethod */
@@ -34495,169 +36051,6 @@ static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
     }
 }
 
-/* PyUnicode_Unicode */
-static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Unicode(PyObject *obj) {
-    if (unlikely(obj == Py_None))
-        obj = __pyx_mstate_global->__pyx_kp_u_None;
-    return __Pyx_NewRef(obj);
-}
-
-/* UnicodeConcatInPlace */
-# if CYTHON_COMPILING_IN_CPYTHON
-static int
-__Pyx_unicode_modifiable(PyObject *unicode, int unsafe_shared)
-{
-    if (!__Pyx_IS_UNIQUELY_REFERENCED(unicode, unsafe_shared))
-        return 0;
-#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX > 0x030F0000
-    if (PyUnstable_Unicode_GET_CACHED_HASH(unicode) != -1)
-        return 0;
-#endif
-    if (!PyUnicode_CheckExact(unicode))
-        return 0;
-    if (PyUnicode_CHECK_INTERNED(unicode))
-        return 0;
-    return 1;
-}
-static CYTHON_INLINE PyObject *__Pyx_PyUnicode_ConcatInPlaceImpl(PyObject **p_left, PyObject *right, int unsafe_shared
-        #if CYTHON_REFNANNY
-        , void* __pyx_refnanny
-        #endif
-    ) {
-    PyObject *left = *p_left;
-    Py_ssize_t left_len, right_len, new_len;
-    if (unlikely(__Pyx_PyUnicode_READY(left) == -1))
-        return NULL;
-    if (unlikely(__Pyx_PyUnicode_READY(right) == -1))
-        return NULL;
-    left_len = PyUnicode_GET_LENGTH(left);
-    if (left_len == 0) {
-        Py_INCREF(right);
-        return right;
-    }
-    right_len = PyUnicode_GET_LENGTH(right);
-    if (right_len == 0) {
-        Py_INCREF(left);
-        return left;
-    }
-    if (unlikely(left_len > PY_SSIZE_T_MAX - right_len)) {
-        PyErr_SetString(PyExc_OverflowError,
-                        "strings are too large to concat");
-        return NULL;
-    }
-    new_len = left_len + right_len;
-    if (left != right
-            && __Pyx_unicode_modifiable(left, unsafe_shared)
-            && PyUnicode_CheckExact(right)
-            && PyUnicode_KIND(right) <= PyUnicode_KIND(left)
-            && !(PyUnicode_IS_ASCII(left) && !PyUnicode_IS_ASCII(right))) {
-        int ret;
-        __Pyx_GIVEREF(*p_left);
-        ret = PyUnicode_Resize(p_left, new_len);
-        __Pyx_GOTREF(*p_left);
-        if (unlikely(ret != 0))
-            return NULL;
-        #if PY_VERSION_HEX >= 0x030d0000
-        if (unlikely(PyUnicode_CopyCharacters(*p_left, left_len, right, 0, right_len) < 0)) return NULL;
-        #else
-        _PyUnicode_FastCopyCharacters(*p_left, left_len, right, 0, right_len);
-        #endif
-        __Pyx_INCREF(*p_left);
-        __Pyx_GIVEREF(*p_left);
-        return *p_left;
-    } else {
-        return __Pyx_PyUnicode_Concat(left, right);
-    }
-  }
-#endif
-
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
-    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
-#if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!key)) return -1;
-#endif
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#else
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
-    PyObject *out = PyDict_New();
-    if (unlikely(!out)) return NULL;
-    for (Py_ssize_t i=0; i<n; ++i) {
-        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
-    PyObject *key = kwnames[i];
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#endif
-
-/* PyObjectVectorcallMethodKwds */
-#if !CYTHON_VECTORCALL
-static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    PyObject *result;
-    PyObject *obj = PyObject_GetAttr(args[0], name);
-    if (unlikely(!obj))
-        return NULL;
-    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
-    Py_DECREF(obj);
-    return result;
-}
-#endif
-
-/* IterFinish */
-static CYTHON_INLINE int __Pyx_IterFinish(void) {
-    PyObject* exc_type;
-    __Pyx_PyThreadState_declare
-    __Pyx_PyThreadState_assign
-    exc_type = __Pyx_PyErr_CurrentExceptionType();
-    if (unlikely(exc_type)) {
-        if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration)))
-            return -1;
-        __Pyx_PyErr_Clear();
-        return 0;
-    }
-    return 0;
-}
-
-/* UnpackItemEndCheck */
-static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected) {
-    if (unlikely(retval)) {
-        Py_DECREF(retval);
-        __Pyx_RaiseTooManyValuesError(expected);
-        return -1;
-    }
-    return __Pyx_IterFinish();
-}
-
-/* ListAppend */
-#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
-static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x) {
-    PyListObject* L = (PyListObject*) list;
-    Py_ssize_t len = Py_SIZE(list);
-    if (likely(L->allocated > len) & likely(len > (L->allocated >> 1))) {
-        Py_INCREF(x);
-        __Pyx__ListComp_AppendAndDecref(list, len, x);
-        return 0;
-    }
-    return PyList_Append(list, x);
-}
-#endif
-
 /* PyObjectCompare */
 #ifndef __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
 #define __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
@@ -34796,6 +36189,620 @@ __pyx_return_true:
 __pyx_return_false:
     return 0;
 }
+
+/* pep479 */
+static void __Pyx_Generator_Replace_StopIteration(int in_async_gen) {
+    PyObject *exc, *val, *tb, *cur_exc, *new_exc;
+    __Pyx_PyThreadState_declare
+    int is_async_stopiteration = 0;
+    CYTHON_MAYBE_UNUSED_VAR(in_async_gen);
+    __Pyx_PyThreadState_assign
+    cur_exc = __Pyx_PyErr_CurrentExceptionType();
+    if (likely(!__Pyx_PyErr_GivenExceptionMatches(cur_exc, PyExc_StopIteration))) {
+        if (in_async_gen && unlikely(__Pyx_PyErr_GivenExceptionMatches(cur_exc, PyExc_StopAsyncIteration))) {
+            is_async_stopiteration = 1;
+        } else {
+            return;
+        }
+    }
+    __Pyx_GetException(&exc, &val, &tb);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    new_exc = PyObject_CallFunction(PyExc_RuntimeError, "s",
+        is_async_stopiteration ? "async generator raised StopAsyncIteration" :
+        in_async_gen ? "async generator raised StopIteration" :
+        "generator raised StopIteration");
+    if (!new_exc) {
+        Py_XDECREF(val);
+        return;
+    }
+    PyException_SetCause(new_exc, val); // steals ref to val
+    PyErr_SetObject(PyExc_RuntimeError, new_exc);
+    Py_DECREF(new_exc);
+}
+
+/* IterFinish */
+static CYTHON_INLINE int __Pyx_IterFinish(void) {
+    PyObject* exc_type;
+    __Pyx_PyThreadState_declare
+    __Pyx_PyThreadState_assign
+    exc_type = __Pyx_PyErr_CurrentExceptionType();
+    if (unlikely(exc_type)) {
+        if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration)))
+            return -1;
+        __Pyx_PyErr_Clear();
+        return 0;
+    }
+    return 0;
+}
+
+/* UnpackItemEndCheck */
+static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected) {
+    if (unlikely(retval)) {
+        Py_DECREF(retval);
+        __Pyx_RaiseTooManyValuesError(expected);
+        return -1;
+    }
+    return __Pyx_IterFinish();
+}
+
+/* PyLongBinop */
+#if !CYTHON_COMPILING_IN_PYPY
+static PyObject* __Pyx_Fallback___Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, int inplace) {
+    return (inplace ? PyNumber_InPlaceSubtract : PyNumber_Subtract)(op1, op2);
+}
+#if CYTHON_USE_PYLONG_INTERNALS
+static PyObject* __Pyx_Unpacked___Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(inplace);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    long a;
+    const PY_LONG_LONG llb = intval;
+    PY_LONG_LONG lla;
+    if (unlikely(__Pyx_PyLong_IsZero(op1))) {
+        return PyLong_FromLong(-intval);
+    }
+    const int is_positive = __Pyx_PyLong_IsPos(op1);
+    const digit* digits = __Pyx_PyLong_Digits(op1);
+    const Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+    if (likely(size == 1)) {
+        a = (long) digits[0];
+        if (!is_positive) a *= -1;
+    } else {
+        if (size == 2 && 8 * sizeof(long) - 1 > 2 * PyLong_SHIFT) {
+            a = (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 2 && 8 * sizeof(PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 3 && 8 * sizeof(long) - 1 > 3 * PyLong_SHIFT) {
+            a = (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 3 && 8 * sizeof(PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 4 && 8 * sizeof(long) - 1 > 4 * PyLong_SHIFT) {
+            a = (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 4 && 8 * sizeof(PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        {}
+        return PyLong_Type.tp_as_number->nb_subtract(op1, op2);
+    }
+    calculate_long:
+        {
+            long x;
+            x = a - b;
+            return PyLong_FromLong(x);
+        }
+    calculate_long_long:
+        {
+            PY_LONG_LONG llx;
+            llx = lla - llb;
+            return PyLong_FromLongLong(llx);
+        }
+    
+}
+#endif
+static PyObject* __Pyx_Float___Pyx_PyLong_SubtractObjC(PyObject *float_val, long intval, int zerodivision_check) {
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    double a = __Pyx_PyFloat_AS_DOUBLE(float_val);
+        double result;
+        
+        result = ((double)a) - (double)b;
+        return PyFloat_FromDouble(result);
+}
+static CYTHON_INLINE PyObject* __Pyx_PyLong_SubtractObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(intval);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (likely(PyLong_CheckExact(op1))) {
+        return __Pyx_Unpacked___Pyx_PyLong_SubtractObjC(op1, op2, intval, inplace, zerodivision_check);
+    }
+    #endif
+    if (PyFloat_CheckExact(op1)) {
+        return __Pyx_Float___Pyx_PyLong_SubtractObjC(op1, intval, zerodivision_check);
+    }
+    return __Pyx_Fallback___Pyx_PyLong_SubtractObjC(op1, op2, inplace);
+}
+#endif
+
+/* PyNumberBinop */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API)
+#if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+#ifndef __Pyx_DEFINED_BinopTypeError
+#define __Pyx_DEFINED_BinopTypeError
+static void __Pyx_BinopTypeError(PyObject *op1, PyObject *op2, const char* op, int inplace) {
+    char opname[4] = {op[0], op[1], 0, 0};
+    if (inplace) {
+        opname[op[1] ? 2 : 1] = '=';
+    }
+    __Pyx_RaiseErrorWithObjectTypes1(
+        PyExc_TypeError,
+        "unsupported operand type(s) for %.3s: '" __Pyx_FMT_TYPENAME "' and '" __Pyx_FMT_TYPENAME "'",
+        opname, op1, op2);
+}
+#endif
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_Multiply_xfloat_object
+#define __Pyx_DEFINED_PyNumber_Multiply_xfloat_object
+static PyObject* __Pyx_PyNumber_Multiply_xfloat_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyLong_CheckExact(op2)) {
+        double int_op2;
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(op2)) {
+            Py_ssize_t compact_op2 = __Pyx_PyLong_CompactValue(op2);
+            int_op2 = (double) compact_op2;
+        } else
+        #endif
+        {
+            int_op2 = PyLong_AsDouble(op2);
+            if (unlikely((int_op2 == -1.) && PyErr_Occurred())) return NULL;
+        }
+        double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+        #if !CYTHON_ASSUME_SAFE_MACROS
+        if (unlikely((float_op1 == -1.) && PyErr_Occurred())) return NULL;
+        #endif
+        if (float_op1 == 0.) return __Pyx_NewRef(op1);
+        return PyFloat_FromDouble(float_op1 * int_op2);
+    }
+    if (PyLong_Check(op2)) {
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyFloat_Type, tp_as_number, nb_multiply, binaryfunc);
+        if (likely(slot_func)) {
+            return slot_func(op1, op2);
+        }
+    }
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_multiply, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "*", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceMultiply(op1, op2) : PyNumber_Multiply(op1, op2);
+    #endif
+}
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_Multiply_xint_object
+#define __Pyx_DEFINED_PyNumber_Multiply_xint_object
+static PyObject* __Pyx_PyNumber_Multiply_xint_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyFloat_CheckExact(op2)) {
+        double int_op1;
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(op1)) {
+            Py_ssize_t compact_op1 = __Pyx_PyLong_CompactValue(op1);
+            int_op1 = (double) compact_op1;
+        } else
+        #endif
+        {
+            int_op1 = PyLong_AsDouble(op1);
+            if (unlikely((int_op1 == -1.) && PyErr_Occurred())) return NULL;
+        }
+        double float_op2 = __Pyx_PyFloat_AS_DOUBLE(op2);
+        #if !CYTHON_ASSUME_SAFE_MACROS
+        if (unlikely((float_op2 == -1.) && PyErr_Occurred())) return NULL;
+        #endif
+        return PyFloat_FromDouble(int_op1 * float_op2);
+    }
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_multiply, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        ssizeargfunc repeat_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_sequence, sq_repeat, ssizeargfunc);
+        if (likely(repeat_func)) {
+            Py_ssize_t count;
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                count = __Pyx_PyLong_CompactValue(op1);
+            } else
+            #endif
+            {
+                count = PyLong_AsSsize_t(op1);
+                if (unlikely((count == -1) && PyErr_Occurred())) return NULL;
+            }
+            return repeat_func(op2, count);
+        }
+        __Pyx_BinopTypeError(op1, op2, "*", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceMultiply(op1, op2) : PyNumber_Multiply(op1, op2);
+    #endif
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_Multiply_object_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyFloat_CheckExact(op1)) {
+        if (PyFloat_CheckExact(op2)) {
+            double float_op2 = __Pyx_PyFloat_AS_DOUBLE(op2);
+            #if !CYTHON_ASSUME_SAFE_MACROS
+            if (unlikely((float_op2 == -1.) && PyErr_Occurred())) return NULL;
+            #endif
+            double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+            #if !CYTHON_ASSUME_SAFE_MACROS
+            if (unlikely((float_op1 == -1.) && PyErr_Occurred())) return NULL;
+            #endif
+            return PyFloat_FromDouble(float_op1 * float_op2);
+        }
+        return __Pyx_PyNumber_Multiply_xfloat_object(op1, op2, inplace);
+    }
+    if (PyLong_CheckExact(op1)) {
+        if (PyLong_CheckExact(op2)) {
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                long long int_op1 = (long long) __Pyx_PyLong_CompactValue(op1);
+                if (int_op1 == 0) return __Pyx_NewRef(op1);
+                if (__Pyx_PyLong_IsCompact(op2)) {
+                    long long int_op2 = (long long) __Pyx_PyLong_CompactValue(op2);
+                    if (int_op2 == 0) return __Pyx_NewRef(op2);
+                    return PyLong_FromLongLong(int_op1 * int_op2);
+                }
+            }
+            else if (__Pyx_PyLong_IsZero(op2)) return __Pyx_NewRef(op2);
+            #endif
+            binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyLong_Type, tp_as_number, nb_multiply, binaryfunc);
+            if (likely(slot_func)) {
+                return slot_func(op1, op2);
+            }
+        }
+        return __Pyx_PyNumber_Multiply_xint_object(op1, op2, inplace);
+    }
+    return (inplace) ? PyNumber_InPlaceMultiply(op1, op2) : PyNumber_Multiply(op1, op2);
+}
+#endif
+
+/* DictGetItem */
+#if !CYTHON_COMPILING_IN_PYPY
+static PyObject *__Pyx_PyDict_GetItem(PyObject *d, PyObject* key) {
+    PyObject *value;
+    if (unlikely(__Pyx_PyDict_GetItemRef(d, key, &value) == 0)) { // no value, no error
+        if (unlikely(PyTuple_Check(key))) {
+            PyObject* args = PyTuple_Pack(1, key);
+            if (likely(args)) {
+                PyErr_SetObject(PyExc_KeyError, args);
+                Py_DECREF(args);
+            }
+        } else {
+            PyErr_SetObject(PyExc_KeyError, key);
+        }
+    }
+    return value;
+}
+#endif
+
+/* PyNumberBinop */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API)
+#if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+#ifndef __Pyx_DEFINED_BinopTypeError
+#define __Pyx_DEFINED_BinopTypeError
+static void __Pyx_BinopTypeError(PyObject *op1, PyObject *op2, const char* op, int inplace) {
+    char opname[4] = {op[0], op[1], 0, 0};
+    if (inplace) {
+        opname[op[1] ? 2 : 1] = '=';
+    }
+    __Pyx_RaiseErrorWithObjectTypes1(
+        PyExc_TypeError,
+        "unsupported operand type(s) for %.3s: '" __Pyx_FMT_TYPENAME "' and '" __Pyx_FMT_TYPENAME "'",
+        opname, op1, op2);
+}
+#endif
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_Add_xfloat_object
+#define __Pyx_DEFINED_PyNumber_Add_xfloat_object
+static PyObject* __Pyx_PyNumber_Add_xfloat_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyLong_CheckExact(op2)) {
+        double int_op2;
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(op2)) {
+            Py_ssize_t compact_op2 = __Pyx_PyLong_CompactValue(op2);
+            if (compact_op2 == 0) return __Pyx_NewRef(op1);
+            int_op2 = (double) compact_op2;
+        } else
+        #endif
+        {
+            int_op2 = PyLong_AsDouble(op2);
+            if (unlikely((int_op2 == -1.) && PyErr_Occurred())) return NULL;
+            #if !CYTHON_USE_PYLONG_INTERNALS
+            if (int_op2 == 0.) return __Pyx_NewRef(op1);
+            #endif
+        }
+        double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+        #if !CYTHON_ASSUME_SAFE_MACROS
+        if (unlikely((float_op1 == -1.) && PyErr_Occurred())) return NULL;
+        #endif
+        return PyFloat_FromDouble(float_op1 + int_op2);
+    }
+    if (PyLong_Check(op2)) {
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyFloat_Type, tp_as_number, nb_add, binaryfunc);
+        if (likely(slot_func)) {
+            return slot_func(op1, op2);
+        }
+    }
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_add, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "+", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceAdd(op1, op2) : PyNumber_Add(op1, op2);
+    #endif
+}
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_Add_xint_object
+#define __Pyx_DEFINED_PyNumber_Add_xint_object
+static PyObject* __Pyx_PyNumber_Add_xint_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyFloat_CheckExact(op2)) {
+        double int_op1;
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(op1)) {
+            Py_ssize_t compact_op1 = __Pyx_PyLong_CompactValue(op1);
+            if (compact_op1 == 0) return __Pyx_NewRef(op2);
+            int_op1 = (double) compact_op1;
+        } else
+        #endif
+        {
+            int_op1 = PyLong_AsDouble(op1);
+            if (unlikely((int_op1 == -1.) && PyErr_Occurred())) return NULL;
+            #if !CYTHON_USE_PYLONG_INTERNALS
+            if (int_op1 == 0.) return __Pyx_NewRef(op2);
+            #endif
+        }
+        double float_op2 = __Pyx_PyFloat_AS_DOUBLE(op2);
+        #if !CYTHON_ASSUME_SAFE_MACROS
+        if (unlikely((float_op2 == -1.) && PyErr_Occurred())) return NULL;
+        #endif
+        return PyFloat_FromDouble(int_op1 + float_op2);
+    }
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_add, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "+", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceAdd(op1, op2) : PyNumber_Add(op1, op2);
+    #endif
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_Add_object_object(PyObject *op1, PyObject *op2, int inplace) {
+    if (PyFloat_CheckExact(op1)) {
+        if (PyFloat_CheckExact(op2)) {
+            double float_op2 = __Pyx_PyFloat_AS_DOUBLE(op2);
+            #if !CYTHON_ASSUME_SAFE_MACROS
+            if (unlikely((float_op2 == -1.) && PyErr_Occurred())) return NULL;
+            #endif
+            double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+            #if !CYTHON_ASSUME_SAFE_MACROS
+            if (unlikely((float_op1 == -1.) && PyErr_Occurred())) return NULL;
+            #endif
+            return PyFloat_FromDouble(float_op1 + float_op2);
+        }
+        return __Pyx_PyNumber_Add_xfloat_object(op1, op2, inplace);
+    }
+    if (PyLong_CheckExact(op1)) {
+        if (PyLong_CheckExact(op2)) {
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                Py_ssize_t int_op1 = __Pyx_PyLong_CompactValue(op1);
+                if (int_op1 == 0) return __Pyx_NewRef(op2);
+                if (__Pyx_PyLong_IsCompact(op2)) {
+                    Py_ssize_t int_op2 = __Pyx_PyLong_CompactValue(op2);
+                    if (int_op2 == 0) return __Pyx_NewRef(op1);
+                    return PyLong_FromSsize_t(int_op1 + int_op2);
+                }
+            }
+            else if (__Pyx_PyLong_IsZero(op2)) return __Pyx_NewRef(op1);
+            #endif
+            binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyLong_Type, tp_as_number, nb_add, binaryfunc);
+            if (likely(slot_func)) {
+                return slot_func(op1, op2);
+            }
+        }
+        return __Pyx_PyNumber_Add_xint_object(op1, op2, inplace);
+    }
+    return (inplace) ? PyNumber_InPlaceAdd(op1, op2) : PyNumber_Add(op1, op2);
+}
+#endif
+
+/* PyUnicode_Unicode */
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Unicode(PyObject *obj) {
+    if (unlikely(obj == Py_None))
+        obj = __pyx_mstate_global->__pyx_kp_u_None;
+    return __Pyx_NewRef(obj);
+}
+
+/* UnicodeConcatInPlace */
+# if CYTHON_COMPILING_IN_CPYTHON
+static int
+__Pyx_unicode_modifiable(PyObject *unicode, int unsafe_shared)
+{
+    if (!__Pyx_IS_UNIQUELY_REFERENCED(unicode, unsafe_shared))
+        return 0;
+#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX > 0x030F0000
+    if (PyUnstable_Unicode_GET_CACHED_HASH(unicode) != -1)
+        return 0;
+#endif
+    if (!PyUnicode_CheckExact(unicode))
+        return 0;
+    if (PyUnicode_CHECK_INTERNED(unicode))
+        return 0;
+    return 1;
+}
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_ConcatInPlaceImpl(PyObject **p_left, PyObject *right, int unsafe_shared
+        #if CYTHON_REFNANNY
+        , void* __pyx_refnanny
+        #endif
+    ) {
+    PyObject *left = *p_left;
+    Py_ssize_t left_len, right_len, new_len;
+    if (unlikely(__Pyx_PyUnicode_READY(left) == -1))
+        return NULL;
+    if (unlikely(__Pyx_PyUnicode_READY(right) == -1))
+        return NULL;
+    left_len = PyUnicode_GET_LENGTH(left);
+    if (left_len == 0) {
+        Py_INCREF(right);
+        return right;
+    }
+    right_len = PyUnicode_GET_LENGTH(right);
+    if (right_len == 0) {
+        Py_INCREF(left);
+        return left;
+    }
+    if (unlikely(left_len > PY_SSIZE_T_MAX - right_len)) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "strings are too large to concat");
+        return NULL;
+    }
+    new_len = left_len + right_len;
+    if (left != right
+            && __Pyx_unicode_modifiable(left, unsafe_shared)
+            && PyUnicode_CheckExact(right)
+            && PyUnicode_KIND(right) <= PyUnicode_KIND(left)
+            && !(PyUnicode_IS_ASCII(left) && !PyUnicode_IS_ASCII(right))) {
+        int ret;
+        __Pyx_GIVEREF(*p_left);
+        ret = PyUnicode_Resize(p_left, new_len);
+        __Pyx_GOTREF(*p_left);
+        if (unlikely(ret != 0))
+            return NULL;
+        #if PY_VERSION_HEX >= 0x030d0000
+        if (unlikely(PyUnicode_CopyCharacters(*p_left, left_len, right, 0, right_len) < 0)) return NULL;
+        #else
+        _PyUnicode_FastCopyCharacters(*p_left, left_len, right, 0, right_len);
+        #endif
+        __Pyx_INCREF(*p_left);
+        __Pyx_GIVEREF(*p_left);
+        return *p_left;
+    } else {
+        return __Pyx_PyUnicode_Concat(left, right);
+    }
+  }
+#endif
+
+/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
+#if CYTHON_VECTORCALL
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
+    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
+#if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!key)) return -1;
+#endif
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#else
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
+    PyObject *out = PyDict_New();
+    if (unlikely(!out)) return NULL;
+    for (Py_ssize_t i=0; i<n; ++i) {
+        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
+    PyObject *key = kwnames[i];
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+/* PyObjectVectorcallMethodKwds */
+#if !CYTHON_VECTORCALL
+static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *result;
+    PyObject *obj = PyObject_GetAttr(args[0], name);
+    if (unlikely(!obj))
+        return NULL;
+    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
+    Py_DECREF(obj);
+    return result;
+}
+#endif
+
+/* ListAppend */
+#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
+static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x) {
+    PyListObject* L = (PyListObject*) list;
+    Py_ssize_t len = Py_SIZE(list);
+    if (likely(L->allocated > len) & likely(len > (L->allocated >> 1))) {
+        Py_INCREF(x);
+        __Pyx__ListComp_AppendAndDecref(list, len, x);
+        return 0;
+    }
+    return PyList_Append(list, x);
+}
+#endif
 
 /* AllocateExtensionType */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final) {
@@ -39710,6 +41717,85 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value) {
     }
 }
 
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const long neg_one = (long) -1, const_zero = (long) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(long) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(long) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(long) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(long) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(long) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(long),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(long));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
 /* CIntFromPy */
 static int32_t __Pyx_LargePyLong___Pyx_PyLong_As_int32_t(PyObject *x);
 static int32_t __Pyx_raise_neg_overflow___Pyx_PyLong_As_int32_t(void) {
@@ -40312,85 +42398,6 @@ static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *x) {
     }
 }
 
-/* CIntToPy */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value) {
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#endif
-    const long neg_one = (long) -1, const_zero = (long) 0;
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic pop
-#endif
-    const int is_unsigned = neg_one > const_zero;
-    if (is_unsigned) {
-        if (sizeof(long) < sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(long) <= sizeof(unsigned long)) {
-            return PyLong_FromUnsignedLong((unsigned long) value);
-#if !CYTHON_COMPILING_IN_PYPY
-        } else if (sizeof(long) <= sizeof(unsigned PY_LONG_LONG)) {
-            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
-#endif
-        }
-    } else {
-        if (sizeof(long) <= sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(long) <= sizeof(PY_LONG_LONG)) {
-            return PyLong_FromLongLong((PY_LONG_LONG) value);
-        }
-    }
-    {
-        unsigned char *bytes = (unsigned char *)&value;
-#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
-        if (is_unsigned) {
-            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
-        } else {
-            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
-        }
-#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        return _PyLong_FromByteArray(bytes, sizeof(long),
-                                     little, !is_unsigned);
-#else
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        PyObject *result = NULL, *kwds = NULL;
-        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
-        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(long));
-        if (!py_bytes) goto limited_bad;
-        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
-        if (!from_bytes_str) goto limited_bad;
-        order_str = PyUnicode_FromString(little ? "little" : "big");
-        if (!order_str) goto limited_bad;
-        {
-            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
-            if (!is_unsigned) {
-                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
-                if (!signed_str) goto limited_bad;
-#if CYTHON_VECTORCALL
-                kwds = PyTuple_Pack(1, signed_str);
-#else
-                {
-                    PyObject *keys[] = {signed_str};
-                    PyObject *values[] = {Py_True};
-                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
-                }
-#endif
-                Py_DECREF(signed_str);
-                if (unlikely(!kwds)) goto limited_bad;
-            }
-            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
-        }
-        limited_bad:
-        Py_XDECREF(kwds);
-        Py_XDECREF(order_str);
-        Py_XDECREF(py_bytes);
-        Py_XDECREF(from_bytes_str);
-        return result;
-#endif
-    }
-}
-
 /* PyObjectCallMethod1 (used by UpdateUnpickledDict) */
 static CYTHON_INLINE PyObject* __Pyx_PyObject_CallMethod1(PyObject* obj, PyObject* method_name, PyObject* arg) {
 #if CYTHON_VECTORCALL && (__PYX_LIMITED_VERSION_HEX >= 0x030C0000 || !CYTHON_COMPILING_IN_LIMITED_API)
@@ -40817,6 +42824,1160 @@ static unsigned long __Pyx_get_runtime_version(void) {
 #else
     return __Pyx_cached_runtime_version;
 #endif
+}
+
+/* IterNextPlain (used by CoroutineBase) */
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+static PyObject *__Pyx_GetBuiltinNext_LimitedAPI(void) {
+    if (unlikely(!__pyx_mstate_global->__Pyx_GetBuiltinNext_LimitedAPI_cache))
+        __pyx_mstate_global->__Pyx_GetBuiltinNext_LimitedAPI_cache = __Pyx_GetBuiltinName(__pyx_mstate_global->__pyx_n_u_next);
+    return __pyx_mstate_global->__Pyx_GetBuiltinNext_LimitedAPI_cache;
+}
+#endif
+static CYTHON_INLINE PyObject *__Pyx_PyIter_Next_Plain(PyObject *iterator) {
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+    PyObject *result;
+    PyObject *next = __Pyx_GetBuiltinNext_LimitedAPI();
+    if (unlikely(!next)) return NULL;
+    result = PyObject_CallFunctionObjArgs(next, iterator, NULL);
+    return result;
+#else
+    (void)&__Pyx_GetBuiltinName; // only for early limited API
+    iternextfunc iternext = __Pyx_PyObject_GetIterNextFunc(iterator);
+    assert(iternext);
+    return iternext(iterator);
+#endif
+}
+
+/* PyObjectCallNoArg (used by CoroutineBase) */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CallNoArg(PyObject *func) {
+    PyObject *arg[2] = {NULL, NULL};
+    return __Pyx_PyObject_FastCall(func, arg + 1, 0 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET);
+}
+
+/* ReturnWithStopIteration (used by CoroutineBase) */
+static void __Pyx__ReturnWithStopIteration(PyObject* value, int async);
+static CYTHON_INLINE void __Pyx_ReturnWithStopIteration(PyObject* value, int async, int iternext) {
+    if (value == Py_None) {
+        if (async || !iternext)
+            PyErr_SetNone(async ? PyExc_StopAsyncIteration : PyExc_StopIteration);
+        return;
+    }
+    __Pyx__ReturnWithStopIteration(value, async);
+}
+static void __Pyx__ReturnWithStopIteration(PyObject* value, int async) {
+#if CYTHON_COMPILING_IN_CPYTHON
+    __Pyx_PyThreadState_declare
+#endif
+    PyObject *exc;
+    PyObject *exc_type = async ? PyExc_StopAsyncIteration : PyExc_StopIteration;
+#if CYTHON_COMPILING_IN_CPYTHON
+    if ((PY_VERSION_HEX >= (0x030C00A6)) || unlikely(PyTuple_Check(value) || PyExceptionInstance_Check(value))) {
+        if (PY_VERSION_HEX >= (0x030e00A1)) {
+            exc = __Pyx_PyObject_CallOneArg(exc_type, value);
+        } else {
+            PyObject *args_tuple = PyTuple_New(1);
+            if (unlikely(!args_tuple)) return;
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(args_tuple, 0, value);
+            exc = PyObject_Call(exc_type, args_tuple, NULL);
+            Py_DECREF(args_tuple);
+        }
+        if (unlikely(!exc)) return;
+    } else {
+        Py_INCREF(value);
+        exc = value;
+    }
+    #if CYTHON_FAST_THREAD_STATE
+    __Pyx_PyThreadState_assign
+    #if CYTHON_USE_EXC_INFO_STACK
+    if (!__pyx_tstate->exc_info->exc_value)
+    #else
+    if (!__pyx_tstate->exc_type)
+    #endif
+    {
+        Py_INCREF(exc_type);
+        __Pyx_ErrRestore(exc_type, exc, NULL);
+        return;
+    }
+    #endif
+#else
+    exc = __Pyx_PyObject_CallOneArg(exc_type, value);
+    if (unlikely(!exc)) return;
+#endif
+    PyErr_SetObject(exc_type, exc);
+    Py_DECREF(exc);
+}
+
+/* CoroutineBase (used by Generator) */
+#if !CYTHON_COMPILING_IN_LIMITED_API
+#include <frameobject.h>
+#if PY_VERSION_HEX >= 0x030b00a6 && !defined(PYPY_VERSION)
+  #ifndef Py_BUILD_CORE
+    #define Py_BUILD_CORE 1
+  #endif
+  #include "internal/pycore_frame.h"
+#endif
+#endif // CYTHON_COMPILING_IN_LIMITED_API
+static CYTHON_INLINE void
+__Pyx_Coroutine_Undelegate(__pyx_CoroutineObject *gen) {
+#if CYTHON_USE_AM_SEND
+    gen->yieldfrom_am_send = NULL;
+#endif
+    Py_CLEAR(gen->yieldfrom);
+}
+static int __Pyx_PyGen__FetchStopIterationValue(PyThreadState *__pyx_tstate, PyObject **pvalue) {
+    PyObject *et, *ev, *tb;
+    PyObject *value = NULL;
+    CYTHON_UNUSED_VAR(__pyx_tstate);
+    __Pyx_ErrFetch(&et, &ev, &tb);
+    if (!et) {
+        Py_XDECREF(tb);
+        Py_XDECREF(ev);
+        Py_INCREF(Py_None);
+        *pvalue = Py_None;
+        return 0;
+    }
+    if (likely(et == PyExc_StopIteration)) {
+        if (!ev) {
+            Py_INCREF(Py_None);
+            value = Py_None;
+        }
+        else if (likely(Py_IS_TYPE(ev, (PyTypeObject*)PyExc_StopIteration))) {
+            #if CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL
+            value = PyObject_GetAttr(ev, __pyx_mstate_global->__pyx_n_u_value);
+            if (unlikely(!value)) goto limited_api_failure;
+            #else
+            value = ((PyStopIterationObject *)ev)->value;
+            Py_INCREF(value);
+            #endif
+            Py_DECREF(ev);
+        }
+        else if (unlikely(PyTuple_Check(ev))) {
+            Py_ssize_t tuple_size = __Pyx_PyTuple_GET_SIZE(ev);
+            #if !CYTHON_ASSUME_SAFE_SIZE
+            if (unlikely(tuple_size < 0)) {
+                Py_XDECREF(tb);
+                Py_DECREF(ev);
+                Py_DECREF(et);
+                return -1;
+            }
+            #endif
+            if (tuple_size >= 1) {
+#if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+                value = PyTuple_GET_ITEM(ev, 0);
+                Py_INCREF(value);
+#elif CYTHON_ASSUME_SAFE_MACROS
+                value = PySequence_ITEM(ev, 0);
+#else
+                value = PySequence_GetItem(ev, 0);
+                if (!value) goto limited_api_failure;
+#endif
+            } else {
+                Py_INCREF(Py_None);
+                value = Py_None;
+            }
+            Py_DECREF(ev);
+        }
+        else if (!__Pyx_TypeCheck(ev, (PyTypeObject*)PyExc_StopIteration)) {
+            value = ev;
+        }
+        if (likely(value)) {
+            Py_XDECREF(tb);
+            Py_DECREF(et);
+            *pvalue = value;
+            return 0;
+        }
+    } else if (!__Pyx_PyErr_GivenExceptionMatches(et, PyExc_StopIteration)) {
+        __Pyx_ErrRestore(et, ev, tb);
+        return -1;
+    }
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (unlikely(!PyObject_TypeCheck(ev, (PyTypeObject*)PyExc_StopIteration))) {
+        __Pyx_ErrRestore(et, ev, tb);
+        return -1;
+    }
+    Py_XDECREF(tb);
+    Py_DECREF(et);
+#if CYTHON_COMPILING_IN_LIMITED_API
+    value = PyObject_GetAttr(ev, __pyx_mstate_global->__pyx_n_u_value);
+#else
+    value = ((PyStopIterationObject *)ev)->value;
+    Py_INCREF(value);
+#endif
+    Py_DECREF(ev);
+#if CYTHON_COMPILING_IN_LIMITED_API
+    if (unlikely(!value)) return -1;
+#endif
+    *pvalue = value;
+    return 0;
+#if CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL || !CYTHON_ASSUME_SAFE_MACROS
+  limited_api_failure:
+    Py_XDECREF(et);
+    Py_XDECREF(tb);
+    Py_XDECREF(ev);
+    return -1;
+#endif
+}
+static CYTHON_INLINE
+__Pyx_PySendResult __Pyx_Coroutine_status_from_result(PyObject **retval) {
+    if (*retval) {
+        return PYGEN_NEXT;
+    } else if (likely(__Pyx_PyGen__FetchStopIterationValue(__Pyx_PyThreadState_Current, retval) == 0)) {
+        return PYGEN_RETURN;
+    } else {
+        return PYGEN_ERROR;
+    }
+}
+static CYTHON_INLINE
+void __Pyx_Coroutine_ExceptionClear(__Pyx_ExcInfoStruct *exc_state) {
+#if PY_VERSION_HEX >= 0x030B00a4
+    Py_CLEAR(exc_state->exc_value);
+#else
+    PyObject *t, *v, *tb;
+    t = exc_state->exc_type;
+    v = exc_state->exc_value;
+    tb = exc_state->exc_traceback;
+    exc_state->exc_type = NULL;
+    exc_state->exc_value = NULL;
+    exc_state->exc_traceback = NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+#endif
+}
+#define __Pyx_Coroutine_AlreadyRunningError(gen)  (__Pyx__Coroutine_AlreadyRunningError(gen), (PyObject*)NULL)
+static void __Pyx__Coroutine_AlreadyRunningError(__pyx_CoroutineObject *gen) {
+    const char *msg;
+    CYTHON_MAYBE_UNUSED_VAR(gen);
+    if ((0)) {
+    #ifdef __Pyx_Coroutine_USED
+    } else if (__Pyx_Coroutine_Check((PyObject*)gen)) {
+        msg = "coroutine already executing";
+    #endif
+    #ifdef __Pyx_AsyncGen_USED
+    } else if (__Pyx_AsyncGen_CheckExact((PyObject*)gen)) {
+        msg = "async generator already executing";
+    #endif
+    } else {
+        msg = "generator already executing";
+    }
+    PyErr_SetString(PyExc_ValueError, msg);
+}
+static void __Pyx_Coroutine_AlreadyTerminatedError(PyObject *gen, PyObject *value, int closing) {
+    CYTHON_MAYBE_UNUSED_VAR(gen);
+    CYTHON_MAYBE_UNUSED_VAR(closing);
+    #ifdef __Pyx_Coroutine_USED
+    if (!closing && __Pyx_Coroutine_Check(gen)) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+    } else
+    #endif
+    if (value) {
+        #ifdef __Pyx_AsyncGen_USED
+        if (__Pyx_AsyncGen_CheckExact(gen))
+            PyErr_SetNone(PyExc_StopAsyncIteration);
+        else
+        #endif
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+}
+static
+__Pyx_PySendResult __Pyx_Coroutine_SendEx(__pyx_CoroutineObject *self, PyObject *value, PyObject **result, int closing) {
+    __Pyx_PyThreadState_declare
+    PyThreadState *tstate;
+    __Pyx_ExcInfoStruct *exc_state;
+    PyObject *retval;
+    assert(__Pyx_Coroutine_get_is_running(self));  // Callers should ensure is_running
+    if (unlikely(self->resume_label == -1)) {
+        __Pyx_Coroutine_AlreadyTerminatedError((PyObject*)self, value, closing);
+        return PYGEN_ERROR;
+    }
+#if CYTHON_FAST_THREAD_STATE
+    __Pyx_PyThreadState_assign
+    tstate = __pyx_tstate;
+#else
+    tstate = __Pyx_PyThreadState_Current;
+#endif
+    exc_state = &self->gi_exc_state;
+    if (exc_state->exc_value) {
+        #if CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_PYPY
+        #else
+        PyObject *exc_tb;
+        #if PY_VERSION_HEX >= 0x030B00a4 && !CYTHON_COMPILING_IN_CPYTHON
+        exc_tb = PyException_GetTraceback(exc_state->exc_value);
+        #elif PY_VERSION_HEX >= 0x030B00a4
+        exc_tb = ((PyBaseExceptionObject*) exc_state->exc_value)->traceback;
+        #else
+        exc_tb = exc_state->exc_traceback;
+        #endif
+        if (exc_tb) {
+            PyTracebackObject *tb = (PyTracebackObject *) exc_tb;
+            PyFrameObject *f = tb->tb_frame;
+            PyFrameObject *old_f_back = f->f_back;
+            #if PY_VERSION_HEX >= 0x030B00A1
+            f->f_back = PyThreadState_GetFrame(tstate);
+            #else
+            Py_XINCREF(tstate->frame);
+            f->f_back = tstate->frame;
+            #endif
+            Py_XDECREF(old_f_back);
+            #if PY_VERSION_HEX >= 0x030B00a4 && !CYTHON_COMPILING_IN_CPYTHON
+            Py_DECREF(exc_tb);
+            #endif
+        }
+        #endif
+    }
+#if CYTHON_USE_EXC_INFO_STACK
+    exc_state->previous_item = tstate->exc_info;
+    tstate->exc_info = exc_state;
+#else
+    if (exc_state->exc_type) {
+        __Pyx_ExceptionSwap(&exc_state->exc_type, &exc_state->exc_value, &exc_state->exc_traceback);
+    } else {
+        __Pyx_Coroutine_ExceptionClear(exc_state);
+        __Pyx_ExceptionSave(&exc_state->exc_type, &exc_state->exc_value, &exc_state->exc_traceback);
+    }
+#endif
+    retval = self->body(self, tstate, value);
+#if CYTHON_USE_EXC_INFO_STACK
+    exc_state = &self->gi_exc_state;
+    tstate->exc_info = exc_state->previous_item;
+    exc_state->previous_item = NULL;
+    __Pyx_Coroutine_ResetFrameBackpointer(exc_state);
+#endif
+    *result = retval;
+    if (self->resume_label == -1) {
+        return likely(retval) ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    return PYGEN_NEXT;
+}
+static CYTHON_INLINE void __Pyx_Coroutine_ResetFrameBackpointer(__Pyx_ExcInfoStruct *exc_state) {
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API
+    CYTHON_UNUSED_VAR(exc_state);
+#else
+    PyObject *exc_tb;
+    #if PY_VERSION_HEX >= 0x030B00a4
+    if (!exc_state->exc_value) return;
+    exc_tb = PyException_GetTraceback(exc_state->exc_value);
+    #else
+    exc_tb = exc_state->exc_traceback;
+    #endif
+    if (likely(exc_tb)) {
+        PyTracebackObject *tb = (PyTracebackObject *) exc_tb;
+        PyFrameObject *f = tb->tb_frame;
+        Py_CLEAR(f->f_back);
+        #if PY_VERSION_HEX >= 0x030B00a4
+        Py_DECREF(exc_tb);
+        #endif
+    }
+#endif
+}
+#define __Pyx_Coroutine_MethodReturnFromResult(gen, result, retval, iternext)\
+    ((result) == PYGEN_NEXT ? (retval) : __Pyx__Coroutine_MethodReturnFromResult(gen, result, retval, iternext))
+static PyObject *
+__Pyx__Coroutine_MethodReturnFromResult(PyObject* gen, __Pyx_PySendResult result, PyObject *retval, int iternext) {
+    CYTHON_MAYBE_UNUSED_VAR(gen);
+    if (likely(result == PYGEN_RETURN)) {
+        int is_async = 0;
+        #ifdef __Pyx_AsyncGen_USED
+        is_async = __Pyx_AsyncGen_CheckExact(gen);
+        #endif
+        __Pyx_ReturnWithStopIteration(retval, is_async, iternext);
+        Py_XDECREF(retval);
+    }
+    return NULL;
+}
+#if CYTHON_COMPILING_IN_CPYTHON
+static CYTHON_INLINE
+PyObject *__Pyx_PyGen_Send(PyGenObject *gen, PyObject *arg) {
+#if PY_VERSION_HEX <= 0x030A00A1
+    return _PyGen_Send(gen, arg);
+#else
+    PyObject *result;
+    if (PyIter_Send((PyObject*)gen, arg ? arg : Py_None, &result) == PYGEN_RETURN) {
+        if (PyAsyncGen_CheckExact(gen)) {
+            assert(result == Py_None);
+            PyErr_SetNone(PyExc_StopAsyncIteration);
+        }
+        else if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+#if PY_VERSION_HEX < 0x030d00A1
+            _PyGen_SetStopIterationValue(result);
+#else
+            if (!PyTuple_Check(result) && !PyExceptionInstance_Check(result)) {
+                PyErr_SetObject(PyExc_StopIteration, result);
+            } else {
+                PyObject *exc = __Pyx_PyObject_CallOneArg(PyExc_StopIteration, result);
+                if (likely(exc != NULL)) {
+                    PyErr_SetObject(PyExc_StopIteration, exc);
+                    Py_DECREF(exc);
+                }
+            }
+#endif
+        }
+        Py_DECREF(result);
+        result = NULL;
+    }
+    return result;
+#endif
+}
+#endif
+static CYTHON_INLINE __Pyx_PySendResult
+__Pyx_Coroutine_FinishDelegation(__pyx_CoroutineObject *gen, PyObject** retval) {
+    __Pyx_PySendResult result;
+    PyObject *val = NULL;
+    assert(__Pyx_Coroutine_get_is_running(gen));
+    __Pyx_Coroutine_Undelegate(gen);
+    __Pyx_PyGen__FetchStopIterationValue(__Pyx_PyThreadState_Current, &val);
+    result = __Pyx_Coroutine_SendEx(gen, val, retval, 0);
+    Py_XDECREF(val);
+    return result;
+}
+#if CYTHON_USE_AM_SEND
+static __Pyx_PySendResult
+__Pyx_Coroutine_SendToDelegate(__pyx_CoroutineObject *gen, __Pyx_pyiter_sendfunc gen_am_send, PyObject *value, PyObject **retval) {
+    PyObject *ret = NULL;
+    __Pyx_PySendResult delegate_result, result;
+    assert(__Pyx_Coroutine_get_is_running(gen));
+    delegate_result = gen_am_send(gen->yieldfrom, value, &ret);
+    if (delegate_result == PYGEN_NEXT) {
+        assert (ret != NULL);
+        *retval = ret;
+        return PYGEN_NEXT;
+    }
+    assert (delegate_result != PYGEN_ERROR || ret == NULL);
+    __Pyx_Coroutine_Undelegate(gen);
+    result = __Pyx_Coroutine_SendEx(gen, ret, retval, 0);
+    Py_XDECREF(ret);
+    return result;
+}
+#endif
+static PyObject *__Pyx_Coroutine_Send(PyObject *self, PyObject *value) {
+    PyObject *retval = NULL;
+    __Pyx_PySendResult result = __Pyx_Coroutine_AmSend(self, value, &retval);
+    return __Pyx_Coroutine_MethodReturnFromResult(self, result, retval, 0);
+}
+static __Pyx_PySendResult
+__Pyx_Coroutine_AmSend(PyObject *self, PyObject *value, PyObject **retval) {
+    __Pyx_PySendResult result;
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject*) self;
+    if (unlikely(__Pyx_Coroutine_test_and_set_is_running(gen))) {
+        *retval = __Pyx_Coroutine_AlreadyRunningError(gen);
+        return PYGEN_ERROR;
+    }
+    #if CYTHON_USE_AM_SEND
+    if (gen->yieldfrom_am_send) {
+        result = __Pyx_Coroutine_SendToDelegate(gen, gen->yieldfrom_am_send, value, retval);
+    } else
+    #endif
+    if (gen->yieldfrom) {
+        PyObject *yf = gen->yieldfrom;
+        PyObject *ret;
+      #if !CYTHON_USE_AM_SEND
+        #ifdef __Pyx_Generator_USED
+        if (__Pyx_Generator_CheckExact(yf)) {
+            ret = __Pyx_Coroutine_Send(yf, value);
+        } else
+        #endif
+        #ifdef __Pyx_Coroutine_USED
+        if (__Pyx_Coroutine_Check(yf)) {
+            ret = __Pyx_Coroutine_Send(yf, value);
+        } else
+        #endif
+        #ifdef __Pyx_AsyncGen_USED
+        if (__pyx_PyAsyncGenASend_CheckExact(yf)) {
+            ret = __Pyx_async_gen_asend_send(yf, value);
+        } else
+        #endif
+        #if CYTHON_COMPILING_IN_CPYTHON
+        if (PyGen_CheckExact(yf)) {
+            ret = __Pyx_PyGen_Send((PyGenObject*)yf, value == Py_None ? NULL : value);
+        } else
+        if (PyCoro_CheckExact(yf)) {
+            ret = __Pyx_PyGen_Send((PyGenObject*)yf, value == Py_None ? NULL : value);
+        } else
+        #endif
+      #endif
+        {
+            if (value == Py_None && PyIter_Check(yf))
+                ret = __Pyx_PyIter_Next_Plain(yf);
+            else
+                ret = __Pyx_PyObject_CallMethod1(yf, __pyx_mstate_global->__pyx_n_u_send, value);
+        }
+        if (likely(ret)) {
+            __Pyx_Coroutine_unset_is_running(gen);
+            *retval = ret;
+            return PYGEN_NEXT;
+        }
+        result = __Pyx_Coroutine_FinishDelegation(gen, retval);
+    } else {
+        result = __Pyx_Coroutine_SendEx(gen, value, retval, 0);
+    }
+    __Pyx_Coroutine_unset_is_running(gen);
+    return result;
+}
+static int __Pyx_Coroutine_CloseIter(__pyx_CoroutineObject *gen, PyObject *yf) {
+    __Pyx_PySendResult result;
+    PyObject *retval = NULL;
+    CYTHON_UNUSED_VAR(gen);
+    assert(__Pyx_Coroutine_get_is_running(gen));
+    #ifdef __Pyx_Generator_USED
+    if (__Pyx_Generator_CheckExact(yf)) {
+        result = __Pyx_Coroutine_Close(yf, &retval);
+    } else
+    #endif
+    #ifdef __Pyx_Coroutine_USED
+    if (__Pyx_Coroutine_Check(yf)) {
+        result = __Pyx_Coroutine_Close(yf, &retval);
+    } else
+    if (__Pyx_CoroutineAwait_CheckExact(yf)) {
+        result = __Pyx_CoroutineAwait_Close((__pyx_CoroutineAwaitObject*)yf);
+    } else
+    #endif
+    #ifdef __Pyx_AsyncGen_USED
+    if (__pyx_PyAsyncGenASend_CheckExact(yf)) {
+        retval = __Pyx_async_gen_asend_close(yf, NULL);
+        result = PYGEN_RETURN;
+    } else
+    if (__pyx_PyAsyncGenAThrow_CheckExact(yf)) {
+        retval = __Pyx_async_gen_athrow_close(yf, NULL);
+        result = PYGEN_RETURN;
+    } else
+    #endif
+    {
+        PyObject *meth;
+        result = PYGEN_RETURN;
+        meth = __Pyx_PyObject_GetAttrStrNoError(yf, __pyx_mstate_global->__pyx_n_u_close);
+        if (unlikely(!meth)) {
+            if (unlikely(PyErr_Occurred())) {
+                PyErr_WriteUnraisable(yf);
+            }
+        } else {
+            retval = __Pyx_PyObject_CallNoArg(meth);
+            Py_DECREF(meth);
+            if (unlikely(!retval)) {
+                result = PYGEN_ERROR;
+            }
+        }
+    }
+    Py_XDECREF(retval);
+    return result == PYGEN_ERROR ? -1 : 0;
+}
+static PyObject *__Pyx_Generator_Next(PyObject *self) {
+    __Pyx_PySendResult result;
+    PyObject *retval = NULL;
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject*) self;
+    if (unlikely(__Pyx_Coroutine_test_and_set_is_running(gen))) {
+        return __Pyx_Coroutine_AlreadyRunningError(gen);
+    }
+    #if CYTHON_USE_AM_SEND
+    if (gen->yieldfrom_am_send) {
+        result = __Pyx_Coroutine_SendToDelegate(gen, gen->yieldfrom_am_send, Py_None, &retval);
+    } else
+    #endif
+    if (gen->yieldfrom) {
+        PyObject *yf = gen->yieldfrom;
+        PyObject *ret;
+        #ifdef __Pyx_Generator_USED
+        if (__Pyx_Generator_CheckExact(yf)) {
+            ret = __Pyx_Generator_Next(yf);
+        } else
+        #endif
+        #ifdef __Pyx_Coroutine_USED
+        if (__Pyx_Coroutine_CheckExact(yf)) {
+            ret = __Pyx_Coroutine_Send(yf, Py_None);
+        } else
+        #endif
+        #if CYTHON_COMPILING_IN_CPYTHON && (PY_VERSION_HEX < 0x030A00A3 || !CYTHON_USE_AM_SEND)
+        if (PyGen_CheckExact(yf)) {
+            ret = __Pyx_PyGen_Send((PyGenObject*)yf, NULL);
+        } else
+        #endif
+            ret = __Pyx_PyIter_Next_Plain(yf);
+        if (likely(ret)) {
+            __Pyx_Coroutine_unset_is_running(gen);
+            return ret;
+        }
+        result = __Pyx_Coroutine_FinishDelegation(gen, &retval);
+    } else {
+        result = __Pyx_Coroutine_SendEx(gen, Py_None, &retval, 0);
+    }
+    __Pyx_Coroutine_unset_is_running(gen);
+    return __Pyx_Coroutine_MethodReturnFromResult(self, result, retval, 1);
+}
+static PyObject *__Pyx_Coroutine_Close_Method(PyObject *self, PyObject *arg) {
+    PyObject *retval = NULL;
+    __Pyx_PySendResult result;
+    CYTHON_UNUSED_VAR(arg);
+    result = __Pyx_Coroutine_Close(self, &retval);
+    if (unlikely(result == PYGEN_ERROR))
+        return NULL;
+    Py_XDECREF(retval);
+    Py_RETURN_NONE;
+}
+static __Pyx_PySendResult
+__Pyx_Coroutine_Close(PyObject *self, PyObject **retval) {
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject *) self;
+    __Pyx_PySendResult result;
+    PyObject *yf;
+    int err = 0;
+    if (unlikely(__Pyx_Coroutine_test_and_set_is_running(gen))) {
+        *retval = __Pyx_Coroutine_AlreadyRunningError(gen);
+        return PYGEN_ERROR;
+    }
+    yf = gen->yieldfrom;
+    if (yf) {
+        Py_INCREF(yf);
+        err = __Pyx_Coroutine_CloseIter(gen, yf);
+        __Pyx_Coroutine_Undelegate(gen);
+        Py_DECREF(yf);
+    }
+    if (err == 0)
+        PyErr_SetNone(PyExc_GeneratorExit);
+    result = __Pyx_Coroutine_SendEx(gen, NULL, retval, 1);
+    if (result == PYGEN_ERROR) {
+        __Pyx_PyThreadState_declare
+        __Pyx_PyThreadState_assign
+        __Pyx_Coroutine_unset_is_running(gen);
+        if (!__Pyx_PyErr_Occurred()) {
+            return PYGEN_RETURN;
+        } else if (likely(__Pyx_PyErr_ExceptionMatches2(PyExc_GeneratorExit, PyExc_StopIteration))) {
+            __Pyx_PyErr_Clear();
+            return PYGEN_RETURN;
+        }
+        return PYGEN_ERROR;
+    } else if (likely(result == PYGEN_RETURN && *retval == Py_None)) {
+        __Pyx_Coroutine_unset_is_running(gen);
+        return PYGEN_RETURN;
+    } else {
+        const char *msg;
+        Py_DECREF(*retval);
+        *retval = NULL;
+        if ((0)) {
+        #ifdef __Pyx_Coroutine_USED
+        } else if (__Pyx_Coroutine_Check(self)) {
+            msg = "coroutine ignored GeneratorExit";
+        #endif
+        #ifdef __Pyx_AsyncGen_USED
+        } else if (__Pyx_AsyncGen_CheckExact(self)) {
+            msg = "async generator ignored GeneratorExit";
+        #endif
+        } else {
+            msg = "generator ignored GeneratorExit";
+        }
+        PyErr_SetString(PyExc_RuntimeError, msg);
+        __Pyx_Coroutine_unset_is_running(gen);
+        return PYGEN_ERROR;
+    }
+}
+static PyObject *__Pyx__Coroutine_Throw(PyObject *self, PyObject *typ, PyObject *val, PyObject *tb,
+                                        PyObject *args, int close_on_genexit) {
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject *) self;
+    PyObject *yf;
+    if (unlikely(__Pyx_Coroutine_test_and_set_is_running(gen)))
+        return __Pyx_Coroutine_AlreadyRunningError(gen);
+    yf = gen->yieldfrom;
+    if (yf) {
+        __Pyx_PySendResult result;
+        PyObject *ret;
+        Py_INCREF(yf);
+        if (__Pyx_PyErr_GivenExceptionMatches(typ, PyExc_GeneratorExit) && close_on_genexit) {
+            int err = __Pyx_Coroutine_CloseIter(gen, yf);
+            Py_DECREF(yf);
+            __Pyx_Coroutine_Undelegate(gen);
+            if (err < 0)
+                goto propagate_exception;
+            goto throw_here;
+        }
+        if (0
+        #ifdef __Pyx_Generator_USED
+            || __Pyx_Generator_CheckExact(yf)
+        #endif
+        #ifdef __Pyx_Coroutine_USED
+            || __Pyx_Coroutine_Check(yf)
+        #endif
+            ) {
+            ret = __Pyx__Coroutine_Throw(yf, typ, val, tb, args, close_on_genexit);
+        #ifdef __Pyx_Coroutine_USED
+        } else if (__Pyx_CoroutineAwait_CheckExact(yf)) {
+            ret = __Pyx__Coroutine_Throw(((__pyx_CoroutineAwaitObject*)yf)->coroutine, typ, val, tb, args, close_on_genexit);
+        #endif
+        } else {
+            PyObject *meth = __Pyx_PyObject_GetAttrStrNoError(yf, __pyx_mstate_global->__pyx_n_u_throw);
+            if (unlikely(!meth)) {
+                Py_DECREF(yf);
+                if (unlikely(PyErr_Occurred())) {
+                    __Pyx_Coroutine_unset_is_running(gen);
+                    return NULL;
+                }
+                __Pyx_Coroutine_Undelegate(gen);
+                goto throw_here;
+            }
+            if (args) {
+                ret = __Pyx_PyObject_Call(meth, args, NULL);
+            } else {
+                PyObject *cargs[4] = {NULL, typ, val, tb};
+                size_t nargs = 1U + (val != NULL) + (tb != NULL);
+                ret = __Pyx_PyObject_FastCall(meth, cargs+1, nargs | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET);
+            }
+            Py_DECREF(meth);
+        }
+        Py_DECREF(yf);
+        if (ret) {
+            __Pyx_Coroutine_unset_is_running(gen);
+            return ret;
+        }
+        result = __Pyx_Coroutine_FinishDelegation(gen, &ret);
+        __Pyx_Coroutine_unset_is_running(gen);
+        return __Pyx_Coroutine_MethodReturnFromResult(self, result, ret, 0);
+    }
+throw_here:
+    __Pyx_Raise(typ, val, tb, NULL);
+propagate_exception:
+    {
+        PyObject *retval = NULL;
+        __Pyx_PySendResult result = __Pyx_Coroutine_SendEx(gen, NULL, &retval, 0);
+        __Pyx_Coroutine_unset_is_running(gen);
+        return __Pyx_Coroutine_MethodReturnFromResult(self, result, retval, 0);
+    }
+}
+static PyObject *__Pyx_Coroutine_Throw(PyObject *self,
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+    PyObject *args
+#else
+    PyObject *const *args, Py_ssize_t nargs
+#endif
+) {
+    PyObject *typ;
+    PyObject *val = NULL;
+    PyObject *tb = NULL;
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+    if (unlikely(!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)))
+        return NULL;
+#else
+    switch (nargs) {
+    case 3:
+        tb = args[2];
+        CYTHON_FALLTHROUGH;
+    case 2:
+        val = args[1];
+        CYTHON_FALLTHROUGH;
+    case 1:
+        typ = args[0];
+        break;
+    default:
+        PyErr_SetString(PyExc_TypeError, "throw takes between 1 and 3 positional arguments");
+        return NULL;
+    }
+#endif
+    return __Pyx__Coroutine_Throw(self, typ, val, tb,
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+                                  args,
+#else
+                                  NULL,
+#endif
+                                  1);
+}
+static CYTHON_INLINE int __Pyx_Coroutine_traverse_excstate(__Pyx_ExcInfoStruct *exc_state, visitproc visit, void *arg) {
+#if PY_VERSION_HEX >= 0x030B00a4
+    Py_VISIT(exc_state->exc_value);
+#else
+    Py_VISIT(exc_state->exc_type);
+    Py_VISIT(exc_state->exc_value);
+    Py_VISIT(exc_state->exc_traceback);
+#endif
+    return 0;
+}
+static int __Pyx_Coroutine_traverse(__pyx_CoroutineObject *gen, visitproc visit, void *arg) {
+    {
+        int e = __Pyx_call_type_traverse((PyObject*)gen, 1, visit, arg);
+        if (e) return e;
+    }
+    Py_VISIT(gen->closure);
+    Py_VISIT(gen->classobj);
+    Py_VISIT(gen->yieldfrom);
+    return __Pyx_Coroutine_traverse_excstate(&gen->gi_exc_state, visit, arg);
+}
+static int __Pyx_Coroutine_clear(PyObject *self) {
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject *) self;
+    Py_CLEAR(gen->closure);
+    Py_CLEAR(gen->classobj);
+    __Pyx_Coroutine_Undelegate(gen);
+    __Pyx_Coroutine_ExceptionClear(&gen->gi_exc_state);
+#ifdef __Pyx_AsyncGen_USED
+    if (__Pyx_AsyncGen_CheckExact(self)) {
+        Py_CLEAR(((__pyx_PyAsyncGenObject*)gen)->ag_finalizer);
+    }
+#endif
+    Py_CLEAR(gen->gi_code);
+    Py_CLEAR(gen->gi_frame);
+    Py_CLEAR(gen->gi_name);
+    Py_CLEAR(gen->gi_qualname);
+    Py_CLEAR(gen->gi_modulename);
+    return 0;
+}
+static void __Pyx_Coroutine_dealloc(PyObject *self) {
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject *) self;
+    PyObject_GC_UnTrack(gen);
+    #if PY_VERSION_HEX < 0x030C0000 || CYTHON_COMPILING_IN_LIMITED_API
+    if (gen->gi_weakreflist != NULL)
+    #endif
+        PyObject_ClearWeakRefs(self);
+    if (gen->resume_label >= 0) {
+#if CYTHON_USE_TP_FINALIZE
+        PyObject_GC_Track(self);
+        if (unlikely(PyObject_CallFinalizerFromDealloc(self)))
+        {
+            return;
+        }
+        PyObject_GC_UnTrack(self);
+#endif
+    }
+#ifdef __Pyx_AsyncGen_USED
+    if (__Pyx_AsyncGen_CheckExact(self)) {
+        /* We have to handle this case for asynchronous generators
+           right here, because this code has to be between UNTRACK
+           and GC_Del. */
+        Py_CLEAR(((__pyx_PyAsyncGenObject*)self)->ag_finalizer);
+    }
+#endif
+    __Pyx_Coroutine_clear(self);
+    __Pyx_PyHeapTypeObject_GC_Del(gen);
+}
+#if CYTHON_USE_TP_FINALIZE
+static void __Pyx_Coroutine_del(PyObject *self) {
+    PyObject *error_type, *error_value, *error_traceback;
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject *) self;
+    __Pyx_PyThreadState_declare
+    if (gen->resume_label < 0) {
+        return;
+    }
+    __Pyx_PyThreadState_assign
+    __Pyx_ErrFetch(&error_type, &error_value, &error_traceback);
+#ifdef __Pyx_AsyncGen_USED
+    if (__Pyx_AsyncGen_CheckExact(self)) {
+        __pyx_PyAsyncGenObject *agen = (__pyx_PyAsyncGenObject*)self;
+        PyObject *finalizer = agen->ag_finalizer;
+        if (finalizer && !agen->ag_closed) {
+            PyObject *res = __Pyx_PyObject_CallOneArg(finalizer, self);
+            if (unlikely(!res)) {
+                PyErr_WriteUnraisable(self);
+            } else {
+                Py_DECREF(res);
+            }
+            __Pyx_ErrRestore(error_type, error_value, error_traceback);
+            return;
+        }
+    }
+#endif
+    if (unlikely(gen->resume_label == 0 && !error_value)) {
+#ifdef __Pyx_Coroutine_USED
+#ifdef __Pyx_Generator_USED
+    if (!__Pyx_Generator_CheckExact(self))
+#endif
+        {
+        PyObject_GC_UnTrack(self);
+        if (unlikely(PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%.50S' was never awaited", gen->gi_qualname) < 0))
+            PyErr_WriteUnraisable(self);
+        PyObject_GC_Track(self);
+        }
+#endif
+    } else {
+        PyObject *retval = NULL;
+        __Pyx_PySendResult result = __Pyx_Coroutine_Close(self, &retval);
+        if (result == PYGEN_ERROR) {
+            PyErr_WriteUnraisable(self);
+        } else {
+            Py_XDECREF(retval);
+        }
+    }
+    __Pyx_ErrRestore(error_type, error_value, error_traceback);
+}
+#endif
+static PyObject *
+__Pyx_Coroutine_get_name(__pyx_CoroutineObject *self, void *context)
+{
+    PyObject *name = self->gi_name;
+    CYTHON_UNUSED_VAR(context);
+    if (unlikely(!name)) name = Py_None;
+    Py_INCREF(name);
+    return name;
+}
+static int
+__Pyx_Coroutine_set_name(__pyx_CoroutineObject *self, PyObject *value, void *context)
+{
+    CYTHON_UNUSED_VAR(context);
+    if (unlikely(value == NULL || !PyUnicode_Check(value))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "__name__ must be set to a string object");
+        return -1;
+    }
+    Py_INCREF(value);
+    __Pyx_Py_XDECREF_SET(self->gi_name, value);
+    return 0;
+}
+static PyObject *
+__Pyx_Coroutine_get_qualname(__pyx_CoroutineObject *self, void *context)
+{
+    PyObject *name = self->gi_qualname;
+    CYTHON_UNUSED_VAR(context);
+    if (unlikely(!name)) name = Py_None;
+    Py_INCREF(name);
+    return name;
+}
+static int
+__Pyx_Coroutine_set_qualname(__pyx_CoroutineObject *self, PyObject *value, void *context)
+{
+    CYTHON_UNUSED_VAR(context);
+    if (unlikely(value == NULL || !PyUnicode_Check(value))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "__qualname__ must be set to a string object");
+        return -1;
+    }
+    Py_INCREF(value);
+    __Pyx_Py_XDECREF_SET(self->gi_qualname, value);
+    return 0;
+}
+#if !CYTHON_COMPILING_IN_LIMITED_API
+static PyObject *
+__Pyx__Coroutine_get_frame_locked(__pyx_CoroutineObject *self) {
+    PyObject *frame;
+    frame = self->gi_frame;
+    if (!frame) {
+        if (unlikely(!self->gi_code)) {
+            Py_RETURN_NONE;
+        }
+        PyObject *globals = PyDict_New();
+        if (unlikely(!globals)) return NULL;
+        frame = (PyObject *) PyFrame_New(
+            PyThreadState_Get(),            /*PyThreadState *tstate,*/
+            (PyCodeObject*) self->gi_code,  /*PyCodeObject *code,*/
+            globals,                        /*PyObject *globals,*/
+            0                               /*PyObject *locals*/
+        );
+        Py_DECREF(globals);
+        if (unlikely(!frame))
+            return NULL;
+        if (unlikely(self->gi_frame)) {
+            Py_DECREF(frame);
+            frame = self->gi_frame;
+        } else {
+            self->gi_frame = frame;
+        }
+    }
+    Py_INCREF(frame);
+    return frame;
+}
+#endif
+static PyObject *
+__Pyx__Coroutine_get_frame(__pyx_CoroutineObject *self)
+{
+#if !CYTHON_COMPILING_IN_LIMITED_API
+    PyObject *frame;
+    __Pyx_BEGIN_CRITICAL_SECTION((PyObject*)self);
+    frame = __Pyx__Coroutine_get_frame_locked(self);
+    __Pyx_END_CRITICAL_SECTION();
+    return frame;
+#else
+    CYTHON_UNUSED_VAR(self);
+    Py_RETURN_NONE;
+#endif
+}
+static PyObject *
+__Pyx_Coroutine_get_frame(__pyx_CoroutineObject *self, void *context) {
+    CYTHON_UNUSED_VAR(context);
+    PyObject *frame = self->gi_frame;
+    if (frame)
+        return __Pyx_NewRef(frame);
+    return __Pyx__Coroutine_get_frame(self);
+}
+static __pyx_CoroutineObject *__Pyx__Coroutine_New(
+            PyTypeObject* type, __pyx_coroutine_body_t body, PyObject *code, PyObject *closure,
+            PyObject *name, PyObject *qualname, PyObject *module_name) {
+    __pyx_CoroutineObject *gen = PyObject_GC_New(__pyx_CoroutineObject, type);
+    if (unlikely(!gen))
+        return NULL;
+    return __Pyx__Coroutine_NewInit(gen, body, code, closure, name, qualname, module_name);
+}
+static __pyx_CoroutineObject *__Pyx__Coroutine_NewInit(
+            __pyx_CoroutineObject *gen, __pyx_coroutine_body_t body, PyObject *code, PyObject *closure,
+            PyObject *name, PyObject *qualname, PyObject *module_name) {
+    gen->body = body;
+    gen->closure = closure;
+    Py_XINCREF(closure);
+    gen->is_running = 0;
+    gen->resume_label = 0;
+    gen->classobj = NULL;
+    gen->yieldfrom = NULL;
+    gen->yieldfrom_am_send = NULL;
+    #if PY_VERSION_HEX >= 0x030B00a4 && !CYTHON_COMPILING_IN_LIMITED_API
+    gen->gi_exc_state.exc_value = NULL;
+    #else
+    gen->gi_exc_state.exc_type = NULL;
+    gen->gi_exc_state.exc_value = NULL;
+    gen->gi_exc_state.exc_traceback = NULL;
+    #endif
+#if CYTHON_USE_EXC_INFO_STACK
+    gen->gi_exc_state.previous_item = NULL;
+#endif
+#if PY_VERSION_HEX < 0x030C0000 || CYTHON_COMPILING_IN_LIMITED_API
+    gen->gi_weakreflist = NULL;
+#endif
+    Py_XINCREF(qualname);
+    gen->gi_qualname = qualname;
+    Py_XINCREF(name);
+    gen->gi_name = name;
+    Py_XINCREF(module_name);
+    gen->gi_modulename = module_name;
+    Py_XINCREF(code);
+    gen->gi_code = code;
+    gen->gi_frame = NULL;
+#if CYTHON_USE_SYS_MONITORING && (CYTHON_PROFILE || CYTHON_TRACE)
+    memset(gen->__pyx_pymonitoring_state, 0, sizeof(gen->__pyx_pymonitoring_state));
+    gen->__pyx_pymonitoring_version = 0;
+#endif
+    PyObject_GC_Track(gen);
+    return gen;
+}
+static char __Pyx_Coroutine_test_and_set_is_running(__pyx_CoroutineObject *gen) {
+    char result;
+    __Pyx_BEGIN_CRITICAL_SECTION((PyObject*)gen);
+    result = gen->is_running;
+    gen->is_running = 1;
+    __Pyx_END_CRITICAL_SECTION();
+    return result;
+}
+static void __Pyx_Coroutine_unset_is_running(__pyx_CoroutineObject *gen) {
+    __Pyx_BEGIN_CRITICAL_SECTION((PyObject*)gen);
+    assert(gen->is_running);
+    gen->is_running = 0;
+    __Pyx_END_CRITICAL_SECTION();
+}
+static char __Pyx_Coroutine_get_is_running(__pyx_CoroutineObject *gen) {
+    char result;
+    __Pyx_BEGIN_CRITICAL_SECTION((PyObject*)gen);
+    result = gen->is_running;
+    __Pyx_END_CRITICAL_SECTION();
+    return result;
+}
+static PyObject *__Pyx_Coroutine_get_is_running_getter(PyObject *gen, void *closure) {
+    CYTHON_UNUSED_VAR(closure);
+    char result = __Pyx_Coroutine_get_is_running((__pyx_CoroutineObject*)gen);
+    if (result) Py_RETURN_TRUE;
+    else Py_RETURN_FALSE;
+}
+#if __PYX_HAS_PY_AM_SEND == 2
+static void __Pyx_SetBackportTypeAmSend(PyTypeObject *type, __Pyx_PyAsyncMethodsStruct *static_amsend_methods, __Pyx_pyiter_sendfunc am_send) {
+    Py_ssize_t ptr_offset = (char*)(type->tp_as_async) - (char*)type;
+    if (ptr_offset < 0 || ptr_offset > type->tp_basicsize) {
+        return;
+    }
+    memcpy((void*)static_amsend_methods, (void*)(type->tp_as_async), sizeof(*type->tp_as_async));
+    static_amsend_methods->am_send = am_send;
+    type->tp_as_async = __Pyx_SlotTpAsAsync(static_amsend_methods);
+}
+#endif
+static PyObject *__Pyx_Coroutine_fail_reduce_ex(PyObject *self, PyObject *arg) {
+    CYTHON_UNUSED_VAR(arg);
+    __Pyx_RaiseTypeErrorWithObjectType(
+        "cannot pickle '" __Pyx_FMT_TYPENAME "' object", self);
+    return NULL;
+}
+
+/* Generator */
+static PyMethodDef __pyx_Generator_methods[] = {
+    {"send", (PyCFunction) __Pyx_Coroutine_Send, METH_O,
+     PyDoc_STR("send(arg) -> send 'arg' into generator,\nreturn next yielded value or raise StopIteration.")},
+    {"throw", __PYX_REINTERPRET_FUNCION(PyCFunction, __Pyx_Coroutine_Throw),
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
+        METH_VARARGS,
+#else
+        METH_FASTCALL,
+#endif
+     PyDoc_STR("throw(typ[,val[,tb]]) -> raise exception in generator,\nreturn next yielded value or raise StopIteration.")},
+    {"close", (PyCFunction) __Pyx_Coroutine_Close_Method, METH_NOARGS,
+     PyDoc_STR("close() -> raise GeneratorExit inside generator.")},
+    {"__reduce_ex__", (PyCFunction) __Pyx_Coroutine_fail_reduce_ex, METH_O, 0},
+    {"__reduce__", (PyCFunction) __Pyx_Coroutine_fail_reduce_ex, METH_NOARGS, 0},
+    {0, 0, 0, 0}
+};
+static PyMemberDef __pyx_Generator_memberlist[] = {
+    {"gi_yieldfrom", T_OBJECT, offsetof(__pyx_CoroutineObject, yieldfrom), READONLY,
+     PyDoc_STR("object being iterated by 'yield from', or None")},
+    {"gi_code", T_OBJECT, offsetof(__pyx_CoroutineObject, gi_code), READONLY, NULL},
+    {"__module__", T_OBJECT, offsetof(__pyx_CoroutineObject, gi_modulename), 0, 0},
+#if PY_VERSION_HEX < 0x030C0000 || CYTHON_COMPILING_IN_LIMITED_API
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(__pyx_CoroutineObject, gi_weakreflist), READONLY, 0},
+#endif
+    {0, 0, 0, 0, 0}
+};
+static PyGetSetDef __pyx_Generator_getsets[] = {
+    {"__name__", (getter)__Pyx_Coroutine_get_name, (setter)__Pyx_Coroutine_set_name,
+     PyDoc_STR("name of the generator"), 0},
+    {"__qualname__", (getter)__Pyx_Coroutine_get_qualname, (setter)__Pyx_Coroutine_set_qualname,
+     PyDoc_STR("qualified name of the generator"), 0},
+    {"gi_frame", (getter)__Pyx_Coroutine_get_frame, NULL,
+     PyDoc_STR("Frame of the generator"), 0},
+    {"gi_running", __Pyx_Coroutine_get_is_running_getter, NULL, NULL, NULL},
+    {0, 0, 0, 0, 0}
+};
+static PyType_Slot __pyx_GeneratorType_slots[] = {
+    {Py_tp_dealloc, (void *)__Pyx_Coroutine_dealloc},
+    {Py_tp_traverse, (void *)__Pyx_Coroutine_traverse},
+    {Py_tp_iter, (void *)PyObject_SelfIter},
+    {Py_tp_iternext, (void *)__Pyx_Generator_Next},
+    {Py_tp_methods, (void *)__pyx_Generator_methods},
+    {Py_tp_members, (void *)__pyx_Generator_memberlist},
+    {Py_tp_getset, (void *)__pyx_Generator_getsets},
+    {Py_tp_getattro, (void *) PyObject_GenericGetAttr},
+#if CYTHON_USE_TP_FINALIZE
+    {Py_tp_finalize, (void *)__Pyx_Coroutine_del},
+#endif
+#if __PYX_HAS_PY_AM_SEND == 1
+    {Py_am_send, (void *)__Pyx_Coroutine_AmSend},
+#endif
+    {0, 0},
+};
+static PyType_Spec __pyx_GeneratorType_spec = {
+    __PYX_TYPE_MODULE_PREFIX "generator",
+    sizeof(__pyx_CoroutineObject),
+    0,
+#if PY_VERSION_HEX >= 0x030C0000 && !CYTHON_COMPILING_IN_LIMITED_API
+    Py_TPFLAGS_MANAGED_WEAKREF |
+#endif
+    Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | __Pyx_TPFLAGS_HAVE_AM_SEND,
+    __pyx_GeneratorType_slots
+};
+#if __PYX_HAS_PY_AM_SEND == 2
+static __Pyx_PyAsyncMethodsStruct __pyx_Generator_as_async;
+#endif
+static int __pyx_Generator_init(PyObject *module) {
+    __pyx_mstatetype *mstate = __Pyx_PyModule_GetState(module);
+    mstate->__pyx_GeneratorType = __Pyx_FetchCommonTypeFromSpec(
+        mstate->__pyx_CommonTypesMetaclassType, module, &__pyx_GeneratorType_spec, NULL);
+    if (unlikely(!mstate->__pyx_GeneratorType)) {
+        return -1;
+    }
+#if __PYX_HAS_PY_AM_SEND == 2
+    __Pyx_SetBackportTypeAmSend(mstate->__pyx_GeneratorType, &__pyx_Generator_as_async, &__Pyx_Coroutine_AmSend);
+#endif
+    return 0;
+}
+static PyObject *__Pyx_Generator_GetInlinedResult(PyObject *self) {
+    __pyx_CoroutineObject *gen = (__pyx_CoroutineObject*) self;
+    PyObject *retval = NULL;
+    if (unlikely(__Pyx_Coroutine_test_and_set_is_running(gen))) {
+        return __Pyx_Coroutine_AlreadyRunningError(gen);
+    }
+    __Pyx_PySendResult result = __Pyx_Coroutine_SendEx(gen, Py_None, &retval, 0);
+    __Pyx_Coroutine_unset_is_running(gen);
+    (void) result;
+    assert (result == PYGEN_RETURN || result == PYGEN_ERROR);
+    assert ((result == PYGEN_RETURN && retval != NULL) || (result == PYGEN_ERROR && retval == NULL));
+    return retval;
 }
 
 /* CheckBinaryVersion */

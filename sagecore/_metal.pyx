@@ -13,6 +13,8 @@ from libc.string cimport memcpy
 
 from sagecore._csagecore_metal cimport *
 
+import numpy as np
+
 from sagecore import errors
 
 ABI_VERSION = SC_MTL_ABI_VERSION
@@ -88,12 +90,24 @@ cdef class Device:
         buffer-protocol object, or a DLPack tensor). ``obj`` stays alive as long
         as the buffer. ``Buffer.copied`` is True when Metal refused the wrap
         and the shim copied instead (then results must be read from the buffer)."""
-        import numpy as np
         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
             obj = np.from_dlpack(obj)
         cdef Buffer b = Buffer.__new__(Buffer)
         cdef Py_buffer view
         cdef int copied = 0
+        cdef size_t addr, extent
+        if isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+            # a strided view: wrap the span of memory it covers (kernels index it by strides)
+            if any(st < 0 for st in obj.strides):
+                raise errors.InvalidArgumentError("obj", "negative strides cannot be wrapped; pass a copy")
+            addr = obj.__array_interface__["data"][0]
+            extent = obj.itemsize + sum((n - 1) * st for n, st in zip(obj.shape, obj.strides)) if obj.size else 0
+            b.device = self
+            b.source = obj
+            b.readonly = not obj.flags.writeable
+            check(sc_mtl_buffer_wrap(self.d, <void *>addr, extent, &b.b, &copied))
+            b.copied = bool(copied)
+            return b
         PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
         try:
             b.device = self

@@ -142,17 +142,24 @@ struct Guarded {
     void *base = nullptr;
     size_t total = 0;
     char *data = nullptr;
+    /* 64 KB of guard on each side (address space only): an index a few
+     * thousand elements past the end still lands in it */
+    static const size_t GUARD = 64 * 1024;
     bool alloc(size_t length) {
         const size_t pg = page_size();
+        const size_t guard = (GUARD + pg - 1) / pg * pg;
         size_t body = (length + pg - 1) / pg * pg;
         if (body == 0) body = pg;
-        total = body + 2 * pg;
-        base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        total = body + 2 * guard;
+        base = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED) { base = nullptr; return false; }
-        mprotect(base, pg, PROT_NONE);
-        mprotect((char *)base + pg + body, pg, PROT_NONE);
+        if (mprotect((char *)base + guard, body, PROT_READ | PROT_WRITE) != 0) {
+            munmap(base, total);
+            base = nullptr;
+            return false;
+        }
         size_t rounded = (length + 15) / 16 * 16;
-        data = (char *)base + pg + body - rounded;
+        data = (char *)base + guard + body - rounded;
         return true;
     }
     void release() {

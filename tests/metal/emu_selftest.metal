@@ -86,7 +86,7 @@ kernel void mma8(device const float *a [[buffer(0)]], device const half *b [[buf
 
 // faults the emulator must report
 kernel void out_of_bounds(device float *y [[buffer(0)]], uint gid [[thread_position_in_grid]]) {
-    y[gid + 4096] = 1.0f;
+    y[gid + 1024] = 1.0f; // 4 KB past a 256-byte buffer
 }
 
 kernel void divergent_barrier(device float *y [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {
