@@ -52,9 +52,9 @@ def capabilities(name: str) -> Capabilities:
     if name == "reference":
         return Capabilities("reference", True, head_dims=())
     if name == "metal":
-        why = ("the Metal backend is not built yet (objc_shim/ and metal/ kernels arrive with the "
-               "Metal issues)")
+        why = ("no Metal attention kernels yet (the Metal device serves the KV packing kernels, "
+               "sagecore.metal.kernels)")
         if sys.platform != "darwin":
-            why += "; on this platform it will run through the host emulation"
+            why += "; on this platform Metal runs through the host emulation"
         return Capabilities("metal", False, why)
     raise InvalidArgumentError("backend", f"expected one of {list(BACKENDS)}, got {name!r}")

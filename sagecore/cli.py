@@ -22,6 +22,7 @@ def _info(args) -> int:
     kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX-512"}
     print(f"attention kernels: {kernels.get(cpu['active_isa'], cpu['active_isa'])} path; head dims "
           f"32, 64, 80, 96, 128, 192, 256; split-K automatic for long caches with few heads")
+    _metal_info()
     print("backends")
     for name in backends.BACKENDS:
         caps = backends.capabilities(name)
@@ -33,6 +34,24 @@ def _info(args) -> int:
         bits = (pol.k.bits_per_element(128) + pol.v.bits_per_element(128)) / 2
         print(f"  {name:12s} k={pol.k.format_id:28s} v={pol.v.format_id:22s} {bits:5.2f} bits/elem @d128")
     return 0
+
+
+def _metal_info():
+    from sagecore import errors, metal
+    try:
+        info = metal.device().info()
+    except errors.MetalError as e:
+        print(f"metal    unavailable: {e}")
+        return
+    if info["emulated"]:
+        print(f"metal    {info['name']}: metal/*.metal compiled as C++, threadgroups run as fibers on the CPU "
+              "(kernel logic only: no GPU timing or precision)")
+    else:
+        print(f"metal    {info['name']} (Apple GPU family {info['gpu_family']}, "
+              f"{info['max_threadgroup_memory'] // 1024} KB threadgroup memory, "
+              f"simdgroup matrix {'yes' if info['simdgroup_matrix'] else 'no'})")
+    print("         kernels: KV quantize/dequantize for every quantized format (sagecore.metal.kernels); "
+          "attention kernels not yet")
 
 
 def _timed(fn):

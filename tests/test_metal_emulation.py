@@ -34,7 +34,7 @@ emulation_only = pytest.mark.skipif(not metal.emulated(), reason="fault detectio
 def run(dev, pipe, buffers, groups, threads, *, tg_mem=None, race=False, bytes_=None):
     c = dev.command_buffer()
     c.set_pipeline(pipe)
-    if race:
+    if race and metal.emulated():
         c.set_race_check(True)
     for i, b in buffers.items():
         c.set_buffer(i, b)

@@ -95,7 +95,9 @@ def _raise_err(err, store):
 def quantize(store, x: np.ndarray, t0: int = 0, *, race_check: bool = False) -> float:
     """Quantize ``x`` [B, H, n, D] into tokens [t0, t0+n) of ``store`` on the
     Metal device (C core equivalent: ``sc_quantize``). Returns the GPU time in
-    seconds (host emulation: wall time of the dispatches)."""
+    seconds (host emulation: wall time of the dispatches). ``race_check``
+    runs each dispatch in two thread orders (host emulation only; ignored on
+    a GPU)."""
     n, strides = _check(store, x, t0, "src")
     if n == 0:
         return 0.0
@@ -107,7 +109,7 @@ def quantize(store, x: np.ndarray, t0: int = 0, *, race_check: bool = False) -> 
     xt = dev.buffer(rows * n * D * 4)
     errb = dev.wrap(err)
     c = dev.command_buffer()
-    if race_check:
+    if race_check and dev.info()["emulated"]:  # a host-emulation check; a GPU has no thread order to flip
         c.set_race_check(True)
     c.set_pipeline(lib.pipeline("sc_kv_transform", consts))
     c.set_buffer(0, dev.wrap(x))
@@ -145,7 +147,7 @@ def dequantize(store, out: np.ndarray, t0: int = 0, *, race_check: bool = False)
     dev, lib = device(), library("kv_pack")
     D, rows = store.head_dim, store.rows
     c = dev.command_buffer()
-    if race_check:
+    if race_check and dev.info()["emulated"]:  # a host-emulation check; a GPU has no thread order to flip
         c.set_race_check(True)
     c.set_pipeline(lib.pipeline("sc_kv_decode", _constants(store.fmt, out.dtype == np.float16)))
     _bind_store(c, dev, store, ("data", "scales", "zeros", "out_idx", "out_val", "mean"), 0)
