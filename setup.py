@@ -16,6 +16,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 CORE_SOURCES = [
     "csrc/cpu.c",
@@ -68,6 +69,22 @@ ext = Extension(
     extra_link_args=[],
 )
 
+class BuildPy(build_py):
+    """Ship the Metal kernel sources and the host emulation's prelude inside the
+    package (sagecore/metal/_sources/), for installs without the source tree:
+    libraries are compiled from them at first use."""
+
+    def run(self):
+        super().run()
+        import glob
+        dst = os.path.join(self.build_lib, "sagecore", "metal", "_sources")
+        for pattern, sub in (("metal/*.metal", "metal"), ("metal/*.h", "metal"),
+                             ("objc_shim/host/*.h", "host"), ("objc_shim/host/include/*", "host/include")):
+            os.makedirs(os.path.join(dst, sub), exist_ok=True)
+            for f in glob.glob(pattern):
+                shutil.copy2(f, os.path.join(dst, sub, os.path.basename(f)))
+
+
 # The Metal shim: Objective-C on macOS, the host emulation (C++) elsewhere.
 if sys.platform == "darwin":
     metal_ext = Extension(
@@ -89,5 +106,5 @@ else:
 
 setup(
     ext_modules=cythonize([ext, metal_ext], compiler_directives={"language_level": "3"}, quiet=True),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )
