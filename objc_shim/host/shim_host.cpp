@@ -459,13 +459,37 @@ extern "C" int32_t sc_mtl_pipeline_max_threads(const sc_mtl_pipeline *p) { retur
 extern "C" int32_t sc_mtl_pipeline_simd_width(const sc_mtl_pipeline *p) { return p ? SC_EMU_SIMD_WIDTH : 0; }
 extern "C" int64_t sc_mtl_library_pipelines_created(const sc_mtl_library *l) { return l ? l->created.load() : 0; }
 
+/* ------------------------------------------------------------ context switch */
+/* x86-64: a hand-written switch of the callee-saved registers (plus MXCSR
+ * and the x87 control word), ~20x faster than swapcontext, which makes a
+ * sigprocmask system call per switch. Elsewhere: ucontext (correct, slower). */
+#if defined(__x86_64__) && !defined(SC_EMU_UCONTEXT)
+#define SC_EMU_ASM_SWITCH 1
+extern "C" void sc_emu_switch(void **save_sp, void *new_sp);
+__asm__(".text\n"
+        ".globl sc_emu_switch\n"
+        ".type sc_emu_switch,@function\n"
+        "sc_emu_switch:\n"
+        "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+        "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+        "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+        "  ret\n"
+        ".size sc_emu_switch, .-sc_emu_switch\n");
+#endif
+
 /* ------------------------------------------------------------ the fiber runtime */
 namespace {
 
 enum { F_RUNNABLE, F_WAIT_TG, F_WAIT_SIMD, F_DONE };
 
 struct Fiber {
+#ifdef SC_EMU_ASM_SWITCH
+    void *sp = nullptr;
+#else
     ucontext_t ctx;
+#endif
     sc_emu_thread t;
     int state = F_RUNNABLE;
     const char *wfile = nullptr; /* where it waits */
@@ -491,7 +515,11 @@ struct Worker {
     std::vector<char *> stacks;
     std::vector<SimdState> simd;
     std::vector<Guarded> tgmem;
+#ifdef SC_EMU_ASM_SWITCH
+    void *sched_sp = nullptr;
+#else
     ucontext_t sched;
+#endif
     sigjmp_buf jb;
     Fiber *cur = nullptr;
     const sc_emu_launch *launch = nullptr;
@@ -514,6 +542,22 @@ struct Worker {
 
 thread_local Worker *t_worker = nullptr;
 
+/* fiber -> scheduler, and scheduler -> fiber */
+inline void to_sched(Worker *w) {
+#ifdef SC_EMU_ASM_SWITCH
+    sc_emu_switch(&w->cur->sp, w->sched_sp);
+#else
+    swapcontext(&w->cur->ctx, &w->sched);
+#endif
+}
+inline void to_fiber(Worker *w, Fiber *f) {
+#ifdef SC_EMU_ASM_SWITCH
+    sc_emu_switch(&w->sched_sp, f->sp);
+#else
+    swapcontext(&w->sched, &f->ctx);
+#endif
+}
+
 std::string thread_name(const sc_emu_thread &t) {
     char b[160];
     snprintf(b, sizeof b, "thread (%u,%u,%u) [index %u, simdgroup %u lane %u] of threadgroup (%u,%u,%u)",
@@ -528,7 +572,7 @@ std::string site(const char *file, int line) {
 
 [[noreturn]] void fiber_abort(Worker *w) {
     w->cur->state = F_DONE;
-    swapcontext(&w->cur->ctx, &w->sched);
+    to_sched(w);
     abort(); /* never resumed */
 }
 
@@ -538,9 +582,7 @@ void fiber_fail(const std::string &m) {
     fiber_abort(w);
 }
 
-void wait_here(Worker *w) {
-    swapcontext(&w->cur->ctx, &w->sched);
-}
+void wait_here(Worker *w) { to_sched(w); }
 
 /* API for modules */
 const sc_emu_thread *api_self() { return &t_worker->cur->t; }
@@ -657,13 +699,15 @@ void api_fail(const char *m, const char *file, int line) {
     fiber_fail(std::string(m) + " at " + site(file, line) + " (" + thread_name(t_worker->cur->t) + ")");
 }
 
-void fiber_main(unsigned lo, unsigned hi) {
-    Worker *w = (Worker *)(((uintptr_t)hi << 32) | (uintptr_t)lo);
+/* A fiber's first and last frame: run the kernel, then hand back for good.
+ * A returned thread never completes a barrier or collective: the others
+ * then deadlock, which the scheduler reports. */
+void fiber_main() {
+    Worker *w = t_worker;
     w->kernel->thunk();
-    /* a returned thread never completes a barrier or collective: the others
-     * then deadlock, which the scheduler reports */
     w->cur->state = F_DONE;
-    swapcontext(&w->cur->ctx, &w->sched);
+    to_sched(w);
+    abort(); /* never resumed */
 }
 
 struct sigaction g_old_segv, g_old_bus;
@@ -758,7 +802,6 @@ std::string run_group(Worker *w, const Dispatch &d, const uint32_t gid[3], bool 
     w->error.clear();
     w->tg_arrived = 0;
     w->n_threads = (int)n;
-    const uintptr_t wp = (uintptr_t)w;
     for (uint32_t i = 0; i < n; i++) {
         Fiber &f = w->fibers[i];
         f.t.tpitg[0] = i % d.tg[0];
@@ -774,11 +817,27 @@ std::string run_group(Worker *w, const Dispatch &d, const uint32_t gid[3], bool 
         f.t.simdgroup = i / SC_EMU_SIMD_WIDTH;
         f.t.n_simdgroups = nsg;
         f.stack = w->stacks[i];
+#ifdef SC_EMU_ASM_SWITCH
+        /* the frame sc_emu_switch pops: control words, six registers, the
+         * return address (fiber_main, entered with rsp = 8 mod 16) */
+        uint64_t *top = (uint64_t *)(((uintptr_t)f.stack + Worker::STACK) & ~(uintptr_t)15);
+        uint64_t *sp = top - 11; /* after the 9 pops: rsp = top - 16 - 8 */
+        uint32_t mxcsr = 0;
+        uint16_t fpucw = 0;
+        __asm__ volatile("stmxcsr %0\n fnstcw %1" : "=m"(mxcsr), "=m"(fpucw));
+        const uint64_t csr = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
+        memcpy(&sp[0], &csr, 8);
+        for (int k = 1; k <= 6; k++) sp[k] = 0; /* r15 r14 r13 r12 rbx rbp */
+        sp[7] = (uint64_t)(uintptr_t)&fiber_main;
+        sp[8] = 0; /* fiber_main's (never used) return address */
+        f.sp = sp;
+#else
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = f.stack;
         f.ctx.uc_stack.ss_size = Worker::STACK;
-        f.ctx.uc_link = &w->sched;
-        makecontext(&f.ctx, (void (*)())fiber_main, 2, (unsigned)(wp & 0xFFFFFFFFu), (unsigned)(wp >> 32));
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, (void (*)())fiber_main, 0);
+#endif
     }
     if (sigsetjmp(w->jb, 1)) {
         /* a fault in a fiber: the fiber stacks are abandoned, not unwound */
@@ -797,7 +856,7 @@ std::string run_group(Worker *w, const Dispatch &d, const uint32_t gid[3], bool 
             if (f.state != F_RUNNABLE) continue;
             w->cur = &f;
             w->in_fiber = true;
-            swapcontext(&w->sched, &f.ctx);
+            to_fiber(w, &f);
             w->in_fiber = false;
             w->cur = nullptr;
             progress = true;
