@@ -258,3 +258,87 @@ def test_emulation_time_per_dispatch_is_reported(dev, lib, record_property):
     record_property("tg_sum_64x256_seconds", wall)
     assert 0 < c.gpu_time() <= wall
     np.testing.assert_allclose(out, x.reshape(64, 256).sum(1), rtol=1e-4)
+
+
+def test_more_features(dev, lib):
+    n = 64
+    x = np.linspace(-2, 2, n).astype(np.float32)
+    out = np.zeros((n, 16), np.float32)
+    pad = np.zeros(16, np.float32)  # two Padded structs: float3 (16 bytes) + tail, padded to 32 bytes
+    pad[8 + 2], pad[8 + 4] = 3.0, 4.0  # pad[1].p.z, pad[1].tail
+    p = lib.pipeline("more_features", {2: -4, 3: (7, "uint"), 4: 0.25, 5: (9, "ushort")})
+    run(dev, p, {0: dev.wrap(x), 1: dev.wrap(out), 2: dev.wrap(pad)}, (2, 1, 1), (32, 1, 1), race=True)
+    for g0 in (0, 32):
+        v = x[g0:g0 + 32]
+        o = out[g0:g0 + 32]
+        np.testing.assert_allclose(o[:, 0], np.cumsum(v), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(o[:, 1], np.concatenate([v[:2], v[:-2]]))
+        assert (o[:, 2] == 1).all() and (o[:, 3] == float((v > 1.5).any())).all()
+        assert (o[:, 4] == v[0]).all()
+    assert (out[:, 5] == -4 + 7 + 0.25 + 9).all()
+    np.testing.assert_allclose(out[:, 6], np.clip(x, -1, 1) + 1 - 1 + 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 7], np.where(x > 0, 2.0, 1.0))
+    np.testing.assert_allclose(out[:, 8], np.sqrt(np.abs(x)) + 1, rtol=1e-6)
+    assert (out[:, 9] == 3.0).all() and (out[:, 10] == 7.0).all() and (out[:, 11] == 32).all()
+    np.testing.assert_array_equal(out[:, 12], np.arange(n) % 32)
+    assert (out[:, 13] == 1 * 100 + 2 * 10 + 1).all()
+    assert (out[:, 14] == 3 - 1 + 1 + 4).all() and (out[:, 15] == 1).all()
+
+
+@emulation_only
+def test_threadgroup_memory_overrun_is_caught(dev, lib):
+    with pytest.raises(errors.MetalExecutionError, match="out-of-bounds.*tg_out_of_bounds"):
+        run(dev, lib.pipeline("tg_out_of_bounds"), {0: dev.buffer(4 * 32)}, (1, 1, 1), (32, 1, 1),
+            tg_mem={0: 128})
+
+
+def test_threadgroup_parameter_without_memory_is_an_error(dev, lib):
+    c = dev.command_buffer()
+    c.set_pipeline(lib.pipeline("tg_out_of_bounds"))
+    c.set_buffer(0, dev.buffer(128))
+    with pytest.raises(errors.InvalidArgumentError, match="threadgroup\\(0\\) 'shm' has no memory length"):
+        c.dispatch((1, 1, 1), (32, 1, 1))
+
+
+@emulation_only
+def test_threadgroups_spread_over_host_threads_agree(lib):
+    from sagecore import _metal
+    outs = []
+    for threads in (1, 2):
+        d = _metal.Device()
+        d.set_host_threads(threads)
+        y = np.zeros(200 * 64, np.uint32)
+        run(d, lib.pipeline("many_groups"), {0: d.wrap(y)}, (200, 1, 1), (64, 1, 1), tg_mem={0: 256})
+        outs.append(y)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = (np.arange(200)[:, None] * 1000 + 63 - np.arange(64)[None, :]).ravel()
+    np.testing.assert_array_equal(outs[0], want)
+
+
+def test_dlpack_source_is_wrapped_without_copy(dev):
+    from helpers import DLPackOnly
+    x = np.arange(256, dtype=np.float32)
+    b = dev.wrap(DLPackOnly(x))
+    assert b.address == x.ctypes.data and b.nbytes == x.nbytes
+
+
+def test_page_aligned_arrays_for_zero_copy(dev):
+    import mmap
+    a = metal.empty_aligned((3, 1000), np.float16)
+    assert a.ctypes.data % mmap.PAGESIZE == 0 and a.shape == (3, 1000) and a.dtype == np.float16
+    b = dev.wrap(a)
+    assert b.address == a.ctypes.data and b.offset == 0 and not b.copied
+
+
+def test_metal_errors_pickle():
+    import pickle
+    e = errors.MetalCompileError("compiling x failed", log="x.metal:3: error: boom")
+    e2 = pickle.loads(pickle.dumps(e))
+    assert type(e2) is errors.MetalCompileError and e2.log == e.log and str(e2) == str(e)
+    assert isinstance(errors.MetalLimitError("x"), ValueError)
+
+
+@pytest.mark.skipif(metal.emulated(), reason="needs macOS with an Apple GPU (runs there, not in Linux CI)")
+def test_real_gpu_reports_an_apple_family(dev):  # pragma: no cover - Apple hardware only
+    info = dev.info()
+    assert info["gpu_family"] >= 7 and not info["emulated"] and info["unified_memory"]

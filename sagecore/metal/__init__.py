@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sagecore import errors
 
-__all__ = ["available", "device", "library", "metal_dir", "emulated", "shim"]
+__all__ = ["available", "device", "library", "metal_dir", "emulated", "shim", "empty_aligned"]
 
 _LOCK = threading.Lock()
 _DEVICE = None
@@ -97,3 +97,19 @@ def library(name: str):
                 lib = device().library_from_source(path.read_text(), name=str(path), include_dir=str(d))
                 _LIBS[name] = lib
     return lib
+
+
+def empty_aligned(shape, dtype):
+    """An uninitialized numpy array whose data starts on a page boundary and
+    whose allocation spans whole pages: wrapping it (``device().wrap``) is
+    zero-copy on Metal without rounding to enclosing pages."""
+    import mmap
+
+    import numpy as np
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    pg = mmap.PAGESIZE
+    span = max(pg, -(-n // pg) * pg)
+    raw = np.empty(span + pg, np.uint8)
+    off = (-raw.ctypes.data) % pg
+    return raw[off:off + n].view(dt).reshape(shape)

@@ -121,3 +121,59 @@ kernel void big_threadgroup(device float *y [[buffer(0)]], threadgroup float *sh
     shm[tid] = 1.0f;
     y[tid] = shm[tid];
 }
+
+// ---- more features, one output slot each (test_more_features)
+constant int fc_int [[function_constant(2)]];
+constant uint fc_uint [[function_constant(3)]];
+constant float fc_float [[function_constant(4)]];
+constant ushort fc_ushort [[function_constant(5)]];
+
+struct Padded {
+    float3 p; // 16 bytes in MSL buffers
+    float tail;
+};
+
+kernel void more_features(device const float *x [[buffer(0)]], device float *out [[buffer(1)]],
+                          device const Padded *pad [[buffer(2)]], uint2 tpg [[thread_position_in_grid]],
+                          ushort lane [[thread_index_in_simdgroup]], uint nsg [[simdgroups_per_threadgroup]],
+                          uint width [[threads_per_simdgroup]], uint3 ngrid [[threadgroups_per_grid]],
+                          uint2 tgrid [[threads_per_grid]]) {
+    const uint i = tpg.x;
+    const float v = x[i];
+    device float *o = out + i * 16;
+    o[0] = simd_prefix_inclusive_sum(v);
+    o[1] = simd_shuffle_up(v, 2);
+    o[2] = simd_all(v > -100.0f) ? 1.0f : 0.0f;
+    o[3] = simd_any(v > 1.5f) ? 1.0f : 0.0f;
+    o[4] = simd_broadcast_first(v);
+    simdgroup_barrier(mem_flags::mem_none);
+    o[5] = float(fc_int) + float(fc_uint) + fc_float + float(fc_ushort);
+    const float4 a = float4(v, 2.0f, -3.0f, 0.5f);
+    const float4 b = clamp(a, -1.0f, 1.0f);
+    o[6] = b.x + b.y + b.z + b.w;
+    o[7] = select(1.0f, 2.0f, v > 0.0f);
+    o[8] = precise::sqrt(fabs(v)) + fast::exp(0.0f);
+    o[9] = float(half(1.5h) * half(2.0h));
+    o[10] = pad[1].p.z + pad[1].tail;
+    o[11] = float(sizeof(Padded));
+    o[12] = float(lane) + float(width) * 0.0f;
+    o[13] = float(nsg * 100 + ngrid.x * 10 + tgrid.y);
+    const int4 iv = int4(7, -3, 2, 9) / int4(2);
+    o[14] = float(iv.x + iv.y + iv.z + iv.w);
+    o[15] = all(a > float4(-10.0f)) && any(a < float4(0.0f)) ? 1.0f : 0.0f;
+}
+
+kernel void tg_out_of_bounds(device float *y [[buffer(0)]], threadgroup float *shm [[threadgroup(0)]],
+                             uint tid [[thread_index_in_threadgroup]]) {
+    shm[tid + 1024] = 1.0f; // 4 KB past 128 bytes of threadgroup memory
+    y[tid] = shm[tid];
+}
+
+// every lane of a 64-thread group writes its threadgroup id: host threads
+// may run groups in any order, the output must not care
+kernel void many_groups(device uint *y [[buffer(0)]], uint3 tg [[threadgroup_position_in_grid]],
+                        uint tid [[thread_index_in_threadgroup]], threadgroup uint *shm [[threadgroup(0)]]) {
+    shm[tid] = tg.x * 1000 + tid;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    y[tg.x * 64 + tid] = shm[63 - tid];
+}
