@@ -7,6 +7,7 @@
 //                    scales, codes -> the store
 //   sc_kv_decode     grid (groups, rows), threads D: the store -> a plain
 //                    [B][H][n][D] tensor (fp16 or fp32)
+//   sc_kv_store_f16 / sc_kv_load_f16: the same for the fp16 (unquantized) format
 // err[0] = 1: a non-finite / beyond-fp16 source value; err[1] = 1: a cell
 // range that fp16 scales cannot hold.
 #include <metal_stdlib>
@@ -180,6 +181,35 @@ kernel void sc_kv_decode(device const uchar *data [[buffer(0)]], device const vo
         if (fc_io_f16) ((device half *)dst)[o] = half(v);
         else ((device float *)dst)[o] = v;
     }
+}
+
+// The fp16 format: the store holds the values as halves (no smoothing or
+// rotation applies), grid (n_tokens, rows), threads D.
+kernel void sc_kv_store_f16(device const void *src [[buffer(0)]], device half *data [[buffer(1)]],
+                            device int *err [[buffer(2)]], constant sc_kv_pack_args &a [[buffer(3)]],
+                            uint3 tg [[threadgroup_position_in_grid]], uint c [[thread_index_in_threadgroup]]) {
+    const int t = int(tg.x), row = int(tg.y);
+    const long i = sc::plain_index(a, row, t, c);
+    half h;
+    if (fc_io_f16) {
+        h = ((device const half *)src)[i];
+        if (!isfinite(float(h))) err[0] = 1;
+    } else {
+        const float raw = ((device const float *)src)[i];
+        if (!(fabs(raw) <= 65504.0f)) err[0] = 1;
+        h = half(raw);
+    }
+    data[(long(row) * a.capacity + a.t0 + t) * a.head_dim + c] = h;
+}
+
+kernel void sc_kv_load_f16(device const half *data [[buffer(0)]], device void *dst [[buffer(1)]],
+                           constant sc_kv_pack_args &a [[buffer(2)]], uint3 tg [[threadgroup_position_in_grid]],
+                           uint c [[thread_index_in_threadgroup]]) {
+    const int t = int(tg.x), row = int(tg.y);
+    const half h = data[(long(row) * a.capacity + a.t0 + t) * a.head_dim + c];
+    const long o = sc::plain_index(a, row, t, c);
+    if (fc_io_f16) ((device half *)dst)[o] = h;
+    else ((device float *)dst)[o] = float(h);
 }
 
 // Layout probe: the host checks that MSL (or the emulation's C++) and its own

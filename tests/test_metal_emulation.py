@@ -342,3 +342,13 @@ def test_metal_errors_pickle():
 def test_real_gpu_reports_an_apple_family(dev):  # pragma: no cover - Apple hardware only
     info = dev.info()
     assert info["gpu_family"] >= 7 and not info["emulated"] and info["unified_memory"]
+
+
+def test_swizzles(dev, lib):
+    v = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
+    out = np.zeros((2, 8), np.float32)
+    run(dev, lib.pipeline("swizzles"), {0: dev.wrap(v), 1: dev.wrap(out)}, (1, 1, 1), (2, 1, 1))
+    for i in range(2):
+        x, y, z, w = v[i]
+        # after a.zw = (x, 10): a = (x, y, x, 10); then a.xy = a.yz = (y, x)
+        assert out[i].tolist() == [x + z, y + w, 2 * (x + y + z), y, x, x, 10, 10]

@@ -41,14 +41,40 @@ typedef unsigned long ulong;
 /* ------------------------------------------------------------ vectors */
 template <class T, int N> struct vec;
 
+/* A swizzle member (v.xy, v.xyz, v.zw, ...) of a vector whose storage is
+ * T d[N]: reads as a vector, assigns element-wise through to its components,
+ * and takes part in arithmetic. Pass one to a function through a
+ * constructor, e.g. dot(float3(v.xyz), w), as template deduction does not
+ * see through it. */
+template <class T, int N, int... I> struct swizzle {
+    T d[N];
+    using vec_t = vec<T, int(sizeof...(I))>;
+    operator vec_t() const { return vec_t(d[I]...); }
+    swizzle &operator=(const vec_t &v) {
+        const T vals[] = {v[0], v[1], v[2 < sizeof...(I) ? 2 : 0], v[3 < sizeof...(I) ? 3 : 0]};
+        int k = 0;
+        ((d[I] = vals[k++]), ...);
+        return *this;
+    }
+    swizzle &operator=(const swizzle &o) { return *this = vec_t(o); }
+};
+
 #define SC_VEC_COMMON(N)                                                                          \
     using value_type = T;                                                                         \
     static constexpr int size = N;                                                                \
     T &operator[](int i) { return (&x)[i]; }                                                      \
-    const T &operator[](int i) const { return (&x)[i]; }
+    const T &operator[](int i) const { return (&x)[i]; }                                          \
+    vec(const vec &o) = default;                                                                  \
+    vec &operator=(const vec &o) {                                                                \
+        for (int i = 0; i < N; i++) (&x)[i] = (&o.x)[i];                                          \
+        return *this;                                                                             \
+    }
 
 template <class T> struct vec<T, 2> {
-    T x, y;
+    union {
+        struct { T x, y; };
+        swizzle<T, 2, 1, 0> yx;
+    };
     SC_VEC_COMMON(2)
     vec() = default;
     constexpr vec(T s) : x(s), y(s) {}
@@ -56,7 +82,13 @@ template <class T> struct vec<T, 2> {
     template <class U> explicit constexpr vec(const vec<U, 2> &o) : x(T(o.x)), y(T(o.y)) {}
 };
 template <class T> struct alignas(4 * sizeof(T)) vec<T, 3> {
-    T x, y, z;
+    union {
+        struct { T x, y, z; };
+        swizzle<T, 3, 0, 1> xy;
+        swizzle<T, 3, 1, 2> yz;
+        swizzle<T, 3, 0, 2> xz;
+        swizzle<T, 3, 2, 1, 0> zyx;
+    };
     SC_VEC_COMMON(3)
     vec() = default;
     constexpr vec(T s) : x(s), y(s), z(s) {}
@@ -65,16 +97,43 @@ template <class T> struct alignas(4 * sizeof(T)) vec<T, 3> {
     template <class U> explicit constexpr vec(const vec<U, 3> &o) : x(T(o.x)), y(T(o.y)), z(T(o.z)) {}
 };
 template <class T> struct alignas(4 * sizeof(T)) vec<T, 4> {
-    T x, y, z, w;
+    union {
+        struct { T x, y, z, w; };
+        swizzle<T, 4, 0, 1> xy;
+        swizzle<T, 4, 1, 2> yz;
+        swizzle<T, 4, 2, 3> zw;
+        swizzle<T, 4, 0, 2> xz;
+        swizzle<T, 4, 1, 3> yw;
+        swizzle<T, 4, 0, 1, 2> xyz;
+        swizzle<T, 4, 1, 2, 3> yzw;
+        swizzle<T, 4, 3, 2, 1, 0> wzyx;
+    };
     SC_VEC_COMMON(4)
     vec() = default;
     constexpr vec(T s) : x(s), y(s), z(s), w(s) {}
     constexpr vec(T a, T b, T c, T d) : x(a), y(b), z(c), w(d) {}
     constexpr vec(vec<T, 2> a, vec<T, 2> b) : x(a.x), y(a.y), z(b.x), w(b.y) {}
     constexpr vec(vec<T, 3> a, T d) : x(a.x), y(a.y), z(a.z), w(d) {}
+    constexpr vec(vec<T, 2> a, T c, T d) : x(a.x), y(a.y), z(c), w(d) {}
     template <class U> explicit constexpr vec(const vec<U, 4> &o) : x(T(o.x)), y(T(o.y)), z(T(o.z)), w(T(o.w)) {}
 };
 #undef SC_VEC_COMMON
+
+/* swizzles in arithmetic: convert, then use the vector operators */
+template <class T> struct is_swizzle : std::false_type {};
+template <class T, int N, int... I> struct is_swizzle<swizzle<T, N, I...>> : std::true_type {};
+template <class A> inline const A &as_vec(const A &a) { return a; }
+template <class T, int N, int... I> inline vec<T, int(sizeof...(I))> as_vec(const swizzle<T, N, I...> &s) {
+    return s;
+}
+#define SC_SWZ_OP(op)                                                                             \
+    template <class A, class B, class = std::enable_if_t<is_swizzle<A>::value || is_swizzle<B>::value>> \
+    inline auto operator op(const A &a, const B &b) { return as_vec(a) op as_vec(b); }
+SC_SWZ_OP(+)
+SC_SWZ_OP(-)
+SC_SWZ_OP(*)
+SC_SWZ_OP(/)
+#undef SC_SWZ_OP
 
 template <class T> struct is_vec : std::false_type {};
 template <class T, int N> struct is_vec<vec<T, N>> : std::true_type {};

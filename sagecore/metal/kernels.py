@@ -51,16 +51,12 @@ def args_for(store, x_shape, strides_elems, t0: int, n: int) -> np.ndarray:
 
 
 def _constants(fmt, io_f16: bool) -> dict:
-    return {FC_ENCODING: fmt.encoding_id, FC_ZERO_POINT: bool(fmt.zero_point),
+    return {FC_ENCODING: int(fmt.encoding_id), FC_ZERO_POINT: bool(fmt.zero_point),
             FC_SCALE_F32: fmt.scale_dtype == "fp32", FC_ROTATE: bool(fmt.rotate), FC_SMOOTH: bool(fmt.smooth),
             FC_OUTLIERS: int(fmt.outliers), FC_IO_F16: bool(io_f16)}
 
 
 def _check(store, x, t0, name):
-    f = store.fmt
-    if not f.is_quantized:
-        raise errors.UnsupportedError(f"the Metal packing kernels take quantized formats; {f.format_id} "
-                                      "stores plain fp16 (a copy)")
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         raise errors.ArgumentTypeError(name, "expected a 4-d numpy array [batch, heads, tokens, head_dim]")
     if x.dtype not in (np.float16, np.float32):
@@ -106,6 +102,18 @@ def quantize(store, x: np.ndarray, t0: int = 0, *, race_check: bool = False) -> 
     consts = _constants(store.fmt, x.dtype == np.float16)
     a = args_for(store, x.shape, strides, t0, n)
     err = np.zeros(2, np.int32)
+    if not store.fmt.is_quantized:  # fp16: a rounding copy
+        c = dev.command_buffer()
+        c.set_pipeline(lib.pipeline("sc_kv_store_f16", consts))
+        c.set_buffer(0, dev.wrap(x))
+        c.set_buffer(1, dev.wrap(store.arrays["data"]))
+        c.set_buffer(2, dev.wrap(err))
+        c.set_bytes(3, a)
+        c.dispatch((n, rows, 1), (D, 1, 1))
+        c.commit()
+        c.wait()
+        _raise_err(err, store)
+        return c.gpu_time()
     xt = dev.buffer(rows * n * D * 4)
     errb = dev.wrap(err)
     c = dev.command_buffer()
@@ -149,7 +157,17 @@ def dequantize(store, out: np.ndarray, t0: int = 0, *, race_check: bool = False)
     c = dev.command_buffer()
     if race_check and dev.info()["emulated"]:  # a host-emulation check; a GPU has no thread order to flip
         c.set_race_check(True)
-    c.set_pipeline(lib.pipeline("sc_kv_decode", _constants(store.fmt, out.dtype == np.float16)))
+    consts = _constants(store.fmt, out.dtype == np.float16)
+    if not store.fmt.is_quantized:
+        c.set_pipeline(lib.pipeline("sc_kv_load_f16", consts))
+        c.set_buffer(0, dev.wrap(store.arrays["data"]))
+        c.set_buffer(1, dev.wrap(out))
+        c.set_bytes(2, args_for(store, out.shape, strides, t0, n))
+        c.dispatch((n, rows, 1), (D, 1, 1))
+        c.commit()
+        c.wait()
+        return c.gpu_time()
+    c.set_pipeline(lib.pipeline("sc_kv_decode", consts))
     _bind_store(c, dev, store, ("data", "scales", "zeros", "out_idx", "out_val", "mean"), 0)
     c.set_buffer(6, dev.wrap(out))
     c.set_bytes(7, args_for(store, out.shape, strides, t0, n))

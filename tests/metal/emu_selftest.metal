@@ -177,3 +177,20 @@ kernel void many_groups(device uint *y [[buffer(0)]], uint3 tg [[threadgroup_pos
     threadgroup_barrier(mem_flags::mem_threadgroup);
     y[tg.x * 64 + tid] = shm[63 - tid];
 }
+
+kernel void swizzles(device float4 *v [[buffer(0)]], device float *out [[buffer(1)]],
+                     uint i [[thread_position_in_grid]]) {
+    float4 a = v[i];
+    float2 s = a.xy + a.zw;          // read, arithmetic
+    float3 t = float3(a.xyz) * 2.0f; // through a constructor
+    a.zw = float2(a.x, 10.0f);       // write through
+    a.xy = a.yz;                     // swizzle to swizzle (reads before writing)
+    out[i * 8 + 0] = s.x;
+    out[i * 8 + 1] = s.y;
+    out[i * 8 + 2] = dot(t, float3(1.0f));
+    out[i * 8 + 3] = a.x;
+    out[i * 8 + 4] = a.y;
+    out[i * 8 + 5] = a.z;
+    out[i * 8 + 6] = a.w;
+    out[i * 8 + 7] = float4(a.wzyx).x;
+}
