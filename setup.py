@@ -83,6 +83,32 @@ class BuildPy(build_py):
             os.makedirs(os.path.join(dst, sub), exist_ok=True)
             for f in glob.glob(pattern):
                 shutil.copy2(f, os.path.join(dst, sub, os.path.basename(f)))
+        if sys.platform == "darwin":
+            _build_metallibs(os.path.join(dst, "metal"))
+
+
+def _build_metallibs(metal_dir):
+    """macOS with the Metal toolchain (Xcode): precompile each metal/<name>.metal
+    to <name>.metallib next to it; sagecore.metal.library() loads those first.
+    Without the toolchain (Command Line Tools only), libraries are compiled
+    from source at first use instead. Not exercised in Linux CI."""
+    import glob
+    if not shutil.which("xcrun"):
+        return
+    for src in glob.glob(os.path.join(metal_dir, "*.metal")):
+        base = os.path.splitext(src)[0]
+        try:
+            subprocess.run(["xcrun", "-sdk", "macosx", "metal", "-c", "-I", metal_dir, src, "-o", base + ".air"],
+                           check=True, capture_output=True, timeout=600)
+            subprocess.run(["xcrun", "-sdk", "macosx", "metallib", base + ".air", "-o", base + ".metallib"],
+                           check=True, capture_output=True, timeout=600)
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            print(f"sagecore: not precompiling {src} ({e}); it is compiled from source at first use",
+                  file=sys.stderr)
+            return
+        finally:
+            if os.path.exists(base + ".air"):
+                os.remove(base + ".air")
 
 
 # The Metal shim: Objective-C on macOS, the host emulation (C++) elsewhere.

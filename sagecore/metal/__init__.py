@@ -94,7 +94,15 @@ def library(name: str):
                 path = d / f"{name}.metal"
                 if not path.is_file():
                     raise errors.InvalidArgumentError("name", f"no kernel source {path}")
-                lib = device().library_from_source(path.read_text(), name=str(path), include_dir=str(d))
+                dev = device()
+                prebuilt = path.with_suffix(".metallib")
+                if not dev.info()["emulated"] and prebuilt.is_file() and \
+                        prebuilt.stat().st_mtime >= path.stat().st_mtime:
+                    lib = dev.library_from_file(str(prebuilt))  # built by setup.py with Xcode's metal
+                else:
+                    # Metal: compiled from source now (and kept for the process);
+                    # emulation: built as C++, cached on disk by content hash
+                    lib = dev.library_from_source(path.read_text(), name=str(path), include_dir=str(d))
                 _LIBS[name] = lib
     return lib
 
