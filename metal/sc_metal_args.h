@@ -51,6 +51,49 @@ typedef struct sc_kv_pack_args {
     sc_i32 reserved;
 } sc_kv_pack_args;
 
+/* ---------------------------------------------------------- attention
+ * Function constants of the attention kernels (metal/attention.metal). K and
+ * V each come either as a plain tensor (encoding 0: fp16 or fp32 rows read
+ * in place, any strides) or as a store (1 fp16, 2 int8, 3 int4) in the
+ * layout above. */
+#define SC_FC_K_ENC 10     /* int: 0 tensor, 1 fp16 store, 2 int8, 3 int4 */
+#define SC_FC_K_ZP 11      /* bool */
+#define SC_FC_K_SF32 12    /* bool: fp32 scales */
+#define SC_FC_K_OUT 13     /* int: outliers per cell */
+#define SC_FC_K_ROT 14     /* bool: K rotated -> q is rotated the same way */
+#define SC_FC_V_ENC 15
+#define SC_FC_V_ZP 16
+#define SC_FC_V_SF32 17
+#define SC_FC_V_OUT 18
+#define SC_FC_V_ROT 19     /* bool: V rotated -> the output is rotated back */
+#define SC_FC_V_SMOOTH 20  /* bool: V smoothed -> the mean is added back */
+#define SC_FC_KV_F32 21    /* bool: plain K/V tensors are fp32 (else fp16) */
+#define SC_FC_Q_F16 22     /* bool: q is fp16 (else fp32) */
+#define SC_FC_O_F16 23     /* bool: out is fp16 (else fp32) */
+#define SC_FC_PARTIAL 24   /* bool: write split-K partials instead of the output */
+
+typedef struct sc_attn_args {
+    sc_i64 q_sb, q_sh, q_st;  /* q strides (elements): batch, head, token */
+    sc_i64 o_sb, o_sh, o_st;  /* out strides */
+    sc_i64 k_sb, k_sh, k_st;  /* plain K tensor strides (encoding 0) */
+    sc_i64 v_sb, v_sh, v_st;  /* plain V tensor strides */
+    sc_i32 batch, q_heads, kv_heads, q_len; /* B, Hq, Hkv, M */
+    sc_i32 kv_len, head_dim, group;         /* N, D, Hq / Hkv */
+    sc_i32 rows_per_head;                   /* mb: query tokens per row block */
+    sc_i32 row_blocks;                      /* ceil(M / mb) */
+    sc_i32 rows;                            /* group * mb (<= SC_ATTN_MAX_ROWS) */
+    sc_i32 splits, chunk;                   /* key splits; keys per split (a multiple of 32) */
+    sc_i32 causal, has_kv_lens;
+    sc_f32 qscale;                          /* softmax scale * log2(e) */
+    sc_i32 k_T, k_G, k_cap, k_row_bytes;    /* K store: token group, channel group, capacity, row bytes */
+    sc_i32 v_T, v_G, v_cap, v_row_bytes;    /* V store */
+    sc_i32 rot_block;                       /* Hadamard block of D */
+    sc_f32 rot_norm;                        /* 1 / sqrt(rot_block) */
+} sc_attn_args;
+
+/* query rows (heads of a GQA group x query tokens) one threadgroup holds */
+#define SC_ATTN_MAX_ROWS 8
+
 /* error word written by the kernels (0 = ok); the host turns it into a
  * typed exception */
 #define SC_KV_ERR_NONFINITE 1 /* a source value is NaN/Inf or beyond fp16 */

@@ -6,7 +6,6 @@ Capabilities are plain data so that the policy loader and the selector can ask
 
 from __future__ import annotations
 
-import sys
 
 __all__ = ["Capabilities", "capabilities", "BACKENDS"]
 
@@ -14,6 +13,12 @@ BACKENDS = ("cpu", "metal", "reference")
 
 #: Head dims the attention kernels are specialised for.
 ATTENTION_HEAD_DIMS = (32, 64, 80, 96, 128, 192, 256)
+#: Metal: a lane holds head_dim/32 <= 8 channels; a threadgroup <= 8 query heads per kv head
+METAL_HEAD_DIMS = (32, 64, 80, 96, 128, 192, 256)
+METAL_MAX_GROUP = 8
+#: Metal split-K: the parallel width the split rule fills (threadgroups in
+#: flight), until a profile measured on a Mac says otherwise
+METAL_PARALLEL_GROUPS = 32
 
 
 class Capabilities:
@@ -27,6 +32,8 @@ class Capabilities:
         self.encodings = frozenset(encodings)
         self.head_dims = tuple(head_dims)
         self.options = frozenset(options)
+        self.emulated = False
+        self.max_group = None
 
     def why_not_format(self, fmt, head_dim=None):
         """None if the backend can attend over ``fmt`` at ``head_dim``, else the reason."""
@@ -52,9 +59,13 @@ def capabilities(name: str) -> Capabilities:
     if name == "reference":
         return Capabilities("reference", True, head_dims=())
     if name == "metal":
-        why = ("no Metal attention kernels yet (the Metal device serves the KV packing kernels, "
-               "sagecore.metal.kernels)")
-        if sys.platform != "darwin":
-            why += "; on this platform Metal runs through the host emulation"
-        return Capabilities("metal", False, why)
+        from sagecore import errors, metal
+        try:
+            info = metal.device().info()
+        except errors.MetalError as e:
+            return Capabilities("metal", False, f"no Metal device: {e}")
+        caps = Capabilities("metal", True, head_dims=METAL_HEAD_DIMS)
+        caps.emulated = info["emulated"]
+        caps.max_group = METAL_MAX_GROUP
+        return caps
     raise InvalidArgumentError("backend", f"expected one of {list(BACKENDS)}, got {name!r}")

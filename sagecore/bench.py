@@ -81,6 +81,12 @@ def main(argv=None):
         if not caps.available:
             print(f"error: backend {args.backend!r} is unavailable: {caps.unavailable_reason}", file=sys.stderr)
             return 2
+        if caps.emulated:
+            print("error: the Metal device here is the host emulation, which runs kernels on the CPU for "
+                  "correctness and measures no GPU time; bench --backend metal needs a Mac with an Apple GPU",
+                  file=sys.stderr)
+            return 2
+        return _bench_metal(args)
     torch = None
     try:
         if args.no_torch:
@@ -274,3 +280,34 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def _bench_metal(args) -> int:  # pragma: no cover - needs a Mac with an Apple GPU
+    """Decode and prefill on the Metal GPU: time per call (wall, after a
+    warm-up), KV bytes per second, quantized against fp16. Never run in this
+    project's CI (no Apple hardware); no Apple numbers are published from it."""
+    import sagecore
+    from sagecore.metal import device
+    info = device().info()
+    print(f"metal device: {info['name']} (Apple GPU family {info['gpu_family']})")
+    rng = np.random.default_rng(0)
+    B, HQ, HKV, D = 1, 32, 8, 128
+    rows = []
+    decode_ns = [4096] if args.quick else [4096, 16384, 32768]
+    for N in decode_ns:
+        k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        v = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+        q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
+        for name in ("fp16", "int8", "int4"):
+            cache = sagecore.QuantKVCache(name, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+            cache.append(k, v)
+            fn = lambda: cache.attend(q, backend="metal")  # noqa: E731
+            fn()
+            t = best_of(fn, args.reps)
+            gbs = cache.nbytes / t / 1e9
+            rows.append(dict(workload=f"decode N={N}", path=name, ms=t * 1e3, kv_gbs=gbs))
+            print(f"decode N={N:<6d} {name:6s} {t * 1e3:9.3f} ms  KV {gbs:7.1f} GB/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=info, rows=rows), f, indent=1)
+    return 0

@@ -20,7 +20,7 @@ import numpy as np
 
 from sagecore.errors import UnsupportedError
 
-__all__ = ["Executor", "CpuExecutor", "ReferenceExecutor", "executor"]
+__all__ = ["Executor", "CpuExecutor", "MetalExecutor", "ReferenceExecutor", "executor"]
 
 
 class Executor:
@@ -68,6 +68,19 @@ class CpuExecutor(Executor):
         return run
 
 
+class MetalExecutor(Executor):
+    """The same plans on the Metal device (host emulation off macOS): the
+    passes go into one command buffer -- the fused pass, or the split-K part
+    pass, a barrier, the reduce pass -- with pipelines from the library cache
+    (:mod:`sagecore.metal.attention`)."""
+    backend = "metal"
+    PASSES = (("attention",), ("split_part", "split_reduce"))
+
+    def _compile(self, plan):
+        from sagecore.metal.attention import make_runner
+        return make_runner(plan)
+
+
 class ReferenceExecutor(Executor):
     """The materialized float64 reference (only ever selected explicitly)."""
     backend = "reference"
@@ -97,6 +110,8 @@ def executor(backend: str) -> Executor:
             ex = CpuExecutor()
         elif backend == "reference":
             ex = ReferenceExecutor()
+        elif backend == "metal":
+            ex = MetalExecutor()
         else:
             raise UnsupportedError(f"no executor for backend {backend!r} in this build")
         _EXECUTORS[backend] = ex

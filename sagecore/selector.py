@@ -96,7 +96,7 @@ def _fmt(format_id):
     return KVFormat.parse(format_id)
 
 
-def _why_not(backend: str, r: AttentionRequest) -> str | None:
+def _why_not(backend: str, r: AttentionRequest, auto: bool = False) -> str | None:
     """None if ``backend`` can serve ``r``, else the reason."""
     from sagecore.backends import capabilities
     caps = capabilities(backend)
@@ -104,6 +104,14 @@ def _why_not(backend: str, r: AttentionRequest) -> str | None:
         return caps.unavailable_reason
     if backend == "reference":
         return None
+    if backend == "metal":
+        if auto and caps.emulated:
+            return ("the Metal device is the host emulation (a correctness tool, slow): used only when asked "
+                    "for with backend='metal'")
+        if r.return_lse:
+            return "the Metal kernels do not return the log-sum-exp yet"
+        if caps.max_group and r.group > caps.max_group:
+            return f"the Metal kernels hold at most {caps.max_group} query heads per kv head, not {r.group}"
     for which, fid in (("K", r.k_format), ("V", r.v_format)):
         why = caps.why_not_format(_fmt(fid), r.head_dim)
         if why:
@@ -144,7 +152,13 @@ def select(r: AttentionRequest, profile=None) -> Decision:
         from sagecore import _cpu
         from sagecore.graph import row_blocking
         _, nrb = row_blocking(r.group, r.q_len)
-        split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, _cpu.get_num_threads())
+        if chosen == "metal":
+            from sagecore.backends import METAL_PARALLEL_GROUPS
+            from sagecore.metal.attention import row_blocks as metal_row_blocks
+            _, nrb = metal_row_blocks(r.group, r.q_len)
+            split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, METAL_PARALLEL_GROUPS)
+        else:
+            split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, _cpu.get_num_threads())
         why = f"split-K: {why} (profile {prof.source})"
         # the reason text names kv_len: memoize decisions per split count only
         dkey = (key, split)
@@ -180,7 +194,7 @@ def _route(r, env, profile):
     declined = []
     chosen = None
     for b in candidates:
-        why = _why_not(b, r)
+        why = _why_not(b, r, auto=requested == "auto")
         if why is None:
             chosen = b
             break

@@ -156,3 +156,13 @@ def test_emulation_time_per_dispatch(rng, record_property):
         kernels.quantize(b, x, 0)
         record_property(f"quantize_8x{n}x128_seconds", time.perf_counter() - t0)
     assert b.arrays["scales"].any()
+
+
+def test_library_before_device_in_a_fresh_process():
+    """metal.library() first thing in a process once deadlocked on the module
+    lock (it creates the device while holding it)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "from sagecore import metal; print(metal.library('kv_pack').functions())"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "sc_kv_encode" in r.stdout

@@ -18,7 +18,7 @@ from sagecore import errors
 
 __all__ = ["available", "device", "library", "metal_dir", "emulated", "shim", "empty_aligned"]
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # library() calls device() while holding it
 _DEVICE = None
 _LIBS: dict = {}
 _ROOT = Path(__file__).resolve().parent.parent.parent
