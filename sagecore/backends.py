@@ -13,9 +13,16 @@ BACKENDS = ("cpu", "metal", "reference")
 
 #: Head dims the attention kernels are specialised for.
 ATTENTION_HEAD_DIMS = (32, 64, 80, 96, 128, 192, 256)
-#: Metal: a lane holds head_dim/32 <= 8 channels; a threadgroup <= 8 query heads per kv head
+#: Metal: a lane holds head_dim/32 <= 8 channels; the decode kernel holds <= 8
+#: query rows per threadgroup, the prefill kernel <= 32 (so <= 32 query heads per kv head)
 METAL_HEAD_DIMS = (32, 64, 80, 96, 128, 192, 256)
-METAL_MAX_GROUP = 8
+METAL_MAX_GROUP = 32
+METAL_DECODE_MAX_ROWS = 8
+#: Metal prefill of quantized K/V: from this q_len on, dequantize K/V to fp16
+#: in a pre-pass and run the fp16 kernel (llama.cpp found that faster on
+#: M-series GPUs for M >= 32); below it the kernel dequantizes tiles itself.
+#: Not measured on Apple hardware by this project: a threshold to tune on a Mac.
+METAL_DEQUANT_MIN_Q_LEN = 32
 #: Metal split-K: the parallel width the split rule fills (threadgroups in
 #: flight), until a profile measured on a Mac says otherwise
 METAL_PARALLEL_GROUPS = 32

@@ -74,7 +74,8 @@ class MetalExecutor(Executor):
     pass, a barrier, the reduce pass -- with pipelines from the library cache
     (:mod:`sagecore.metal.attention`)."""
     backend = "metal"
-    PASSES = (("attention",), ("split_part", "split_reduce"))
+    PASSES = (("attention",), ("split_part", "split_reduce"), ("dequantize_kv", "attention"),
+              ("dequantize_kv", "split_part", "split_reduce"))
 
     def _compile(self, plan):
         from sagecore.metal.attention import make_runner

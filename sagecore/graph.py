@@ -181,25 +181,40 @@ def build_plan(r: AttentionRequest, d: Decision) -> Plan:
                        (("batch", B), ("q_heads", Hq)), ("q", "k", "v"), ("out",)),)
         bufs.append(BufferSpec("scores", "scratch", (B, Hq, M, "N"), "float64", "materialized"))
         return Plan(r, d, passes, tuple(bufs))
-    mb, nrb = row_blocking(r.group, M)
+    if d.backend == "metal":
+        from sagecore.metal.attention import row_blocks as metal_row_blocks
+        mb, nrb = metal_row_blocks(r.group, M, d.variant)
+    else:
+        mb, nrb = row_blocking(r.group, M)
     rows = r.group * mb
     load_k = f"tile_load[{r.k_format}]"
     load_v = f"tile_load[{r.v_format}]"
-    core = (load_k, "qk", "softmax", load_v, "pv")
     grid = (("batch", B), ("kv_heads", Hkv), ("row_blocks", nrb))
     writes = ("out", "lse") if r.return_lse else ("out",)
+    pre = ()
+    reads = ("q", "k", "v")
+    if d.variant == "prefill-dequant":
+        # K/V dequantized to fp16 tensors first; the attention passes read those
+        bufs.append(BufferSpec("k16", "scratch", (B, Hkv, "N", D), "float16", "dequantized K"))
+        bufs.append(BufferSpec("v16", "scratch", (B, Hkv, "N", D), "float16", "dequantized V"))
+        pre = (Pass("dequantize_kv", f"kv_decode.k={r.k_format}.v={r.v_format}.d{D}",
+                    (load_k, load_v), (("batch", B), ("kv_heads", Hkv), ("token_groups", "N/T")), ("k", "v"),
+                    ("k16", "v16")),)
+        load_k = load_v = "tile_load[fp16]"
+        reads = ("q", "k16", "v16")
+    core = (load_k, "qk", "softmax", load_v, "pv")
     if d.split_k > 1:
         S = d.split_k
         items = B * Hkv * nrb
         bufs.append(BufferSpec("part_o", "scratch", (items, S, rows, D), "float32", "unnormalized O per split"))
         bufs.append(BufferSpec("part_ml", "scratch", (items, S, rows, 2), "float32", "row max, row sum per split"))
-        passes = (Pass("split_part", kernel_name(r, d, "part"), core + ("split_partial",), grid + (("splits", S),),
-                       ("q", "k", "v"), ("part_o", "part_ml")),
-                  Pass("split_reduce", kernel_name(r, d, "reduce"), ("split_reduce", "finalize"), grid,
-                       ("part_o", "part_ml") + (("q",) if r.return_lse else ()), writes))
+        passes = pre + (Pass("split_part", kernel_name(r, d, "part"), core + ("split_partial",),
+                             grid + (("splits", S),), reads, ("part_o", "part_ml")),
+                        Pass("split_reduce", kernel_name(r, d, "reduce"), ("split_reduce", "finalize"), grid,
+                             ("part_o", "part_ml") + (("q",) if r.return_lse else ()), writes))
     else:
-        passes = (Pass("attention", kernel_name(r, d, "fused"), core + ("finalize",), grid, ("q", "k", "v"),
-                       writes),)
+        passes = pre + (Pass("attention", kernel_name(r, d, "fused"), core + ("finalize",), grid, reads,
+                             writes),)
     return Plan(r, d, passes, tuple(bufs))
 
 

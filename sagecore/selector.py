@@ -155,7 +155,7 @@ def select(r: AttentionRequest, profile=None) -> Decision:
         if chosen == "metal":
             from sagecore.backends import METAL_PARALLEL_GROUPS
             from sagecore.metal.attention import row_blocks as metal_row_blocks
-            _, nrb = metal_row_blocks(r.group, r.q_len)
+            _, nrb = metal_row_blocks(r.group, r.q_len, variant)
             split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, METAL_PARALLEL_GROUPS)
         else:
             split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, _cpu.get_num_threads())
@@ -219,6 +219,17 @@ def _route(r, env, profile):
     variant = "decode" if r.q_len <= profile.decode_max_q_len else "prefill"
     reasons.append(f"q_len {r.q_len} {'<=' if variant == 'decode' else '>'} decode_max_q_len "
                    f"{profile.decode_max_q_len}: {variant} variant")
+    if chosen == "metal":
+        from sagecore import backends
+        if variant == "decode" and r.group > backends.METAL_DECODE_MAX_ROWS:
+            variant = "prefill"
+            reasons.append(f"{r.group} query heads per kv head exceed the decode kernel's "
+                           f"{backends.METAL_DECODE_MAX_ROWS} rows: the simdgroup-matrix kernel")
+        if variant == "prefill" and r.quantized and r.kv_source == "store" \
+                and r.q_len >= backends.METAL_DEQUANT_MIN_Q_LEN:
+            variant = "prefill-dequant"
+            reasons.append(f"q_len {r.q_len} >= METAL_DEQUANT_MIN_Q_LEN {backends.METAL_DEQUANT_MIN_Q_LEN}: "
+                           "dequantize K/V to fp16 in a pre-pass, then the fp16 kernel")
     return chosen, path, variant, tuple(reasons), tuple(declined), profile
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sagecore
-from sagecore import errors
+from sagecore import backends, errors
 from sagecore.metal import attention as mattn
 from sagecore.reference import sdpa_reference
 
@@ -56,7 +56,8 @@ POLICIES = ["int8", "int4", "int8k-int4v", "q8_0", "fp16",
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p if isinstance(p, str) else p["k"] + "/" + p["v"])
 @pytest.mark.parametrize("shape", [(1, 8, 2, 1, 200, 128, True), (2, 4, 4, 3, 70, 64, True),
-                                   (1, 8, 1, 64, 96, 64, True)], ids=["decode", "M3", "prefill"])
+                                   (1, 8, 2, 20, 70, 64, True), (1, 8, 1, 64, 96, 64, True)],
+                         ids=["decode", "M3", "prefill-tiles", "prefill-dequant"])
 def test_cache_attend_matches_the_reference_over_its_content(policy, shape, rng):
     B, Hq, Hkv, M, N, D, causal = shape
     q, k, v = qkv(rng, B, Hq, Hkv, M, N, D)
@@ -64,6 +65,13 @@ def test_cache_attend_matches_the_reference_over_its_content(policy, shape, rng)
     cache.append(k, v)
     kd, vd = cache.dequantize(np.float32)
     got = cache.attend(q, is_causal=causal, backend="metal")
+    if M >= backends.METAL_DEQUANT_MIN_Q_LEN:
+        # the pre-pass route holds the dequantized K/V as fp16: exact against
+        # that content, and within fp16 rounding of the cache's own
+        kd16, vd16 = (x.astype(np.float16).astype(np.float32) for x in (kd, vd))
+        close(got, sdpa_reference(q, kd16, vd16, is_causal=causal), f"{policy} {shape} (fp16 content)")
+        assert np.abs(got - sdpa_reference(q, kd, vd, is_causal=causal)).max() < 2e-3 * np.abs(vd).max()
+        return
     close(got, sdpa_reference(q, kd, vd, is_causal=causal), f"{policy} {shape}")
     cpu = cache.attend(q, is_causal=causal, backend="cpu")
     close(got, cpu.astype(np.float64), "metal vs cpu")
@@ -110,8 +118,8 @@ def test_fp16_io_and_strided_bnhd_layout(rng):
 
 
 def test_metal_declines_what_it_cannot_do(rng):
-    q, k, v = qkv(rng, 1, 32, 2, 1, 10, 64)  # 16 query heads per kv head
-    with pytest.raises(errors.NoBackendError, match="at most 8 query heads"):
+    q, k, v = qkv(rng, 1, 64, 1, 1, 10, 64)  # 64 query heads per kv head
+    with pytest.raises(errors.NoBackendError, match="at most 32 query heads"):
         sagecore.sdpa(q, k, v, backend="metal")
     q, k, v = qkv(rng, 1, 4, 2, 1, 10, 64)
     with pytest.raises(errors.NoBackendError, match="log-sum-exp"):
@@ -154,3 +162,46 @@ def test_argument_struct_layout_matches_the_kernels():
     c.commit()
     c.wait()
     assert out.tolist() == [mattn.ATTN_ARGS.itemsize, 1 << 35, 3, 1, 512, 77, 256]
+
+
+@pytest.mark.parametrize("M,variant,passes", [
+    (1, "decode", ("attention",)),
+    (20, "prefill", ("attention",)),
+    (64, "prefill-dequant", ("dequantize_kv", "attention")),
+])
+def test_metal_variants_and_their_plans(M, variant, passes):
+    from sagecore import selector
+    from sagecore.executor import plan_for
+    from sagecore.graph import AttentionRequest
+    r = AttentionRequest(1, 8, 2, M, 500, 64, k_format="int8.t32.g1.s16+smooth", v_format="int8.t1.g32.s16",
+                         kv_source="store", kv_dtype="packed", causal=True, backend="metal", split_k=1)
+    d = selector.select(r)
+    assert d.backend == "metal" and d.variant == variant
+    plan = plan_for(r)
+    assert tuple(p.name for p in plan.passes) == passes
+    if variant == "prefill-dequant":
+        assert {b.name for b in plan.buffers} >= {"k16", "v16"} and plan.passes[1].reads == ("q", "k16", "v16")
+        assert any("pre-pass" in why for why in d.reasons)
+    assert "metal" in plan.describe() or variant in plan.describe()
+
+
+def test_many_query_heads_per_kv_head_decode_on_the_matrix_kernel(rng):
+    q, k, v = qkv(rng, 1, 32, 2, 1, 90, 64)  # 16 per kv head: more than the decode kernel's 8 rows
+    from sagecore import selector
+    from sagecore.graph import AttentionRequest
+    assert selector.select(AttentionRequest(1, 32, 2, 1, 90, 64, backend="metal")).variant == "prefill"
+    close(sagecore.sdpa(q, k, v, backend="metal"), sdpa_reference(q, k, v), "group 16")
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+def test_prefill_split_k(splits, rng):
+    q, k, v = qkv(rng, 1, 4, 2, 24, 300, 64)
+    close(sagecore.sdpa(q, k, v, backend="metal", split_k=splits, is_causal=True),
+          sdpa_reference(q, k, v, is_causal=True), f"prefill split {splits}")
+    cache = sagecore.QuantKVCache("int4", batch=1, kv_heads=2, head_dim=64, capacity=300)
+    cache.append(k, v)
+    kd, vd = cache.dequantize(np.float32)
+    q40 = np.concatenate([q, q[:, :, :16]], 2)  # 40 rows: the dequant pre-pass route (fp16 content)
+    kd16, vd16 = (x.astype(np.float16).astype(np.float32) for x in (kd, vd))
+    close(cache.attend(q40, backend="metal", split_k=splits), sdpa_reference(q40, kd16, vd16, is_causal=True),
+          "prefill-dequant split")

@@ -114,7 +114,7 @@ def test_why_not_error_lists_every_backend():
 
 def test_explicit_backend_that_declines_is_an_error_not_a_fallback():
     with pytest.raises(errors.NoBackendError) as ei:
-        selector.select(req(backend="metal", q_heads=32, kv_heads=2))  # 16 heads per kv head: Metal declines
+        selector.select(req(backend="metal", q_heads=64, kv_heads=1))  # 64 heads per kv head: Metal declines
     assert "query heads per kv head" in ei.value.reasons["metal"] and "not requested" in ei.value.reasons["cpu"]
     assert selector.select(req(backend="metal")).backend == "metal"  # asked for: served, even when emulated
 

@@ -28,7 +28,7 @@ ATTN_ARGS = np.dtype([(n, "<i8") for n in ("q_sb", "q_sh", "q_st", "o_sb", "o_sh
                                              "v_row_bytes", "rot_block")]
                      + [("rot_norm", "<f4")], align=True)
 
-MAX_ROWS = 8  # SC_ATTN_MAX_ROWS
+MAX_ROWS = 8  # SC_ATTN_MAX_ROWS: rows of the decode kernel
 #: run every attention dispatch with the host emulation's race check (tests)
 RACE_CHECK = False
 LOG2E = 1.4426950408889634
@@ -36,9 +36,15 @@ _FC = dict(k_enc=10, k_zp=11, k_sf32=12, k_out=13, k_rot=14, v_enc=15, v_zp=16, 
            v_smooth=20, kv_f32=21, q_f16=22, o_f16=23, partial=24)
 
 
-def row_blocks(group: int, q_len: int) -> tuple[int, int]:
-    """(query tokens per row block, row blocks): a threadgroup holds group x mb <= MAX_ROWS rows."""
-    mb = max(1, MAX_ROWS // group)
+MMA_ROWS = 32  # rows of the simdgroup-matrix kernel (4 simdgroups x 8)
+MMA_BK = 16  # keys per tile
+
+
+def row_blocks(group: int, q_len: int, variant: str = "decode") -> tuple[int, int]:
+    """(query tokens per row block, row blocks): a threadgroup holds group x mb
+    rows, at most MAX_ROWS (decode kernel) or MMA_ROWS (prefill kernels)."""
+    cap = MAX_ROWS if variant == "decode" else MMA_ROWS
+    mb = max(1, cap // group)
     mb = min(mb, q_len) if q_len else 1
     return mb, -(-q_len // mb) if q_len else 0
 
@@ -67,20 +73,26 @@ def make_runner(plan):
     r, d = plan.request, plan.decision
     B, Hq, Hkv, M, D = r.batch, r.q_heads, r.kv_heads, r.q_len, r.head_dim
     group = Hq // Hkv
-    if group > MAX_ROWS:
-        raise errors.UnsupportedError(f"the Metal attention kernels hold {MAX_ROWS} query heads per kv head, "
-                                      f"not {group}")
-    mb, nrb = row_blocks(group, M)
+    if group > (MAX_ROWS if d.variant == "decode" else MMA_ROWS):
+        raise errors.UnsupportedError(f"the Metal {d.variant} kernel cannot hold {group} query heads per kv head")
+    variant = d.variant
+    mma = variant != "decode"
+    prepass = variant == "prefill-dequant"
+    mb, nrb = row_blocks(group, M, variant)
     rows = group * mb
     ks = _side(r.k_format, r.kv_source, D)
     vs = _side(r.v_format, r.kv_source, D)
+    if prepass:  # the attention passes read fp16 tensors the pre-pass writes
+        kfmt, vfmt = KVFormat.parse(r.k_format), KVFormat.parse(r.v_format)
+        ks = vs = _side("fp16", "tensor", D)
     dev, lib = device(), library("attention")
     base = {_FC["k_enc"]: ks[0], _FC["k_zp"]: ks[1], _FC["k_sf32"]: ks[2], _FC["k_out"]: ks[3],
             _FC["k_rot"]: ks[4], _FC["v_enc"]: vs[0], _FC["v_zp"]: vs[1], _FC["v_sf32"]: vs[2],
             _FC["v_out"]: vs[3], _FC["v_rot"]: vs[4], _FC["v_smooth"]: vs[5],
             _FC["kv_f32"]: r.kv_source == "tensor" and r.kv_dtype == "float32",
             _FC["q_f16"]: r.q_dtype == "float16", _FC["o_f16"]: r.out_dtype == "float16"}
-    pipes = {partial: lib.pipeline("sc_attn_vec", {**base, _FC["partial"]: partial}) for partial in (False, True)}
+    kname = "sc_attn_mma" if mma else "sc_attn_vec"
+    pipes = {partial: lib.pipeline(kname, {**base, _FC["partial"]: partial}) for partial in (False, True)}
     reduce_pipe = lib.pipeline("sc_attn_reduce", {**base, _FC["partial"]: False})
     emulated = dev.info()["emulated"]
     rb_k = {1: 2 * D, 2: D, 3: D // 2}.get(ks[0], 0)
@@ -100,6 +112,19 @@ def make_runner(plan):
         if lse is not None:
             raise errors.UnsupportedError("the Metal attention kernels do not return the log-sum-exp yet")
         N = int(kv_len)
+        c = dev.command_buffer()
+        if RACE_CHECK and emulated:
+            c.set_race_check(True)
+        if prepass:
+            # dequantize-to-fp16 pre-pass: K and V of the cache -> [B, Hkv, N, D] halves
+            from sagecore.metal.kernels import StoreView, encode_dequantize
+            shape = (B, Hkv, N, D)
+            st16 = (Hkv * N * D, N * D, D)
+            k16, v16 = dev.buffer(max(16, B * Hkv * N * D * 2)), dev.buffer(max(16, B * Hkv * N * D * 2))
+            if N:
+                for packed, fmt, buf in ((k, kfmt, k16), (v, vfmt, v16)):
+                    encode_dequantize(c, StoreView(packed, fmt, B, Hkv, D), buf, shape, st16, True, 0, N)
+                c.barrier()
         a = np.zeros(1, ATTN_ARGS)
         a["q_sb"], a["q_sh"], a["q_st"] = strides(q)
         a["o_sb"], a["o_sh"], a["o_st"] = strides(out)
@@ -113,7 +138,13 @@ def make_runner(plan):
         a["causal"], a["has_kv_lens"] = int(r.causal), int(kv_lens is not None)
         a["qscale"] = np.float32(scale * LOG2E)
         a["rot_block"], a["rot_norm"] = rot, np.float32(1.0) / np.sqrt(np.float32(rot))
-        if r.kv_source == "tensor":
+        if prepass:
+            a["k_sb"], a["k_sh"], a["k_st"] = st16
+            a["v_sb"], a["v_sh"], a["v_st"] = st16
+            kb = [k16] + [dummy] * 4
+            vb = [v16] + [dummy] * 4
+            mean = dummy
+        elif r.kv_source == "tensor":
             a["k_sb"], a["k_sh"], a["k_st"] = strides(k)
             a["v_sb"], a["v_sh"], a["v_st"] = strides(v)
             kb = [dev.wrap(k)] + [dummy] * 4
@@ -126,9 +157,6 @@ def make_runner(plan):
             mean = dev.wrap(v.mean) if vs[5] else dummy
         lens = dev.wrap(np.ascontiguousarray(kv_lens, dtype=np.int64)) if kv_lens is not None else dummy
         qb, ob = dev.wrap(q), dev.wrap(out)
-        c = dev.command_buffer()
-        if RACE_CHECK and emulated:
-            c.set_race_check(True)
         parts = S > 1
         c.set_pipeline(pipes[parts])
         for i, buf in enumerate([qb, ob] + kb + vb + [mean, lens]):
@@ -139,13 +167,20 @@ def make_runner(plan):
         c.set_buffer(14, po)
         c.set_buffer(15, pml)
         c.set_bytes(16, a)
-        c.set_threadgroup_memory(0, rows * D * 4)
-        c.set_threadgroup_memory(1, rows * 32 * 4)
-        c.set_threadgroup_memory(2, D * 4)
-        c.dispatch((S, Hkv * nrb, B), (32, 1, 1))
+        if mma:
+            c.set_threadgroup_memory(0, MMA_BK * D * 4)  # K/V tile; Q and output staging
+            c.set_threadgroup_memory(1, MMA_ROWS * MMA_BK * 4)  # S / P
+            c.set_threadgroup_memory(2, 3 * MMA_ROWS * 4)  # row max, sum, rescale
+            c.dispatch((S, Hkv * nrb, B), (128, 1, 1))
+        else:
+            c.set_threadgroup_memory(0, rows * D * 4)
+            c.set_threadgroup_memory(1, rows * 32 * 4)
+            c.set_threadgroup_memory(2, D * 4)
+            c.dispatch((S, Hkv * nrb, B), (32, 1, 1))
         if parts:
             c.barrier()
             c.set_pipeline(reduce_pipe)
+            c.set_threadgroup_memory(2, D * 4)
             c.dispatch((Hkv * nrb, B, 1), (32, 1, 1))
         c.commit()
         c.wait()

@@ -152,27 +152,51 @@ def dequantize(store, out: np.ndarray, t0: int = 0, *, race_check: bool = False)
         raise errors.InvalidArgumentError("dst", "must be writeable")
     if n == 0:
         return 0.0
-    dev, lib = device(), library("kv_pack")
-    D, rows = store.head_dim, store.rows
+    dev = device()
     c = dev.command_buffer()
     if race_check and dev.info()["emulated"]:  # a host-emulation check; a GPU has no thread order to flip
         c.set_race_check(True)
-    consts = _constants(store.fmt, out.dtype == np.float16)
-    if not store.fmt.is_quantized:
-        c.set_pipeline(lib.pipeline("sc_kv_load_f16", consts))
-        c.set_buffer(0, dev.wrap(store.arrays["data"]))
-        c.set_buffer(1, dev.wrap(out))
-        c.set_bytes(2, args_for(store, out.shape, strides, t0, n))
-        c.dispatch((n, rows, 1), (D, 1, 1))
-        c.commit()
-        c.wait()
-        return c.gpu_time()
-    c.set_pipeline(lib.pipeline("sc_kv_decode", consts))
-    _bind_store(c, dev, store, ("data", "scales", "zeros", "out_idx", "out_val", "mean"), 0)
-    c.set_buffer(6, dev.wrap(out))
-    c.set_bytes(7, args_for(store, out.shape, strides, t0, n))
-    c.set_threadgroup_memory(0, D * 4)
-    c.dispatch((-(-n // store.T), rows, 1), (D, 1, 1))
+    encode_dequantize(c, store, dev.wrap(out), out.shape, strides, out.dtype == np.float16, t0, n)
     c.commit()
     c.wait()
     return c.gpu_time()
+
+
+def encode_dequantize(c, store, dst_buf, dst_shape, dst_strides, dst_f16: bool, t0: int, n: int) -> None:
+    """Encode the dequantize pass of ``store`` tokens [t0, t0+n) into command
+    buffer ``c``, writing ``dst_buf`` (a [B, H, n, D] tensor with element
+    strides ``dst_strides``). Used alone, and as the pre-pass of the Metal
+    prefill route that feeds the fp16 attention kernel."""
+    dev, lib = device(), library("kv_pack")
+    D, rows = store.head_dim, store.rows
+    consts = _constants(store.fmt, dst_f16)
+    a = args_for(store, dst_shape, dst_strides, t0, n)
+    if not store.fmt.is_quantized:
+        c.set_pipeline(lib.pipeline("sc_kv_load_f16", consts))
+        c.set_buffer(0, dev.wrap(store.arrays["data"]))
+        c.set_buffer(1, dst_buf)
+        c.set_bytes(2, a)
+        c.dispatch((n, rows, 1), (D, 1, 1))
+        return
+    c.set_pipeline(lib.pipeline("sc_kv_decode", consts))
+    _bind_store(c, dev, store, ("data", "scales", "zeros", "out_idx", "out_val", "mean"), 0)
+    c.set_buffer(6, dst_buf)
+    c.set_bytes(7, a)
+    c.set_threadgroup_memory(0, D * 4)
+    c.dispatch((-(-n // store.T), rows, 1), (D, 1, 1))
+
+
+class StoreView:
+    """The TensorStore attributes the kernels read, over a C ``PackedStore``
+    (what QuantKVCache hands the plan runners) and its format."""
+
+    def __init__(self, packed, fmt, batch: int, heads: int, head_dim: int):
+        from sagecore import _cpu
+        self.fmt, self.batch, self.heads, self.head_dim = fmt, batch, heads, head_dim
+        self.rows = batch * heads
+        self.T = fmt.token_group if fmt.is_quantized else 1
+        self.G = fmt.resolved_channel_group(head_dim)
+        self.capacity = packed.capacity
+        self.row_bytes = _cpu.row_bytes(fmt.c_params(head_dim))
+        self.arrays = dict(data=packed.data, scales=packed.scales, zeros=packed.zeros, out_idx=packed.out_idx,
+                           out_val=packed.out_val, mean=packed.mean)
