@@ -5,7 +5,7 @@ stays known. These are NOT GPU timings: under the host emulation every
 threadgroup's threads run as fibers on the CPU. On a Mac the same script
 reports the GPU's time for the command buffer (never published from here).
 
-    python bench/metal_emulation.py
+    python bench/metal_emulation.py [--attention]
 """
 import time
 
@@ -36,5 +36,33 @@ def main():
         print(f"{fid:26s} 8x256x128  quantize {best_q * 1e3:8.1f} ms   dequantize {best_d * 1e3:8.1f} ms")
 
 
+def attention():
+    """Whole attention plans on the Metal device beside the CPU kernels (a sanity anchor)."""
+    import sagecore
+    rng = np.random.default_rng(0)
+
+    def best(fn):
+        fn()
+        b = 1e9
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            b = min(b, time.perf_counter() - t0)
+        return b
+    for M, N in ((1, 4096), (1, 16384), (64, 512), (256, 256)):
+        q = rng.standard_normal((1, 32, M, 128)).astype(np.float32)
+        k = rng.standard_normal((1, 8, N, 128)).astype(np.float16)
+        v = rng.standard_normal((1, 8, N, 128)).astype(np.float16)
+        for name in ("fp16", "int8", "int4"):
+            c = sagecore.QuantKVCache(name, batch=1, kv_heads=8, head_dim=128, capacity=N)
+            c.append(k, v)
+            tm = best(lambda: c.attend(q, backend="metal"))
+            tc = best(lambda: c.attend(q, backend="cpu"))
+            print(f"M={M:4d} N={N:6d} {name:5s} metal {tm * 1e3:8.1f} ms   cpu {tc * 1e3:7.2f} ms")
+
+
 if __name__ == "__main__":
+    import sys
     main()
+    if "--attention" in sys.argv[1:]:
+        attention()

@@ -166,3 +166,19 @@ def test_library_before_device_in_a_fresh_process():
     r = subprocess.run([sys.executable, "-c", "from sagecore import metal; print(metal.library('kv_pack').functions())"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "sc_kv_encode" in r.stdout
+
+
+def test_read_probe_kernel_sums_its_runs():
+    """The bandwidth probe of `bench --backend metal` reads what it should."""
+    dev, lib = metal.device(), metal.library("probe")
+    x = np.random.default_rng(3).standard_normal(4 * 16 * 64).astype(np.float32)
+    out = np.zeros(64, np.float32)
+    c = dev.command_buffer()
+    c.set_pipeline(lib.pipeline("sc_read_probe"))
+    c.set_buffer(0, dev.wrap(x))
+    c.set_buffer(1, dev.wrap(out))
+    c.set_bytes(2, np.array([16], np.uint32))
+    c.dispatch((1, 1, 1), (64, 1, 1))
+    c.commit()
+    c.wait()
+    np.testing.assert_allclose(out, x.reshape(64, 64).sum(1), rtol=1e-5, atol=1e-5)

@@ -31,6 +31,8 @@ ATTN_ARGS = np.dtype([(n, "<i8") for n in ("q_sb", "q_sh", "q_st", "o_sb", "o_sh
 MAX_ROWS = 8  # SC_ATTN_MAX_ROWS: rows of the decode kernel
 #: run every attention dispatch with the host emulation's race check (tests)
 RACE_CHECK = False
+#: GPU seconds of the last command buffer a runner committed (benchmarks; not thread safe)
+LAST_GPU_TIME = 0.0
 LOG2E = 1.4426950408889634
 _FC = dict(k_enc=10, k_zp=11, k_sf32=12, k_out=13, k_rot=14, v_enc=15, v_zp=16, v_sf32=17, v_out=18, v_rot=19,
            v_smooth=20, kv_f32=21, q_f16=22, o_f16=23, partial=24)
@@ -184,6 +186,8 @@ def make_runner(plan):
             c.dispatch((Hkv * nrb, B, 1), (32, 1, 1))
         c.commit()
         c.wait()
+        global LAST_GPU_TIME
+        LAST_GPU_TIME = c.gpu_time()
         if ob.copied:  # pragma: no cover - Metal refused the wrap (never under emulation)
             src = np.lib.stride_tricks.as_strided(np.frombuffer(ob, out.dtype), out.shape, out.strides)
             np.copyto(out, src)
