@@ -188,3 +188,34 @@ def test_accuracy_targets_hold_for_kernel_outputs(policy, data):
     assert m["cosine"] >= cos_min, m
     if l1_max is not None:
         assert m["rel_l1"] <= l1_max, m
+
+
+# int8 layouts the AVX-512 kernels read in place (per-channel K scales folded
+# into q per token group, per-token cell scales applied per 16 codes), with
+# fp32 scales, groups smaller than a tile, odd row counts (R % 4 != 0),
+# rotation and smoothing around them; and layouts that must still take the
+# tile decoder (zero points, outliers)
+Q8_POLICIES = [
+    {"k": "int8.t8.g1.s32+rot", "v": "int8.t1.g16.s32"},
+    {"k": "int8.t1.g16.s16+smooth", "v": "int8.t1.g64.s16+rot+smooth"},
+    {"k": "int8.t64.g1.s16", "v": "int8.t1.g128.s32"},
+    {"k": "int8.t32.g1.s16+zp", "v": "int8.t1.g32.s16+out2"},
+]
+
+
+@pytest.mark.parametrize("pol", Q8_POLICIES, ids=lambda p: p["k"] + "/" + p["v"])
+@pytest.mark.parametrize("hq", [3, 8])
+def test_int8_in_place_layouts_match_portable_and_reference(pol, hq, rng, isa):
+    B, Hkv, N, D = 1, 1, 203, 128
+    k = rng.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    c = QuantKVCache(pol, batch=B, kv_heads=Hkv, head_dim=D, capacity=256)
+    c.append(k, v)
+    q = rng.standard_normal((B, hq, 5, D)).astype(np.float32)
+    got = c.attend(q, is_causal=True)
+    _cpu.set_isa("portable")
+    ref = c.attend(q, is_causal=True)
+    _cpu.set_isa(isa)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-6)
+    kd, vd = c.dequantize(np.float32)
+    np.testing.assert_allclose(got, sdpa_reference(q, kd, vd, is_causal=True), rtol=1e-4, atol=2e-5)

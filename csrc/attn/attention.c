@@ -106,6 +106,12 @@ typedef void (*qkd_fn)(const float *q, const void *k, int64_t ks, int f16, float
                        int64_t D, int64_t TL);
 /* one query row from fp16: q0 = q, qr = q * scale (NULL: the generic loops) */
 typedef void (*ldq_fn)(const uint16_t *src, float *q0, float *qr, float scale, int64_t D);
+struct attn_ctx;
+/* int8 K scores / int8 V accumulation read in place (mode: see q8_mode) */
+typedef void (*qk8_fn)(const struct attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
+                       int64_t j0, int64_t nt, float *s);
+typedef void (*pv8_fn)(const struct attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
+                       float *o);
 typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
                        int64_t D, int64_t TL);
 
@@ -141,8 +147,23 @@ typedef struct attn_ctx {
     /* what the formats ask of the kernel, resolved once (all 0 for plain tensors) */
     int k_rotate, v_rotate, k_smooth, v_smooth;
     const sc_row_kernels *rk; /* the active row kernels, fetched once per call */
-    int direct;               /* K/V are fp16/fp32 rows readable in place (tensors or fp16 stores) */
+    int k_direct, v_direct;   /* fp16/fp32 rows readable in place (tensors or fp16 stores) */
+    /* int8 codes read in place, dequantized in registers (0: no; see q8_mode()):
+     * K 1 = per-channel scales (G 1) folded into q per token group,
+     * K/V 2 = per-token cell scales (T 1, G a multiple of 16) applied per 16 codes */
+    int k_q8, v_q8;
 } attn_ctx;
+
+/* How an int8 store can be read in place: 0 (use the tile decoder), 1 or 2
+ * (see attn_ctx). Symmetric codes only: zero points and outlier tables go
+ * through the decoder; rotation and smoothing are handled around the kernel
+ * (q rotated, output rotated back / mean added) exactly as for the tile. */
+static int q8_mode(const sc_format *f, int is_k) {
+    if (!f || f->encoding != SC_ENC_INT8 || f->zero_point || f->outliers) return 0;
+    if (is_k && f->channel_group == 1 && f->token_group >= 4) return 1;
+    if (f->token_group == 1 && f->channel_group % 16 == 0) return 2;
+    return 0;
+}
 
 /* Where kv head (b, hk)'s K or V rows start, their stride (elements) and dtype, for direct reads. */
 static inline const char *direct_rows(const attn_ctx *c, int which, int64_t b, int64_t hk, int64_t *stride,
@@ -162,12 +183,14 @@ static inline const char *direct_rows(const attn_ctx *c, int which, int64_t b, i
 
 typedef struct attn_ws {
     float *q, *q0, *s, *kt, *vt, *o, *m, *l;
+    float *qf; /* q with K's per-channel scales folded in (k_q8 1) */
+    float *sc; /* per-key cell scales of the current tile (k_q8 / v_q8 2) */
     sc_decoder *kd, *vd;
 } attn_ws;
 
 static int ws_init(attn_ws *w, const attn_ctx *c) {
     const int64_t R = c->rows, D = c->D, TL = c->tile;
-    size_t nf = (size_t)(3 * R * D + R * TL + 2 * TL * D + 2 * R);
+    size_t nf = (size_t)(4 * R * D + R * TL + 2 * TL * D + 2 * R + TL * (D / 16 + 1));
     memset(w, 0, sizeof *w);
     w->q = (float *)malloc(nf * sizeof(float));
     if (!c->a->k_tensor) {
@@ -183,6 +206,8 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     w->vt = w->kt + TL * D;
     w->m = w->vt + TL * D;
     w->l = w->m + R;
+    w->qf = w->l + R;
+    w->sc = w->qf + R * D;
     return 1;
 }
 
@@ -245,7 +270,8 @@ static inline __attribute__((always_inline)) void finish_row(const attn_ctx *c, 
 /* --------------------------------------------------------------- the item */
 static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
                                                                  qk_fn qk, pv_fn pv, sm_fn sm, qkd_fn qkd,
-                                                                 pvd_fn pvd, ldq_fn ldq) {
+                                                                 pvd_fn pvd, ldq_fn ldq, qk8_fn qk8,
+                                                                 pv8_fn pv8) {
     /* workspace pointers as locals: with -fno-strict-aliasing, every float
      * store could alias w->o etc., which kept loops scalar and reloading */
     float *const wq = w->q, *const wq0 = w->q0, *const wo = w->o, *const ws = w->s;
@@ -292,15 +318,18 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         int64_t lim = n_b - M + i0 + mrows; /* exclusive */
         hi = hi < lim ? hi : lim;
     }
-    const int direct = c->direct && qkd && pvd;
+    const int kdirect = c->k_direct && qkd, vdirect = c->v_direct && pvd;
+    const int kq8 = qk8 ? c->k_q8 : 0, vq8 = pv8 ? c->v_q8 : 0;
     int64_t kst = 0, vst = 0;
     int kf16 = 0, vf16 = 0;
-    const char *kbase = direct ? direct_rows(c, 0, b, hk, &kst, &kf16) : NULL;
-    const char *vbase = direct ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
+    const char *kbase = kdirect ? direct_rows(c, 0, b, hk, &kst, &kf16) : NULL;
+    const char *vbase = vdirect ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        if (direct) {
+        if (kdirect) {
             qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL);
+        } else if (kq8) {
+            qk8(c, kq8, wq, w->qf, w->sc, kr, j0, nt, ws);
         } else {
             load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
             qk(wq, wkt, ws, R, nt, D, TL);
@@ -321,8 +350,10 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         }
         if (!any) continue;
         /* rows without mass hold p = 0 */
-        if (direct) {
+        if (vdirect) {
             pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL);
+        } else if (vq8) {
+            pv8(c, w->sc, kr, j0, nt, ws, wo);
         } else {
             load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
             pv(ws, wvt, wo, R, nt, D, TL);
@@ -396,7 +427,7 @@ static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l)
     return softmax_generic(sr, vis, nt, m, l);
 }
 static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL, NULL);
+    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL, NULL, NULL, NULL);
 }
 static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #ifdef SC_X86
@@ -414,7 +445,7 @@ SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, flo
     return softmax_generic(sr, vis, nt, m, l);
 }
 SC_T_AVX2 static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL, NULL, NULL);
 }
 SC_T_AVX2 static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
@@ -436,17 +467,36 @@ SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
                          _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* 16 K/V elements from fp16 or fp32 rows (f16 is a constant after inlining). */
+/* 16 K/V elements from fp32 (kind 0), fp16 (1) or int8-code (2) rows; kind is
+ * a constant after inlining. */
 #define SC_INL static inline __attribute__((always_inline))
-SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int f16) {
-    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
-               : _mm512_loadu_ps((const float *)base + i);
+SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int kind) {
+    if (kind == 2)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + i))));
+    return kind ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+                : _mm512_loadu_ps((const float *)base + i);
+}
+/* Cell scales (sc: [keys][D/G], NULL: none): cell_map() fills, once per call,
+ * the cell of each 16-channel chunk (no division in the loops: a 64-bit idiv
+ * per lookup cost more than the FMAs); cell_scaled() multiplies 16 values of
+ * key j, chunk ch by their scale. */
+static inline void cell_map(const float *sc, int64_t D, int64_t G, int64_t *ncell, int32_t *cix) {
+    if (!sc) return;
+    *ncell = D / G;
+    for (int64_t ch = 0; ch < D / 16; ch++) cix[ch] = (int32_t)(ch * 16 / G);
+}
+SC_T_AVX512 SC_INL __m512 cell_scaled(__m512 x, const float *sc, int64_t j, int64_t ch, int64_t ncell,
+                                      const int32_t *cix) {
+    return sc ? _mm512_mul_ps(x, _mm512_set1_ps(sc[j * ncell + cix[ch]])) : x;
 }
 
 /* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction.
  * Keys are rows of k with stride ks elements. */
 SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
-                                  int64_t nt, int64_t D, int64_t TL) {
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
     for (int64_t r = 0; r < R; r++) {
         const float *qr = q + r * D;
         for (int64_t j0 = 0; j0 < nt; j0 += 16) {
@@ -456,7 +506,9 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
             for (int64_t c = 0; c < D; c += 16) {
                 const __m512 qv = _mm512_loadu_ps(qr + c);
                 for (int kk = 0; kk < 16; kk++)
-                    if (kk < nk) acc[kk] = _mm512_fmadd_ps(qv, ld16(k, (j0 + kk) * ks + c, f16), acc[kk]);
+                    if (kk < nk)
+                        acc[kk] = _mm512_fmadd_ps(
+                            qv, cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix), acc[kk]);
             }
             _mm512_mask_storeu_ps(s + r * TL + j0, (__mmask16)((1u << nk) - 1), hsum16(acc));
         }
@@ -467,7 +519,10 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
  * feed 16 FMAs instead of 17 loads feeding 16), and one transposing
  * reduction yields all 16 (row, key) scores. */
 SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
-                                  int64_t nt, int64_t D, int64_t TL) {
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
     int64_t r0 = 0;
     for (; r0 + 4 <= R; r0 += 4) {
         for (int64_t j0 = 0; j0 < nt; j0 += 4) {
@@ -477,7 +532,8 @@ SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int
             for (int64_t c = 0; c < D; c += 16) {
                 __m512 kv[4];
                 for (int kk = 0; kk < 4; kk++)
-                    kv[kk] = kk < nk ? ld16(k, (j0 + kk) * ks + c, f16) : _mm512_setzero_ps();
+                    kv[kk] = kk < nk ? cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix)
+                                     : _mm512_setzero_ps();
                 for (int rr = 0; rr < 4; rr++) {
                     const __m512 qv = _mm512_loadu_ps(q + (r0 + rr) * D + c);
                     for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
@@ -489,12 +545,15 @@ SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int
                 for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
         }
     }
-    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL);
+    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL, sc, G);
 }
 
 /* O += P V with the accumulators of 4 rows x 64 channels in registers. */
 SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
-                                int64_t nt, int64_t D, int64_t TL) {
+                                int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
@@ -511,7 +570,9 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
                                                         : _mm512_setzero_ps();
             for (int64_t j = 0; j < nt; j++) {
                 __m512 x[4];
-                for (int kk = 0; kk < 4; kk++) x[kk] = kk < nv ? ld16(v, j * vs + c0 + 16 * kk, f16) : _mm512_setzero_ps();
+                for (int kk = 0; kk < 4; kk++)
+                    x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
+                                    : _mm512_setzero_ps();
                 for (int rr = 0; rr < 4; rr++) {
                     if (rr >= nr) break;
                     const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
@@ -530,22 +591,68 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
 /* fp32 tiles (decoded formats) */
 SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
                                     int64_t TL) {
-    qk44_body(q, kt, D, 0, s, R, nt, D, TL);
+    qk44_body(q, kt, D, 0, s, R, nt, D, TL, NULL, 1);
 }
 SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
                                   int64_t TL) {
-    pv_body(p, vt, D, 0, o, R, nt, D, TL);
+    pv_body(p, vt, D, 0, o, R, nt, D, TL, NULL, 1);
 }
 /* rows read in place */
 SC_T_AVX512 static void qkd_avx512(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
                                    int64_t nt, int64_t D, int64_t TL) {
-    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL);
-    else qk44_body(q, k, ks, 0, s, R, nt, D, TL);
+    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL, NULL, 1);
+    else qk44_body(q, k, ks, 0, s, R, nt, D, TL, NULL, 1);
 }
 SC_T_AVX512 static void pvd_avx512(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
                                    int64_t nt, int64_t D, int64_t TL) {
-    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL);
-    else pv_body(p, v, vs, 0, o, R, nt, D, TL);
+    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL, NULL, 1);
+    else pv_body(p, v, vs, 0, o, R, nt, D, TL, NULL, 1);
+}
+
+/* ---- int8 stores read in place: codes converted in registers, never to a tile */
+/* n scales of a store (fp16 or fp32) from element i0, as fp32 */
+SC_T_AVX512 static void scales_f32(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
+    if (f32) {
+        memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)st->scales + i0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++) dst[i] = sc_h2f(h[i]);
+}
+
+SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
+                                   int64_t j0, int64_t nt, float *s) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32;
+    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    if (mode == 2) { /* k = code * s[j][cell] */
+        scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G);
+        return;
+    }
+    /* mode 1: k = code * s[g][c]; fold s into q once per token group */
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        scales_f32(st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t ch = 0; ch < D; ch += 16)
+                _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
+        qk44_body(qf, codes + t * D, D, 2, s + t, R, n, D, TL, NULL, 1);
+        t += n;
+    }
+}
+
+SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
+                                   float *o) {
+    const sc_format *f = c->a->vf;
+    const sc_store *st = c->a->v;
+    const int64_t D = c->D, G = f->channel_group;
+    scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    pv_body(p, (const int8_t *)st->data + (kr * st->capacity + j0) * D, D, 2, o, c->rows, nt, D, c->tile, sc, G);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef */
@@ -605,7 +712,8 @@ SC_T_AVX512 static void ldq_avx512(const uint16_t *src, float *q0, float *qr, fl
 }
 
 SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512);
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
+                   pv8_avx512);
 }
 SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #endif
@@ -712,7 +820,7 @@ static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
     return alpha;
 }
 
-static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL); }
+static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, NULL, NULL); }
 #endif
 
 /* ------------------------------------------------------------ entry point */
@@ -807,7 +915,10 @@ sc_status sc_attention(const sc_attention_args *a) {
         c.v_rotate = a->vf->encoding != SC_ENC_FP16 && a->vf->rotate;
         c.v_smooth = a->vf->encoding != SC_ENC_FP16 && a->vf->smooth;
     }
-    c.direct = tensors || (a->kf->encoding == SC_ENC_FP16 && a->vf->encoding == SC_ENC_FP16);
+    c.k_direct = tensors || a->kf->encoding == SC_ENC_FP16;
+    c.v_direct = tensors || a->vf->encoding == SC_ENC_FP16;
+    c.k_q8 = tensors ? 0 : q8_mode(a->kf, 1);
+    c.v_q8 = tensors ? 0 : q8_mode(a->vf, 0);
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= TILE_KEYS ? unit : unit * ((TILE_KEYS + unit - 1) / unit);
     const int threads = sc_num_threads();
