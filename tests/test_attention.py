@@ -190,16 +190,20 @@ def test_accuracy_targets_hold_for_kernel_outputs(policy, data):
         assert m["rel_l1"] <= l1_max, m
 
 
-# int8 layouts the AVX-512 kernels read in place (per-channel K scales folded
-# into q per token group, per-token cell scales applied per 16 codes), with
-# fp32 scales, groups smaller than a tile, odd row counts (R % 4 != 0),
-# rotation and smoothing around them; and layouts that must still take the
-# tile decoder (zero points, outliers)
+# int8/int4 layouts the AVX-512 kernels read in place (per-channel K scales
+# folded into q per token group, with the minimums' q-dot for zero points;
+# per-token cell scales applied per 16 codes), with fp32 scales, groups
+# smaller than a tile, odd row counts (R % 4 != 0), rotation and smoothing
+# around them; and layouts that must still take the tile decoder (outliers,
+# zero points of per-token cells)
 Q8_POLICIES = [
     {"k": "int8.t8.g1.s32+rot", "v": "int8.t1.g16.s32"},
     {"k": "int8.t1.g16.s16+smooth", "v": "int8.t1.g64.s16+rot+smooth"},
     {"k": "int8.t64.g1.s16", "v": "int8.t1.g128.s32"},
     {"k": "int8.t32.g1.s16+zp", "v": "int8.t1.g32.s16+out2"},
+    {"k": "int4.t16.g1.s32+zp+smooth", "v": "int4.t1.g16.s16"},
+    {"k": "int4.t1.g32.s16+rot", "v": "int4.t1.g64.s32+smooth+rot"},
+    {"k": "int4.t8.g1.s16", "v": "int4.t1.g32.s16+zp"},
 ]
 
 

@@ -148,19 +148,22 @@ typedef struct attn_ctx {
     int k_rotate, v_rotate, k_smooth, v_smooth;
     const sc_row_kernels *rk; /* the active row kernels, fetched once per call */
     int k_direct, v_direct;   /* fp16/fp32 rows readable in place (tensors or fp16 stores) */
-    /* int8 codes read in place, dequantized in registers (0: no; see q8_mode()):
-     * K 1 = per-channel scales (G 1) folded into q per token group,
+    /* int8/int4 codes read in place, dequantized in registers (0: no; see q8_mode()):
+     * K 1 = per-channel scales (G 1) folded into q per token group (+ the
+     *       minimums' dot with q per group for zero points),
      * K/V 2 = per-token cell scales (T 1, G a multiple of 16) applied per 16 codes */
     int k_q8, v_q8;
 } attn_ctx;
 
-/* How an int8 store can be read in place: 0 (use the tile decoder), 1 or 2
- * (see attn_ctx). Symmetric codes only: zero points and outlier tables go
- * through the decoder; rotation and smoothing are handled around the kernel
- * (q rotated, output rotated back / mean added) exactly as for the tile. */
+/* How an int8/int4 store can be read in place: 0 (use the tile decoder), 1 or
+ * 2 (see attn_ctx). Outlier tables go through the decoder, and so do zero
+ * points except for per-channel K (their minimums add a per-row constant to
+ * each token group's scores). Rotation and smoothing are handled around the
+ * kernel (q rotated, output rotated back / mean added) as for the tile. */
 static int q8_mode(const sc_format *f, int is_k) {
-    if (!f || f->encoding != SC_ENC_INT8 || f->zero_point || f->outliers) return 0;
+    if (!f || (f->encoding != SC_ENC_INT8 && f->encoding != SC_ENC_INT4) || f->outliers) return 0;
     if (is_k && f->channel_group == 1 && f->token_group >= 4) return 1;
+    if (f->zero_point) return 0;
     if (f->token_group == 1 && f->channel_group % 16 == 0) return 2;
     return 0;
 }
@@ -471,8 +474,20 @@ SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
  * a constant after inlining. */
 #define SC_INL static inline __attribute__((always_inline))
 SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int kind) {
-    if (kind == 2)
+    if (kind == 2) /* int8 codes */
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + i))));
+    if (kind == 5) /* uint8 codes (zero point) */
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)base + i))));
+    if (kind == 3 || kind == 4) {
+        /* int4: channel 2i is byte i's low nibble, 2i+1 its high one; each
+         * byte twice, then shifts of 0 and 4 */
+        const __m128i b8 = _mm_loadl_epi64((const __m128i *)((const uint8_t *)base + i / 2));
+        __m512i w = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b8, b8));
+        w = _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)),
+                             _mm512_set1_epi32(15));
+        const __m512 x = _mm512_cvtepi32_ps(w);
+        return kind == 3 ? _mm512_sub_ps(x, _mm512_set1_ps(8.0f)) : x; /* symmetric codes are stored + 8 */
+    }
     return kind ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
                 : _mm512_loadu_ps((const float *)base + i);
 }
@@ -622,26 +637,52 @@ SC_T_AVX512 static void scales_f32(const sc_store *st, int f32, int64_t i0, int6
     for (; i < n; i++) dst[i] = sc_h2f(h[i]);
 }
 
+/* the ld16 kind of a quantized store's codes */
+static inline int code_kind(const sc_format *f) {
+    return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
+}
+
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
     const sc_format *f = c->a->kf;
     const sc_store *st = c->a->k;
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
-    const int sf32 = f->scale_dtype == SC_DTYPE_F32;
-    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     if (mode == 2) { /* k = code * s[j][cell] */
         scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G);
+        if (kind == 2) qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G);
+        else qk44_body(q, codes, D, 3, s, R, nt, D, TL, sc, G);
         return;
     }
-    /* mode 1: k = code * s[g][c]; fold s into q once per token group */
+    /* mode 1: k = code * s[g][c] (+ m[g][c]); fold s into q once per token group */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        scales_f32(st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
+        scales_f32(st, sf32, cell0, D, sc);
         for (int64_t r = 0; r < R; r++)
             for (int64_t ch = 0; ch < D; ch += 16)
                 _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
-        qk44_body(qf, codes + t * D, D, 2, s + t, R, n, D, TL, NULL, 1);
+        const uint8_t *ct = codes + t * rb;
+        switch (kind) {
+        case 2: qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1); break;
+        case 3: qk44_body(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1); break;
+        case 4: qk44_body(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1); break;
+        default: qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1); break;
+        }
+        if (f->zero_point) {
+            /* + q . m[g]: the same for every key of the group */
+            const sc_store zs = {.scales = st->zeros};
+            scales_f32(&zs, sf32, cell0, D, sc);
+            for (int64_t r = 0; r < R; r++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t ch = 0; ch < D; ch += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch), acc);
+                const float bias = _mm512_reduce_add_ps(acc);
+                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
+            }
+        }
         t += n;
     }
 }
@@ -651,8 +692,11 @@ SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int
     const sc_format *f = c->a->vf;
     const sc_store *st = c->a->v;
     const int64_t D = c->D, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
     scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-    pv_body(p, (const int8_t *)st->data + (kr * st->capacity + j0) * D, D, 2, o, c->rows, nt, D, c->tile, sc, G);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    if (code_kind(f) == 2) pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G);
+    else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef */
