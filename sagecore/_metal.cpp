@@ -1832,7 +1832,7 @@ struct __pyx_obj_8sagecore_6_metal_Library {
 };
 
 
-/* "sagecore/_metal.pyx":268
+/* "sagecore/_metal.pyx":263
  * 
  * 
  * cdef class Pipeline:             # <<<<<<<<<<<<<<
@@ -1846,7 +1846,7 @@ struct __pyx_obj_8sagecore_6_metal_Pipeline {
 };
 
 
-/* "sagecore/_metal.pyx":288
+/* "sagecore/_metal.pyx":283
  * 
  * 
  * cdef class CommandBuffer:             # <<<<<<<<<<<<<<
@@ -2988,6 +2988,18 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize
 static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 #endif
 
+/* PySequenceContains.proto */
+static CYTHON_INLINE int __Pyx_PySequence_ContainsTF(PyObject* item, PyObject* seq, int eq) {
+    int result = PySequence_Contains(seq, item);
+    return unlikely(result < 0) ? result : (result == (eq == Py_EQ));
+}
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_obj_ch102(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 102, equals, 0)
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_obj_ch117(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 117, equals, 0)
+
 /* ListAppend.proto */
 #if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
 static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x);
@@ -3386,6 +3398,9 @@ static CYTHON_INLINE int __Pyx_PyLong_As_int(PyObject *);
 /* CIntFromPy.proto */
 static CYTHON_INLINE size_t __Pyx_PyLong_As_size_t(PyObject *);
 
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_sc_mtl_fc_type(sc_mtl_fc_type value);
+
 /* CIntFromPy.proto */
 static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *);
 
@@ -3397,6 +3412,9 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
+
+/* CIntFromPy.proto */
+static CYTHON_INLINE sc_mtl_fc_type __Pyx_PyLong_As_sc_mtl_fc_type(PyObject *);
 
 /* CIntFromPy.proto */
 static CYTHON_INLINE int32_t __Pyx_PyLong_As_int32_t(PyObject *);
@@ -4126,7 +4144,7 @@ namespace {
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[10];
     PyObject *__pyx_codeobj_tab[34];
-    PyObject *__pyx_string_tab[284];
+    PyObject *__pyx_string_tab[289];
     PyObject *__pyx_number_tab[4];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -4283,201 +4301,206 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_Pipeline___setstate_cython __pyx_string_tab[86]
 #define __pyx_n_u_Sequence __pyx_string_tab[87]
 #define __pyx_n_u_View_MemoryView __pyx_string_tab[88]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[89]
-#define __pyx_n_u_annotate __pyx_string_tab[90]
-#define __pyx_n_u_array_interface __pyx_string_tab[91]
-#define __pyx_n_u_class __pyx_string_tab[92]
-#define __pyx_n_u_class_getitem __pyx_string_tab[93]
-#define __pyx_n_u_dict __pyx_string_tab[94]
-#define __pyx_n_u_dlpack __pyx_string_tab[95]
-#define __pyx_n_u_func __pyx_string_tab[96]
-#define __pyx_n_u_getstate __pyx_string_tab[97]
-#define __pyx_n_u_import __pyx_string_tab[98]
-#define __pyx_n_u_main __pyx_string_tab[99]
-#define __pyx_n_u_module __pyx_string_tab[100]
-#define __pyx_n_u_name_2 __pyx_string_tab[101]
-#define __pyx_n_u_new __pyx_string_tab[102]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[103]
-#define __pyx_n_u_pyx_state __pyx_string_tab[104]
-#define __pyx_n_u_pyx_type __pyx_string_tab[105]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[106]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[107]
-#define __pyx_n_u_qualname __pyx_string_tab[108]
-#define __pyx_n_u_reduce __pyx_string_tab[109]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[110]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[111]
-#define __pyx_n_u_set_name __pyx_string_tab[112]
-#define __pyx_n_u_setstate __pyx_string_tab[113]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[114]
-#define __pyx_n_u_test __pyx_string_tab[115]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[116]
-#define __pyx_n_u_a_2 __pyx_string_tab[117]
-#define __pyx_n_u_abc __pyx_string_tab[118]
-#define __pyx_n_u_addr __pyx_string_tab[119]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[120]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[121]
-#define __pyx_n_u_b __pyx_string_tab[122]
-#define __pyx_n_u_backend_name __pyx_string_tab[123]
-#define __pyx_n_u_barrier __pyx_string_tab[124]
-#define __pyx_n_u_base __pyx_string_tab[125]
-#define __pyx_n_u_bfloat __pyx_string_tab[126]
-#define __pyx_n_u_bool __pyx_string_tab[127]
-#define __pyx_n_u_buf __pyx_string_tab[128]
-#define __pyx_n_u_buffer __pyx_string_tab[129]
-#define __pyx_n_u_c __pyx_string_tab[130]
-#define __pyx_n_u_c_contiguous __pyx_string_tab[131]
-#define __pyx_n_u_cast __pyx_string_tab[132]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[133]
-#define __pyx_n_u_close __pyx_string_tab[134]
-#define __pyx_n_u_command_buffer __pyx_string_tab[135]
-#define __pyx_n_u_commit __pyx_string_tab[136]
-#define __pyx_n_u_configure __pyx_string_tab[137]
-#define __pyx_n_u_constants __pyx_string_tab[138]
-#define __pyx_n_u_copied __pyx_string_tab[139]
-#define __pyx_n_u_count __pyx_string_tab[140]
-#define __pyx_n_u_cs __pyx_string_tab[141]
-#define __pyx_n_u_data __pyx_string_tab[142]
-#define __pyx_n_u_dispatch __pyx_string_tab[143]
-#define __pyx_n_u_dtype __pyx_string_tab[144]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[145]
-#define __pyx_n_u_e __pyx_string_tab[146]
-#define __pyx_n_u_emulated __pyx_string_tab[147]
-#define __pyx_n_u_encode __pyx_string_tab[148]
-#define __pyx_n_u_enumerate __pyx_string_tab[149]
-#define __pyx_n_u_error __pyx_string_tab[150]
-#define __pyx_n_u_errors __pyx_string_tab[151]
-#define __pyx_n_u_extent __pyx_string_tab[152]
-#define __pyx_n_u_f_contiguous __pyx_string_tab[153]
-#define __pyx_n_u_fast_math __pyx_string_tab[154]
-#define __pyx_n_u_flags __pyx_string_tab[155]
-#define __pyx_n_u_float __pyx_string_tab[156]
-#define __pyx_n_u_fn __pyx_string_tab[157]
-#define __pyx_n_u_format __pyx_string_tab[158]
-#define __pyx_n_u_fortran __pyx_string_tab[159]
-#define __pyx_n_u_from_dlpack __pyx_string_tab[160]
-#define __pyx_n_u_frombuffer __pyx_string_tab[161]
-#define __pyx_n_u_function __pyx_string_tab[162]
-#define __pyx_n_u_functions __pyx_string_tab[163]
-#define __pyx_n_u_g __pyx_string_tab[164]
-#define __pyx_n_u_genexpr __pyx_string_tab[165]
-#define __pyx_n_u_gpu_family __pyx_string_tab[166]
-#define __pyx_n_u_gpu_time __pyx_string_tab[167]
-#define __pyx_n_u_i __pyx_string_tab[168]
-#define __pyx_n_u_id __pyx_string_tab[169]
-#define __pyx_n_u_idx __pyx_string_tab[170]
-#define __pyx_n_u_include_dir __pyx_string_tab[171]
-#define __pyx_n_u_index __pyx_string_tab[172]
-#define __pyx_n_u_info __pyx_string_tab[173]
-#define __pyx_n_u_int __pyx_string_tab[174]
-#define __pyx_n_u_items __pyx_string_tab[175]
-#define __pyx_n_u_itemsize __pyx_string_tab[176]
-#define __pyx_n_u_key __pyx_string_tab[177]
-#define __pyx_n_u_kind __pyx_string_tab[178]
-#define __pyx_n_u_length __pyx_string_tab[179]
-#define __pyx_n_u_lib __pyx_string_tab[180]
-#define __pyx_n_u_library_from_file __pyx_string_tab[181]
-#define __pyx_n_u_library_from_source __pyx_string_tab[182]
-#define __pyx_n_u_max_threadgroup_memory __pyx_string_tab[183]
-#define __pyx_n_u_max_threads_per_threadgroup __pyx_string_tab[184]
-#define __pyx_n_u_memview __pyx_string_tab[185]
-#define __pyx_n_u_metal __pyx_string_tab[186]
-#define __pyx_n_u_mode __pyx_string_tab[187]
-#define __pyx_n_u_mv __pyx_string_tab[188]
-#define __pyx_n_u_n __pyx_string_tab[189]
-#define __pyx_n_u_name __pyx_string_tab[190]
-#define __pyx_n_u_ndarray __pyx_string_tab[191]
-#define __pyx_n_u_ndim __pyx_string_tab[192]
-#define __pyx_n_u_next __pyx_string_tab[193]
-#define __pyx_n_u_np __pyx_string_tab[194]
-#define __pyx_n_u_numpy __pyx_string_tab[195]
-#define __pyx_n_u_o __pyx_string_tab[196]
-#define __pyx_n_u_ob __pyx_string_tab[197]
-#define __pyx_n_u_obj __pyx_string_tab[198]
-#define __pyx_n_u_offset __pyx_string_tab[199]
-#define __pyx_n_u_on __pyx_string_tab[200]
-#define __pyx_n_u_opts __pyx_string_tab[201]
-#define __pyx_n_u_p __pyx_string_tab[202]
-#define __pyx_n_u_pack __pyx_string_tab[203]
-#define __pyx_n_u_path __pyx_string_tab[204]
-#define __pyx_n_u_pipeline __pyx_string_tab[205]
-#define __pyx_n_u_pop __pyx_string_tab[206]
-#define __pyx_n_u_recommended_working_set __pyx_string_tab[207]
-#define __pyx_n_u_register __pyx_string_tab[208]
-#define __pyx_n_u_reshape __pyx_string_tab[209]
-#define __pyx_n_u_s __pyx_string_tab[210]
-#define __pyx_n_u_sagecore __pyx_string_tab[211]
-#define __pyx_n_u_sagecore__metal __pyx_string_tab[212]
-#define __pyx_n_u_self __pyx_string_tab[213]
-#define __pyx_n_u_send __pyx_string_tab[214]
-#define __pyx_n_u_set_buffer __pyx_string_tab[215]
-#define __pyx_n_u_set_bytes __pyx_string_tab[216]
-#define __pyx_n_u_set_host_threads __pyx_string_tab[217]
-#define __pyx_n_u_set_pipeline __pyx_string_tab[218]
-#define __pyx_n_u_set_race_check __pyx_string_tab[219]
-#define __pyx_n_u_set_threadgroup_memory __pyx_string_tab[220]
-#define __pyx_n_u_setdefault __pyx_string_tab[221]
-#define __pyx_n_u_shape __pyx_string_tab[222]
-#define __pyx_n_u_short __pyx_string_tab[223]
-#define __pyx_n_u_simd_width __pyx_string_tab[224]
-#define __pyx_n_u_simdgroup_matrix __pyx_string_tab[225]
-#define __pyx_n_u_size __pyx_string_tab[226]
-#define __pyx_n_u_source __pyx_string_tab[227]
-#define __pyx_n_u_split __pyx_string_tab[228]
-#define __pyx_n_u_src __pyx_string_tab[229]
-#define __pyx_n_u_st __pyx_string_tab[230]
-#define __pyx_n_u_start __pyx_string_tab[231]
-#define __pyx_n_u_step __pyx_string_tab[232]
-#define __pyx_n_u_stop __pyx_string_tab[233]
-#define __pyx_n_u_strides __pyx_string_tab[234]
-#define __pyx_n_u_struct __pyx_string_tab[235]
-#define __pyx_n_u_sum __pyx_string_tab[236]
-#define __pyx_n_u_t __pyx_string_tab[237]
-#define __pyx_n_u_tg __pyx_string_tab[238]
-#define __pyx_n_u_th __pyx_string_tab[239]
-#define __pyx_n_u_threadgroups __pyx_string_tab[240]
-#define __pyx_n_u_threads __pyx_string_tab[241]
-#define __pyx_n_u_throw __pyx_string_tab[242]
-#define __pyx_n_u_uint __pyx_string_tab[243]
-#define __pyx_n_u_unified_memory __pyx_string_tab[244]
-#define __pyx_n_u_unpack __pyx_string_tab[245]
-#define __pyx_n_u_update __pyx_string_tab[246]
-#define __pyx_n_u_ushort __pyx_string_tab[247]
-#define __pyx_n_u_val __pyx_string_tab[248]
-#define __pyx_n_u_value __pyx_string_tab[249]
-#define __pyx_n_u_values __pyx_string_tab[250]
-#define __pyx_n_u_view __pyx_string_tab[251]
-#define __pyx_n_u_wait __pyx_string_tab[252]
-#define __pyx_n_u_wrap __pyx_string_tab[253]
-#define __pyx_n_u_wrap_locals_genexpr __pyx_string_tab[254]
-#define __pyx_n_u_writeable __pyx_string_tab[255]
-#define __pyx_n_u_x __pyx_string_tab[256]
-#define __pyx_n_u_zip __pyx_string_tab[257]
-#define __pyx_n_b_O __pyx_string_tab[258]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[259]
-#define __pyx_kp_b_iso88591_as_U __pyx_string_tab[260]
-#define __pyx_kp_b_iso88591_b_q __pyx_string_tab[261]
-#define __pyx_kp_b_iso88591_A_QnAT __pyx_string_tab[262]
-#define __pyx_kp_b_iso88591_A_Q_d_1_E __pyx_string_tab[263]
-#define __pyx_kp_b_iso88591_A_Q_1D_G1 __pyx_string_tab[264]
-#define __pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q __pyx_string_tab[265]
-#define __pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q __pyx_string_tab[266]
-#define __pyx_kp_b_iso88591_A_Qd __pyx_string_tab[267]
-#define __pyx_kp_b_iso88591_A_q_A __pyx_string_tab[268]
-#define __pyx_kp_b_iso88591_A_Q_Qd_a __pyx_string_tab[269]
-#define __pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q __pyx_string_tab[270]
-#define __pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q __pyx_string_tab[271]
-#define __pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY __pyx_string_tab[272]
-#define __pyx_kp_b_iso88591_A_QoQd_as_1_r_1 __pyx_string_tab[273]
-#define __pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ __pyx_string_tab[274]
-#define __pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_Qe2Zt5_6_s_VST __pyx_string_tab[275]
-#define __pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B __pyx_string_tab[276]
-#define __pyx_kp_b_iso88591_a __pyx_string_tab[277]
-#define __pyx_kp_b_iso88591__7 __pyx_string_tab[278]
-#define __pyx_kp_b_iso88591_Bk_a_uF_Zq __pyx_string_tab[279]
-#define __pyx_kp_b_iso88591_Q_Q_1D_A __pyx_string_tab[280]
-#define __pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2 __pyx_string_tab[281]
-#define __pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1 __pyx_string_tab[282]
-#define __pyx_kp_b_iso88591_A_Q_q_D_q_A_E __pyx_string_tab[283]
+#define __pyx_n_u_FC_KINDS __pyx_string_tab[89]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[90]
+#define __pyx_n_u_annotate __pyx_string_tab[91]
+#define __pyx_n_u_array_interface __pyx_string_tab[92]
+#define __pyx_n_u_class __pyx_string_tab[93]
+#define __pyx_n_u_class_getitem __pyx_string_tab[94]
+#define __pyx_n_u_dict __pyx_string_tab[95]
+#define __pyx_n_u_dlpack __pyx_string_tab[96]
+#define __pyx_n_u_func __pyx_string_tab[97]
+#define __pyx_n_u_getstate __pyx_string_tab[98]
+#define __pyx_n_u_import __pyx_string_tab[99]
+#define __pyx_n_u_main __pyx_string_tab[100]
+#define __pyx_n_u_module __pyx_string_tab[101]
+#define __pyx_n_u_name_2 __pyx_string_tab[102]
+#define __pyx_n_u_new __pyx_string_tab[103]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[104]
+#define __pyx_n_u_pyx_state __pyx_string_tab[105]
+#define __pyx_n_u_pyx_type __pyx_string_tab[106]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[107]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[108]
+#define __pyx_n_u_qualname __pyx_string_tab[109]
+#define __pyx_n_u_reduce __pyx_string_tab[110]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[111]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[112]
+#define __pyx_n_u_set_name __pyx_string_tab[113]
+#define __pyx_n_u_setstate __pyx_string_tab[114]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[115]
+#define __pyx_n_u_test __pyx_string_tab[116]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[117]
+#define __pyx_n_u_a_2 __pyx_string_tab[118]
+#define __pyx_n_u_abc __pyx_string_tab[119]
+#define __pyx_n_u_addr __pyx_string_tab[120]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[121]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[122]
+#define __pyx_n_u_b __pyx_string_tab[123]
+#define __pyx_n_u_backend_name __pyx_string_tab[124]
+#define __pyx_n_u_barrier __pyx_string_tab[125]
+#define __pyx_n_u_base __pyx_string_tab[126]
+#define __pyx_n_u_bfloat __pyx_string_tab[127]
+#define __pyx_n_u_bool __pyx_string_tab[128]
+#define __pyx_n_u_buf __pyx_string_tab[129]
+#define __pyx_n_u_buffer __pyx_string_tab[130]
+#define __pyx_n_u_c __pyx_string_tab[131]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[132]
+#define __pyx_n_u_cast __pyx_string_tab[133]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[134]
+#define __pyx_n_u_close __pyx_string_tab[135]
+#define __pyx_n_u_command_buffer __pyx_string_tab[136]
+#define __pyx_n_u_commit __pyx_string_tab[137]
+#define __pyx_n_u_configure __pyx_string_tab[138]
+#define __pyx_n_u_constants __pyx_string_tab[139]
+#define __pyx_n_u_copied __pyx_string_tab[140]
+#define __pyx_n_u_count __pyx_string_tab[141]
+#define __pyx_n_u_cs __pyx_string_tab[142]
+#define __pyx_n_u_data __pyx_string_tab[143]
+#define __pyx_n_u_dispatch __pyx_string_tab[144]
+#define __pyx_n_u_dtype __pyx_string_tab[145]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[146]
+#define __pyx_n_u_e __pyx_string_tab[147]
+#define __pyx_n_u_emulated __pyx_string_tab[148]
+#define __pyx_n_u_encode __pyx_string_tab[149]
+#define __pyx_n_u_enumerate __pyx_string_tab[150]
+#define __pyx_n_u_error __pyx_string_tab[151]
+#define __pyx_n_u_errors __pyx_string_tab[152]
+#define __pyx_n_u_extent __pyx_string_tab[153]
+#define __pyx_n_u_f __pyx_string_tab[154]
+#define __pyx_n_u_f_contiguous __pyx_string_tab[155]
+#define __pyx_n_u_fast_math __pyx_string_tab[156]
+#define __pyx_n_u_fc_type __pyx_string_tab[157]
+#define __pyx_n_u_field __pyx_string_tab[158]
+#define __pyx_n_u_flags __pyx_string_tab[159]
+#define __pyx_n_u_float __pyx_string_tab[160]
+#define __pyx_n_u_fn __pyx_string_tab[161]
+#define __pyx_n_u_format __pyx_string_tab[162]
+#define __pyx_n_u_fortran __pyx_string_tab[163]
+#define __pyx_n_u_from_dlpack __pyx_string_tab[164]
+#define __pyx_n_u_frombuffer __pyx_string_tab[165]
+#define __pyx_n_u_function __pyx_string_tab[166]
+#define __pyx_n_u_functions __pyx_string_tab[167]
+#define __pyx_n_u_g __pyx_string_tab[168]
+#define __pyx_n_u_genexpr __pyx_string_tab[169]
+#define __pyx_n_u_gpu_family __pyx_string_tab[170]
+#define __pyx_n_u_gpu_time __pyx_string_tab[171]
+#define __pyx_n_u_i __pyx_string_tab[172]
+#define __pyx_n_u_id __pyx_string_tab[173]
+#define __pyx_n_u_idx __pyx_string_tab[174]
+#define __pyx_n_u_include_dir __pyx_string_tab[175]
+#define __pyx_n_u_index __pyx_string_tab[176]
+#define __pyx_n_u_info __pyx_string_tab[177]
+#define __pyx_n_u_int __pyx_string_tab[178]
+#define __pyx_n_u_items __pyx_string_tab[179]
+#define __pyx_n_u_itemsize __pyx_string_tab[180]
+#define __pyx_n_u_key __pyx_string_tab[181]
+#define __pyx_n_u_kind __pyx_string_tab[182]
+#define __pyx_n_u_length __pyx_string_tab[183]
+#define __pyx_n_u_lib __pyx_string_tab[184]
+#define __pyx_n_u_library_from_file __pyx_string_tab[185]
+#define __pyx_n_u_library_from_source __pyx_string_tab[186]
+#define __pyx_n_u_max_threadgroup_memory __pyx_string_tab[187]
+#define __pyx_n_u_max_threads_per_threadgroup __pyx_string_tab[188]
+#define __pyx_n_u_memview __pyx_string_tab[189]
+#define __pyx_n_u_metal __pyx_string_tab[190]
+#define __pyx_n_u_mode __pyx_string_tab[191]
+#define __pyx_n_u_mv __pyx_string_tab[192]
+#define __pyx_n_u_n __pyx_string_tab[193]
+#define __pyx_n_u_name __pyx_string_tab[194]
+#define __pyx_n_u_ndarray __pyx_string_tab[195]
+#define __pyx_n_u_ndim __pyx_string_tab[196]
+#define __pyx_n_u_next __pyx_string_tab[197]
+#define __pyx_n_u_np __pyx_string_tab[198]
+#define __pyx_n_u_numpy __pyx_string_tab[199]
+#define __pyx_n_u_o __pyx_string_tab[200]
+#define __pyx_n_u_ob __pyx_string_tab[201]
+#define __pyx_n_u_obj __pyx_string_tab[202]
+#define __pyx_n_u_offset __pyx_string_tab[203]
+#define __pyx_n_u_on __pyx_string_tab[204]
+#define __pyx_n_u_opts __pyx_string_tab[205]
+#define __pyx_n_u_p __pyx_string_tab[206]
+#define __pyx_n_u_pack __pyx_string_tab[207]
+#define __pyx_n_u_path __pyx_string_tab[208]
+#define __pyx_n_u_pipeline __pyx_string_tab[209]
+#define __pyx_n_u_pop __pyx_string_tab[210]
+#define __pyx_n_u_recommended_working_set __pyx_string_tab[211]
+#define __pyx_n_u_register __pyx_string_tab[212]
+#define __pyx_n_u_reshape __pyx_string_tab[213]
+#define __pyx_n_u_s __pyx_string_tab[214]
+#define __pyx_n_u_sagecore __pyx_string_tab[215]
+#define __pyx_n_u_sagecore__metal __pyx_string_tab[216]
+#define __pyx_n_u_self __pyx_string_tab[217]
+#define __pyx_n_u_send __pyx_string_tab[218]
+#define __pyx_n_u_set_buffer __pyx_string_tab[219]
+#define __pyx_n_u_set_bytes __pyx_string_tab[220]
+#define __pyx_n_u_set_host_threads __pyx_string_tab[221]
+#define __pyx_n_u_set_pipeline __pyx_string_tab[222]
+#define __pyx_n_u_set_race_check __pyx_string_tab[223]
+#define __pyx_n_u_set_threadgroup_memory __pyx_string_tab[224]
+#define __pyx_n_u_setdefault __pyx_string_tab[225]
+#define __pyx_n_u_shape __pyx_string_tab[226]
+#define __pyx_n_u_short __pyx_string_tab[227]
+#define __pyx_n_u_simd_width __pyx_string_tab[228]
+#define __pyx_n_u_simdgroup_matrix __pyx_string_tab[229]
+#define __pyx_n_u_size __pyx_string_tab[230]
+#define __pyx_n_u_source __pyx_string_tab[231]
+#define __pyx_n_u_split __pyx_string_tab[232]
+#define __pyx_n_u_src __pyx_string_tab[233]
+#define __pyx_n_u_st __pyx_string_tab[234]
+#define __pyx_n_u_start __pyx_string_tab[235]
+#define __pyx_n_u_step __pyx_string_tab[236]
+#define __pyx_n_u_stop __pyx_string_tab[237]
+#define __pyx_n_u_strides __pyx_string_tab[238]
+#define __pyx_n_u_struct __pyx_string_tab[239]
+#define __pyx_n_u_sum __pyx_string_tab[240]
+#define __pyx_n_u_t __pyx_string_tab[241]
+#define __pyx_n_u_tg __pyx_string_tab[242]
+#define __pyx_n_u_th __pyx_string_tab[243]
+#define __pyx_n_u_threadgroups __pyx_string_tab[244]
+#define __pyx_n_u_threads __pyx_string_tab[245]
+#define __pyx_n_u_throw __pyx_string_tab[246]
+#define __pyx_n_u_u __pyx_string_tab[247]
+#define __pyx_n_u_uint __pyx_string_tab[248]
+#define __pyx_n_u_unified_memory __pyx_string_tab[249]
+#define __pyx_n_u_unpack __pyx_string_tab[250]
+#define __pyx_n_u_update __pyx_string_tab[251]
+#define __pyx_n_u_ushort __pyx_string_tab[252]
+#define __pyx_n_u_val __pyx_string_tab[253]
+#define __pyx_n_u_value __pyx_string_tab[254]
+#define __pyx_n_u_values __pyx_string_tab[255]
+#define __pyx_n_u_view __pyx_string_tab[256]
+#define __pyx_n_u_wait __pyx_string_tab[257]
+#define __pyx_n_u_wrap __pyx_string_tab[258]
+#define __pyx_n_u_wrap_locals_genexpr __pyx_string_tab[259]
+#define __pyx_n_u_writeable __pyx_string_tab[260]
+#define __pyx_n_u_x __pyx_string_tab[261]
+#define __pyx_n_u_zip __pyx_string_tab[262]
+#define __pyx_n_b_O __pyx_string_tab[263]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[264]
+#define __pyx_kp_b_iso88591_as_U __pyx_string_tab[265]
+#define __pyx_kp_b_iso88591_b_q __pyx_string_tab[266]
+#define __pyx_kp_b_iso88591_A_QnAT __pyx_string_tab[267]
+#define __pyx_kp_b_iso88591_A_Q_d_1_E __pyx_string_tab[268]
+#define __pyx_kp_b_iso88591_A_Q_1D_G1 __pyx_string_tab[269]
+#define __pyx_kp_b_iso88591_A_7_1_Q_Q_at4t7_as_q __pyx_string_tab[270]
+#define __pyx_kp_b_iso88591_A_HAQ_1_Q_4t1AQ_q __pyx_string_tab[271]
+#define __pyx_kp_b_iso88591_A_Qd __pyx_string_tab[272]
+#define __pyx_kp_b_iso88591_A_q_A __pyx_string_tab[273]
+#define __pyx_kp_b_iso88591_A_Q_Qd_a __pyx_string_tab[274]
+#define __pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q __pyx_string_tab[275]
+#define __pyx_kp_b_iso88591_A_haq_1_Q_d_1A_q __pyx_string_tab[276]
+#define __pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY __pyx_string_tab[277]
+#define __pyx_kp_b_iso88591_A_QoQd_as_1_r_1 __pyx_string_tab[278]
+#define __pyx_kp_b_iso88591_A_Q_AT_Qa_E_way_Kq_0_1A_A_G_VZZ __pyx_string_tab[279]
+#define __pyx_kp_b_iso88591_A_7_5_d_j_b_L_haq_Qe2Zt5_6_s_VST __pyx_string_tab[280]
+#define __pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B __pyx_string_tab[281]
+#define __pyx_kp_b_iso88591_a __pyx_string_tab[282]
+#define __pyx_kp_b_iso88591__7 __pyx_string_tab[283]
+#define __pyx_kp_b_iso88591_Bk_a_uF_Zq __pyx_string_tab[284]
+#define __pyx_kp_b_iso88591_Q_Q_1D_A __pyx_string_tab[285]
+#define __pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2 __pyx_string_tab[286]
+#define __pyx_kp_b_iso88591_ZZoop_7_1_wa_q_1M_KqHYYjjk_fG1 __pyx_string_tab[287]
+#define __pyx_kp_b_iso88591_A_Q_q_D_q_A_E __pyx_string_tab[288]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -4524,7 +4547,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<34; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<284; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<289; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -4579,7 +4602,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<34; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<284; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<289; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -23916,6 +23939,8 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   PyObject *__pyx_v_idx = NULL;
   PyObject *__pyx_v_val = NULL;
   PyObject *__pyx_v_kind = NULL;
+  PyObject *__pyx_v_fc_type = NULL;
+  PyObject *__pyx_v_field = NULL;
   PyObject *__pyx_v_fn = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -23931,14 +23956,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   uint32_t __pyx_t_10;
   int __pyx_t_11;
   int __pyx_t_12;
-  int32_t __pyx_t_13;
-  float __pyx_t_14;
-  PyObject *__pyx_t_15 = NULL;
-  PyObject *__pyx_t_16[4];
-  Py_ssize_t __pyx_t_17;
-  int __pyx_t_18;
-  PyObject *__pyx_t_19 = NULL;
-  char const *__pyx_t_20;
+  PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14[4];
+  Py_ssize_t __pyx_t_15;
+  int __pyx_t_16;
+  PyObject *__pyx_t_17 = NULL;
+  sc_mtl_fc_type __pyx_t_18;
+  float __pyx_t_19;
+  int32_t __pyx_t_20;
+  int32_t __pyx_t_21;
+  int32_t __pyx_t_22;
+  char const *__pyx_t_23;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -24226,7 +24254,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \             # <<<<<<<<<<<<<<
  *                         "float" if isinstance(val, float) else None
- *                 if kind == "bool":
+ *                 if kind not in _FC_KINDS:
 */
         __pyx_t_2 = PyBool_Check(__pyx_v_val); 
         if (__pyx_t_2) {
@@ -24243,8 +24271,8 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None             # <<<<<<<<<<<<<<
- *                 if kind == "bool":
- *                     cs[n].type = SC_MTL_FC_BOOL
+ *                 if kind not in _FC_KINDS:
+ *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
 */
             __pyx_t_12 = PyFloat_Check(__pyx_v_val); 
             if (__pyx_t_12) {
@@ -24278,291 +24306,51 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       /* "sagecore/_metal.pyx":241
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None
- *                 if kind == "bool":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_BOOL
- *                     cs[n].value.i = 1 if val else 0
+ *                 if kind not in _FC_KINDS:             # <<<<<<<<<<<<<<
+ *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+ *                 fc_type, field = _FC_KINDS[kind]
 */
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_bool, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 241, __pyx_L1_error)
-      if (__pyx_t_2) {
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 241, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_kind, __pyx_t_7, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 241, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      if (unlikely(__pyx_t_2)) {
 
 
         /* "sagecore/_metal.pyx":242
  *                         "float" if isinstance(val, float) else None
- *                 if kind == "bool":
- *                     cs[n].type = SC_MTL_FC_BOOL             # <<<<<<<<<<<<<<
- *                     cs[n].value.i = 1 if val else 0
- *                 elif kind == "int":
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_BOOL;
-
-        /* "sagecore/_metal.pyx":243
- *                 if kind == "bool":
- *                     cs[n].type = SC_MTL_FC_BOOL
- *                     cs[n].value.i = 1 if val else 0             # <<<<<<<<<<<<<<
- *                 elif kind == "int":
- *                     cs[n].type = SC_MTL_FC_INT32
-*/
-        __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_val); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 243, __pyx_L1_error)
-        if (__pyx_t_2) {
-
-          __pyx_t_13 = 1;
-        } else {
-
-          __pyx_t_13 = 0;
-        }
-
-        (__pyx_v_cs[__pyx_v_n]).value.i = __pyx_t_13;
-
-        /* "sagecore/_metal.pyx":241
- *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
- *                         "float" if isinstance(val, float) else None
- *                 if kind == "bool":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_BOOL
- *                     cs[n].value.i = 1 if val else 0
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":244
- *                     cs[n].type = SC_MTL_FC_BOOL
- *                     cs[n].value.i = 1 if val else 0
- *                 elif kind == "int":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_INT32
- *                     cs[n].value.i = <int32_t>val
-*/
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_int, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 244, __pyx_L1_error)
-      if (__pyx_t_2) {
-
-
-        /* "sagecore/_metal.pyx":245
- *                     cs[n].value.i = 1 if val else 0
- *                 elif kind == "int":
- *                     cs[n].type = SC_MTL_FC_INT32             # <<<<<<<<<<<<<<
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "uint":
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_INT32;
-
-        /* "sagecore/_metal.pyx":246
- *                 elif kind == "int":
- *                     cs[n].type = SC_MTL_FC_INT32
- *                     cs[n].value.i = <int32_t>val             # <<<<<<<<<<<<<<
- *                 elif kind == "uint":
- *                     cs[n].type = SC_MTL_FC_UINT32
-*/
-        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
-        (__pyx_v_cs[__pyx_v_n]).value.i = ((int32_t)__pyx_t_13);
-
-
-        /* "sagecore/_metal.pyx":244
- *                     cs[n].type = SC_MTL_FC_BOOL
- *                     cs[n].value.i = 1 if val else 0
- *                 elif kind == "int":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_INT32
- *                     cs[n].value.i = <int32_t>val
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":247
- *                     cs[n].type = SC_MTL_FC_INT32
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "uint":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_UINT32
- *                     cs[n].value.u = <uint32_t>val
-*/
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_uint, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 247, __pyx_L1_error)
-      if (__pyx_t_2) {
-
-
-        /* "sagecore/_metal.pyx":248
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "uint":
- *                     cs[n].type = SC_MTL_FC_UINT32             # <<<<<<<<<<<<<<
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "short":
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_UINT32;
-
-        /* "sagecore/_metal.pyx":249
- *                 elif kind == "uint":
- *                     cs[n].type = SC_MTL_FC_UINT32
- *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
- *                 elif kind == "short":
- *                     cs[n].type = SC_MTL_FC_INT16
-*/
-        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 249, __pyx_L1_error)
-        (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
-
-
-        /* "sagecore/_metal.pyx":247
- *                     cs[n].type = SC_MTL_FC_INT32
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "uint":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_UINT32
- *                     cs[n].value.u = <uint32_t>val
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":250
- *                     cs[n].type = SC_MTL_FC_UINT32
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "short":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_INT16
- *                     cs[n].value.i = <int32_t>val
-*/
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_short, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
-      if (__pyx_t_2) {
-
-
-        /* "sagecore/_metal.pyx":251
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "short":
- *                     cs[n].type = SC_MTL_FC_INT16             # <<<<<<<<<<<<<<
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "ushort":
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_INT16;
-
-        /* "sagecore/_metal.pyx":252
- *                 elif kind == "short":
- *                     cs[n].type = SC_MTL_FC_INT16
- *                     cs[n].value.i = <int32_t>val             # <<<<<<<<<<<<<<
- *                 elif kind == "ushort":
- *                     cs[n].type = SC_MTL_FC_UINT16
-*/
-        __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 252, __pyx_L1_error)
-        (__pyx_v_cs[__pyx_v_n]).value.i = ((int32_t)__pyx_t_13);
-
-
-        /* "sagecore/_metal.pyx":250
- *                     cs[n].type = SC_MTL_FC_UINT32
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "short":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_INT16
- *                     cs[n].value.i = <int32_t>val
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":253
- *                     cs[n].type = SC_MTL_FC_INT16
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "ushort":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_UINT16
- *                     cs[n].value.u = <uint32_t>val
-*/
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_ushort, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 253, __pyx_L1_error)
-      if (__pyx_t_2) {
-
-
-        /* "sagecore/_metal.pyx":254
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "ushort":
- *                     cs[n].type = SC_MTL_FC_UINT16             # <<<<<<<<<<<<<<
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "float":
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_UINT16;
-
-        /* "sagecore/_metal.pyx":255
- *                 elif kind == "ushort":
- *                     cs[n].type = SC_MTL_FC_UINT16
- *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
- *                 elif kind == "float":
- *                     cs[n].type = SC_MTL_FC_FLOAT
-*/
-        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 255, __pyx_L1_error)
-        (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
-
-
-        /* "sagecore/_metal.pyx":253
- *                     cs[n].type = SC_MTL_FC_INT16
- *                     cs[n].value.i = <int32_t>val
- *                 elif kind == "ushort":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_UINT16
- *                     cs[n].value.u = <uint32_t>val
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":256
- *                     cs[n].type = SC_MTL_FC_UINT16
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "float":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_FLOAT
- *                     cs[n].value.f = <float>val
-*/
-      __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_float, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
-      if (likely(__pyx_t_2)) {
-
-
-        /* "sagecore/_metal.pyx":257
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "float":
- *                     cs[n].type = SC_MTL_FC_FLOAT             # <<<<<<<<<<<<<<
- *                     cs[n].value.f = <float>val
- *                 else:
-*/
-        (__pyx_v_cs[__pyx_v_n]).type = SC_MTL_FC_FLOAT;
-
-        /* "sagecore/_metal.pyx":258
- *                 elif kind == "float":
- *                     cs[n].type = SC_MTL_FC_FLOAT
- *                     cs[n].value.f = <float>val             # <<<<<<<<<<<<<<
- *                 else:
- *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
-*/
-        __pyx_t_14 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_14 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 258, __pyx_L1_error)
-        (__pyx_v_cs[__pyx_v_n]).value.f = ((float)__pyx_t_14);
-
-
-        /* "sagecore/_metal.pyx":256
- *                     cs[n].type = SC_MTL_FC_UINT16
- *                     cs[n].value.u = <uint32_t>val
- *                 elif kind == "float":             # <<<<<<<<<<<<<<
- *                     cs[n].type = SC_MTL_FC_FLOAT
- *                     cs[n].value.f = <float>val
-*/
-        goto __pyx_L13;
-      }
-
-      /* "sagecore/_metal.pyx":260
- *                     cs[n].value.f = <float>val
- *                 else:
+ *                 if kind not in _FC_KINDS:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")             # <<<<<<<<<<<<<<
- *                 n += 1
- *         fn = function.encode()
+ *                 fc_type, field = _FC_KINDS[kind]
+ *                 cs[n].type = fc_type
 */
-      /*else*/ {
         __pyx_t_4 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 260, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 242, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 260, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 242, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 260, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 242, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_15 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 260, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_15);
-        __pyx_t_16[0] = __pyx_mstate_global->__pyx_kp_u_constant;
-        __pyx_t_16[1] = __pyx_t_6;
-        __pyx_t_16[2] = __pyx_mstate_global->__pyx_kp_u_unsupported_value;
-        __pyx_t_16[3] = __pyx_t_15;
-        __pyx_t_17 = 29;
+        __pyx_t_13 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_13);
+        __pyx_t_14[0] = __pyx_mstate_global->__pyx_kp_u_constant;
+        __pyx_t_14[1] = __pyx_t_6;
+        __pyx_t_14[2] = __pyx_mstate_global->__pyx_kp_u_unsupported_value;
+        __pyx_t_14[3] = __pyx_t_13;
+        __pyx_t_15 = 29;
         #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
-        __pyx_t_17 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_16[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_16[3]);
+        __pyx_t_15 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_14[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_14[3]);
         #endif
-        __pyx_t_18 = 0;
+        __pyx_t_16 = 0;
         #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
-        __pyx_t_18 |= __Pyx_PyUnicode_KIND_04(__pyx_t_16[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_16[3]);
+        __pyx_t_16 |= __Pyx_PyUnicode_KIND_04(__pyx_t_14[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_14[3]);
         #endif
-        __pyx_t_19 = __Pyx_PyUnicode_Join(__pyx_t_16, 4, __pyx_t_17, __pyx_t_18);
-        if (unlikely(!__pyx_t_19)) __PYX_ERR(0, 260, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_19);
+        __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_14, 4, __pyx_t_15, __pyx_t_16);
+        if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_17);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
         __pyx_t_5 = 1;
         #if CYTHON_UNPACK_METHODS
         if (unlikely(PyMethod_Check(__pyx_t_8))) {
@@ -24576,23 +24364,201 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         }
         #endif
         {
-          PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_constants, __pyx_t_19};
+          PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_constants, __pyx_t_17};
           __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-          __Pyx_DECREF(__pyx_t_19); __pyx_t_19 = 0;
+          __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 260, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 242, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
         }
         __Pyx_Raise(__pyx_t_7, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        __PYX_ERR(0, 260, __pyx_L1_error)
-      }
-      __pyx_L13:;
+        __PYX_ERR(0, 242, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":261
- *                 else:
+        /* "sagecore/_metal.pyx":241
+ *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
+ *                         "float" if isinstance(val, float) else None
+ *                 if kind not in _FC_KINDS:             # <<<<<<<<<<<<<<
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+ *                 fc_type, field = _FC_KINDS[kind]
+*/
+      }
+
+      /* "sagecore/_metal.pyx":243
+ *                 if kind not in _FC_KINDS:
+ *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+ *                 fc_type, field = _FC_KINDS[kind]             # <<<<<<<<<<<<<<
+ *                 cs[n].type = fc_type
+ *                 if field == "f":
+*/
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_8 = __Pyx_PyObject_GetItem(__pyx_t_7, __pyx_v_kind); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 243, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_8);
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      if ((likely(PyTuple_CheckExact(__pyx_t_8))) || (PyList_CheckExact(__pyx_t_8))) {
+        PyObject* sequence = __pyx_t_8;
+        Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
+        if (unlikely(size != 2)) {
+          if (size > 2) __Pyx_RaiseTooManyValuesError(2);
+          else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
+          __PYX_ERR(0, 243, __pyx_L1_error)
+        }
+        #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+        if (likely(PyTuple_CheckExact(sequence))) {
+          __pyx_t_7 = PyTuple_GET_ITEM(sequence, 0);
+          __Pyx_INCREF(__pyx_t_7);
+          __pyx_t_17 = PyTuple_GET_ITEM(sequence, 1);
+          __Pyx_INCREF(__pyx_t_17);
+        } else {
+          __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+          __Pyx_XGOTREF(__pyx_t_7);
+          __pyx_t_17 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
+          if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 243, __pyx_L1_error)
+          __Pyx_XGOTREF(__pyx_t_17);
+        }
+        #else
+        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_7);
+        __pyx_t_17 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_17);
+        #endif
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      } else {
+        Py_ssize_t index = -1;
+        __pyx_t_4 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_4);
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+        __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_4);
+        index = 0; __pyx_t_7 = __pyx_t_9(__pyx_t_4); if (unlikely(!__pyx_t_7)) goto __pyx_L14_unpacking_failed;
+        __Pyx_GOTREF(__pyx_t_7);
+        index = 1; __pyx_t_17 = __pyx_t_9(__pyx_t_4); if (unlikely(!__pyx_t_17)) goto __pyx_L14_unpacking_failed;
+        __Pyx_GOTREF(__pyx_t_17);
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_4), 2) < (0)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __pyx_t_9 = NULL;
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+        goto __pyx_L15_unpacking_done;
+        __pyx_L14_unpacking_failed:;
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __pyx_t_9 = NULL;
+        if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
+        __PYX_ERR(0, 243, __pyx_L1_error)
+        __pyx_L15_unpacking_done:;
+      }
+      __Pyx_XDECREF_SET(__pyx_v_fc_type, __pyx_t_7);
+      __pyx_t_7 = 0;
+      __Pyx_XDECREF_SET(__pyx_v_field, __pyx_t_17);
+      __pyx_t_17 = 0;
+
+      /* "sagecore/_metal.pyx":244
+ *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+ *                 fc_type, field = _FC_KINDS[kind]
+ *                 cs[n].type = fc_type             # <<<<<<<<<<<<<<
+ *                 if field == "f":
+ *                     cs[n].value.f = <float>val
+*/
+      __pyx_t_18 = ((sc_mtl_fc_type)__Pyx_PyLong_As_sc_mtl_fc_type(__pyx_v_fc_type)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 244, __pyx_L1_error)
+      (__pyx_v_cs[__pyx_v_n]).type = __pyx_t_18;
+
+      /* "sagecore/_metal.pyx":245
+ *                 fc_type, field = _FC_KINDS[kind]
+ *                 cs[n].type = fc_type
+ *                 if field == "f":             # <<<<<<<<<<<<<<
+ *                     cs[n].value.f = <float>val
+ *                 elif field == "u":
+*/
+      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch102(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_f, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 245, __pyx_L1_error)
+      if (__pyx_t_2) {
+
+
+        /* "sagecore/_metal.pyx":246
+ *                 cs[n].type = fc_type
+ *                 if field == "f":
+ *                     cs[n].value.f = <float>val             # <<<<<<<<<<<<<<
+ *                 elif field == "u":
+ *                     cs[n].value.u = <uint32_t>val
+*/
+        __pyx_t_19 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_19 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
+        (__pyx_v_cs[__pyx_v_n]).value.f = ((float)__pyx_t_19);
+
+
+        /* "sagecore/_metal.pyx":245
+ *                 fc_type, field = _FC_KINDS[kind]
+ *                 cs[n].type = fc_type
+ *                 if field == "f":             # <<<<<<<<<<<<<<
+ *                     cs[n].value.f = <float>val
+ *                 elif field == "u":
+*/
+        goto __pyx_L16;
+      }
+
+      /* "sagecore/_metal.pyx":247
+ *                 if field == "f":
+ *                     cs[n].value.f = <float>val
+ *                 elif field == "u":             # <<<<<<<<<<<<<<
+ *                     cs[n].value.u = <uint32_t>val
+ *                 else:
+*/
+      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch117(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_u, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 247, __pyx_L1_error)
+      if (__pyx_t_2) {
+
+
+        /* "sagecore/_metal.pyx":248
+ *                     cs[n].value.f = <float>val
+ *                 elif field == "u":
+ *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
+ *                 else:
+ *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
+*/
+        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 248, __pyx_L1_error)
+        (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
+
+
+        /* "sagecore/_metal.pyx":247
+ *                 if field == "f":
+ *                     cs[n].value.f = <float>val
+ *                 elif field == "u":             # <<<<<<<<<<<<<<
+ *                     cs[n].value.u = <uint32_t>val
+ *                 else:
+*/
+        goto __pyx_L16;
+      }
+
+      /* "sagecore/_metal.pyx":250
+ *                     cs[n].value.u = <uint32_t>val
+ *                 else:
+ *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)             # <<<<<<<<<<<<<<
+ *                 n += 1
+ *         fn = function.encode()
+*/
+      /*else*/ {
+        __pyx_t_2 = (__pyx_v_val == Py_True);
+        if (__pyx_t_2) {
+
+          __pyx_t_20 = 1;
+        } else {
+          __pyx_t_11 = (__pyx_v_val == Py_False);
+          if (__pyx_t_11) {
+
+            __pyx_t_21 = 0;
+          } else {
+            __pyx_t_22 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_22 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 250, __pyx_L1_error)
+            __pyx_t_21 = __pyx_t_22;
+          }
+
+          __pyx_t_20 = __pyx_t_21;
+        }
+
+        (__pyx_v_cs[__pyx_v_n]).value.i = ((int32_t)__pyx_t_20);
+
+      }
+      __pyx_L16:;
+
+      /* "sagecore/_metal.pyx":251
+ *                 else:
+ *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
  *                 n += 1             # <<<<<<<<<<<<<<
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
@@ -24618,8 +24584,8 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   }
 
-  /* "sagecore/_metal.pyx":262
- *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+  /* "sagecore/_metal.pyx":252
+ *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
  *                 n += 1
  *         fn = function.encode()             # <<<<<<<<<<<<<<
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
@@ -24627,26 +24593,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   if (unlikely(__pyx_v_function == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 262, __pyx_L1_error)
+    __PYX_ERR(0, 252, __pyx_L1_error)
   }
-  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_fn = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":263
+  /* "sagecore/_metal.pyx":253
  *                 n += 1
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))             # <<<<<<<<<<<<<<
  *         p.library = self
  *         return p
 */
-  __pyx_t_20 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_20) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
-  __pyx_t_18 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_20, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_23 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_23) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L1_error)
+  __pyx_t_16 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_23, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 253, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":264
+  /* "sagecore/_metal.pyx":254
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self             # <<<<<<<<<<<<<<
@@ -24658,7 +24624,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   __Pyx_GOTREF((PyObject *)__pyx_v_p->library);
   __Pyx_DECREF_SET(__pyx_v_p->library, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":265
+  /* "sagecore/_metal.pyx":255
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self
  *         return p             # <<<<<<<<<<<<<<
@@ -24691,8 +24657,8 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   __Pyx_XDECREF(__pyx_t_6);
   __Pyx_XDECREF(__pyx_t_7);
   __Pyx_XDECREF(__pyx_t_8);
-  __Pyx_XDECREF(__pyx_t_15);
-  __Pyx_XDECREF(__pyx_t_19);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_XDECREF(__pyx_t_17);
   __Pyx_AddTraceback("sagecore._metal.Library.pipeline", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
@@ -24702,6 +24668,8 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   __Pyx_XDECREF(__pyx_v_idx);
   __Pyx_XDECREF(__pyx_v_val);
   __Pyx_XDECREF(__pyx_v_kind);
+  __Pyx_XDECREF(__pyx_v_fc_type);
+  __Pyx_XDECREF(__pyx_v_field);
   __Pyx_XDECREF(__pyx_v_fn);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
@@ -24979,7 +24947,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_10__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":273
+/* "sagecore/_metal.pyx":268
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25013,7 +24981,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":275
+  /* "sagecore/_metal.pyx":270
  *     @property
  *     def name(self):
  *         return sc_mtl_pipeline_name(self.p).decode()             # <<<<<<<<<<<<<<
@@ -25022,11 +24990,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
 */
 
   __pyx_t_1 = sc_mtl_pipeline_name(__pyx_v_self->p);
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 275, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 275, __pyx_L1_error)
+  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 270, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -25039,7 +25007,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":273
+  /* "sagecore/_metal.pyx":268
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25058,7 +25026,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":277
+/* "sagecore/_metal.pyx":272
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25090,14 +25058,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":279
+  /* "sagecore/_metal.pyx":274
  *     @property
  *     def max_threads(self):
  *         return sc_mtl_pipeline_max_threads(self.p)             # <<<<<<<<<<<<<<
  * 
  *     def __eq__(self, other):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 274, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25110,7 +25078,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":277
+  /* "sagecore/_metal.pyx":272
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25129,7 +25097,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":281
+/* "sagecore/_metal.pyx":276
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -25163,7 +25131,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__eq__", 0);
 
-  /* "sagecore/_metal.pyx":282
+  /* "sagecore/_metal.pyx":277
  * 
  *     def __eq__(self, other):
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p             # <<<<<<<<<<<<<<
@@ -25174,7 +25142,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -25183,7 +25151,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   }
   __pyx_t_2 = (((struct __pyx_obj_8sagecore_6_metal_Pipeline *)__pyx_v_other)->p == __pyx_v_self->p);
 
-  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __pyx_t_3 = 0;
@@ -25200,7 +25168,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":281
+  /* "sagecore/_metal.pyx":276
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -25220,7 +25188,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":284
+/* "sagecore/_metal.pyx":279
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -25253,23 +25221,23 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__hash__", 0);
 
-  /* "sagecore/_metal.pyx":285
+  /* "sagecore/_metal.pyx":280
  * 
  *     def __hash__(self):
  *         return hash(<size_t>self.p)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
     __pyx_r = __pyx_t_2;
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":284
+  /* "sagecore/_metal.pyx":279
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -25289,7 +25257,7 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":271
+/* "sagecore/_metal.pyx":266
  *     """A specialized kernel (owned by its library's cache)."""
  *     cdef sc_mtl_pipeline *p
  *     cdef readonly Library library             # <<<<<<<<<<<<<<
@@ -25560,7 +25528,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_6__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":296
+/* "sagecore/_metal.pyx":291
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -25612,7 +25580,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":297
+  /* "sagecore/_metal.pyx":292
  * 
  *     def __cinit__(self):
  *         self.c = NULL             # <<<<<<<<<<<<<<
@@ -25621,7 +25589,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
 */
   __pyx_v_self->c = NULL;
 
-  /* "sagecore/_metal.pyx":296
+  /* "sagecore/_metal.pyx":291
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -25635,7 +25603,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":299
+/* "sagecore/_metal.pyx":294
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25659,7 +25627,7 @@ static void __pyx_pw_8sagecore_6_metal_13CommandBuffer_3__dealloc__(PyObject *__
 static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":300
+  /* "sagecore/_metal.pyx":295
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -25671,7 +25639,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":301
+    /* "sagecore/_metal.pyx":296
  *     def __dealloc__(self):
  *         if self.c != NULL:
  *             sc_mtl_cmdbuf_free(self.c)             # <<<<<<<<<<<<<<
@@ -25680,7 +25648,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
     sc_mtl_cmdbuf_free(__pyx_v_self->c);
 
-    /* "sagecore/_metal.pyx":300
+    /* "sagecore/_metal.pyx":295
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -25689,7 +25657,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
   }
 
-  /* "sagecore/_metal.pyx":299
+  /* "sagecore/_metal.pyx":294
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25701,7 +25669,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 
 }
 
-/* "sagecore/_metal.pyx":303
+/* "sagecore/_metal.pyx":298
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -25748,32 +25716,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_p,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 303, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 298, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 298, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 303, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 298, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 303, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 298, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 298, __pyx_L3_error)
     }
     __pyx_v_p = ((struct __pyx_obj_8sagecore_6_metal_Pipeline *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 303, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 298, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25784,7 +25752,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 303, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 298, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_p);
 
   /* function exit code */
@@ -25815,17 +25783,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_pipeline", 0);
 
-  /* "sagecore/_metal.pyx":304
+  /* "sagecore/_metal.pyx":299
  * 
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))             # <<<<<<<<<<<<<<
  *         self.keep.append(p.library)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 299, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":305
+  /* "sagecore/_metal.pyx":300
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)             # <<<<<<<<<<<<<<
@@ -25834,15 +25802,15 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 305, __pyx_L1_error)
+    __PYX_ERR(0, 300, __pyx_L1_error)
   }
   __pyx_t_2 = ((PyObject *)__pyx_v_p->library);
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
-  /* "sagecore/_metal.pyx":303
+  /* "sagecore/_metal.pyx":298
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -25863,7 +25831,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":307
+/* "sagecore/_metal.pyx":302
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -25912,55 +25880,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 307, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 302, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 302, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 307, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 302, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 307, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 302, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 302, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
     __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)values[1]);
     if (values[2]) {
-      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L3_error)
+      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
     } else {
       __pyx_v_offset = ((size_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 307, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 302, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25971,7 +25939,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 307, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 302, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_index, __pyx_v_b, __pyx_v_offset);
 
   /* function exit code */
@@ -26003,17 +25971,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_buffer", 0);
 
-  /* "sagecore/_metal.pyx":308
+  /* "sagecore/_metal.pyx":303
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))             # <<<<<<<<<<<<<<
  *         self.keep.append(b)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 303, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":309
+  /* "sagecore/_metal.pyx":304
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)             # <<<<<<<<<<<<<<
@@ -26022,12 +25990,12 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 309, __pyx_L1_error)
+    __PYX_ERR(0, 304, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 304, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":307
+  /* "sagecore/_metal.pyx":302
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -26047,7 +26015,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":311
+/* "sagecore/_metal.pyx":306
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -26096,39 +26064,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 311, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 306, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 306, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 306, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 306, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 311, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 306, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 306, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 306, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L3_error)
     __pyx_v_data = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 311, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 306, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26168,14 +26136,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_bytes", 0);
 
-  /* "sagecore/_metal.pyx":313
+  /* "sagecore/_metal.pyx":308
  *     def set_bytes(self, uint32_t index, data):
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
 */
-  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_2 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_2);
@@ -26185,17 +26153,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_cast, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 313, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 308, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 313, __pyx_L1_error)
-  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 313, __pyx_L1_error)
+  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_mv = __pyx_t_5;
   __pyx_t_5.memview = NULL;
   __pyx_t_5.data = NULL;
 
-  /* "sagecore/_metal.pyx":314
+  /* "sagecore/_metal.pyx":309
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))             # <<<<<<<<<<<<<<
@@ -26213,11 +26181,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_6 = NULL;
   }
 
-  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":311
+  /* "sagecore/_metal.pyx":306
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -26242,7 +26210,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":316
+/* "sagecore/_metal.pyx":311
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -26290,39 +26258,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_length,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 316, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 311, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 316, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 316, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 316, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 311, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 316, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 311, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 316, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 316, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L3_error)
-    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
+    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 316, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 311, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26354,17 +26322,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_threadgroup_memory", 0);
 
-  /* "sagecore/_metal.pyx":317
+  /* "sagecore/_metal.pyx":312
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))             # <<<<<<<<<<<<<<
  * 
  *     def dispatch(self, threadgroups, threads):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 312, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":316
+  /* "sagecore/_metal.pyx":311
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -26384,7 +26352,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":319
+/* "sagecore/_metal.pyx":314
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -26433,39 +26401,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_threadgroups,&__pyx_mstate_global->__pyx_n_u_threads,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 319, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 314, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 319, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 314, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 319, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 314, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 319, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 314, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 319, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 314, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 319, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 314, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 319, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 314, __pyx_L3_error)
     }
     __pyx_v_threadgroups = values[0];
     __pyx_v_threads = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 319, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 314, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26509,53 +26477,53 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("dispatch", 0);
 
-  /* "sagecore/_metal.pyx":324
+  /* "sagecore/_metal.pyx":319
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 319, __pyx_L1_error)
   __pyx_t_3 = (3 - __pyx_t_2);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_tg = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":325
+  /* "sagecore/_metal.pyx":320
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))             # <<<<<<<<<<<<<<
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
 */
-  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 320, __pyx_L1_error)
   __pyx_t_2 = (3 - __pyx_t_3);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_th = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":326
+  /* "sagecore/_metal.pyx":321
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):             # <<<<<<<<<<<<<<
@@ -26565,14 +26533,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   for (__pyx_t_6 = 0; __pyx_t_6 < 3; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "sagecore/_metal.pyx":327
+    /* "sagecore/_metal.pyx":322
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
 */
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 327, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 322, __pyx_L1_error)
     if (!__pyx_t_8) {
 
     } else {
@@ -26581,7 +26549,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 
       goto __pyx_L6_bool_binop_done;
     }
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 327, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 322, __pyx_L1_error)
 
     __pyx_t_7 = __pyx_t_8;
 
@@ -26589,26 +26557,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
     if (unlikely(__pyx_t_7)) {
 
 
-      /* "sagecore/_metal.pyx":328
+      /* "sagecore/_metal.pyx":323
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
  *             g[i] = tg[i]
  *             t[i] = th[i]
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 328, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 328, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 323, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 328, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 328, __pyx_L1_error)
+      __PYX_ERR(0, 323, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":327
+      /* "sagecore/_metal.pyx":322
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
@@ -26617,40 +26585,40 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 */
     }
 
-    /* "sagecore/_metal.pyx":329
+    /* "sagecore/_metal.pyx":324
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]             # <<<<<<<<<<<<<<
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 329, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L1_error)
     (__pyx_v_g[__pyx_v_i]) = __pyx_t_9;
 
 
-    /* "sagecore/_metal.pyx":330
+    /* "sagecore/_metal.pyx":325
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
  *             t[i] = th[i]             # <<<<<<<<<<<<<<
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 330, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
     (__pyx_v_t[__pyx_v_i]) = __pyx_t_9;
 
   }
 
-  /* "sagecore/_metal.pyx":331
+  /* "sagecore/_metal.pyx":326
  *             g[i] = tg[i]
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))             # <<<<<<<<<<<<<<
  * 
  *     def barrier(self):
 */
-  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 331, __pyx_L1_error)
+  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 326, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":314
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -26678,7 +26646,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":333
+/* "sagecore/_metal.pyx":328
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -26737,17 +26705,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("barrier", 0);
 
-  /* "sagecore/_metal.pyx":334
+  /* "sagecore/_metal.pyx":329
  * 
  *     def barrier(self):
  *         check(sc_mtl_barrier(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def set_race_check(self, bint on=True):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 329, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":333
+  /* "sagecore/_metal.pyx":328
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -26767,7 +26735,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":336
+/* "sagecore/_metal.pyx":331
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -26814,37 +26782,37 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_on,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 336, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 331, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 336, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 331, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 336, __pyx_L3_error)
+      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
     } else {
       __pyx_v_on = ((int)1);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 336, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 331, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26875,17 +26843,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_race_check", 0);
 
-  /* "sagecore/_metal.pyx":337
+  /* "sagecore/_metal.pyx":332
  * 
  *     def set_race_check(self, bint on=True):
  *         check(sc_mtl_set_race_check(self.c, on))             # <<<<<<<<<<<<<<
  * 
  *     def commit(self):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 332, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":336
+  /* "sagecore/_metal.pyx":331
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -26905,7 +26873,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":339
+/* "sagecore/_metal.pyx":334
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -26964,7 +26932,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("commit", 0);
 
-  /* "sagecore/_metal.pyx":340
+  /* "sagecore/_metal.pyx":335
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -26977,18 +26945,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":341
+        /* "sagecore/_metal.pyx":336
  *     def commit(self):
  *         with nogil:
  *             check(sc_mtl_commit(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def wait(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 341, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 336, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":340
+      /* "sagecore/_metal.pyx":335
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -27010,7 +26978,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       }
   }
 
-  /* "sagecore/_metal.pyx":339
+  /* "sagecore/_metal.pyx":334
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -27030,7 +26998,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":343
+/* "sagecore/_metal.pyx":338
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -27089,7 +27057,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("wait", 0);
 
-  /* "sagecore/_metal.pyx":344
+  /* "sagecore/_metal.pyx":339
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -27102,18 +27070,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":345
+        /* "sagecore/_metal.pyx":340
  *     def wait(self):
  *         with nogil:
  *             check(sc_mtl_wait(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def gpu_time(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 345, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 340, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":344
+      /* "sagecore/_metal.pyx":339
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -27135,7 +27103,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       }
   }
 
-  /* "sagecore/_metal.pyx":343
+  /* "sagecore/_metal.pyx":338
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -27155,7 +27123,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":347
+/* "sagecore/_metal.pyx":342
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -27218,21 +27186,21 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("gpu_time", 0);
 
-  /* "sagecore/_metal.pyx":350
+  /* "sagecore/_metal.pyx":345
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))             # <<<<<<<<<<<<<<
  *         return e - s
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 345, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":351
+  /* "sagecore/_metal.pyx":346
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))
  *         return e - s             # <<<<<<<<<<<<<<
 */
-  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
+  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -27245,7 +27213,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":347
+  /* "sagecore/_metal.pyx":342
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -27266,7 +27234,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":293
+/* "sagecore/_metal.pyx":288
  *     command buffer is gone."""
  *     cdef sc_mtl_cmdbuf *c
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -30468,14 +30436,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Pipeline ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 263, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = &__pyx_type_8sagecore_6_metal_Pipeline;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline);
@@ -30485,8 +30453,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 268, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -30503,14 +30471,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_CommandBuffer ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 283, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = &__pyx_type_8sagecore_6_metal_CommandBuffer;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer);
@@ -30520,8 +30488,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -31004,6 +30972,7 @@ static CYTHON_SMALL_CODE int __pyx_pymod_exec__metal(PyObject *__pyx_pyinit_modu
   static PyThread_type_lock __pyx_t_7[8];
   int __pyx_t_8;
   Py_ssize_t __pyx_t_9;
+  PyObject *__pyx_t_10 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -31915,6 +31884,86 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
+  /* "sagecore/_metal.pyx":259
+ * 
+ * # function-constant kind -> (C type, union field it is stored in)
+ * _FC_KINDS = {"bool": (SC_MTL_FC_BOOL, "i"), "int": (SC_MTL_FC_INT32, "i"), "uint": (SC_MTL_FC_UINT32, "u"),             # <<<<<<<<<<<<<<
+ *              "short": (SC_MTL_FC_INT16, "i"), "ushort": (SC_MTL_FC_UINT16, "u"), "float": (SC_MTL_FC_FLOAT, "f")}
+ * 
+*/
+  __pyx_t_5 = __Pyx_PyDict_NewPresized(6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_BOOL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_i};
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_10);
+  }
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_bool, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_10);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_i};
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+  }
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_u};
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_10);
+  }
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_uint, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+
+  /* "sagecore/_metal.pyx":260
+ * # function-constant kind -> (C type, union field it is stored in)
+ * _FC_KINDS = {"bool": (SC_MTL_FC_BOOL, "i"), "int": (SC_MTL_FC_INT32, "i"), "uint": (SC_MTL_FC_UINT32, "u"),
+ *              "short": (SC_MTL_FC_INT16, "i"), "ushort": (SC_MTL_FC_UINT16, "u"), "float": (SC_MTL_FC_FLOAT, "f")}             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT16); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_10);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_i};
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+  }
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_short, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_u};
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_10);
+  }
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ushort, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_FLOAT); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_10);
+  {
+    PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_f};
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+  }
+  __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FC_KINDS, __pyx_t_5) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+
   /* "(tree fragment)":1
  * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
  *     raise TypeError, "self.p cannot be converted to a Python object for pickling"
@@ -31942,156 +31991,156 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":303
+  /* "sagecore/_metal.pyx":298
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 303, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":307
+  /* "sagecore/_metal.pyx":302
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 307, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":311
+  /* "sagecore/_metal.pyx":306
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":316
+  /* "sagecore/_metal.pyx":311
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":314
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
  *         """Dispatch ``threadgroups`` (x, y, z) of ``threads`` (x, y, z) each.
  *         The threadgroup size is checked against the pipeline (MetalLimitError)."""
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 319, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":333
+  /* "sagecore/_metal.pyx":328
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_barrier(self.c))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 333, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":336
+  /* "sagecore/_metal.pyx":331
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 336, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[9]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 336, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":339
+  /* "sagecore/_metal.pyx":334
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_commit(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 339, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 334, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 339, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 334, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":343
+  /* "sagecore/_metal.pyx":338
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_wait(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 338, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 343, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 338, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":347
+  /* "sagecore/_metal.pyx":342
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 347, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -32137,6 +32186,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_10);
   if (__pyx_m) {
     if (__pyx_mstate->__pyx_d && stringtab_initialized) {
       __Pyx_AddTraceback("init sagecore._metal", __pyx_clineno, __pyx_lineno, __pyx_filename);
@@ -32280,21 +32330,21 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "sagecore/_metal.pyx":324
+  /* "sagecore/_metal.pyx":319
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_mstate_global->__pyx_tuple[5] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_mstate_global->__pyx_tuple[5] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_int_1);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[5], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[5], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 319, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "sagecore/_metal.pyx":328
+  /* "sagecore/_metal.pyx":323
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
@@ -32303,7 +32353,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_threadgroups, __pyx_mstate_global->__pyx_kp_u_sizes_must_be_0};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 328, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 323, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -32322,7 +32372,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "sagecore/_metal.pyx":307
+  /* "sagecore/_metal.pyx":302
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -32331,12 +32381,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 307, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 302, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "sagecore/_metal.pyx":336
+  /* "sagecore/_metal.pyx":331
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -32345,7 +32395,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {Py_True};
-    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 336, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 331, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
@@ -32409,38 +32459,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{6},{8},{15},{1},{2},{20},{11},{9},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{29},{15},{9},{7},{6},{2},{9},{5},{47},{50},{19},{58},{18},{12},{31},{30},{37},{11},{5},{17},{1},{6},{24},{26},{12},{13},{31},{33},{21},{20},{22},{22},{24},{23},{26},{28},{36},{18},{6},{24},{26},{13},{21},{11},{24},{26},{23},{11},{8},{20},{7},{25},{27},{17},{16},{17},{19},{26},{15},{21},{8},{26},{28},{8},{15},{20},{12},{19},{9},{17},{8},{10},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{4},{15},{18},{1},{12},{7},{4},{6},{4},{3},{6},{1},{12},{4},{18},{5},{14},{6},{9},{9},{6},{5},{2},{4},{8},{5},{15},{1},{8},{6},{9},{5},{6},{6},{12},{9},{5},{5},{2},{6},{7},{11},{10},{8},{9},{1},{7},{10},{8},{1},{2},{3},{11},{5},{4},{3},{5},{8},{3},{4},{6},{3},{17},{19},{22},{27},{7},{5},{4},{2},{1},{4},{7},{4},{4},{2},{5},{1},{2},{3},{6},{2},{4},{1},{4},{4},{8},{3},{23},{8},{7},{1},{8},{15},{4},{4},{10},{9},{16},{12},{14},{22},{10},{5},{5},{10},{16},{4},{6},{5},{3},{2},{5},{4},{4},{7},{6},{3},{1},{2},{2},{12},{7},{5},{4},{14},{6},{6},{6},{3},{5},{6},{4},{4},{4},{21},{9},{1},{3}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{320},{144},{2},{2},{42},{21},{435},{125},{38}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{6},{8},{15},{1},{2},{20},{11},{9},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{29},{15},{9},{7},{6},{2},{9},{5},{47},{50},{19},{58},{18},{12},{31},{30},{37},{11},{5},{17},{1},{6},{24},{26},{12},{13},{31},{33},{21},{20},{22},{22},{24},{23},{26},{28},{36},{18},{6},{24},{26},{13},{21},{11},{24},{26},{23},{11},{8},{20},{7},{25},{27},{17},{16},{17},{19},{26},{15},{21},{8},{26},{28},{8},{15},{9},{20},{12},{19},{9},{17},{8},{10},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{4},{15},{18},{1},{12},{7},{4},{6},{4},{3},{6},{1},{12},{4},{18},{5},{14},{6},{9},{9},{6},{5},{2},{4},{8},{5},{15},{1},{8},{6},{9},{5},{6},{6},{1},{12},{9},{7},{5},{5},{5},{2},{6},{7},{11},{10},{8},{9},{1},{7},{10},{8},{1},{2},{3},{11},{5},{4},{3},{5},{8},{3},{4},{6},{3},{17},{19},{22},{27},{7},{5},{4},{2},{1},{4},{7},{4},{4},{2},{5},{1},{2},{3},{6},{2},{4},{1},{4},{4},{8},{3},{23},{8},{7},{1},{8},{15},{4},{4},{10},{9},{16},{12},{14},{22},{10},{5},{5},{10},{16},{4},{6},{5},{3},{2},{5},{4},{4},{7},{6},{3},{1},{2},{2},{12},{7},{5},{1},{4},{14},{6},{6},{6},{3},{5},{6},{4},{4},{4},{21},{9},{1},{3}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{320},{144},{2},{2},{42},{21},{343},{125},{38}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2514 bytes) */
-static const char cstring[] = "x\332\265VKw\323H\026\306M\232N \204\030B\240\201\246e\022\0103\0207\316\004\350\016\217>N\010tz\200\306$\274\231\243S\226Jv\021\275\254*%6\347\314\031\226^j\251\245\226Zj\351\245\227^j\351e~B\377\204\271U\222\354\004gz7>\307R\351\326\255[\367\361\335\257\352\270\204\230t\253)Y\325OXa\017\2573\007cIsP\315\300&\373[qEZ\221\\\223\272\266m9\014\253\322\016\322],\335\323\020e\262\201X\375\301=b*\272\253\342\007\367\237a\303rZ\257\t\336\225,M\272\257X&#5\327r\251\204LUR\211\303\355\177-&f6A\231CT\330a\250,Y\316_\316\037\224\r4\037\376\272\206L\323b\022\242\224\324L\211Y\222\203\221\272h\231zK2\204\223;\340\344\206\t\261\020U2,\025\337\224p\323\206\265`jAY\340\373.h\020\257\203\314\205\233R\rLe\312\264\216l\014[I\250I\250\364\3342\361s\213a\211\325!\211k-V\267L\t\344*\326I\025;\210a\330\221\373\010\226\035\256dJ/\326_,.\377\274,<v0O9\225\250[Utp\026S\236\270\252Kt\006;\260\226\215iQ\332\320\244\226\345J&\006\337 \022\033\364\366/`ulJ\0243>\220\026D\334\210\021\313\224a91k\013i\252\310\016\346\253\037#\235\342\"RU\031\3640\370lX\224Iw\226%\3155\025\276L\202\362P\206LF\025K\327\261\220\321\"\252*\231\034\354QT\32516\371\263\246\020\232\214T\023\031\370\201\211kH\354\225\024\206JJR\211*\226v\035d\333X\275\227D\200`#\273eZ\220*\r\271:\223d\331\301\252\253`Y\226TW\370jZ\346\"X\331!H\207Y\205\230\204\3112E5\254X\016\376I60Cz\321n5)\326\265\242\275o\047pu\007\013\260\202\025$\275H\312\222\340[\202\262J6Q\266uH\016%\237\301E\303\245b\331\303\007\322-j\271\216\202\213\3026Oh\352t\212\032^\332\001\222\\\021\266\330B\327-\005j-!\307A-IE\014\025\017\231M\240\303\353\236&\247X^\335\220_\257\277\334\334\370\343yysmc\243\354\324\\\336u[P\371u\307\261\234\325UW\323\260\223<\213\203\024)\"\"Y\036\310\241\376P\03462c\272\206\335Z\263\014\003vMD\007>F-~==b\370\240B\025\"&_\033U\340\213\260\2032\000\215\215\230R?(\255\331\256\314\210\201\017JaO\271z\210\263B\336b\230\216\212mbC\307\231\207\030r\020\217\256\216\225\355\3219V\347\305\2549\226k\313I\201\017\352\354\"\302\036\341\035\242\340""\3449\232\256\201|$O\351L\022G\372\241$\326\345\003BbjV:\004\316p\220\323\2225\3072d\215\350\3700y\202\320t\206GQ\207\016NC\241\251\230\243v]\327\211M\tM\211+\203\226\200\325\323\304`\372\032\rk81\022W6\225\361\005\315\004Y\t\236\361\326\201<\332\340\277\330L\010\326\233Xq\271\376P\3648\265\000\374\371\330rMu8\363\224\000~\206\237\257L\264\203\210\316\373I\010_\244;e\357Q\377\367\315\214\004\260\211\033.6\025\314\217\251\342\360\304\202E\255&\374\037\001U\313\317q\223\275\304\232,\247t\n\244\004c\336\33421\201\3115\016*\370\t\016\036\016j\230\021\206\r.P\271\031\376\326m\244l\363\021O\030\177\3272\207\340G\014~\250\362\221\201\210)\336\226\352\352b\216\323\251xs\337d\031x.\2011u\215\344+\265\302\207\374\244HF\256)\270\r\313\353f\246\267\303x\346\270\215\206\213\364\314lF\266#\271\033\010p\223\177p\204ek\350>\327G\362*\313\320\231<\026Be h\013\252mb\004\007\007\0346N\306\201)\364\021m\231\n\261\212\003=Z\255B\2320\364\006\337+e\225*\242\270\252\351\026bU\313\322ae\262XQ\344\341\025B\201k\210\302K\r\205\221\031ovnH\321-\212\017v[BJ\260P\203\205p \016O9\233`U\001\0002\205r\346\316\230J\345I\025\017\036Qrx`l\270:\204\241\002\200\340\322\200!\307\342\220\307\034\226\342A\0019\320e\332>\027\0077%MG5*\342\321\240\347\035\020\245W\014\321\327\tR\3700q8k\260A\243\325j\330\204K\212\303ISC\006\321[\031}\022\242\022\265\231^\303\000z\016\334\204p\223\023\013\240\225#\222&\217\317x\033\267\266aR\307f\215\325\201VF\030\347\020\2521P\363\020\246\034J\251lcg\277\006(\360\353\2258C\371\335\312\3301yUMUt\020\\\322\014\210\203\231\2668\234,\253\n\271\2654\r\000e\231\226\315\250\315\363\000%\250g\214b[\266#\252\t&\260*\357Z\016\304P\343\010tp\215P\350G\007\213\263\225f\227\203\354]L.\t\374\202\000\267\024ux\260\014\216\222\257\tt\377ar\360\3708\374\300\000iz\201I<\250CE)1\300K\242\262:\037\245\332\010\216\374\246\270o\210\244R[\047\214:\n\345]\004K\030\266)\263\354\364b\000/\027\356\205\256\301\030\324i\337\2564u\023^\326\256\013\325uM\242\001~So\240\373!w\256\r8\306\256\360\005\270_""\\\330\305\203\362\262\360C\215\237\017\374_\274\317\333R\247\017\213)\266v\035@\n\247\213\346gb\377\361%\327\037;\336\276\341U\276\344\366\306&\332\371\370\370e\037\3714X\010g\302W\321B\047\317\345\047\342\023\227\375j\360]\320\370R\356\217\237lW\332\246_\366\267\202|\372\031O\025\202|0\037\250a!,\365\307\047\333\353\3369?\347\347\375\302@\341FX\n\037Ec\321\223N\211\313.\372w\203\353\211\366\211\366\212WI\265\256\005(`\341r\310\242\273\235\371\016\352\320n\241?~\252-\266\375\321\377w\370[T\216@w\242}\301+\245K\256\004\205`\031\026\225\302r(\246\316{\371l\315\311\251\376d\336\313{7\374\212\257\006\205}\222E\277\021\214\005\345/\345\275\304\312\325\240\002\336\317\207h \311\\q\271\313<\246\265\366\256\207\204e\357\230\207\274V\222\216\275\361\363\3761\277\016\312\215\203~e\031\271\036\025\242RTN]\332\033\277\021\256D\225\010wnws\335|\252\313S\316 \212\335\020\205N\224\217\256u\276\351\\\203\371\363\275\331\236\023W\336\304o\336\306o\337})\377y\354\310\304\024d\337\022\361\314\303\2464\311\341\251\266\343\235\366J\003\215xj>(\007[P\303J\010>\317x\353P\214\253\376.\254hE\223\235\177v\033\275\\\177\346V\224\213\362\375\031^\232r\177\346fX\216\027\237t\377\023\277~\037\277\377\020\177\370\030\177\374W\177\346*X\311\207\205\370\306\257\235\335\256\332+\364J\275\337\343\327(F\325\270\252\364g~\340(\200\n\360\255\217\037\231\230l\337\365\n\336m\177J$\363S\047\3279\333\251vs\375\311\323\336\025\357i\220\013 \342A\276\366\306/\370\205\275\244\376\036\366\227\374\367\220\360\333\321\321\350N\347r\227\366\346z\257\343\315\255\275\311Y\310\372\364\254\247\305\227J\220\032@d\177\362\214\367\217x\366\357\020\372]\236\334\376\344Yo\323?\036\\\t\326\202V|\013\034\3031\266c\273\321\237<\331~\357\355\177}\364g\374\315\340X\200\004\n\342\323Y\226\336F\257;?wK\335rw\253\227\357\025\222\025\314/\371e\276\031$\030<\365o\203\377\263\242\314\207\033\256|et+\232\215\232\035\326\275\303M\366\226{\215\370Eeo\362\022tN\305G\tX\226\275\206\237K\241\301\3637\325~\005\371{\030\234\t\236\204K\341""\313\220\212\370\000$\\\374\213\277\006\025\254\206\337\204sIYy\237\235\005(\202\007\034\000yo\316{\3519\376\031\177U\264\360\225\240<L\\\274\264\332\025qU\332\330[\202\204\243\203\037\242\2533\\)a\336CQ.\036\003\020\357\235\232\346;\255\266\267\001B\327D\356\300_\327{\354\317A\301\032\3418\007Q<\006\r\224\202y.(\005\217\3021@\323\330Oa\203G5\313\373\373\202\177}\330\361%\3561\205\230\356\001\255\344\366\225w\261\003\301L{\337zo\374\307\000\253_\302\307Q\241?}\016B\234>\343\255\200{8(\365g\276\367\317\361U\247\301\300\222\367\316\377\024\346\370\364m\377\250\017\223\027\375\225\340}\330\210\276\215>t\047z\027\000C\361\326\273\370\335\373\376\371\271`\005\022\207\243\373\235\306>}\300\027$\355<@3\035\316\372n\260\036~\017\033\237\275\000AV\376\207\312\006\320\315_*\374\0165\372?[x\022\226\366f.\370\327bi\t\220\362\240{\242W\212\237\252\261\n\r\240\365\247\317&\274\372\026\222\3715O\317\207j4\007<\204\"A[\027\275\204\240\342\261\225x\005\332\337\212-\373\317\361#\023\227\2064}\212\323_|n\001J~\024\010\343Y\347\014\247\221\3707H\355\247\370\323v\177|\252\255yO|\201\326-N\377\375\361\037\300\357\344\221p|J\276\361i\240\032\350\216\231h\263s\264S\352\254A9\222\315\313\003F\374Q\360\363\243\360;(\344\030g\317\301\231\362_\207a}\346";
-    PyObject *data = __Pyx_DecompressString(cstring, 2514, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2553 bytes) */
+static const char cstring[] = "x\332}VKs\323\310\026\306C\006\002\204\020C\010\317ad\022\010w\000\017f\002\314\204\307\224\023\022&3\300$$\274\271\245jK-\273\211^V\267\022\233\252[\227\245\227Zj\251\245\226Zz\351\245\227Zz\231\2370?\341\236nIv\214S7U\261\244\323\335\247\317\371\316w\276\356\343\022b\322\235\206dU>c\205=\271\301\034\214%\315AU\003\233\354_\305EiQrM\352\332\266\3450\254J;Hw\261\364PC\224\311\006b\265\307\017\211\251\350\256\212\037?z\201\r\313i\276!xW\2624\351\221b\231\214T]\313\245\0222UI%\016\367\377\255\231\230\331\000e\016Qa\207\301d\311r\376\357\370\260\255?\363\311\357\313\3104-&!JI\325\224\230%9\030\251\267-SoJ\206\010r\007\202\\3!\027\242J\206\245\342[\022n\330\260\026\\\315+\363|\337y\r\362u\2209\177K\252\202\253l2\255!\033\303V\022j\020*\275\264L\374\322bXb5\000q\271\311j\226)\201]\305:\251`\0071\014;\362\030\301\263\303\047\231\322\372\312\372\355\205_\027D\304\016\346\220S\211\272\025E\207`1\345\300U\\\2423\330\2015mL\213\322\232&5-W21\304\006\231\3300o\377\002V\303\246D1\343/\322\274\310\0331b\2312,\047fu>\205\212\354`\276z\025\351\024\027\221\252\3120\017C\314\206E\231t\177A\322\\S\341\313$(\017e\310dT\261t\035\013\033-\242\212\222\331\301\037E\025\035c\223\377V\025B\2237\325D\006~l\342*\022{%\205\241\222\222T\242\202\245]\007\3316V\037&\031 \330\310n\232\026@\245!Wg\222,;Xu\025,\313\222\352\212XM\313\274\r^v\010\322aT!&a\262LQ\025+\226\203\177\226\r\314\220^\264\233\r\212u\255h\357\333\tB\335\301\202\254\340\005I\353IY\022~KPV\311&\312\266\016\340P\362\005B4\\*\226=y,\335\241\226\353(\270(|s@\323\240S\326\360\322\366\231\344\212\264\305\026\272n)Pk\t9\016jJ*b\250x\300hB\035^\367\024\234byiM~\263\362js\355\357\227\345\315\345\265\265\262Suy\327mA\345W\034\307r\226\226\\M\303N\362[\354C\244\210\214d\271o\207\372Cq\330\310\210\351\032vs\3312\014\33051\r}\214z\374vx\304\361\360\204\ndL\276u\252\300\027a\3036 \215\215\230R\033\266VmWf\304\300\303V\330S\256\034\020\254\2607\031\246\243f\233\330\320q\346\001\216\034\304\263\253ae{t\214\325x1\253\216\345\332rR\340\3419\273""\210\260\247x\207(8\371\035\205\253o\037\301)\035I\362H?\224\304\273<d$\246f\245\257\240\031\016r\232\262\346X\206\254\021\035\037dO\030\232\216\360,j\320\301i*45s\326\256\350:\261)\241\251pe\324\022\264z\2368L\037\243i\r\006F\362\312\2062\275\240\231!+\301\013\336:\200\243\r\361\213\315\204a\245\201\025\227\317\037\230VS\017\240\237\253\226k\252\203\221\347\004\3703\370|m\242\035Dt\336O\302\270\236\356\224=G\343\33772\222\300&\256\273\330T0?\246\212\203\023K^]\226\377Z{\371t\023V7\033\360\377\0244[~\211\033\354\025\326d9\325UP\047x\347].\023\023$]\343\354\202?!\306\203\227*f\204a\203\033T\356\206?u\033)\333\374\215#\307\237\325,2\370#\006?]\371\233\201\210)\236\226\352\352b\214\353\252xB\220\360\007\202\227\360\231\272F\362\225z\341\257\374\310H\336\\S\210\034\226W\314l\336\016\343\020r\037u\027\351\231\333LuG@\354\033p\203\177p\252ek\350\276\320G\000\226ehQ\236\013\2412(\265\005e71\202\023\004N\035\047\023\303\264\007\020m\232\n\261\212\375y\264R\001\23004\t\337+\225\227\n\242\270\242\351\026b\025\313\322ae\262XQ\344\301]B\201\373\210\302k\016\205\221\031\357z\356H\321-\212\207\333.Q\047X\250\301B8\031\007\307\235M\260\252\000\023\231B\271\204g\222\245rP\305\017\317(9E06\\\035\322P\201Ip{\300\200\2618\3551\347\247\370\241\300\034h7M\333\027c\377\316\244)\242R\032\301\272\252\351\250JEr\032(\201\003\303\351\305Ct{B\033\376\232D\237\265]\277\375\252Ul\302\325\305\341R\252!\203\350\315LT\tQ\211\332H/g\300C\007\356G\270\301\345\006\250\313\351I\223\237/x\0337\267aP\307f\225\325@lFt\350\000\0012P\343\000\375\034X\251lcg\377\014\230\300/]\342d\3457.c\307\344%6U\321Npu3 \017f\332\342\310\262\254\n\000mi\032\260\3132-\233Q\233\343\000\365\250e:c[\266#J\013.\260*\357Z\016\344P\345ttp\225PhN\007\213\023\227fW\206\354YL\256\016\374\332\000w\027up\334\364\017\230oeu\377\0213|\250\034|\214\2005\275\326$\021\324\240\242\224\030\020%QY\215\277\245\263\021\\\004\032\342\026\"@\245\266N\030u\024\312[\n\2260lSf\331\351u\001\036.\334\026]\2031\250\323\276]i\032&<\254]\327\205\362""\272&\001r\251i8\240\005\000\236k\003\253\261+\202\201#A\334\343\305\017\345u\341g\035?6\370\177\361\021oR\235>)\246\344\332u\200*\\<\032_\210\375\367\327\\o\354x\353\246\267\3615\2677v\254\225\217\217_\361\221O\203\371p:|\035\315\267\363\334~\">q\305\257\004G\203\372\327ro\374dk\243e\372e\177+\310\247\237\361d!\310\007s\201\032\026\302Ro|\242\265\342\235\363s~\336/\364\047\334\014K\341\323h,z\326.q\333%\377Ap#\231}\242\265\350m\244\263\256\007(`\341B\310\242\007\355\2716j\323N\2417~\252%\266\375\321\377O\370GT\216`\356\261\326E\257\224.\271\032\024\202\005XT\n\313\241\030:\357\345\2635\047\047{\023y/\357\335\3647|5(\354\263\334\366\353\301XP\376Z\336K\274\\\0136 \372\271\020\365-Y(.\017\231\347\264\334\332\365\220\360\354\035\361\220\327L\340\330\033?\357\037\361k0\271>\034W\206\310\215\250\020\225\242r\032\322\336\370\315p1\332\210p\373^\047\327\311\247s9\344\014\262\330\rQ\350D\371\350z\373\273\366u\030?\337\235\351:\361\306\333\370\355\273\370\335\373\257\345\177\216\034:6\t\350[\"\2379\330\224&\030\236j9\336i\257\324\237\021O\316\005\345`\013j\270\021B\314\323\336\n\024\343\232\277\013+\232\321D\373\257N\275\233\353M\337\211rQ\2767\315KS\356M\337\n\313\361\355g\235\377\306o>\304\037>\306\037?\305\237\376\335\233\276\006^\362a!\276\371{{\267\243v\013\335R\367\317\370\r\212Q%\256(\275\351\0378\013\240\002|\353\343\207\216M\264\036x\005\357\236?)\300\374\334\316\265\317\266+\235\\o\342\264w\325{\036\344\002\310\270\217\327\336\370E\277\260\227\324\337\303\376]\377\003\000~/:\034\335o_\351\320\356l\367M\274\271\26571\003\250O\315xZ|\271\004\320\000#{\023g\274_\342\231\237 \365\007\034\334\336\304Yo\323?\036\\\r\226\203f|\007\002\3031\266c\273\336\2338\331\372\340\355\177|\362\247\375\315\340H\200\004\013\342\323\031J\357\2427\355_;\245N\271\263\325\315w\013\311\n\346\227\3742\337\014\000\206H\375{\020\377\214(\363\301\2167\276q\272\025\315D\2156\353\334\347.\273\013\335z\274\276\2617q\031:g\303G\tY\026\274\272\237K\251\301\361\233l\275\006\374\236\004g\202g\341""\335\360UHE~@\022n\376\315_\206\nV\302\357\302\331\244\254\274\317\316\002\025!\002N\200\2747\353\275\362\034\377\214\277$Z\370jP\036\000\027\337]\352\210\2746Z\330\273\013\200\243\341\017\321\325\031\257\2240\357\241(\027\217\001\211\367NM\361\235\226Z\333@\241\353\002;\210\327\365V\375Y(X=\034\347$\212\307\240\201R2\317\006\245\340i8\006l\032\3739\254\363\254fx\177_\364o\014:\276\304#\246\220\323C\220\225\334\276\362\336nC2S\336\367\336[\177\025h\365[\270\032\025zS\347 \305\2513\336\"\204\207\203Ro\372\202\177\216\257:\r\016\356z\357\375\317a\216\017\337\363\017\3730x\311_\014>\204\365\350\373\350c\347X\367\"p(\336z\037\277\377\320;?\033,\002p8z\324\256\047\363\217\372\365\336\364E\377z,\335\005\240\037wNtK\361s5V\201?Zo\352\202\177>\270 \"Nwz\007%\206u\367\001a\350\027\340%\200=\343\273P\253R\357\354%\377\027\250\352>\353\237!\332\033\372\304\321BD\333?uV\272\323\335\315x\235\267Xo\352l\242}\357 \341o\265t.T\243Y\320\n\024\ti\271\344%\"\022\217-\306\213\320\242Vl\331\377\214\037:vy \245\247\270D\305\347\346\241,\207\241\251_\264\317\360V\217\377\200\364?\307\237\267{\343\223-\315{\346\013Fmq\211\356\215\377\0009%?\211\016\247\002\031\237\0069\000\006OG\233\355\303\355R{\031 K6/\367U\353G\241\241O\303\243\000\366\030W\270\276\356\377\017x\245bS";
+    PyObject *data = __Pyx_DecompressString(cstring, 2553, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3303 bytes) */
-static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\307neg{\000i\000\307Cs \375c\204Cbe wra\277pped; \275\002a\376f\000pyno de\377fault __\377reduce__\367 du\247\002non-\336\220`vial\033\000ci\377nit__sag\377ecore/_m\377etal.pyx?self.p_\010\366`sve\250\204\002\367@a P\221C\372\332\204\003 \324@ pick\335l\232 siz\360 mu\374\200 \236\000>= 0so\037urce.W\002\327 \255\005\310\257d\327A\301fu\374\002\331aal\367loc\351@ arr\377ay data.\360\013\020\265c\207\205\001\226$.ABI\377_VERSION\377ASCIIArg\365u\362\205\001T\367@Erro\377rBBufferj\000\003.\232&c\344b__\017\006\334\375@\262@te_\013\014nu\377mpyComma\003ndE\003\000\n@\017\017\rH\0162\013]b\357\000ierG\013cm\000\373it[\013dispa\367tchq\013gpu_\357time\207\013set\363_b\363\002\005\020ytes\236\035\017pipe\316@6\020r}a\320`checkS\017\373th\223\207\001group\371_\221\207\003\220+waitD\037evice\000\003\357/\017\006P\360.+\004\302\0038\004c\203C_\010\n\357infoX\004lib\377rary_fro?m_file\004\021\234\204\003|\212\004\247!host_\305\003\371s\241\004\347\205\001EllipGsis\337\210\004\323e\322bLc\003@\000\004\306o\017\007\310n,\005\250\207\005s=\005\022\373%M\223\206\001\360`p\275\000\277\204\002\014\002\237Execu\223\210\001\t\007F\376\353\207\004NotFoun}d#""\007Limit2\007\177Unavail\361\207\001\202\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016S\177equence\243\214\001}.\250\214\007__Pyx\001\000\377Dict_Nex\277tRef__\310\211\004e\363__\t\000\331\206\001_intGerf\321a\021\000\260\212\002_\000\006\177getitem)\001\371dC\0013\000dlpac\201k;\001\335\211\001C\001\"\000\245\206\003Q\000iym\321\215\001Y\001main\003\002\217odulj\002\313\211\001s\001n\313ewz\001p\233\000\302\204\002su\360^\000\n\001?\004\025\001type\333__\037\001un\327\210\002e_\233En \005vt\253\212\001\276\001q\207ualO\005\345\211\005\303\207\016\377\211\006e\201x\362\001\211\206\001\203\005\335\207\006\214 \341\207\016_\337_test\321\001s_\357coro\353@nea\177abcaddr\232\211\005\376\321\206\004asyncio\335.\037\006sbb\244 en\363d_\302\213\001\317\207\004base\377bfloatbo\337olbuf\217\207\003cc}_\320\217\007castc\366\206\001\346\226@_t\351\206\001E\001clo\363se\340\205\013\217\210\003conf\337igure\333\214\010piwedc\376`tcs\266\212\001\362\242\210\005d\321!\000\002_is_\376\227\221\003eemulat\373ed\276`odeenKum\340\216\002e\250\212\001\000\002s\267`\317entf\230\010\241\221\006fl\367ags\313\002fnfo\017rmat\334\217\004\353\206\002\244c\367\206\001\370\366\210\003\211\216\005\340\205\006ggene\367xpr\261\211\001fami\373ly\267\211\005iidid\375x\200\222\004_dirin{de\r\000foin\215\204\002\371s\223\204\001\351\214\001keyki\377ndlength\307lib\341\207\016\366\207\n\207\215\003ma\363x_\230\211\017\014\007s_pe\035r\026\tmem\333\221\001\233\216\002\330\221\001\267mvn\230\217\001nd\232\215\002nwdim\305\000tnp\230\214\002\377oobobjof\377fsetonop\367tsp\256\205\001pathn\315\212\005pop\255Amm\235`\277ed_wor\301\000g\377_setregi+st\373 e\222\222\002s\225\217\005\235\217\005\t.\237\217\003\235\217\001s\332`\317\213\007\336\213\002\307\213\001\200\261\211\r\370\213\001\305\213\005\204\214\001\265\213\007\222\214\001\237\213\017s\363et\272\220\004|\003hort\367sim\243\000idth|\006\001\330\213\004atrix\353\217\002\376\335\217\002splitsr\277cststa0\000t\277epstop\257\221\004s\377tr""uctsum\323tt\245@\234\214\010s\341\212\004th\377rowuintu\317nifi\222 \320\224\003un\376\352\207\001updateu\235s\210\001val\254\226\002\261\226\002s\260\362\224\001\321\214\001\207\222\001\213\222\001.<\265\220\001l\367s>.\325dwrit\375e\332\222\001xzipO\200\377\001\330\004\n\210+\220Q\377\200\001\340\004\t\210\021\320\377\n\036\230a\230s\240\047\377\250\024\250U\260\047\270\021\376\024\001\013\320\013\036\230b\240\377\007\240q\200A\330\010\r\377\210Q\210n\230A\230T\373\240\021\010\004\320\016!\240\021\377\240$\240d\250!\2501\377\330\010\014\210E\220\027\230\337\001\230\021\230!\030\006+\250\3771\250D\260\004\260G\270}1@\001\033\2307\240((\003\337\013\210:\220QQ\002\320\016\377&\240a\240t\2504\250\377t\2607\270$\270a\270\177s\300!\330\010\017\210r\002\377\037\230}\250H\260A\260\276)\000\t\210\032\2201,\004\"\357\240!\24042\0001\250A\335\250\026\002\030\220\021,\005\r\016\377\330\014\021\220\021\220+\230\317Q\230d\240\211\001\n\005-\230\377q\240\004\240A\200A\340\276\313\001\320\016%\240Q\273\000$\223\250a\t\006\203\005u\257\001\320\001C\357\210w\220a\211\002\220\006\220\367a\220y\211#\340\010\030\230w\006\230h\265\000q\330\010\214\t\376\212%(\260!\2601\260A\376\300\004\340\010+\250:\260Q\377\260e\2705\300\001\300\021\364\360\004\357!t\303\000w\250a\250\377r\260\021\260&\270\002\270\375&\035\000\030\310\026\310r\320\377QW\320WX\320XY\177\200A\360\006\000\t\016\373 \325o\313\002$\252 s\354#\017\210\337r\220\022\2201\031\006\320\016\337$\240A\240T\301@Q\250\356\261\000\024\220E\212@%\230w\376\334 y\260\014\270K\300q\377\310\001\330\0240\260\001\260\367\021\330\024\227AA\330\024,\377\250A\320-G\300\177\320\377VZ\320Z[\320[\\\277\320\\]\330\024%C\000\021\377\250!\320+?\270w\300\377d\310!\3101\310J\320\377Va\320ab\320bc\307\330\024\035\202a\377 w\001\n\000\377\t\014\2107\220!\2205\373\230\016\310\"j\270\001\270\025\377\270b\300\001\330\014\022\220?\"\220L\240\001\240\230@\247&\177\340\010\032\230!\340\010\373B\277\220e\2302\230Z\371@5\377\260\003\2606\270\036\300s\377\310#""\310V\320ST\340\373\014\026\363 \020\026\220f\320\373\0341\230 \047\270\021\330\014\277\023\2203\320\026*\352`7\376\331!\330\014\025\220S\230\n\377\240\"\240C\240y\3200\376\226\000e\320ep\320pq?\330\014\r\210Z\220\000\004\t\002\377\\\230\024\230S\240\006\240\355a\223b\320\022\236%X\260V\377\2708\3001\300A\300T\357\310\021\310!3\003t\2301\333\230Ai\0011\330\246\001\2305\246\275\000\026\240\343AC\023QF\014T\377\260\026\260x\270t\3006\376O\001\3104\310q\320PQ\377\340\014\034\230A\230Q\230}a\247c4\220q\230\001\333\204\004\335\360\275 \016\210U\275 >\240\377\023\240G\2502\250R\250\355s\333\002\010\r\022\0029\230C~\277@b\250\002\250#\250\322B\316\344\205\001\025\220a\336\001\375A\021\220\377#\220R\220r\230\023\230\275B\276\206\002\"\240A\330\260&\320\3672B\300\323\002Q\210e\220\0172\220Q\220\200 \305\206\001\005\005\321\206\002\376\320ec\250\021\220a\260\001\377\320\004!\240\021\340\017\020\376\316\206\001B\210k\230\021\230&\376\267\"\010\017\210u\220F\230\335#\256@q\250\010\301a\320\004\373%\240\274\206\005#\2401\240D{\250\004\313`\004/\250q\322\001\335\026\334\206\001\032\230(\350\206\0071\330\357\014\017\210s\250`;\230b\273\240\001\234\007\260-\270\263@\020\377\220\005\220W\230F\240!\377\2409\250F\260!\330\020\375\027\302@\020\023\220:\230Q\377\230e\2401\330\024\031\230\365\0272\001\022\351`2\220Y\230kj\250@\000\023\364`\003\230\032\000\377\033\230:\240Z\250q\260\177\005\260[\300\t\310\032\301`\377\320TY\320YZ\330\030w#\240:\266 e\260<b\000\361\020\047\006\335`\262 \030\240\021\330\375\024\005\003\026\230u\240E\250-\031v\000\025\032\342\000Q\020\005\024\014\357I\250Q\330\004\032J\250a\371\330\000?g\032G\2501\340\024\377\032\230&\320 2\260!\377\260=\300\013\3101\320L\377d\320de\320ef\330\213\020\025\322\211\003X\312 \261\212\003\236\212\007$\377\250d\260#\260Q\260a\355\260\262\210\002\033\220\233\210\003\320\004:\377\320:Z\320Zo\320o\277p\360\010\000\t\034\235\212\007\017\376\373\210\001\320\027\047\240q\250\003\277\2501\250M\270\023\303\207\001\320\375H\330 j\320jk""\330\010\277\016\210f\220G\230\222\212\002T\276\373\212\001\330\010\035\230Q\000\002\330\372\336\206\003\330\210\212\004\320\022,\250A\377\250T\260\024\260S\270\003\317\2701\270C\361@\341\212\001\320\004uA\211\211\006\037\233\212\002D\250\007\306@\001\004\272\211\001\313\213\006";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3303, 4811);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3355 bytes) */
+static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\307neg{\000i\000\307Cs \375c\204Cbe wra\277pped; \275\002a\376f\000pyno de\377fault __\377reduce__\367 du\247\002non-\336\220`vial\033\000ci\377nit__sag\377ecore/_m\377etal.pyx?self.p_\010\366`sve\250\204\002\367@a P\221C\372\332\204\003 \324@ pick\335l\232 siz\360 mu\374\200 \236\000>= 0so\037urce.W\002\327 \255\005\310\257d\327A\301fu\374\002\331aal\367loc\351@ arr\377ay data.\360\013\020\265c\207\205\001\226$.ABI\377_VERSION\377ASCIIArg\365u\362\205\001T\367@Erro\377rBBufferj\000\003.\232&c\344b__\017\006\334\375@\262@te_\013\014nu\377mpyComma\003ndE\003\000\n@\017\017\rH\0162\013]b\357\000ierG\013cm\000\373it[\013dispa\367tchq\013gpu_\357time\207\013set\363_b\363\002\005\020ytes\236\035\017pipe\316@6\020r}a\320`checkS\017\373th\223\207\001group\371_\221\207\003\220+waitD\037evice\000\003\357/\017\006P\360.+\004\302\0038\004c\203C_\010\n\357infoX\004lib\377rary_fro?m_file\004\021\234\204\003|\212\004\247!host_\305\003\371s\241\004\347\205\001EllipGsis\337\210\004\323e\322bLc\003@\000\004\306o\017\007\310n,\005\250\207\005s=\005\022\373%M\223\206\001\360`p\275\000\277\204\002\014\002\237Execu\223\210\001\t\007F\376\353\207\004NotFoun}d#""\007Limit2\007\177Unavail\361\207\001\202\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016S\177equence\243\214\001\375.\250\214\007_FC_KI\377NDS__Pyx\376\001\000Dict_Ne\177xtRef__\321\211\004\347e__\t\000\342\206\001_in\217terf\332a\021\000\271\212\002_\376\000\006getitem\362)\001dC\0013\000dlpa\003ck;\001\346\211\001C\001\"\000\256\206\003Q\000\363im\332\215\001Y\001main\036\003\002odulj\002\324\211\001s\001\227newz\001p\233\000\313\204\002s\341u^\000\n\001?\004\025\001typ\267e__\037\001un\340\210\002e7_En \005vt\264\212\001\276\001\017qualO\005\356\211\005\314\207\016\210\212\006\003ex\362\001\222\206\001\203\005\346\207\006\214 \352\207\016\277__test\321\001s\337_coro\364@ne\377aabcaddr\374\243\211\005\332\206\004asynci\273o.\037\006sbb\244 e\347nd_\313\213\001\330\207\004bas\377ebfloatb\277oolbuf\230\207\003c\373c_\331\217\007castc\314\377\206\001\226@_t\362\206\001E\001cl\347ose\351\205\013\230\210\003con\277figure\344\214\010p\377iedcount\223cs\277\212\001\253\210\005d\321!\000\002_\367is_\240\221\003eemu\337lated\307`od_eenum\351\216\002e\261\212\001\372\000\002s\267`entff\354\231\010\253\221\006fc\232\216\001efi\377eldflags\376\330\002fnforma\001t\362\217\004\201\207\002\261c\215\207\001\214\211\003\237\216\005\366\205\006\377ggenexpr~\307\211\001family\315\211\005\277iididx\226\222\004_\177dirinde\r\000/foin\232\204\002s\240\204\001\377\214\001\377keykindl\377engthlibx\367\207\016\214\210\n\235\215\003max_\256\211\017\276\014\007s_per\026\tm\343em\361\221\001\261\216\002\356\221\001mvn\366\256\217\001nd\260\215\002ndim\356\305\000tnp\256\214\002oob\377objoffse\377tonoptsp\336\273\205\001path\343\212\005po\355p\272Amm\252`ed_\367wor\301\000g_se\177tregist\210@%e\250\222\002s\253\217\005\263\217\005.\265\217\003\263\217\001\001s\347`\345\213\007\364\213\002\335\213\001\307\211\r\216\214\001\333\213\005p\232\214\001\313\213\007\250\214\001\265\213\017set\320\220\004\376|\003hortsim\236\243\000idth\006\001\356\213\004a\317trix\201\220\002\363\217\002sp""\377litsrcst\367sta0\000teps\367top\305\221\004stru\177ctsumtt\245@\372\262\214\010s\367\212\004throw\377uuintuni\332\332`d\317\214\004un\370\207\001up\277dateus\211\001v\023al\303\226\002\310\226\002s\211\225\001\350\214\001\236\222\001\366\242\222\001.<\314\220\001ls>.\276\326dwrite\361\222\001x\377zipO\200\001\330\004\377\n\210+\220Q\200\001\340\377\004\t\210\021\320\n\036\230\377a\230s\240\047\250\024\250\337U\260\047\270\021\024\001\013\320\377\013\036\230b\240\007\240q\377\200A\330\010\r\210Q\210\177n\230A\230T\240\021\010\004\377\320\016!\240\021\240$\240\377d\250!\2501\330\010\014\377\210E\220\027\230\001\230\021\373\230!\030\006+\2501\250D\277\260\004\260G\2701@\001\033\357\2307\240((\003\013\210:\373\220QQ\002\320\016&\240a\377\240t\2504\250t\2607\377\270$\270a\270s\300!\357\330\010\017\210r\002\037\230}\337\250H\260A\260)\000\t\210\367\032\2201,\004\"\240!\240\27542\0001\250A\250\026\002\030\373\220\021,\005\r\016\330\014\021\377\220\021\220+\230Q\230d\371\240\211\001\n\005-\230q\240\004\337\240A\200A\340\313\001\320\016w%\240Q\273\000$\250a\t\006\362\203\005u\257\001\320\001C\210w\220\375a\211\002\220\006\220a\220y\376\211#\340\010\030\230\006\230h\316\265\000q\330\010\214\t\212%(\260\337!\2601\260A\300\004\340\010\377+\250:\260Q\260e\270\2375\300\001\300\021\360\004\357!t\376\303\000w\250a\250r\260\021\277\260&\270\002\270&\035\000\030\377\310\026\310r\320QW\320\377WX\320XY\200A\360\257\006\000\t\016\373 o\313\002$\372\252 s\354#\017\210r\220\022\373\2201\031\006\320\016$\240A\333\240T\301@Q\250\261\000\024\220\335E\212@%\230w\334 y\260\377\014\270K\300q\310\001\330\377\0240\260\001\260\021\330\024\376\227AA\330\024,\250A\320\377-G\300\177\320VZ\320\377Z[\320[\\\320\\]\367\330\024%C\000\021\250!\320\377+?\270w\300d\310!\377\3101\310J\320Va\320\377ab\320bc\330\024\035\370\202a\377 w\001\n\000\t\014\210\1777\220!\2205\230\016\310\"\377j\270\001\270\025\270b\300\377\001\330\014\022\220\"\220L\347\240\001\240\230@\247&\340\010\032\357\230!\340\010\373B\220e""\230\3672\230Z\371@5\260\003\260\3776\270\036\300s\310#\310\177V\320ST\340\014\026\363 \177\020\026\220f\320\0341\230 \377\047\270\021\330\014\023\2203\327\320\026*\352`7\331!\330\014\377\025\220S\230\n\240\"\240\337C\240y\3200\226\000e\320\377ep\320pq\330\014\r\347\210Z\220\000\004\t\002\\\230\024\277\230S\240\006\240a\223b\320\375\022\236%X\260V\2708\300\3771\300A\300T\310\021\310}!3\003t\2301\230Ai\001\3331\330\246\001\2305\275\000\026\240\364\343AC\023QF\014T\260\026\260\337x\270t\3006O\001\3104\377\310q\320PQ\340\014\034\277\230A\230Q\230a\247c4\257\220q\230\001\333\204\004\360\275 \016\373\210U\275 >\240\023\240G\277\2502\250R\250s\333\002\010\335\r\022\0029\230C\277@b\250\317\002\250#\250\322B\344\205\001\025\220\371a\336\001\375A\021\220#\220R\277\220r\230\023\230B\276\206\002\"\367\240A\330\260&\3202B\300\376\323\002Q\210e\2202\220Q\301\220\200 \305\206\001\005\005\321\206\002\320ec\250\377\021\220a\260\001\320\004!\337\240\021\340\017\020\316\206\001B\210\337k\230\021\230&\267\"\010\017\277\210u\220F\230#\256@q{\250\010\301a\320\004%\240\274\206\005\177#\2401\240D\250\004\313`\257\004/\250q\322\001\026\334\206\001\032\373\230(\350\206\0071\330\014\017\210}s\250`;\230b\240\001\234\007\367\260-\270\263@\020\220\005\220\377W\230F\240!\2409\250\277F\260!\330\020\027\302@\020\377\023\220:\230Q\230e\240\2771\330\024\031\230\0272\001\022~\351`2\220Y\230j\250@\000\355\023\364`\003\230\032\000\033\230:\377\240Z\250q\260\005\260[\357\300\t\310\032\301`\320TY\377\320YZ\330\030#\240:\316\266 e\260<b\000L\0005\230\377\007\230q\330\024\032\230&\377\320 2\260!\260=\300\377\013\3101\320Ld\320d\376\275`f\330\020\031\230\030\240\365\031\315\210\002\020d\003X\230Q\330\372\204\0006\337 A\330\024\026\220\335a\352 \026\230u\251@1\330\317\025\033\2303\323@\013\010J\250\373a\340\002\ne\2604\260s\377\270*\300E\310\024\310S\273\320P\337\205\001\330\020\025\366\210\003X\370\356\000\325\211\003\302\211\007$\250d\260#\337\260Q\260a\260\326\207\002\033\220\376\277\207\003\320\004:\320:""Z\320\377Zo\320op\360\010\000\353\t\034\301\211\007\017\237\210\001\320\027\047\377\240q\250\003\2501\250M\333\270\023\347\206\001\320H\374\000j\320\377jk\330\010\016\210f\220\353G\230\266\211\002T\237\212\001\330\010\035\350\321\000\000\002\202\206\003\330\254\211\004\320\022,\377\250A\250T\260\024\260S?\270\003\2701\270C\225@\205\212\001\327\320\004A\255\210\006\037\277\211\002D\250\005\007\352 \004\336\210\001\357\212\006";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3355, 4742);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4811 bytes) */
-static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=negative strides cannot be wrapped; pass a copyno default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____array_interface____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state""__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcaddrallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbuffercc_contiguouscastcline_in_tracebackclosecommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsextentf_contiguousfast_mathflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggenexprgpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnextnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfsendset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcststartstepstopstridesstructsumttgththreadgroupsthreadsthrowuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapwrap.<locals>.genexprwriteablexzipO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&\240a\240t\2504\250u\260G""\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\014\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\340\010\013\210:\220Q\220e\2302\230Z\240t\2505\260\003\2606\270\036\300s\310#\310V\320ST\340\014\026\220a\330\020\026\220f\320\0341\260\021\260\047\270\021\330\014\023\2203\320\026*\250!\2507\260!\2601\330\014\025\220S\230\n\240\"\240C\240y\3200b\320be\320ep\320pq\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230S\240\006\240a\330\014\021\220\021\320\022$\240A\240T\250\024\250X\260V\2708\3001\300A\300T\310\021\310!\330\014\r\210Z\220t\2301\230A\330\014\023\2201\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220\025\220a\220q\330\014\017""\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\220a\260\001\320\004!\240\021\340\017\020\330\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\003\2301\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240E\250\031\260!\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240I\250Q\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240J\250a\330\025\032\230#\230Q\330\024\026\220a\220r\230\030\240\021\330\024\026\220a\220r\230\026\230u\240G\2501\340\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010""\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
+    #else /* compression: none (4742 bytes) */
+static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=negative strides cannot be wrapped; pass a copyno default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView_FC_KINDS__Pyx_PyDict_NextRef__annotate____array_interface____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__""pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcaddrallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbuffercc_contiguouscastcline_in_tracebackclosecommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsextentff_contiguousfast_mathfc_typefieldflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggenexprgpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnextnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfsendset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcststartstepstopstridesstructsumttgththreadgroupsthreadsthrowuuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapwrap.<locals>.genexprwriteablexzipO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&""\240a\240t\2504\250u\260G\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\014\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\340\010\013\210:\220Q\220e\2302\230Z\240t\2505\260\003\2606\270\036\300s\310#\310V\320ST\340\014\026\220a\330\020\026\220f\320\0341\260\021\260\047\270\021\330\014\023\2203\320\026*\250!\2507\260!\2601\330\014\025\220S\230\n\240\"\240C\240y\3200b\320be\320ep\320pq\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230S\240\006\240a\330\014\021\220\021\320\022$\240A\240T\250\024\250X\260V\2708\3001\300A\300T\310\021\310!\330\014\r\210Z\220t\2301\230A\330\014\023\2201\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220""\025\220a\220q\330\014\017\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\220a\260\001\320\004!\240\021\340\017\020\330\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\007\230q\330\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\031\230\030\240\031\250!\2501\330\020\022\220!\2202\220X\230Q\330\020\023\2206\230\023\230A\330\024\026\220a\220r\230\026\230u\240G\2501\330\025\033\2303\230a\330\024\026\220a\220r\230\026\230u\240J\250a\340\024\026\220a\220r\230\026\230u\240J\250e\2604\260s\270*\300E\310\024\310S\320P[\320[\\\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 258; i++) {
+    for (int i = 0; i < 263; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 41) PyUnicode_InternInPlace(&string);
@@ -32451,8 +32501,8 @@ static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported val
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 258; i < 284; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-258].length;
+    for (int i = 263; i < 289; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-263].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -32462,14 +32512,14 @@ static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported val
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 284; i++) {
+    for (Py_ssize_t i = 0; i < 289; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 258;
+      PyObject **table = stringtab + 263;
       for (Py_ssize_t i=0; i<26; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -32642,8 +32692,8 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_functions, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 223};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_function, __pyx_mstate->__pyx_n_u_constants, __pyx_mstate->__pyx_n_u_cs, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_val, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_fn};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 223};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_function, __pyx_mstate->__pyx_n_u_constants, __pyx_mstate->__pyx_n_u_cs, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_val, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_fc_type, __pyx_mstate->__pyx_n_u_field, __pyx_mstate->__pyx_n_u_fn};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
@@ -32667,52 +32717,52 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 303};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 298};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_p};
     __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_d_1_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 307};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 302};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_offset};
     __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_q_D_q_A_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 311};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 306};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_mv};
     __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_bytes, __pyx_mstate->__pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 316};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 311};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_length};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_threadgroup_memory, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_1D_G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 319};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 314};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_threadgroups, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_g, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_tg, __pyx_mstate->__pyx_n_u_th, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_dispatch, __pyx_mstate->__pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 333};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 328};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_barrier, __pyx_mstate->__pyx_kp_b_iso88591_A_QnAT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 336};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 331};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_on};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_race_check, __pyx_mstate->__pyx_kp_b_iso88591_Q_Q_1D_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 339};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 334};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_commit, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 343};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 338};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wait, __pyx_mstate->__pyx_kp_b_iso88591_A_Qd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 347};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 342};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_e};
     __pyx_mstate_global->__pyx_codeobj_tab[31] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_gpu_time, __pyx_mstate->__pyx_kp_b_iso88591_A_QoQd_as_1_r_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[31])) goto bad;
   }
@@ -41258,6 +41308,85 @@ static CYTHON_INLINE size_t __Pyx_PyLong_As_size_t(PyObject *x) {
     }
 }
 
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_sc_mtl_fc_type(sc_mtl_fc_type value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const sc_mtl_fc_type neg_one = (sc_mtl_fc_type) -1, const_zero = (sc_mtl_fc_type) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(sc_mtl_fc_type) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(sc_mtl_fc_type) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(sc_mtl_fc_type) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(sc_mtl_fc_type) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(sc_mtl_fc_type) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(sc_mtl_fc_type),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(sc_mtl_fc_type));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
 /* CIntFromPy */
 static uint32_t __Pyx_LargePyLong___Pyx_PyLong_As_uint32_t(PyObject *x);
 static uint32_t __Pyx_raise_neg_overflow___Pyx_PyLong_As_uint32_t(void) {
@@ -41793,6 +41922,242 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value) {
         Py_XDECREF(from_bytes_str);
         return result;
 #endif
+    }
+}
+
+/* CIntFromPy */
+static sc_mtl_fc_type __Pyx_LargePyLong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x);
+static sc_mtl_fc_type __Pyx_raise_neg_overflow___Pyx_PyLong_As_sc_mtl_fc_type(void) {
+    const char* type_name = "sc_mtl_fc_type";
+    PyErr_Format(PyExc_OverflowError,
+        "can't convert negative value to %.200s", type_name);
+    return (sc_mtl_fc_type) -1;
+}
+static sc_mtl_fc_type __Pyx_raise_overflow___Pyx_PyLong_As_sc_mtl_fc_type(void) {
+    const char* type_name = "sc_mtl_fc_type";
+    PyErr_Format(PyExc_OverflowError,
+        "value too large to convert to %.200s", type_name);
+    return (sc_mtl_fc_type) -1;
+}
+static CYTHON_INLINE sc_mtl_fc_type __Pyx_PyULong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+    const int is_unsigned = 1;
+#if CYTHON_USE_PYLONG_INTERNALS
+    {
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        if (size == 2 && (8 * sizeof(sc_mtl_fc_type) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) >= 2 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(sc_mtl_fc_type) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) >= 3 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((((sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(sc_mtl_fc_type) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) >= 4 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((((((sc_mtl_fc_type)digits[3]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        {}
+    }
+#elif CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A7
+    if (unlikely(Py_SIZE(x) < 0)) {
+        goto raise_neg_overflow;
+    }
+#else
+    {
+        int result = PyObject_RichCompareBool(x, Py_False, Py_LT);
+        if (unlikely(result < 0))
+            return (sc_mtl_fc_type) -1;
+        if (unlikely(result == 1))
+            goto raise_neg_overflow;
+    }
+#endif
+    if ((sizeof(sc_mtl_fc_type) <= sizeof(unsigned long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(sc_mtl_fc_type, unsigned long, PyLong_AsUnsignedLong(x))
+    } else if ((sizeof(sc_mtl_fc_type) <= sizeof(unsigned PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(sc_mtl_fc_type, unsigned PY_LONG_LONG, PyLong_AsUnsignedLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_sc_mtl_fc_type(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+}
+static CYTHON_INLINE sc_mtl_fc_type __Pyx_PySLong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+    const int is_unsigned = 0;
+#if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsNeg(x)) {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(sc_mtl_fc_type) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                long ival = - (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, long, ival)
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 2 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((sc_mtl_fc_type) -1) * (((((sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0])));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(sc_mtl_fc_type) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, long, ival)
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 3 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((sc_mtl_fc_type) -1) * (((((((sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0])));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(sc_mtl_fc_type) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, long, ival)
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 4 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((sc_mtl_fc_type) -1) * (((((((((sc_mtl_fc_type)digits[3]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0])));
+            }
+        } else
+        {}
+    } else {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(sc_mtl_fc_type) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 2 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(sc_mtl_fc_type) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 3 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((((sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(sc_mtl_fc_type) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(sc_mtl_fc_type) - 1 > 4 * PyLong_SHIFT)) {
+                return (sc_mtl_fc_type) (((((((((sc_mtl_fc_type)digits[3]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[2]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[1]) << PyLong_SHIFT) | (sc_mtl_fc_type)digits[0]));
+            }
+        } else
+        {}
+    }
+#endif
+    #if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    if ((sizeof(sc_mtl_fc_type) <= sizeof(int)) && (sizeof(int) < sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(sc_mtl_fc_type, int, PyLong_AsInt(x))
+    } else
+    #endif
+    if ((sizeof(sc_mtl_fc_type) <= sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(sc_mtl_fc_type, long, PyLong_AsLong(x))
+    } else if ((sizeof(sc_mtl_fc_type) <= sizeof(PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(sc_mtl_fc_type, PY_LONG_LONG, PyLong_AsLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_sc_mtl_fc_type(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+}
+static sc_mtl_fc_type __Pyx_LargePyLong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const sc_mtl_fc_type neg_one = (sc_mtl_fc_type) -1, const_zero = (sc_mtl_fc_type) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    sc_mtl_fc_type val;
+    int ret = -1;
+#if PY_VERSION_HEX >= 0x030d00A6 && !CYTHON_COMPILING_IN_LIMITED_API
+    Py_ssize_t bytes_copied = PyLong_AsNativeBytes(
+        x, &val, sizeof(val), Py_ASNATIVEBYTES_NATIVE_ENDIAN | (is_unsigned ? Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE : 0));
+    if (unlikely(bytes_copied == -1)) {
+    } else if (unlikely(bytes_copied > (Py_ssize_t) sizeof(val))) {
+        goto raise_overflow;
+    } else {
+        ret = 0;
+    }
+#elif PY_VERSION_HEX < 0x030d0000 && !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API) || defined(_PyLong_AsByteArray)
+    int one = 1; int is_little = (int)*(unsigned char *)&one;
+    unsigned char *bytes = (unsigned char *)&val;
+    ret = _PyLong_AsByteArray((PyLongObject *)x,
+                                bytes, sizeof(val),
+                                is_little, !is_unsigned);
+    if ((0)) goto raise_overflow;
+#else
+    PyErr_SetString(PyExc_RuntimeError,
+                    "_PyLong_AsByteArray() or PyLong_AsNativeBytes() not available, cannot convert large enums");
+    val = (sc_mtl_fc_type) -1;
+    (void) is_unsigned;
+    if ((0)) goto raise_overflow;
+#endif
+    if (unlikely(ret))
+        return (sc_mtl_fc_type) -1;
+    return val;
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+}
+static CYTHON_INLINE sc_mtl_fc_type __Pyx_PyLong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const sc_mtl_fc_type neg_one = (sc_mtl_fc_type) -1, const_zero = (sc_mtl_fc_type) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (unlikely(__Pyx_PyLong_IsNeg(x))) {
+            goto raise_neg_overflow;
+        } else if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, __Pyx_compact_upylong, __Pyx_PyLong_CompactValueUnsigned(x))
+        } else
+        #endif
+        {
+            return __Pyx_PyULong___Pyx_PyLong_As_sc_mtl_fc_type(x);
+        }
+    } else {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(sc_mtl_fc_type, __Pyx_compact_pylong, __Pyx_PyLong_CompactValue(x))
+        } else
+        #endif
+        {
+            return __Pyx_PySLong___Pyx_PyLong_As_sc_mtl_fc_type(x);
+        }
+    }
+#if CYTHON_USE_PYLONG_INTERNALS
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_sc_mtl_fc_type();
+#endif
+}
+static sc_mtl_fc_type __Pyx_NonPyLong___Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+    sc_mtl_fc_type val;
+    PyObject *tmp = __Pyx_PyNumber_Long(x);
+    if (!tmp) return (sc_mtl_fc_type) -1;
+    val = __Pyx_PyLong_As_sc_mtl_fc_type(tmp);
+    Py_DECREF(tmp);
+    return val;
+}
+static CYTHON_INLINE sc_mtl_fc_type __Pyx_PyLong_As_sc_mtl_fc_type(PyObject *x) {
+    if (likely(PyLong_Check(x))) {
+        return __Pyx_PyLong___Pyx_PyLong_As_sc_mtl_fc_type(x);
+    } else {
+        return __Pyx_NonPyLong___Pyx_PyLong_As_sc_mtl_fc_type(x);
     }
 }
 

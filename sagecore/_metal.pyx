@@ -238,31 +238,26 @@ cdef class Library:
                 if kind is None:
                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
                         "float" if isinstance(val, float) else None
-                if kind == "bool":
-                    cs[n].type = SC_MTL_FC_BOOL
-                    cs[n].value.i = 1 if val else 0
-                elif kind == "int":
-                    cs[n].type = SC_MTL_FC_INT32
-                    cs[n].value.i = <int32_t>val
-                elif kind == "uint":
-                    cs[n].type = SC_MTL_FC_UINT32
-                    cs[n].value.u = <uint32_t>val
-                elif kind == "short":
-                    cs[n].type = SC_MTL_FC_INT16
-                    cs[n].value.i = <int32_t>val
-                elif kind == "ushort":
-                    cs[n].type = SC_MTL_FC_UINT16
-                    cs[n].value.u = <uint32_t>val
-                elif kind == "float":
-                    cs[n].type = SC_MTL_FC_FLOAT
-                    cs[n].value.f = <float>val
-                else:
+                if kind not in _FC_KINDS:
                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
+                fc_type, field = _FC_KINDS[kind]
+                cs[n].type = fc_type
+                if field == "f":
+                    cs[n].value.f = <float>val
+                elif field == "u":
+                    cs[n].value.u = <uint32_t>val
+                else:
+                    cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
                 n += 1
         fn = function.encode()
         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
         p.library = self
         return p
+
+
+# function-constant kind -> (C type, union field it is stored in)
+_FC_KINDS = {"bool": (SC_MTL_FC_BOOL, "i"), "int": (SC_MTL_FC_INT32, "i"), "uint": (SC_MTL_FC_UINT32, "u"),
+             "short": (SC_MTL_FC_INT16, "i"), "ushort": (SC_MTL_FC_UINT16, "u"), "float": (SC_MTL_FC_FLOAT, "f")}
 
 
 cdef class Pipeline:
