@@ -7,11 +7,10 @@
 // simdgroup. Expects the fc_* function constants of attention.metal.
 #pragma once
 
+#include "sc_half.h"
 #include "sc_metal_args.h"
 
 namespace sc {
-
-inline float h2f(ushort h) { return float(as_type<half>(h)); }
 
 // One stored element (token j of kv row kr, channel c), in the stored domain
 // (still rotated and smoothed). enc: 0 tensor, 1 fp16 store, 2 int8, 3 int4.
@@ -25,8 +24,8 @@ inline float kv_elem(int enc, bool zp, bool sf32, int nout, bool f32, device con
     }
     if (enc == 1) return float(((device const half *)data)[(long(kr) * cap + j) * D + c]);
     const long cb = (long(kr) * (cap / T) + j / T) * (D / G) + c / G;
-    const float s = sf32 ? ((device const float *)scales)[cb] : h2f(((device const ushort *)scales)[cb]);
-    const float m = zp ? (sf32 ? ((device const float *)zeros)[cb] : h2f(((device const ushort *)zeros)[cb]))
+    const float s = sf32 ? ((device const float *)scales)[cb] : h2f_bits(((device const ushort *)scales)[cb]);
+    const float m = zp ? (sf32 ? ((device const float *)zeros)[cb] : h2f_bits(((device const ushort *)zeros)[cb]))
                        : (enc == 3 ? -8.0f * s : 0.0f);
     device const uchar *row = (device const uchar *)data + (long(kr) * cap + j) * row_bytes;
     float code;
@@ -41,7 +40,7 @@ inline float kv_elem(int enc, bool zp, bool sf32, int nout, bool f32, device con
     v = (zp || enc == 3) ? v + m : v;
     for (int t = 0; t < nout; t++) {
         const ushort p = oidx[cb * nout + t];
-        if (p != 0xFFFF && int(p) / G == j % T && int(p) % G == c % G) v = h2f(oval[cb * nout + t]);
+        if (p != 0xFFFF && int(p) / G == j % T && int(p) % G == c % G) v = h2f_bits(oval[cb * nout + t]);
     }
     return v;
 }

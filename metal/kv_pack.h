@@ -9,12 +9,10 @@
 // through parameters, every barrier reached by every thread.
 #pragma once
 
+#include "sc_half.h"
 #include "sc_metal_args.h"
 
 namespace sc {
-
-inline ushort f2h_bits(float x) { return as_type<ushort>(half(x)); }
-inline float h2f_bits(ushort h) { return float(as_type<half>(h)); }
 
 // smallest fp16 >= x (x >= 0, finite)
 inline ushort f2h_ceil(float x) {

@@ -1814,11 +1814,10 @@ struct __pyx_obj_8sagecore_6_metal_Buffer {
   PyObject *source;
   int copied;
   int readonly;
-  int exports;
 };
 
 
-/* "sagecore/_metal.pyx":200
+/* "sagecore/_metal.pyx":193
  * 
  * 
  * cdef class Library:             # <<<<<<<<<<<<<<
@@ -1832,7 +1831,7 @@ struct __pyx_obj_8sagecore_6_metal_Library {
 };
 
 
-/* "sagecore/_metal.pyx":263
+/* "sagecore/_metal.pyx":256
  * 
  * 
  * cdef class Pipeline:             # <<<<<<<<<<<<<<
@@ -1846,7 +1845,7 @@ struct __pyx_obj_8sagecore_6_metal_Pipeline {
 };
 
 
-/* "sagecore/_metal.pyx":283
+/* "sagecore/_metal.pyx":276
  * 
  * 
  * cdef class CommandBuffer:             # <<<<<<<<<<<<<<
@@ -2971,7 +2970,7 @@ static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Unicode(PyObject *obj);
 /* PyBufferError_Check.proto */
 #define __Pyx_PyExc_BufferError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_BufferError)
 
-/* PyObjectVectorcallKwds.proto (used by PyObjectVectorcallMethodKwds) */
+/* PyObjectVectorcallKwds.proto */
 #if CYTHON_VECTORCALL
 #define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
 CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
@@ -2979,13 +2978,6 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_
 #define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
 CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
 CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
-#endif
-
-/* PyObjectVectorcallMethodKwds.proto */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
-#else
-static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 #endif
 
 /* PySequenceContains.proto */
@@ -3388,6 +3380,13 @@ __pyx_memoryview_copy_new_contig(const __Pyx_memviewslice *from_mvs,
                                  const char *mode, int ndim,
                                  Py_ssize_t sizeof_dtype, int contig_flag,
                                  int dtype_is_object);
+
+/* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
+#else
+static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+#endif
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value);
@@ -3797,13 +3796,12 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
 static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
 static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, Py_buffer *__pyx_v_view, int __pyx_v_flags); /* proto */
-static void __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED Py_buffer *__pyx_v_view); /* proto */
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, PyObject *__pyx_v_dtype, PyObject *__pyx_v_shape); /* proto */
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6numpy(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, PyObject *__pyx_v_dtype, PyObject *__pyx_v_shape); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6device___get__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6source___get__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6copied___get__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_10__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_12__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_10__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self); /* proto */
 static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self); /* proto */
@@ -22238,12 +22236,12 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Device_20__setstate_cython__(CYTHON
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":162
- *     cdef int exports
+/* "sagecore/_metal.pyx":161
+ *     cdef bint readonly
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         self.b = NULL
- *         self.exports = 0
+ * 
 */
 
 /* Python wrapper */
@@ -22290,30 +22288,21 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":163
+  /* "sagecore/_metal.pyx":162
  * 
  *     def __cinit__(self):
  *         self.b = NULL             # <<<<<<<<<<<<<<
- *         self.exports = 0
- * 
-*/
-  __pyx_v_self->b = NULL;
-
-  /* "sagecore/_metal.pyx":164
- *     def __cinit__(self):
- *         self.b = NULL
- *         self.exports = 0             # <<<<<<<<<<<<<<
  * 
  *     def __dealloc__(self):
 */
-  __pyx_v_self->exports = 0;
+  __pyx_v_self->b = NULL;
 
-  /* "sagecore/_metal.pyx":162
- *     cdef int exports
+  /* "sagecore/_metal.pyx":161
+ *     cdef bint readonly
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         self.b = NULL
- *         self.exports = 0
+ * 
 */
 
   /* function exit code */
@@ -22322,8 +22311,8 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer___cinit__(struct __pyx_obj_8sageco
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":166
- *         self.exports = 0
+/* "sagecore/_metal.pyx":164
+ *         self.b = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
  *         if self.b != NULL:
@@ -22346,7 +22335,7 @@ static void __pyx_pw_8sagecore_6_metal_6Buffer_3__dealloc__(PyObject *__pyx_v_se
 static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":167
+  /* "sagecore/_metal.pyx":165
  * 
  *     def __dealloc__(self):
  *         if self.b != NULL:             # <<<<<<<<<<<<<<
@@ -22358,7 +22347,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":168
+    /* "sagecore/_metal.pyx":166
  *     def __dealloc__(self):
  *         if self.b != NULL:
  *             sc_mtl_buffer_free(self.b)             # <<<<<<<<<<<<<<
@@ -22367,7 +22356,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 */
     sc_mtl_buffer_free(__pyx_v_self->b);
 
-    /* "sagecore/_metal.pyx":167
+    /* "sagecore/_metal.pyx":165
  * 
  *     def __dealloc__(self):
  *         if self.b != NULL:             # <<<<<<<<<<<<<<
@@ -22376,8 +22365,8 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 */
   }
 
-  /* "sagecore/_metal.pyx":166
- *         self.exports = 0
+  /* "sagecore/_metal.pyx":164
+ *         self.b = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
  *         if self.b != NULL:
@@ -22388,7 +22377,7 @@ static void __pyx_pf_8sagecore_6_metal_6Buffer_2__dealloc__(struct __pyx_obj_8sa
 
 }
 
-/* "sagecore/_metal.pyx":170
+/* "sagecore/_metal.pyx":168
  *             sc_mtl_buffer_free(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22420,14 +22409,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":172
+  /* "sagecore/_metal.pyx":170
  *     @property
  *     def nbytes(self):
  *         return sc_mtl_buffer_length(self.b)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_length(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 172, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_length(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 170, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -22440,7 +22429,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":170
+  /* "sagecore/_metal.pyx":168
  *             sc_mtl_buffer_free(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22459,7 +22448,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6nbytes___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":174
+/* "sagecore/_metal.pyx":172
  *         return sc_mtl_buffer_length(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22491,14 +22480,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":177
+  /* "sagecore/_metal.pyx":175
  *     def offset(self):
  *         """Offset of the data in its first wrapped page (wrapped memory)."""
  *         return sc_mtl_buffer_offset(self.b)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_offset(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 177, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(sc_mtl_buffer_offset(__pyx_v_self->b)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -22511,7 +22500,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":174
+  /* "sagecore/_metal.pyx":172
  *         return sc_mtl_buffer_length(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22530,7 +22519,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6offset___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":179
+/* "sagecore/_metal.pyx":177
  *         return sc_mtl_buffer_offset(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22562,14 +22551,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":181
+  /* "sagecore/_metal.pyx":179
  *     @property
  *     def address(self):
  *         return <size_t>sc_mtl_buffer_contents(self.b)             # <<<<<<<<<<<<<<
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)sc_mtl_buffer_contents(__pyx_v_self->b))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 181, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)sc_mtl_buffer_contents(__pyx_v_self->b))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -22582,7 +22571,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":179
+  /* "sagecore/_metal.pyx":177
  *         return sc_mtl_buffer_offset(self.b)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -22601,7 +22590,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_7address___get__(struct __py
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":183
+/* "sagecore/_metal.pyx":181
  *         return <size_t>sc_mtl_buffer_contents(self.b)
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):             # <<<<<<<<<<<<<<
@@ -22646,7 +22635,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   __pyx_v_view->obj = Py_None; __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(__pyx_v_view->obj);
 
-  /* "sagecore/_metal.pyx":184
+  /* "sagecore/_metal.pyx":182
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):             # <<<<<<<<<<<<<<
@@ -22668,7 +22657,7 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "sagecore/_metal.pyx":185
+    /* "sagecore/_metal.pyx":183
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):
  *             raise BufferError("the wrapped memory is read-only")             # <<<<<<<<<<<<<<
@@ -22681,14 +22670,14 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_wrapped_memory_is_read_only};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 185, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 183, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 185, __pyx_L1_error)
+    __PYX_ERR(0, 183, __pyx_L1_error)
 
-    /* "sagecore/_metal.pyx":184
+    /* "sagecore/_metal.pyx":182
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):
  *         if self.readonly and (flags & PyBUF_WRITABLE):             # <<<<<<<<<<<<<<
@@ -22697,26 +22686,17 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
 */
   }
 
-  /* "sagecore/_metal.pyx":186
+  /* "sagecore/_metal.pyx":184
  *         if self.readonly and (flags & PyBUF_WRITABLE):
  *             raise BufferError("the wrapped memory is read-only")
  *         PyBuffer_FillInfo(view, self, sc_mtl_buffer_contents(self.b), sc_mtl_buffer_length(self.b),             # <<<<<<<<<<<<<<
  *                           self.readonly, flags)
- *         self.exports += 1
-*/
-  __pyx_t_6 = PyBuffer_FillInfo(__pyx_v_view, ((PyObject *)__pyx_v_self), sc_mtl_buffer_contents(__pyx_v_self->b), sc_mtl_buffer_length(__pyx_v_self->b), __pyx_v_self->readonly, __pyx_v_flags); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 186, __pyx_L1_error)
-
-
-  /* "sagecore/_metal.pyx":188
- *         PyBuffer_FillInfo(view, self, sc_mtl_buffer_contents(self.b), sc_mtl_buffer_length(self.b),
- *                           self.readonly, flags)
- *         self.exports += 1             # <<<<<<<<<<<<<<
  * 
- *     def __releasebuffer__(self, Py_buffer *view):
 */
-  __pyx_v_self->exports = (__pyx_v_self->exports + 1);
+  __pyx_t_6 = PyBuffer_FillInfo(__pyx_v_view, ((PyObject *)__pyx_v_self), sc_mtl_buffer_contents(__pyx_v_self->b), sc_mtl_buffer_length(__pyx_v_self->b), __pyx_v_self->readonly, __pyx_v_flags); if (unlikely(__pyx_t_6 == ((int)-1))) __PYX_ERR(0, 184, __pyx_L1_error)
 
-  /* "sagecore/_metal.pyx":183
+
+  /* "sagecore/_metal.pyx":181
  *         return <size_t>sc_mtl_buffer_contents(self.b)
  * 
  *     def __getbuffer__(self, Py_buffer *view, int flags):             # <<<<<<<<<<<<<<
@@ -22748,70 +22728,25 @@ static int __pyx_pf_8sagecore_6_metal_6Buffer_4__getbuffer__(struct __pyx_obj_8s
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":190
- *         self.exports += 1
- * 
- *     def __releasebuffer__(self, Py_buffer *view):             # <<<<<<<<<<<<<<
- *         self.exports -= 1
- * 
-*/
-
-/* Python wrapper */
-CYTHON_UNUSED static void __pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__(PyObject *__pyx_v_self, Py_buffer *__pyx_v_view); /*proto*/
-CYTHON_UNUSED static void __pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__(PyObject *__pyx_v_self, Py_buffer *__pyx_v_view) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__releasebuffer__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self), ((Py_buffer *)__pyx_v_view));
-
-  /* function exit code */
-
-  __Pyx_RefNannyFinishContext();
-}
-
-static void __pyx_pf_8sagecore_6_metal_6Buffer_6__releasebuffer__(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED Py_buffer *__pyx_v_view) {
-
-  /* "sagecore/_metal.pyx":191
- * 
- *     def __releasebuffer__(self, Py_buffer *view):
- *         self.exports -= 1             # <<<<<<<<<<<<<<
- * 
- *     def numpy(self, dtype, shape=None):
-*/
-  __pyx_v_self->exports = (__pyx_v_self->exports - 1);
-
-  /* "sagecore/_metal.pyx":190
- *         self.exports += 1
- * 
- *     def __releasebuffer__(self, Py_buffer *view):             # <<<<<<<<<<<<<<
- *         self.exports -= 1
- * 
-*/
-
-  /* function exit code */
-
-}
-
-/* "sagecore/_metal.pyx":193
- *         self.exports -= 1
+/* "sagecore/_metal.pyx":187
+ *                           self.readonly, flags)
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
+ *         a = np.frombuffer(self, dtype=dtype)
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_9numpy(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_7numpy(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_8sagecore_6_metal_6Buffer_8numpy, "A numpy view of the buffer (no copy; the view keeps the buffer alive).");
-static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_9numpy = {"numpy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_9numpy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8sagecore_6_metal_6Buffer_8numpy};
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_9numpy(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_8sagecore_6_metal_6Buffer_6numpy, "A numpy view of the buffer (no copy; the view keeps the buffer alive).");
+static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_7numpy = {"numpy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_7numpy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8sagecore_6_metal_6Buffer_6numpy};
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_7numpy(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -22842,35 +22777,35 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 193, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 187, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 193, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 187, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 193, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 187, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "numpy", 0) < (0)) __PYX_ERR(0, 193, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "numpy", 0) < (0)) __PYX_ERR(0, 187, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, i); __PYX_ERR(0, 193, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, i); __PYX_ERR(0, 187, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 193, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 187, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 193, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 187, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -22881,7 +22816,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 193, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("numpy", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 187, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22892,7 +22827,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_8numpy(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self), __pyx_v_dtype, __pyx_v_shape);
+  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_6numpy(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self), __pyx_v_dtype, __pyx_v_shape);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -22902,74 +22837,76 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, PyObject *__pyx_v_dtype, PyObject *__pyx_v_shape) {
-  PyObject *__pyx_v_np = NULL;
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6numpy(struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, PyObject *__pyx_v_dtype, PyObject *__pyx_v_shape) {
   PyObject *__pyx_v_a = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
   PyObject *__pyx_t_2 = NULL;
   PyObject *__pyx_t_3 = NULL;
-  size_t __pyx_t_4;
-  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
   int __pyx_t_6;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("numpy", 0);
 
-  /* "sagecore/_metal.pyx":195
+  /* "sagecore/_metal.pyx":189
  *     def numpy(self, dtype, shape=None):
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np             # <<<<<<<<<<<<<<
- *         a = np.frombuffer(self, dtype=dtype)
- *         return a if shape is None else a.reshape(shape)
-*/
-  __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 195, __pyx_L1_error)
-  __pyx_t_1 = __pyx_t_2;
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_v_np = __pyx_t_1;
-  __pyx_t_1 = 0;
-
-  /* "sagecore/_metal.pyx":196
- *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
  *         a = np.frombuffer(self, dtype=dtype)             # <<<<<<<<<<<<<<
  *         return a if shape is None else a.reshape(shape)
  * 
 */
-  __pyx_t_3 = __pyx_v_np;
-  __Pyx_INCREF(__pyx_t_3);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 189, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_frombuffer); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 189, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
   #endif
-  __pyx_t_4 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
   {
-    PyObject *__pyx_callargs[3] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_dtype};
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_dtype};
     #if CYTHON_VECTORCALL
-    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 196, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_5);
+    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 189, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-      __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 196, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
+      __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 189, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
-    __pyx_t_1 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_frombuffer, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_5);
-    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_3);
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     #if CYTHON_VECTORCALL
     #endif
-    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 196, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 189, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_a = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":197
- *         import numpy as np
+  /* "sagecore/_metal.pyx":190
+ *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
  *         a = np.frombuffer(self, dtype=dtype)
  *         return a if shape is None else a.reshape(shape)             # <<<<<<<<<<<<<<
  * 
@@ -22982,16 +22919,16 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   } else {
     __pyx_t_3 = __pyx_v_a;
     __Pyx_INCREF(__pyx_t_3);
-    __pyx_t_4 = 0;
+    __pyx_t_5 = 0;
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_shape};
-      __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 197, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 190, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
     }
-    __pyx_t_1 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_1 = __pyx_t_4;
+    __pyx_t_4 = 0;
   }
 
   {
@@ -23005,23 +22942,23 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8numpy(struct __pyx_obj_8sag
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":193
- *         self.exports -= 1
+  /* "sagecore/_metal.pyx":187
+ *                           self.readonly, flags)
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
+ *         a = np.frombuffer(self, dtype=dtype)
 */
 
   /* function exit code */
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_4);
   __Pyx_AddTraceback("sagecore._metal.Buffer.numpy", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
-  __Pyx_XDECREF(__pyx_v_np);
   __Pyx_XDECREF(__pyx_v_a);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
@@ -23167,7 +23104,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6source___get__(struct __pyx
  *     cdef readonly object source
  *     cdef readonly bint copied             # <<<<<<<<<<<<<<
  *     cdef bint readonly
- *     cdef int exports
+ * 
 */
 
 /* Python wrapper */
@@ -23251,15 +23188,15 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_6copied___get__(struct __pyx
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_11__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_9__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_11__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_11__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_11__reduce_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_9__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_9__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_9__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23285,14 +23222,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_10__reduce_cython__(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self));
+  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_8__reduce_cython__(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_10__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_8__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -23332,15 +23269,15 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_10__reduce_cython__(CYTHON_U
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_13__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_11__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_13__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_13__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_13__setstate_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_8sagecore_6_metal_6Buffer_11__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_11__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_8sagecore_6_metal_6Buffer_11__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23406,7 +23343,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_12__setstate_cython__(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_8sagecore_6_metal_6Buffer_10__setstate_cython__(((struct __pyx_obj_8sagecore_6_metal_Buffer *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -23416,7 +23353,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_12__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_10__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_8sagecore_6_metal_Buffer *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -23448,7 +23385,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_6Buffer_12__setstate_cython__(CYTHON
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":205
+/* "sagecore/_metal.pyx":198
  *     cdef readonly Device device
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -23500,7 +23437,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":206
+  /* "sagecore/_metal.pyx":199
  * 
  *     def __cinit__(self):
  *         self.l = NULL             # <<<<<<<<<<<<<<
@@ -23509,7 +23446,7 @@ static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagec
 */
   __pyx_v_self->l = NULL;
 
-  /* "sagecore/_metal.pyx":205
+  /* "sagecore/_metal.pyx":198
  *     cdef readonly Device device
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -23523,7 +23460,7 @@ static int __pyx_pf_8sagecore_6_metal_7Library___cinit__(struct __pyx_obj_8sagec
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":208
+/* "sagecore/_metal.pyx":201
  *         self.l = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -23547,7 +23484,7 @@ static void __pyx_pw_8sagecore_6_metal_7Library_3__dealloc__(PyObject *__pyx_v_s
 static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_Library *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":209
+  /* "sagecore/_metal.pyx":202
  * 
  *     def __dealloc__(self):
  *         if self.l != NULL:             # <<<<<<<<<<<<<<
@@ -23559,7 +23496,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":210
+    /* "sagecore/_metal.pyx":203
  *     def __dealloc__(self):
  *         if self.l != NULL:
  *             sc_mtl_library_free(self.l)             # <<<<<<<<<<<<<<
@@ -23568,7 +23505,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 */
     sc_mtl_library_free(__pyx_v_self->l);
 
-    /* "sagecore/_metal.pyx":209
+    /* "sagecore/_metal.pyx":202
  * 
  *     def __dealloc__(self):
  *         if self.l != NULL:             # <<<<<<<<<<<<<<
@@ -23577,7 +23514,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 */
   }
 
-  /* "sagecore/_metal.pyx":208
+  /* "sagecore/_metal.pyx":201
  *         self.l = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -23589,7 +23526,7 @@ static void __pyx_pf_8sagecore_6_metal_7Library_2__dealloc__(struct __pyx_obj_8s
 
 }
 
-/* "sagecore/_metal.pyx":212
+/* "sagecore/_metal.pyx":205
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
@@ -23656,38 +23593,38 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("functions", 0);
 
-  /* "sagecore/_metal.pyx":214
+  /* "sagecore/_metal.pyx":207
  *     def functions(self):
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))             # <<<<<<<<<<<<<<
  *         s = buf.decode()
  *         return s.split("\n") if s else []
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_functions(__pyx_v_self->l, __pyx_v_buf, (sizeof(__pyx_v_buf)))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 214, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_library_functions(__pyx_v_self->l, __pyx_v_buf, (sizeof(__pyx_v_buf)))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 207, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":215
+  /* "sagecore/_metal.pyx":208
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
  *         s = buf.decode()             # <<<<<<<<<<<<<<
  *         return s.split("\n") if s else []
  * 
 */
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_v_buf); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 215, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_v_buf, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_v_buf); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 208, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_v_buf, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 208, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
   __pyx_v_s = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "sagecore/_metal.pyx":216
+  /* "sagecore/_metal.pyx":209
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
  *         s = buf.decode()
  *         return s.split("\n") if s else []             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_v_s); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 216, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_v_s); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 209, __pyx_L1_error)
   if (__pyx_t_4) {
     __pyx_t_6 = __pyx_v_s;
     __Pyx_INCREF(__pyx_t_6);
@@ -23696,13 +23633,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
       PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u__6};
       __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_split, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 209, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_3 = __pyx_t_5;
     __pyx_t_5 = 0;
   } else {
-    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
+    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 209, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_3 = __pyx_t_5;
     __pyx_t_5 = 0;
@@ -23719,7 +23656,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":212
+  /* "sagecore/_metal.pyx":205
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
@@ -23742,7 +23679,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_4functions(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":218
+/* "sagecore/_metal.pyx":211
  *         return s.split("\n") if s else []
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23774,14 +23711,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":221
+  /* "sagecore/_metal.pyx":214
  *     def pipelines_created(self):
  *         """Pipeline-cache misses so far."""
  *         return sc_mtl_library_pipelines_created(self.l)             # <<<<<<<<<<<<<<
  * 
  *     def pipeline(self, str function, constants=None):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(sc_mtl_library_pipelines_created(__pyx_v_self->l)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 221, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(sc_mtl_library_pipelines_created(__pyx_v_self->l)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23794,7 +23731,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":218
+  /* "sagecore/_metal.pyx":211
  *         return s.split("\n") if s else []
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23813,7 +23750,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_17pipelines_created___get__
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":223
+/* "sagecore/_metal.pyx":216
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
@@ -23862,35 +23799,35 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_function,&__pyx_mstate_global->__pyx_n_u_constants,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 223, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 216, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 223, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 216, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 223, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 216, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pipeline", 0) < (0)) __PYX_ERR(0, 223, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pipeline", 0) < (0)) __PYX_ERR(0, 216, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, i); __PYX_ERR(0, 223, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, i); __PYX_ERR(0, 216, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 223, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 216, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 223, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 216, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -23901,7 +23838,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 223, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pipeline", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 216, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23912,7 +23849,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_function), (&PyUnicode_Type), 1, "function", 1))) __PYX_ERR(0, 223, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_function), (&PyUnicode_Type), 1, "function", 1))) __PYX_ERR(0, 216, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_7Library_6pipeline(((struct __pyx_obj_8sagecore_6_metal_Library *)__pyx_v_self), __pyx_v_function, __pyx_v_constants);
 
   /* function exit code */
@@ -23972,7 +23909,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pipeline", 0);
 
-  /* "sagecore/_metal.pyx":228
+  /* "sagecore/_metal.pyx":221
  *         Cached in the library by a name that spells out every specialization."""
  *         cdef sc_mtl_constant cs[64]
  *         cdef int n = 0             # <<<<<<<<<<<<<<
@@ -23981,63 +23918,63 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   __pyx_v_n = 0;
 
-  /* "sagecore/_metal.pyx":229
+  /* "sagecore/_metal.pyx":222
  *         cdef sc_mtl_constant cs[64]
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)             # <<<<<<<<<<<<<<
  *         if constants:
  *             if len(constants) > 64:
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Pipeline(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 229, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_8sagecore_6_metal_Pipeline(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 222, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_p = ((struct __pyx_obj_8sagecore_6_metal_Pipeline *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":230
+  /* "sagecore/_metal.pyx":223
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:             # <<<<<<<<<<<<<<
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_constants); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_constants); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 223, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "sagecore/_metal.pyx":231
+    /* "sagecore/_metal.pyx":224
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:
  *             if len(constants) > 64:             # <<<<<<<<<<<<<<
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):
 */
-    __pyx_t_3 = PyObject_Length(__pyx_v_constants); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 231, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_v_constants); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 224, __pyx_L1_error)
     __pyx_t_2 = (__pyx_t_3 > 64);
 
 
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "sagecore/_metal.pyx":232
+      /* "sagecore/_metal.pyx":225
  *         if constants:
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")             # <<<<<<<<<<<<<<
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 225, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 232, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 225, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 225, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 232, __pyx_L1_error)
+      __PYX_ERR(0, 225, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":231
+      /* "sagecore/_metal.pyx":224
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:
  *             if len(constants) > 64:             # <<<<<<<<<<<<<<
@@ -24046,7 +23983,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
     }
 
-    /* "sagecore/_metal.pyx":233
+    /* "sagecore/_metal.pyx":226
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):             # <<<<<<<<<<<<<<
@@ -24060,13 +23997,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_items, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 233, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 226, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 233, __pyx_L1_error)
+    __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
+    if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_4; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -24074,13 +24011,13 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       {
         Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
         #endif
         if (__pyx_t_3 >= __pyx_temp) break;
       }
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_3, __Pyx_ReferenceSharing_OwnStrongReference);
       ++__pyx_t_3;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 233, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 226, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       if ((likely(PyTuple_CheckExact(__pyx_t_4))) || (PyList_CheckExact(__pyx_t_4))) {
         PyObject* sequence = __pyx_t_4;
@@ -24088,7 +24025,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 233, __pyx_L1_error)
+          __PYX_ERR(0, 226, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -24098,22 +24035,22 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_INCREF(__pyx_t_7);
         } else {
           __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 233, __pyx_L1_error)
+          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 226, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_6);
           __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 233, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 226, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_7);
         }
         #else
-        __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 233, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 226, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 233, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 226, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         #endif
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_8 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 233, __pyx_L1_error)
+        __pyx_t_8 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 226, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_8);
@@ -24121,7 +24058,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_GOTREF(__pyx_t_6);
         index = 1; __pyx_t_7 = __pyx_t_9(__pyx_t_8); if (unlikely(!__pyx_t_7)) goto __pyx_L7_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_7);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_8), 2) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_8), 2) < (0)) __PYX_ERR(0, 226, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         goto __pyx_L8_unpacking_done;
@@ -24129,7 +24066,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 233, __pyx_L1_error)
+        __PYX_ERR(0, 226, __pyx_L1_error)
         __pyx_L8_unpacking_done:;
       }
       __Pyx_XDECREF_SET(__pyx_v_idx, __pyx_t_6);
@@ -24137,7 +24074,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       __Pyx_XDECREF_SET(__pyx_v_val, __pyx_t_7);
       __pyx_t_7 = 0;
 
-      /* "sagecore/_metal.pyx":234
+      /* "sagecore/_metal.pyx":227
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):
  *                 kind = None             # <<<<<<<<<<<<<<
@@ -24147,7 +24084,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       __Pyx_INCREF(Py_None);
       __Pyx_XDECREF_SET(__pyx_v_kind, Py_None);
 
-      /* "sagecore/_metal.pyx":235
+      /* "sagecore/_metal.pyx":228
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
  *                 if isinstance(val, tuple):             # <<<<<<<<<<<<<<
@@ -24158,7 +24095,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":236
+        /* "sagecore/_metal.pyx":229
  *                 kind = None
  *                 if isinstance(val, tuple):
  *                     val, kind = val             # <<<<<<<<<<<<<<
@@ -24171,7 +24108,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           if (unlikely(size != 2)) {
             if (size > 2) __Pyx_RaiseTooManyValuesError(2);
             else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-            __PYX_ERR(0, 236, __pyx_L1_error)
+            __PYX_ERR(0, 229, __pyx_L1_error)
           }
           #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
           if (likely(PyTuple_CheckExact(sequence))) {
@@ -24181,28 +24118,28 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
             __Pyx_INCREF(__pyx_t_7);
           } else {
             __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 236, __pyx_L1_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_4);
             __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
+            if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 229, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_7);
           }
           #else
-          __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 236, __pyx_L1_error)
+          __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_4);
-          __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
+          __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 229, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
           #endif
         } else {
           Py_ssize_t index = -1;
-          __pyx_t_6 = PyObject_GetIter(__pyx_v_val); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 236, __pyx_L1_error)
+          __pyx_t_6 = PyObject_GetIter(__pyx_v_val); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 229, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_6);
           __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
           index = 0; __pyx_t_4 = __pyx_t_9(__pyx_t_6); if (unlikely(!__pyx_t_4)) goto __pyx_L10_unpacking_failed;
           __Pyx_GOTREF(__pyx_t_4);
           index = 1; __pyx_t_7 = __pyx_t_9(__pyx_t_6); if (unlikely(!__pyx_t_7)) goto __pyx_L10_unpacking_failed;
           __Pyx_GOTREF(__pyx_t_7);
-          if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 236, __pyx_L1_error)
+          if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_6), 2) < (0)) __PYX_ERR(0, 229, __pyx_L1_error)
           __pyx_t_9 = NULL;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           goto __pyx_L11_unpacking_done;
@@ -24210,7 +24147,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __pyx_t_9 = NULL;
           if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-          __PYX_ERR(0, 236, __pyx_L1_error)
+          __PYX_ERR(0, 229, __pyx_L1_error)
           __pyx_L11_unpacking_done:;
         }
         __Pyx_DECREF_SET(__pyx_v_val, __pyx_t_4);
@@ -24218,7 +24155,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF_SET(__pyx_v_kind, __pyx_t_7);
         __pyx_t_7 = 0;
 
-        /* "sagecore/_metal.pyx":235
+        /* "sagecore/_metal.pyx":228
  *             for idx, val in sorted(constants.items()):
  *                 kind = None
  *                 if isinstance(val, tuple):             # <<<<<<<<<<<<<<
@@ -24227,18 +24164,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       }
 
-      /* "sagecore/_metal.pyx":237
+      /* "sagecore/_metal.pyx":230
  *                 if isinstance(val, tuple):
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx             # <<<<<<<<<<<<<<
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
 */
-      __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_idx); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 237, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_idx); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 230, __pyx_L1_error)
       (__pyx_v_cs[__pyx_v_n]).index = ((uint32_t)__pyx_t_10);
 
 
-      /* "sagecore/_metal.pyx":238
+      /* "sagecore/_metal.pyx":231
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:             # <<<<<<<<<<<<<<
@@ -24249,7 +24186,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":239
+        /* "sagecore/_metal.pyx":232
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \             # <<<<<<<<<<<<<<
@@ -24267,7 +24204,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
             __pyx_t_4 = __pyx_mstate_global->__pyx_n_u_int;
           } else {
 
-            /* "sagecore/_metal.pyx":240
+            /* "sagecore/_metal.pyx":233
  *                 if kind is None:
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None             # <<<<<<<<<<<<<<
@@ -24294,7 +24231,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF_SET(__pyx_v_kind, __pyx_t_7);
         __pyx_t_7 = 0;
 
-        /* "sagecore/_metal.pyx":238
+        /* "sagecore/_metal.pyx":231
  *                     val, kind = val
  *                 cs[n].index = <uint32_t>idx
  *                 if kind is None:             # <<<<<<<<<<<<<<
@@ -24303,21 +24240,21 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       }
 
-      /* "sagecore/_metal.pyx":241
+      /* "sagecore/_metal.pyx":234
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None
  *                 if kind not in _FC_KINDS:             # <<<<<<<<<<<<<<
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
  *                 fc_type, field = _FC_KINDS[kind]
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 241, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 234, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_kind, __pyx_t_7, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 241, __pyx_L1_error)
+      __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_kind, __pyx_t_7, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 234, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       if (unlikely(__pyx_t_2)) {
 
 
-        /* "sagecore/_metal.pyx":242
+        /* "sagecore/_metal.pyx":235
  *                         "float" if isinstance(val, float) else None
  *                 if kind not in _FC_KINDS:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")             # <<<<<<<<<<<<<<
@@ -24325,14 +24262,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
  *                 cs[n].type = fc_type
 */
         __pyx_t_4 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 235, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ArgumentTypeError); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 235, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_idx, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 235, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_13 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 242, __pyx_L1_error)
+        __pyx_t_13 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_val), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 235, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_13);
         __pyx_t_14[0] = __pyx_mstate_global->__pyx_kp_u_constant;
         __pyx_t_14[1] = __pyx_t_6;
@@ -24347,7 +24284,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __pyx_t_16 |= __Pyx_PyUnicode_KIND_04(__pyx_t_14[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_14[3]);
         #endif
         __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_14, 4, __pyx_t_15, __pyx_t_16);
-        if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 242, __pyx_L1_error)
+        if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 235, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_17);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
@@ -24369,14 +24306,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 242, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 235, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
         }
         __Pyx_Raise(__pyx_t_7, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        __PYX_ERR(0, 242, __pyx_L1_error)
+        __PYX_ERR(0, 235, __pyx_L1_error)
 
-        /* "sagecore/_metal.pyx":241
+        /* "sagecore/_metal.pyx":234
  *                     kind = "bool" if isinstance(val, bool) else "int" if isinstance(val, int) else \
  *                         "float" if isinstance(val, float) else None
  *                 if kind not in _FC_KINDS:             # <<<<<<<<<<<<<<
@@ -24385,16 +24322,16 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       }
 
-      /* "sagecore/_metal.pyx":243
+      /* "sagecore/_metal.pyx":236
  *                 if kind not in _FC_KINDS:
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
  *                 fc_type, field = _FC_KINDS[kind]             # <<<<<<<<<<<<<<
  *                 cs[n].type = fc_type
  *                 if field == "f":
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_FC_KINDS); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyObject_GetItem(__pyx_t_7, __pyx_v_kind); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 243, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetItem(__pyx_t_7, __pyx_v_kind); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 236, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       if ((likely(PyTuple_CheckExact(__pyx_t_8))) || (PyList_CheckExact(__pyx_t_8))) {
@@ -24403,7 +24340,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 243, __pyx_L1_error)
+          __PYX_ERR(0, 236, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -24413,22 +24350,22 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
           __Pyx_INCREF(__pyx_t_17);
         } else {
           __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_7);
           __pyx_t_17 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 243, __pyx_L1_error)
+          if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 236, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_17);
         }
         #else
-        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 236, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
-        __pyx_t_17 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __pyx_t_17 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 236, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_17);
         #endif
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_4 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 243, __pyx_L1_error)
+        __pyx_t_4 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 236, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_4);
@@ -24436,7 +24373,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_GOTREF(__pyx_t_7);
         index = 1; __pyx_t_17 = __pyx_t_9(__pyx_t_4); if (unlikely(!__pyx_t_17)) goto __pyx_L14_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_17);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_4), 2) < (0)) __PYX_ERR(0, 243, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_4), 2) < (0)) __PYX_ERR(0, 236, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         goto __pyx_L15_unpacking_done;
@@ -24444,7 +24381,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 243, __pyx_L1_error)
+        __PYX_ERR(0, 236, __pyx_L1_error)
         __pyx_L15_unpacking_done:;
       }
       __Pyx_XDECREF_SET(__pyx_v_fc_type, __pyx_t_7);
@@ -24452,39 +24389,39 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       __Pyx_XDECREF_SET(__pyx_v_field, __pyx_t_17);
       __pyx_t_17 = 0;
 
-      /* "sagecore/_metal.pyx":244
+      /* "sagecore/_metal.pyx":237
  *                     raise errors.ArgumentTypeError("constants", f"constant {idx}: unsupported value {val!r}")
  *                 fc_type, field = _FC_KINDS[kind]
  *                 cs[n].type = fc_type             # <<<<<<<<<<<<<<
  *                 if field == "f":
  *                     cs[n].value.f = <float>val
 */
-      __pyx_t_18 = ((sc_mtl_fc_type)__Pyx_PyLong_As_sc_mtl_fc_type(__pyx_v_fc_type)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 244, __pyx_L1_error)
+      __pyx_t_18 = ((sc_mtl_fc_type)__Pyx_PyLong_As_sc_mtl_fc_type(__pyx_v_fc_type)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 237, __pyx_L1_error)
       (__pyx_v_cs[__pyx_v_n]).type = __pyx_t_18;
 
-      /* "sagecore/_metal.pyx":245
+      /* "sagecore/_metal.pyx":238
  *                 fc_type, field = _FC_KINDS[kind]
  *                 cs[n].type = fc_type
  *                 if field == "f":             # <<<<<<<<<<<<<<
  *                     cs[n].value.f = <float>val
  *                 elif field == "u":
 */
-      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch102(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_f, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 245, __pyx_L1_error)
+      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch102(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_f, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":246
+        /* "sagecore/_metal.pyx":239
  *                 cs[n].type = fc_type
  *                 if field == "f":
  *                     cs[n].value.f = <float>val             # <<<<<<<<<<<<<<
  *                 elif field == "u":
  *                     cs[n].value.u = <uint32_t>val
 */
-        __pyx_t_19 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_19 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
+        __pyx_t_19 = __Pyx_PyFloat_AsFloat(__pyx_v_val); if (unlikely((__pyx_t_19 == (float)-1) && PyErr_Occurred())) __PYX_ERR(0, 239, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.f = ((float)__pyx_t_19);
 
 
-        /* "sagecore/_metal.pyx":245
+        /* "sagecore/_metal.pyx":238
  *                 fc_type, field = _FC_KINDS[kind]
  *                 cs[n].type = fc_type
  *                 if field == "f":             # <<<<<<<<<<<<<<
@@ -24494,29 +24431,29 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L16;
       }
 
-      /* "sagecore/_metal.pyx":247
+      /* "sagecore/_metal.pyx":240
  *                 if field == "f":
  *                     cs[n].value.f = <float>val
  *                 elif field == "u":             # <<<<<<<<<<<<<<
  *                     cs[n].value.u = <uint32_t>val
  *                 else:
 */
-      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch117(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_u, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 247, __pyx_L1_error)
+      __pyx_t_2 = (__Pyx_PyObject_Equals_obj_ch117(__pyx_v_field, __pyx_mstate_global->__pyx_n_u_u, Py_EQ)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 240, __pyx_L1_error)
       if (__pyx_t_2) {
 
 
-        /* "sagecore/_metal.pyx":248
+        /* "sagecore/_metal.pyx":241
  *                     cs[n].value.f = <float>val
  *                 elif field == "u":
  *                     cs[n].value.u = <uint32_t>val             # <<<<<<<<<<<<<<
  *                 else:
  *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
 */
-        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 248, __pyx_L1_error)
+        __pyx_t_10 = __Pyx_PyLong_As_uint32_t(__pyx_v_val); if (unlikely((__pyx_t_10 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 241, __pyx_L1_error)
         (__pyx_v_cs[__pyx_v_n]).value.u = ((uint32_t)__pyx_t_10);
 
 
-        /* "sagecore/_metal.pyx":247
+        /* "sagecore/_metal.pyx":240
  *                 if field == "f":
  *                     cs[n].value.f = <float>val
  *                 elif field == "u":             # <<<<<<<<<<<<<<
@@ -24526,7 +24463,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
         goto __pyx_L16;
       }
 
-      /* "sagecore/_metal.pyx":250
+      /* "sagecore/_metal.pyx":243
  *                     cs[n].value.u = <uint32_t>val
  *                 else:
  *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)             # <<<<<<<<<<<<<<
@@ -24544,7 +24481,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 
             __pyx_t_21 = 0;
           } else {
-            __pyx_t_22 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_22 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 250, __pyx_L1_error)
+            __pyx_t_22 = __Pyx_PyLong_As_int32_t(__pyx_v_val); if (unlikely((__pyx_t_22 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 243, __pyx_L1_error)
             __pyx_t_21 = __pyx_t_22;
           }
 
@@ -24556,7 +24493,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
       }
       __pyx_L16:;
 
-      /* "sagecore/_metal.pyx":251
+      /* "sagecore/_metal.pyx":244
  *                 else:
  *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
  *                 n += 1             # <<<<<<<<<<<<<<
@@ -24565,7 +24502,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
       __pyx_v_n = (__pyx_v_n + 1);
 
-      /* "sagecore/_metal.pyx":233
+      /* "sagecore/_metal.pyx":226
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")
  *             for idx, val in sorted(constants.items()):             # <<<<<<<<<<<<<<
@@ -24575,7 +24512,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "sagecore/_metal.pyx":230
+    /* "sagecore/_metal.pyx":223
  *         cdef int n = 0
  *         cdef Pipeline p = Pipeline.__new__(Pipeline)
  *         if constants:             # <<<<<<<<<<<<<<
@@ -24584,7 +24521,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   }
 
-  /* "sagecore/_metal.pyx":252
+  /* "sagecore/_metal.pyx":245
  *                     cs[n].value.i = <int32_t>(1 if val is True else 0 if val is False else val)
  *                 n += 1
  *         fn = function.encode()             # <<<<<<<<<<<<<<
@@ -24593,26 +24530,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
 */
   if (unlikely(__pyx_v_function == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-    __PYX_ERR(0, 252, __pyx_L1_error)
+    __PYX_ERR(0, 245, __pyx_L1_error)
   }
-  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_AsEncodedString(__pyx_v_function, NULL, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 245, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_fn = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":253
+  /* "sagecore/_metal.pyx":246
  *                 n += 1
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))             # <<<<<<<<<<<<<<
  *         p.library = self
  *         return p
 */
-  __pyx_t_23 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_23) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L1_error)
-  __pyx_t_16 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_23, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 253, __pyx_L1_error)
+  __pyx_t_23 = __Pyx_PyBytes_AsString(__pyx_v_fn); if (unlikely((!__pyx_t_23) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
+  __pyx_t_16 = __pyx_f_8sagecore_6_metal_check(sc_mtl_pipeline_get(__pyx_v_self->l, __pyx_t_23, __pyx_v_cs, __pyx_v_n, (&__pyx_v_p->p))); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 246, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":254
+  /* "sagecore/_metal.pyx":247
  *         fn = function.encode()
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self             # <<<<<<<<<<<<<<
@@ -24624,7 +24561,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   __Pyx_GOTREF((PyObject *)__pyx_v_p->library);
   __Pyx_DECREF_SET(__pyx_v_p->library, __pyx_v_self);
 
-  /* "sagecore/_metal.pyx":255
+  /* "sagecore/_metal.pyx":248
  *         check(sc_mtl_pipeline_get(self.l, fn, cs, n, &p.p))
  *         p.library = self
  *         return p             # <<<<<<<<<<<<<<
@@ -24642,7 +24579,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":223
+  /* "sagecore/_metal.pyx":216
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
@@ -24676,7 +24613,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_6pipeline(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":203
+/* "sagecore/_metal.pyx":196
  *     """A compiled library; owns its pipeline cache."""
  *     cdef sc_mtl_library *l
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -24947,7 +24884,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_7Library_10__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":268
+/* "sagecore/_metal.pyx":261
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24981,7 +24918,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":270
+  /* "sagecore/_metal.pyx":263
  *     @property
  *     def name(self):
  *         return sc_mtl_pipeline_name(self.p).decode()             # <<<<<<<<<<<<<<
@@ -24990,11 +24927,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
 */
 
   __pyx_t_1 = sc_mtl_pipeline_name(__pyx_v_self->p);
-  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 270, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_ssize_strlen(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_decode_c_string(__pyx_t_1, 0, __pyx_t_2, NULL, NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 270, __pyx_L1_error)
+  if (!(likely(PyUnicode_CheckExact(__pyx_t_3)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 263, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -25007,7 +24944,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":268
+  /* "sagecore/_metal.pyx":261
  *     cdef readonly Library library
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25026,7 +24963,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_4name___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":272
+/* "sagecore/_metal.pyx":265
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25058,14 +24995,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "sagecore/_metal.pyx":274
+  /* "sagecore/_metal.pyx":267
  *     @property
  *     def max_threads(self):
  *         return sc_mtl_pipeline_max_threads(self.p)             # <<<<<<<<<<<<<<
  * 
  *     def __eq__(self, other):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 274, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(sc_mtl_pipeline_max_threads(__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 267, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25078,7 +25015,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":272
+  /* "sagecore/_metal.pyx":265
  *         return sc_mtl_pipeline_name(self.p).decode()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25097,7 +25034,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_11max_threads___get__(stru
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":276
+/* "sagecore/_metal.pyx":269
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -25131,7 +25068,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__eq__", 0);
 
-  /* "sagecore/_metal.pyx":277
+  /* "sagecore/_metal.pyx":270
  * 
  *     def __eq__(self, other):
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p             # <<<<<<<<<<<<<<
@@ -25142,7 +25079,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 270, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -25151,7 +25088,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   }
   __pyx_t_2 = (((struct __pyx_obj_8sagecore_6_metal_Pipeline *)__pyx_v_other)->p == __pyx_v_self->p);
 
-  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __pyx_t_3 = 0;
@@ -25168,7 +25105,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":276
+  /* "sagecore/_metal.pyx":269
  *         return sc_mtl_pipeline_max_threads(self.p)
  * 
  *     def __eq__(self, other):             # <<<<<<<<<<<<<<
@@ -25188,7 +25125,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline___eq__(struct __pyx_obj_8s
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":279
+/* "sagecore/_metal.pyx":272
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -25221,23 +25158,23 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__hash__", 0);
 
-  /* "sagecore/_metal.pyx":280
+  /* "sagecore/_metal.pyx":273
  * 
  *     def __hash__(self):
  *         return hash(<size_t>self.p)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->p)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Hash(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_hash_t)-1))) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
     __pyx_r = __pyx_t_2;
   }
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":279
+  /* "sagecore/_metal.pyx":272
  *         return isinstance(other, Pipeline) and (<Pipeline>other).p == self.p
  * 
  *     def __hash__(self):             # <<<<<<<<<<<<<<
@@ -25257,7 +25194,7 @@ static Py_hash_t __pyx_pf_8sagecore_6_metal_8Pipeline_2__hash__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":266
+/* "sagecore/_metal.pyx":259
  *     """A specialized kernel (owned by its library's cache)."""
  *     cdef sc_mtl_pipeline *p
  *     cdef readonly Library library             # <<<<<<<<<<<<<<
@@ -25528,7 +25465,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_8Pipeline_6__setstate_cython__(CYTHO
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":291
+/* "sagecore/_metal.pyx":284
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -25580,7 +25517,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_r;
 
-  /* "sagecore/_metal.pyx":292
+  /* "sagecore/_metal.pyx":285
  * 
  *     def __cinit__(self):
  *         self.c = NULL             # <<<<<<<<<<<<<<
@@ -25589,7 +25526,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
 */
   __pyx_v_self->c = NULL;
 
-  /* "sagecore/_metal.pyx":291
+  /* "sagecore/_metal.pyx":284
  *     cdef list keep
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -25603,7 +25540,7 @@ static int __pyx_pf_8sagecore_6_metal_13CommandBuffer___cinit__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":294
+/* "sagecore/_metal.pyx":287
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25627,7 +25564,7 @@ static void __pyx_pw_8sagecore_6_metal_13CommandBuffer_3__dealloc__(PyObject *__
 static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx_obj_8sagecore_6_metal_CommandBuffer *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "sagecore/_metal.pyx":295
+  /* "sagecore/_metal.pyx":288
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -25639,7 +25576,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
   if (__pyx_t_1) {
 
 
-    /* "sagecore/_metal.pyx":296
+    /* "sagecore/_metal.pyx":289
  *     def __dealloc__(self):
  *         if self.c != NULL:
  *             sc_mtl_cmdbuf_free(self.c)             # <<<<<<<<<<<<<<
@@ -25648,7 +25585,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
     sc_mtl_cmdbuf_free(__pyx_v_self->c);
 
-    /* "sagecore/_metal.pyx":295
+    /* "sagecore/_metal.pyx":288
  * 
  *     def __dealloc__(self):
  *         if self.c != NULL:             # <<<<<<<<<<<<<<
@@ -25657,7 +25594,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 */
   }
 
-  /* "sagecore/_metal.pyx":294
+  /* "sagecore/_metal.pyx":287
  *         self.c = NULL
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25669,7 +25606,7 @@ static void __pyx_pf_8sagecore_6_metal_13CommandBuffer_2__dealloc__(struct __pyx
 
 }
 
-/* "sagecore/_metal.pyx":298
+/* "sagecore/_metal.pyx":291
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -25716,32 +25653,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_p,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 298, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 291, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 298, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 298, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_pipeline", 0) < (0)) __PYX_ERR(0, 291, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 298, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, i); __PYX_ERR(0, 291, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 298, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
     }
     __pyx_v_p = ((struct __pyx_obj_8sagecore_6_metal_Pipeline *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 298, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_pipeline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 291, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25752,7 +25689,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_p), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Pipeline, 1, "p", 0))) __PYX_ERR(0, 291, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_p);
 
   /* function exit code */
@@ -25783,17 +25720,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_pipeline", 0);
 
-  /* "sagecore/_metal.pyx":299
+  /* "sagecore/_metal.pyx":292
  * 
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))             # <<<<<<<<<<<<<<
  *         self.keep.append(p.library)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_pipeline(__pyx_v_self->c, __pyx_v_p->p)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 292, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":300
+  /* "sagecore/_metal.pyx":293
  *     def set_pipeline(self, Pipeline p):
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)             # <<<<<<<<<<<<<<
@@ -25802,15 +25739,15 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 300, __pyx_L1_error)
+    __PYX_ERR(0, 293, __pyx_L1_error)
   }
   __pyx_t_2 = ((PyObject *)__pyx_v_p->library);
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 300, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_self->keep, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
-  /* "sagecore/_metal.pyx":298
+  /* "sagecore/_metal.pyx":291
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
@@ -25831,7 +25768,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_4set_pipeline(struct
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":302
+/* "sagecore/_metal.pyx":295
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -25880,55 +25817,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 302, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 295, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_buffer", 0) < (0)) __PYX_ERR(0, 295, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 302, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, i); __PYX_ERR(0, 295, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 295, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 295, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L3_error)
     __pyx_v_b = ((struct __pyx_obj_8sagecore_6_metal_Buffer *)values[1]);
     if (values[2]) {
-      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
+      __pyx_v_offset = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_offset == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L3_error)
     } else {
       __pyx_v_offset = ((size_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 302, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_buffer", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 295, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25939,7 +25876,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 302, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_b), __pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, 1, "b", 0))) __PYX_ERR(0, 295, __pyx_L1_error)
   __pyx_r = __pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(((struct __pyx_obj_8sagecore_6_metal_CommandBuffer *)__pyx_v_self), __pyx_v_index, __pyx_v_b, __pyx_v_offset);
 
   /* function exit code */
@@ -25971,17 +25908,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_buffer", 0);
 
-  /* "sagecore/_metal.pyx":303
+  /* "sagecore/_metal.pyx":296
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))             # <<<<<<<<<<<<<<
  *         self.keep.append(b)
  * 
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_buffer(__pyx_v_self->c, __pyx_v_index, __pyx_v_b->b, __pyx_v_offset)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 296, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":304
+  /* "sagecore/_metal.pyx":297
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)             # <<<<<<<<<<<<<<
@@ -25990,12 +25927,12 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
 */
   if (unlikely(__pyx_v_self->keep == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 304, __pyx_L1_error)
+    __PYX_ERR(0, 297, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyList_Append(__pyx_v_self->keep, ((PyObject *)__pyx_v_b)); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 297, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":302
+  /* "sagecore/_metal.pyx":295
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -26015,7 +25952,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_6set_buffer(struct _
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":306
+/* "sagecore/_metal.pyx":299
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -26064,39 +26001,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 306, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 299, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 306, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 306, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 306, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_bytes", 0) < (0)) __PYX_ERR(0, 299, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 306, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, i); __PYX_ERR(0, 299, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 306, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 306, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L3_error)
     __pyx_v_data = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 306, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_bytes", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 299, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26136,14 +26073,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_bytes", 0);
 
-  /* "sagecore/_metal.pyx":308
+  /* "sagecore/_metal.pyx":301
  *     def set_bytes(self, uint32_t index, data):
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
 */
-  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_3 = PyMemoryView_FromObject(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_2 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_2);
@@ -26153,17 +26090,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_cast, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 308, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 301, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 308, __pyx_L1_error)
-  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 308, __pyx_L1_error)
+  if (!(likely(PyMemoryView_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("memoryview", __pyx_t_1))) __PYX_ERR(0, 301, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_5.memview)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_mv = __pyx_t_5;
   __pyx_t_5.memview = NULL;
   __pyx_t_5.data = NULL;
 
-  /* "sagecore/_metal.pyx":309
+  /* "sagecore/_metal.pyx":302
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))             # <<<<<<<<<<<<<<
@@ -26181,11 +26118,11 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
     __pyx_t_6 = NULL;
   }
 
-  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_bytes(__pyx_v_self->c, __pyx_v_index, __pyx_t_6, (__pyx_v_mv.shape[0]))); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 302, __pyx_L1_error)
 
 
 
-  /* "sagecore/_metal.pyx":306
+  /* "sagecore/_metal.pyx":299
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
@@ -26210,7 +26147,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_8set_bytes(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":311
+/* "sagecore/_metal.pyx":304
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -26258,39 +26195,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_index,&__pyx_mstate_global->__pyx_n_u_length,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 311, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 304, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 304, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 304, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_threadgroup_memory", 0) < (0)) __PYX_ERR(0, 304, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 311, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, i); __PYX_ERR(0, 304, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 304, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 304, __pyx_L3_error)
     }
-    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
-    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L3_error)
+    __pyx_v_index = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_index == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L3_error)
+    __pyx_v_length = __Pyx_PyLong_As_size_t(values[1]); if (unlikely((__pyx_v_length == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 311, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_threadgroup_memory", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 304, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26322,17 +26259,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_threadgroup_memory", 0);
 
-  /* "sagecore/_metal.pyx":312
+  /* "sagecore/_metal.pyx":305
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))             # <<<<<<<<<<<<<<
  * 
  *     def dispatch(self, threadgroups, threads):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_threadgroup_memory(__pyx_v_self->c, __pyx_v_index, __pyx_v_length)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 305, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":311
+  /* "sagecore/_metal.pyx":304
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
@@ -26352,7 +26289,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_10set_threadgroup_me
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":314
+/* "sagecore/_metal.pyx":307
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -26401,39 +26338,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_threadgroups,&__pyx_mstate_global->__pyx_n_u_threads,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 314, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 307, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 314, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 314, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 314, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dispatch", 0) < (0)) __PYX_ERR(0, 307, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 314, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, i); __PYX_ERR(0, 307, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 314, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 307, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 314, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 307, __pyx_L3_error)
     }
     __pyx_v_threadgroups = values[0];
     __pyx_v_threads = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 314, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("dispatch", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 307, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26477,53 +26414,53 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("dispatch", 0);
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":312
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_threadgroups); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Length(__pyx_v_threadgroups); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 312, __pyx_L1_error)
   __pyx_t_3 = (3 - __pyx_t_2);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_tg = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":320
+  /* "sagecore/_metal.pyx":313
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))             # <<<<<<<<<<<<<<
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
 */
-  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_threads); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_3 = PyObject_Length(__pyx_v_threads); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 313, __pyx_L1_error)
   __pyx_t_2 = (3 - __pyx_t_3);
 
 
-  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PySequence_Multiply(__pyx_mstate_global->__pyx_tuple[5], __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Add(__pyx_t_5, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_th = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "sagecore/_metal.pyx":321
+  /* "sagecore/_metal.pyx":314
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):             # <<<<<<<<<<<<<<
@@ -26533,14 +26470,14 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   for (__pyx_t_6 = 0; __pyx_t_6 < 3; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "sagecore/_metal.pyx":322
+    /* "sagecore/_metal.pyx":315
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
 */
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 322, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 315, __pyx_L1_error)
     if (!__pyx_t_8) {
 
     } else {
@@ -26549,7 +26486,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 
       goto __pyx_L6_bool_binop_done;
     }
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 322, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolLt_object_int(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i), __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 315, __pyx_L1_error)
 
     __pyx_t_7 = __pyx_t_8;
 
@@ -26557,26 +26494,26 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
     if (unlikely(__pyx_t_7)) {
 
 
-      /* "sagecore/_metal.pyx":323
+      /* "sagecore/_metal.pyx":316
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
  *             g[i] = tg[i]
  *             t[i] = th[i]
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_errors); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 323, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_InvalidArgumentError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 316, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[6], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 323, __pyx_L1_error)
+      __PYX_ERR(0, 316, __pyx_L1_error)
 
-      /* "sagecore/_metal.pyx":322
+      /* "sagecore/_metal.pyx":315
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:             # <<<<<<<<<<<<<<
@@ -26585,40 +26522,40 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
 */
     }
 
-    /* "sagecore/_metal.pyx":324
+    /* "sagecore/_metal.pyx":317
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]             # <<<<<<<<<<<<<<
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_tg, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
     (__pyx_v_g[__pyx_v_i]) = __pyx_t_9;
 
 
-    /* "sagecore/_metal.pyx":325
+    /* "sagecore/_metal.pyx":318
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")
  *             g[i] = tg[i]
  *             t[i] = th[i]             # <<<<<<<<<<<<<<
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
 */
-    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__Pyx_PyTuple_GET_ITEM(__pyx_v_th, __pyx_v_i)); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L1_error)
     (__pyx_v_t[__pyx_v_i]) = __pyx_t_9;
 
   }
 
-  /* "sagecore/_metal.pyx":326
+  /* "sagecore/_metal.pyx":319
  *             g[i] = tg[i]
  *             t[i] = th[i]
  *         check(sc_mtl_dispatch(self.c, g, t))             # <<<<<<<<<<<<<<
  * 
  *     def barrier(self):
 */
-  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 326, __pyx_L1_error)
+  __pyx_t_10 = __pyx_f_8sagecore_6_metal_check(sc_mtl_dispatch(__pyx_v_self->c, __pyx_v_g, __pyx_v_t)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 319, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":314
+  /* "sagecore/_metal.pyx":307
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
@@ -26646,7 +26583,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_12dispatch(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":328
+/* "sagecore/_metal.pyx":321
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -26705,17 +26642,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("barrier", 0);
 
-  /* "sagecore/_metal.pyx":329
+  /* "sagecore/_metal.pyx":322
  * 
  *     def barrier(self):
  *         check(sc_mtl_barrier(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def set_race_check(self, bint on=True):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_barrier(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 322, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":328
+  /* "sagecore/_metal.pyx":321
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
@@ -26735,7 +26672,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_14barrier(struct __p
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":331
+/* "sagecore/_metal.pyx":324
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -26782,37 +26719,37 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_on,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 331, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 324, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 324, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_race_check", 0) < (0)) __PYX_ERR(0, 324, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 324, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
+      __pyx_v_on = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_on == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L3_error)
     } else {
       __pyx_v_on = ((int)1);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 331, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_race_check", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 324, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -26843,17 +26780,17 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_race_check", 0);
 
-  /* "sagecore/_metal.pyx":332
+  /* "sagecore/_metal.pyx":325
  * 
  *     def set_race_check(self, bint on=True):
  *         check(sc_mtl_set_race_check(self.c, on))             # <<<<<<<<<<<<<<
  * 
  *     def commit(self):
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 332, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_set_race_check(__pyx_v_self->c, __pyx_v_on)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 325, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":331
+  /* "sagecore/_metal.pyx":324
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -26873,7 +26810,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_16set_race_check(str
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":334
+/* "sagecore/_metal.pyx":327
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -26932,7 +26869,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("commit", 0);
 
-  /* "sagecore/_metal.pyx":335
+  /* "sagecore/_metal.pyx":328
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -26945,18 +26882,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":336
+        /* "sagecore/_metal.pyx":329
  *     def commit(self):
  *         with nogil:
  *             check(sc_mtl_commit(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def wait(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 336, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_commit(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 329, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":335
+      /* "sagecore/_metal.pyx":328
  * 
  *     def commit(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -26978,7 +26915,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
       }
   }
 
-  /* "sagecore/_metal.pyx":334
+  /* "sagecore/_metal.pyx":327
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
@@ -26998,7 +26935,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_18commit(struct __py
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":338
+/* "sagecore/_metal.pyx":331
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -27057,7 +26994,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("wait", 0);
 
-  /* "sagecore/_metal.pyx":339
+  /* "sagecore/_metal.pyx":332
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -27070,18 +27007,18 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "sagecore/_metal.pyx":340
+        /* "sagecore/_metal.pyx":333
  *     def wait(self):
  *         with nogil:
  *             check(sc_mtl_wait(self.c))             # <<<<<<<<<<<<<<
  * 
  *     def gpu_time(self):
 */
-        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 340, __pyx_L4_error)
+        __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_wait(__pyx_v_self->c)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 333, __pyx_L4_error)
 
       }
 
-      /* "sagecore/_metal.pyx":339
+      /* "sagecore/_metal.pyx":332
  * 
  *     def wait(self):
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -27103,7 +27040,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
       }
   }
 
-  /* "sagecore/_metal.pyx":338
+  /* "sagecore/_metal.pyx":331
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
@@ -27123,7 +27060,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_20wait(struct __pyx_
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":342
+/* "sagecore/_metal.pyx":335
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -27186,21 +27123,21 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("gpu_time", 0);
 
-  /* "sagecore/_metal.pyx":345
+  /* "sagecore/_metal.pyx":338
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))             # <<<<<<<<<<<<<<
  *         return e - s
 */
-  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 345, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_8sagecore_6_metal_check(sc_mtl_gpu_time(__pyx_v_self->c, (&__pyx_v_s), (&__pyx_v_e))); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 338, __pyx_L1_error)
 
 
-  /* "sagecore/_metal.pyx":346
+  /* "sagecore/_metal.pyx":339
  *         cdef double s, e
  *         check(sc_mtl_gpu_time(self.c, &s, &e))
  *         return e - s             # <<<<<<<<<<<<<<
 */
-  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 346, __pyx_L1_error)
+  __pyx_t_2 = PyFloat_FromDouble((__pyx_v_e - __pyx_v_s)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -27213,7 +27150,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "sagecore/_metal.pyx":342
+  /* "sagecore/_metal.pyx":335
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
@@ -27234,7 +27171,7 @@ static PyObject *__pyx_pf_8sagecore_6_metal_13CommandBuffer_22gpu_time(struct __
   return __pyx_r;
 }
 
-/* "sagecore/_metal.pyx":288
+/* "sagecore/_metal.pyx":281
  *     command buffer is gone."""
  *     cdef sc_mtl_cmdbuf *c
  *     cdef readonly Device device             # <<<<<<<<<<<<<<
@@ -27853,9 +27790,9 @@ static PyObject *__pyx_getprop_8sagecore_6_metal_6Buffer_copied(PyObject *o, CYT
 }
 
 static PyMethodDef __pyx_methods_8sagecore_6_metal_Buffer[] = {
-  {"numpy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_9numpy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8sagecore_6_metal_6Buffer_8numpy},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_11__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_13__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"numpy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_7numpy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8sagecore_6_metal_6Buffer_6numpy},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_9__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8sagecore_6_metal_6Buffer_11__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
   {0, 0, 0, 0}
 };
 
@@ -27873,16 +27810,13 @@ static struct PyGetSetDef __pyx_getsets_8sagecore_6_metal_Buffer[] = {
 
 static PyBufferProcs __pyx_tp_as_buffer_Buffer = {
   __pyx_pw_8sagecore_6_metal_6Buffer_5__getbuffer__, /*bf_getbuffer*/
-  __pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__, /*bf_releasebuffer*/
+  0, /*bf_releasebuffer*/
 };
 #endif
 static PyType_Slot __pyx_type_8sagecore_6_metal_Buffer_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_8sagecore_6_metal_Buffer},
   #if defined(Py_bf_getbuffer)
   {Py_bf_getbuffer, (void *)__pyx_pw_8sagecore_6_metal_6Buffer_5__getbuffer__},
-  #endif
-  #if defined(Py_bf_releasebuffer)
-  {Py_bf_releasebuffer, (void *)__pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__},
   #endif
   {Py_tp_doc, (void *)PyDoc_STR("A device buffer. Supports the buffer protocol: ``memoryview(buf)`` and\n    ``numpy.frombuffer(buf, dtype)`` see its bytes without copying and keep it\n    alive.")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_8sagecore_6_metal_Buffer},
@@ -27908,7 +27842,7 @@ static PyType_Spec __pyx_type_8sagecore_6_metal_Buffer_spec = {
 
 static PyBufferProcs __pyx_tp_as_buffer_Buffer = {
   __pyx_pw_8sagecore_6_metal_6Buffer_5__getbuffer__, /*bf_getbuffer*/
-  __pyx_pw_8sagecore_6_metal_6Buffer_7__releasebuffer__, /*bf_releasebuffer*/
+  0, /*bf_releasebuffer*/
 };
 
 static PyTypeObject __pyx_type_8sagecore_6_metal_Buffer = {
@@ -30360,6 +30294,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Buffer(__pyx_mstate
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Buffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer)) __PYX_ERR(0, 151, __pyx_L1_error)
   #if !CYTHON_COMPILING_IN_LIMITED_API
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_as_buffer = &__pyx_tp_as_buffer_Buffer;
+  if (!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_as_buffer->bf_releasebuffer && __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_base->tp_as_buffer && __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_base->tp_as_buffer->bf_releasebuffer) {
+    __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_as_buffer->bf_releasebuffer = __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Buffer->tp_base->tp_as_buffer->bf_releasebuffer;
+  }
   #elif defined(Py_bf_getbuffer) && defined(Py_bf_releasebuffer)
   /* PY_VERSION_HEX >= 0x03090000 || Py_LIMITED_API >= 0x030B0000 */
   #elif defined(_MSC_VER)
@@ -30401,14 +30338,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstat
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Library ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Library_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library)) __PYX_ERR(0, 200, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Library_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library)) __PYX_ERR(0, 193, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library = &__pyx_type_8sagecore_6_metal_Library;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 193, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library);
@@ -30418,8 +30355,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Library(__pyx_mstat
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Library, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Library, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 193, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Library) < (0)) __PYX_ERR(0, 193, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -30436,14 +30373,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_Pipeline ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_Pipeline_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline)) __PYX_ERR(0, 256, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline = &__pyx_type_8sagecore_6_metal_Pipeline;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 256, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline);
@@ -30453,8 +30390,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_Pipeline(__pyx_msta
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 263, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Pipeline, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 256, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_Pipeline) < (0)) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -30471,14 +30408,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer", 0);
   /*--- Exttype __pyx_obj_8sagecore_6_metal_CommandBuffer ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8sagecore_6_metal_CommandBuffer_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer)) __PYX_ERR(0, 276, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer = &__pyx_type_8sagecore_6_metal_CommandBuffer;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 276, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer);
@@ -30488,8 +30425,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_8sagecore_6_metal_CommandBuffer(__pyx
     __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_CommandBuffer, (PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 276, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8sagecore_6_metal_CommandBuffer) < (0)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -31783,20 +31720,20 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":193
- *         self.exports -= 1
+  /* "sagecore/_metal.pyx":187
+ *                           self.readonly, flags)
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
+ *         a = np.frombuffer(self, dtype=dtype)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_9numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer_numpy, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 193, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_7numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer_numpy, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 187, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_5) < (0)) __PYX_ERR(0, 193, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Buffer, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_5) < (0)) __PYX_ERR(0, 187, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -31804,7 +31741,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_11__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_9__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -31818,7 +31755,7 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_13__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_6Buffer_11__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Buffer___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -31826,35 +31763,35 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":212
+  /* "sagecore/_metal.pyx":205
  *             sc_mtl_library_free(self.l)
  * 
  *     def functions(self):             # <<<<<<<<<<<<<<
  *         cdef char buf[8192]
  *         check(sc_mtl_library_functions(self.l, buf, sizeof(buf)))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_5functions, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_functions, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 212, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_5functions, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_functions, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 205, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_functions, __pyx_t_5) < (0)) __PYX_ERR(0, 212, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_functions, __pyx_t_5) < (0)) __PYX_ERR(0, 205, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":223
+  /* "sagecore/_metal.pyx":216
  *         return sc_mtl_library_pipelines_created(self.l)
  * 
  *     def pipeline(self, str function, constants=None):             # <<<<<<<<<<<<<<
  *         """The pipeline of ``function`` specialized by ``constants``:
  *         ``{index: value}`` (bool, int or float; or ``(value, "uint"|"short"|"ushort")``).
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_7pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_7Library_7pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Library_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 223, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_Library, __pyx_mstate_global->__pyx_n_u_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -31884,84 +31821,84 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":259
+  /* "sagecore/_metal.pyx":252
  * 
  * # function-constant kind -> (C type, union field it is stored in)
  * _FC_KINDS = {"bool": (SC_MTL_FC_BOOL, "i"), "int": (SC_MTL_FC_INT32, "i"), "uint": (SC_MTL_FC_UINT32, "u"),             # <<<<<<<<<<<<<<
  *              "short": (SC_MTL_FC_INT16, "i"), "ushort": (SC_MTL_FC_UINT16, "u"), "float": (SC_MTL_FC_FLOAT, "f")}
  * 
 */
-  __pyx_t_5 = __Pyx_PyDict_NewPresized(6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyDict_NewPresized(6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_BOOL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_BOOL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_i};
-    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 252, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_bool, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_bool, __pyx_t_10) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_i};
-    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 252, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int, __pyx_t_4) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_u};
-    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 252, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_uint, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_uint, __pyx_t_10) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "sagecore/_metal.pyx":260
+  /* "sagecore/_metal.pyx":253
  * # function-constant kind -> (C type, union field it is stored in)
  * _FC_KINDS = {"bool": (SC_MTL_FC_BOOL, "i"), "int": (SC_MTL_FC_INT32, "i"), "uint": (SC_MTL_FC_UINT32, "u"),
  *              "short": (SC_MTL_FC_INT16, "i"), "ushort": (SC_MTL_FC_UINT16, "u"), "float": (SC_MTL_FC_FLOAT, "f")}             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT16); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_INT16); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 253, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_i};
-    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 253, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_short, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_short, __pyx_t_4) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_UINT16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 253, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_u};
-    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 253, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ushort, __pyx_t_10) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ushort, __pyx_t_10) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_FLOAT); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_From_sc_mtl_fc_type(SC_MTL_FC_FLOAT); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 253, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   {
     PyObject* __pyx_temp[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_n_u_f};
-    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 260, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 253, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float, __pyx_t_4) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float, __pyx_t_4) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FC_KINDS, __pyx_t_5) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FC_KINDS, __pyx_t_5) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -31991,156 +31928,156 @@ __Pyx_RefNannySetupContext("PyInit__metal", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":298
+  /* "sagecore/_metal.pyx":291
  *             sc_mtl_cmdbuf_free(self.c)
  * 
  *     def set_pipeline(self, Pipeline p):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_pipeline(self.c, p.p))
  *         self.keep.append(p.library)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_5set_pipeline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_pipeline, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_pipeline, __pyx_t_5) < (0)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":302
+  /* "sagecore/_metal.pyx":295
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_buffer(self.c, index, b.b, offset))
  *         self.keep.append(b)
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 302, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_7set_buffer, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_buffer, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 302, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_buffer, __pyx_t_5) < (0)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":306
+  /* "sagecore/_metal.pyx":299
  *         self.keep.append(b)
  * 
  *     def set_bytes(self, uint32_t index, data):             # <<<<<<<<<<<<<<
  *         """Small argument data (bytes, a numpy scalar/structured array, ...), copied now."""
  *         cdef const unsigned char[::1] mv = memoryview(data).cast("B")
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_9set_bytes, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_bytes, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 306, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_bytes, __pyx_t_5) < (0)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":311
+  /* "sagecore/_metal.pyx":304
  *         check(sc_mtl_set_bytes(self.c, index, &mv[0] if mv.shape[0] else NULL, mv.shape[0]))
  * 
  *     def set_threadgroup_memory(self, uint32_t index, size_t length):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_11set_threadgroup_memory, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_threadgroup_me, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_threadgroup_memory, __pyx_t_5) < (0)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":314
+  /* "sagecore/_metal.pyx":307
  *         check(sc_mtl_set_threadgroup_memory(self.c, index, length))
  * 
  *     def dispatch(self, threadgroups, threads):             # <<<<<<<<<<<<<<
  *         """Dispatch ``threadgroups`` (x, y, z) of ``threads`` (x, y, z) each.
  *         The threadgroup size is checked against the pipeline (MetalLimitError)."""
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_13dispatch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_dispatch, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_dispatch, __pyx_t_5) < (0)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":328
+  /* "sagecore/_metal.pyx":321
  *         check(sc_mtl_dispatch(self.c, g, t))
  * 
  *     def barrier(self):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_barrier(self.c))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 328, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_15barrier, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_barrier, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_barrier, __pyx_t_5) < (0)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":331
+  /* "sagecore/_metal.pyx":324
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 331, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_17set_race_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_set_race_check, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[9]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_set_race_check, __pyx_t_5) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":334
+  /* "sagecore/_metal.pyx":327
  *         check(sc_mtl_set_race_check(self.c, on))
  * 
  *     def commit(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_commit(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_19commit, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_commit, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 334, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_commit, __pyx_t_5) < (0)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":338
+  /* "sagecore/_metal.pyx":331
  *             check(sc_mtl_commit(self.c))
  * 
  *     def wait(self):             # <<<<<<<<<<<<<<
  *         with nogil:
  *             check(sc_mtl_wait(self.c))
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 338, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_21wait, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_wait, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 338, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_wait, __pyx_t_5) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "sagecore/_metal.pyx":342
+  /* "sagecore/_metal.pyx":335
  *             check(sc_mtl_wait(self.c))
  * 
  *     def gpu_time(self):             # <<<<<<<<<<<<<<
  *         """Seconds between the start and end of the committed work."""
  *         cdef double s, e
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_8sagecore_6_metal_13CommandBuffer_23gpu_time, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_CommandBuffer_gpu_time, NULL, __pyx_mstate_global->__pyx_n_u_sagecore__metal, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 335, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 342, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8sagecore_6_metal_CommandBuffer, __pyx_mstate_global->__pyx_n_u_gpu_time, __pyx_t_5) < (0)) __PYX_ERR(0, 335, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -32302,21 +32239,21 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "sagecore/_metal.pyx":196
+  /* "sagecore/_metal.pyx":189
+ *     def numpy(self, dtype, shape=None):
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
  *         a = np.frombuffer(self, dtype=dtype)             # <<<<<<<<<<<<<<
  *         return a if shape is None else a.reshape(shape)
  * 
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 196, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 189, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "sagecore/_metal.pyx":232
+  /* "sagecore/_metal.pyx":225
  *         if constants:
  *             if len(constants) > 64:
  *                 raise errors.InvalidArgumentError("constants", "at most 64 function constants")             # <<<<<<<<<<<<<<
@@ -32325,26 +32262,26 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_constants, __pyx_mstate_global->__pyx_kp_u_at_most_64_function_constants};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 232, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 225, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "sagecore/_metal.pyx":319
+  /* "sagecore/_metal.pyx":312
  *         cdef uint32_t g[3]
  *         cdef uint32_t t[3]
  *         tg = tuple(threadgroups) + (1,) * (3 - len(threadgroups))             # <<<<<<<<<<<<<<
  *         th = tuple(threads) + (1,) * (3 - len(threads))
  *         for i in range(3):
 */
-  __pyx_mstate_global->__pyx_tuple[5] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_mstate_global->__pyx_tuple[5] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_int_1);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[5], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 319, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[5], 0, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 312, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "sagecore/_metal.pyx":323
+  /* "sagecore/_metal.pyx":316
  *         for i in range(3):
  *             if tg[i] < 0 or th[i] < 0:
  *                 raise errors.InvalidArgumentError("threadgroups", "sizes must be >= 0")             # <<<<<<<<<<<<<<
@@ -32353,26 +32290,26 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_threadgroups, __pyx_mstate_global->__pyx_kp_u_sizes_must_be_0};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 323, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 316, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "sagecore/_metal.pyx":193
- *         self.exports -= 1
+  /* "sagecore/_metal.pyx":187
+ *                           self.readonly, flags)
  * 
  *     def numpy(self, dtype, shape=None):             # <<<<<<<<<<<<<<
  *         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
- *         import numpy as np
+ *         a = np.frombuffer(self, dtype=dtype)
 */
   {
     PyObject* __pyx_temp[1] = {Py_None};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 193, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 187, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "sagecore/_metal.pyx":302
+  /* "sagecore/_metal.pyx":295
  *         self.keep.append(p.library)
  * 
  *     def set_buffer(self, uint32_t index, Buffer b, size_t offset=0):             # <<<<<<<<<<<<<<
@@ -32381,12 +32318,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 302, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 295, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "sagecore/_metal.pyx":331
+  /* "sagecore/_metal.pyx":324
  *         check(sc_mtl_barrier(self.c))
  * 
  *     def set_race_check(self, bint on=True):             # <<<<<<<<<<<<<<
@@ -32395,7 +32332,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {Py_True};
-    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 331, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 324, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
@@ -32460,30 +32397,30 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{6},{8},{15},{1},{2},{20},{11},{9},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{29},{15},{9},{7},{6},{2},{9},{5},{47},{50},{19},{58},{18},{12},{31},{30},{37},{11},{5},{17},{1},{6},{24},{26},{12},{13},{31},{33},{21},{20},{22},{22},{24},{23},{26},{28},{36},{18},{6},{24},{26},{13},{21},{11},{24},{26},{23},{11},{8},{20},{7},{25},{27},{17},{16},{17},{19},{26},{15},{21},{8},{26},{28},{8},{15},{9},{20},{12},{19},{9},{17},{8},{10},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{4},{15},{18},{1},{12},{7},{4},{6},{4},{3},{6},{1},{12},{4},{18},{5},{14},{6},{9},{9},{6},{5},{2},{4},{8},{5},{15},{1},{8},{6},{9},{5},{6},{6},{1},{12},{9},{7},{5},{5},{5},{2},{6},{7},{11},{10},{8},{9},{1},{7},{10},{8},{1},{2},{3},{11},{5},{4},{3},{5},{8},{3},{4},{6},{3},{17},{19},{22},{27},{7},{5},{4},{2},{1},{4},{7},{4},{4},{2},{5},{1},{2},{3},{6},{2},{4},{1},{4},{4},{8},{3},{23},{8},{7},{1},{8},{15},{4},{4},{10},{9},{16},{12},{14},{22},{10},{5},{5},{10},{16},{4},{6},{5},{3},{2},{5},{4},{4},{7},{6},{3},{1},{2},{2},{12},{7},{5},{1},{4},{14},{6},{6},{6},{3},{5},{6},{4},{4},{4},{21},{9},{1},{3}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{320},{144},{2},{2},{42},{21},{343},{125},{38}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{9},{24},{14},{15},{33},{20},{51},{52},{18},{18},{18},{46},{47},{62},{34},{123},{320},{144},{2},{2},{39},{21},{343},{125},{38}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2553 bytes) */
-static const char cstring[] = "x\332}VKs\323\310\026\306C\006\002\204\020C\010\317ad\022\010w\000\017f\002\314\204\307\224\023\022&3\300$$\274\271\245jK-\273\211^V\267\022\233\252[\227\245\227Zj\251\245\226Zz\351\245\227Zz\231\2370?\341\236nIv\214S7U\261\244\323\335\247\317\371\316w\276\356\343\022b\322\235\206dU>c\205=\271\301\034\214%\315AU\003\233\354_\305EiQrM\352\332\266\3450\254J;Hw\261\364PC\224\311\006b\265\307\017\211\251\350\256\212\037?z\201\r\313i\276!xW\2624\351\221b\231\214T]\313\245\0222UI%\016\367\377\255\231\230\331\000e\016Qa\207\301d\311r\376\357\370\260\255?\363\311\357\313\3104-&!JI\325\224\230%9\030\251\267-SoJ\206\010r\007\202\\3!\027\242J\206\245\342[\022n\330\260\026\\\315+\363|\337y\r\362u\2209\177K\252\202\253l2\255!\033\303V\022j\020*\275\264L\374\322bXb5\000q\271\311j\226)\201]\305:\251`\0071\014;\362\030\301\263\303\047\231\322\372\312\372\355\205_\027D\304\016\346\220S\211\272\025E\207`1\345\300U\\\2423\330\2015mL\213\322\232&5-W21\304\006\231\3300o\377\002V\303\246D1\343/\322\274\310\0331b\2312,\047fu>\205\212\354`\276z\025\351\024\027\221\252\3120\017C\314\206E\231t\177A\322\\S\341\313$(\017e\310dT\261t\035\013\033-\242\212\222\331\301\037E\025\035c\223\377V\025B\2237\325D\006~l\342*\022{%\205\241\222\222T\242\202\245]\007\3316V\037&\031 \330\310n\232\026@\245!Wg\222,;Xu\025,\313\222\352\212XM\313\274\r^v\010\322aT!&a\262LQ\025+\226\203\177\226\r\314\220^\264\233\r\212u\255h\357\333\tB\335\301\202\254\340\005I\353IY\022~KPV\311&\312\266\016\340P\362\005B4\\*\226=y,\335\241\226\353(\270(|s@\323\240S\326\360\322\366\231\344\212\264\305\026\272n)Pk\t9\016jJ*b\250x\300hB\035^\367\024\234byiM~\263\362js\355\357\227\345\315\345\265\265\262Suy\327mA\345W\034\307r\226\226\\M\303N\362[\354C\244\210\214d\271o\207\372Cq\330\310\210\351\032vs\3312\014\33051\r}\214z\374vx\304\361\360\204\ndL\276u\252\300\027a\3036 \215\215\230R\033\266VmWf\304\300\303V\330S\256\034\020\254\2607\031\246\243f\233\330\320q\346\001\216\034\304\263\253ae{t\214\325x1\253\216\345\332rR\340\3419\273""\210\260\247x\207(8\371\035\205\253o\037\301)\035I\362H?\224\304\273<d$\246f\245\257\240\031\016r\232\262\346X\206\254\021\035\037dO\030\232\216\360,j\320\301i*45s\326\256\350:\261)\241\251pe\324\022\264z\2368L\037\243i\r\006F\362\312\2062\275\240\231!+\301\013\336:\200\243\r\361\213\315\204a\245\201\025\227\317\037\230VS\017\240\237\253\226k\252\203\221\347\004\3703\370|m\242\035Dt\336O\302\270\236\356\224=G\343\33772\222\300&\256\273\330T0?\246\212\203\023K^]\226\377Z{\371t\023V7\033\360\377\0244[~\211\033\354\025\326d9\325UP\047x\347].\023\023$]\343\354\202?!\306\203\227*f\204a\203\033T\356\206?u\033)\333\374\215#\307\237\325,2\370#\006?]\371\233\201\210)\236\226\352\352b\214\353\252xB\220\360\007\202\227\360\231\272F\362\225z\341\257\374\310H\336\\S\210\034\226W\314l\336\016\343\020r\037u\027\351\231\333LuG@\354\033p\203\177p\252ek\350\276\320G\000\226ehQ\236\013\2412(\265\005e71\202\023\004N\035\047\023\303\264\007\020m\232\n\261\212\375y\264R\001\23004\t\337+\225\227\n\242\270\242\351\026b\025\313\322ae\262XQ\344\301]B\201\373\210\302k\016\205\221\031\357z\356H\321-\212\207\333.Q\047X\250\301B8\031\007\307\235M\260\252\000\023\231B\271\204g\222\245rP\305\017\317(9E06\\\035\322P\201Ip{\300\200\2618\3551\347\247\370\241\300\034h7M\333\027c\377\316\244)\242R\032\301\272\252\351\250JEr\032(\201\003\303\351\305Ct{B\033\376\232D\237\265]\277\375\252Ul\302\325\305\341R\252!\203\350\315LT\tQ\211\332H/g\300C\007\356G\270\301\345\006\250\313\351I\223\237/x\0337\267aP\307f\225\325@lFt\350\000\0012P\343\000\375\034X\251lcg\377\014\230\300/]\342d\3457.c\307\344%6U\321Npu3 \017f\332\342\310\262\254\n\000mi\032\260\3132-\233Q\233\343\000\365\250e:c[\266#J\013.\260*\357Z\016\344P\345ttp\225PhN\007\213\023\227fW\206\354YL\256\016\374\332\000w\027up\334\364\017\230oeu\377\0213|\250\034|\214\2005\275\326$\021\324\240\242\224\030\020%QY\215\277\245\263\021\\\004\032\342\026\"@\245\266N\030u\024\312[\n\2260lSf\331\351u\001\036.\334\026]\2031\250\323\276]i\032&<\254]\327\205\362""\272&\001r\251i8\240\005\000\236k\003\253\261+\202\201#A\334\343\305\017\345u\341g\035?6\370\177\361\021oR\235>)\246\344\332u\200*\\<\032_\210\375\367\327\\o\354x\353\246\267\3615\2677v\254\225\217\217_\361\221O\203\371p:|\035\315\267\363\334~\">q\305\257\004G\203\372\327ro\374dk\243e\372e\177+\310\247\237\361d!\310\007s\201\032\026\302Ro|\242\265\342\235\363s~\336/\364\047\334\014K\341\323h,z\326.q\333%\377Ap#\231}\242\265\350m\244\263\256\007(`\341B\310\242\007\355\2716j\323N\2417~\252%\266\375\321\377O\370GT\216`\356\261\326E\257\224.\271\032\024\202\005XT\n\313\241\030:\357\345\2635\047\047{\023y/\357\335\3647|5(\354\263\334\366\353\301XP\376Z\336K\274\\\0136 \372\271\020\365-Y(.\017\231\347\264\334\332\365\220\360\354\035\361\220\327L\340\330\033?\357\037\361k0\271>\034W\206\310\215\250\020\225\242r\032\322\336\370\315p1\332\210p\373^\047\327\311\247s9\344\014\262\330\rQ\350D\371\350z\373\273\366u\030?\337\235\351:\361\306\333\370\355\273\370\335\373\257\345\177\216\034:6\t\350[\"\2379\330\224&\030\236j9\336i\257\324\237\021O\316\005\345`\013j\270\021B\314\323\336\n\024\343\232\277\013+\232\321D\373\257N\275\233\353M\337\211rQ\2767\315KS\356M\337\n\313\361\355g\235\377\306o>\304\037>\306\037?\305\237\376\335\233\276\006^\362a!\276\371{{\267\243v\013\335R\367\317\370\r\212Q%\256(\275\351\0378\013\240\002|\353\343\207\216M\264\036x\005\357\236?)\300\374\334\316\265\317\266+\235\\o\342\264w\325{\036\344\002\310\270\217\327\336\370E\277\260\227\324\337\303\376]\377\003\000~/:\034\335o_\351\320\356l\367M\274\271\26571\003\250O\315xZ|\271\004\320\000#{\023g\274_\342\231\237 \365\007\034\334\336\304Yo\323?\036\\\r\226\203f|\007\002\3031\266c\273\336\2338\331\372\340\355\177|\362\247\375\315\340H\200\004\013\342\323\031J\357\2427\355_;\245N\271\263\325\315w\013\311\n\346\227\3742\337\014\000\206H\375{\020\377\214(\363\301\2167\276q\272\025\315D\2156\353\334\347.\273\013\335z\274\276\2617q\031:g\303G\tY\026\274\272\237K\251\301\361\233l\275\006\374\236\004g\202g\341""\335\360UHE~@\022n\376\315_\206\nV\302\357\302\331\244\254\274\317\316\002\025!\002N\200\2747\353\275\362\034\377\214\277$Z\370jP\036\000\027\337]\352\210\2746Z\330\273\013\200\243\341\017\321\325\031\257\2240\357\241(\027\217\001\211\367NM\361\235\226Z\333@\241\353\002;\210\327\365V\375Y(X=\034\347$\212\307\240\201R2\317\006\245\340i8\006l\032\3739\254\363\254fx\177_\364o\014:\276\304#\246\220\323C\220\225\334\276\362\336nC2S\336\367\336[\177\025h\365[\270\032\025zS\347 \305\2513\336\"\204\207\203Ro\372\202\177\216\257:\r\016\356z\357\375\317a\216\017\337\363\017\3730x\311_\014>\204\365\350\373\350c\347X\367\"p(\336z\037\277\377\320;?\033,\002p8z\324\256\047\363\217\372\365\336\364E\377z,\335\005\240\037wNtK\361s5V\201?Zo\352\202\177>\270 \"Nwz\007%\206u\367\001a\350\027\340%\200=\343\273P\253R\357\354%\377\027\250\352>\353\237!\332\033\372\304\321BD\333?uV\272\323\335\315x\235\267Xo\352l\242}\357 \341o\265t.T\243Y\320\n\024\ti\271\344%\"\022\217-\306\213\320\242Vl\331\377\214\037:vy \245\247\270D\305\347\346\241,\207\241\251_\264\317\360V\217\377\200\364?\307\237\267{\343\223-\315{\346\013Fmq\211\356\215\377\0009%?\211\016\247\002\031\237\0069\000\006OG\233\355\303\355R{\031 K6/\367U\353G\241\241O\303\243\000\366\030W\270\276\356\377\017x\245bS";
-    PyObject *data = __Pyx_DecompressString(cstring, 2553, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2550 bytes) */
+static const char cstring[] = "x\332}VKs\323\310\026\306C\006\022\010\001C\010\317ad\002\204;\200\0073\001f\302c\312y1\231\001\206\220\020\236\267Tm\251e7\321\313\352VbSu\353\262\364RK-\265\324RK/\275\364RK/\363\023\346\047\334\323-\311\216q\352\246*\226t\272\373\3649\337\371\316\327}LBL\272\333\220\254\312g\254\260\2477\231\203\261\2449\250j`\223\375\253\270 -H\256I]\333\266\034\206Ui\007\351.\226\036i\2102\331@\254\366\344\0211\025\335U\361\223\307/\260a9\315-\202w%K\223\036+\226\311H\325\265\\*!S\225T\342p\377\337\232\211\231\rP\346\020\025v\030L\226,\347\377\216\017\333\3723\237\376\276\204L\323b\022\242\224TM\211Y\222\203\221z\3072\365\246d\210 w \3105\023r!\252dX*\276-\341\206\rk\301\325\2342\307\367\235\323 _\007\231s\267\245*\270\312&\323\032\2621l%\241\006\241\322K\313\304/-\206%V\003\020\227\232\254f\231\022\330U\254\223\nv\020\303\260#\217\021<;|\222)\275Zyug\376\327y\021\261\2039\344T\242nE\321!XL9p\025\227\350\014v`M\033\323\242\264\246IM\313\225L\014\261A&6\314\333\277\200\325\260)Q\314\370\2134\047\362F\214X\246\014\313\211Y\235K\241\";\230\257^E:\305E\244\2522\314\303\020\263aQ&=\230\2274\327T\3702\t\312C\0312\031U,]\307\302F\213\250\242dv\360GQE\307\330\344\277U\205\320\344M5\221\201\237\230\270\212\304^Ia\250\244$\225\250`i\327A\266\215\325GI\006\0106\262\233\246\005Pi\310\325\231$\313\016V]\005\313\262\244\272\"V\3232\357\200\227\035\202t\030U\210I\230,ST\305\212\345\340\237e\0033\244\027\355f\203b]+\332\373v\202Pw\260 +xA\322\253\244,\t\277%(\253d\023e[\007p(\371\002!\032.\025\313\236>\221\356R\313u\024\\\024\2769\240i\320)kxi\373LrE\332b\013]\267\024\250\265\204\034\0075%\0251T<`4\241\016\257{\nN\261\274\270&o\255\274\336X\373\373eycim\255\354T]\336u\233P\371\025\307\261\234\305EW\323\260\223\374\026\373\020)\"#Y\356\333\241\376P\03462b\272\206\335\\\262\014\003vMLC\037\243\036\277\035\036q<<\241\002\031\223o\235*\360E\330\260\rHc#\246\324\206\255U\333\225\0311\360\260\025\366\224+\007\004+\354M\206\351\250\331&6t\234y\200#\007\361\354jX\331\036\035c5^\314\252c\271\266\234""\024xx\316.\"l\031\357\020\005\047\277\243p\365\355#8\245#I\036\351\207\222x\227\207\214\304\324\254\364\0254\303ANS\326\034\313\2205\242\343\203\354\tC\323\021\236E\r:8M\205\246f\316\332\025]\0476%4\025\256\214Z\202V\317\023\207\351c4\255\301\300H^\331P\246\02743d%x\301[\007p\264!~\261\2310\2544\260\342\362\371\003\323j\352\001\364s\325rMu0\362\234\000\177\006\237oL\264\203\210\316\373I\030_\245;e\317\321\370\367\215\214$\260\201\353.6\025\314\217\251\342\340\304\222W\227\344\277\326^.o\300\352f\003\376\227A\263\345\227\270\301^cM\226S]\005u\202w\336\34521A\3225\316.\370\023b<x\251bF\0306\270A\345n\370S\267\221\262\315\3378r\374Y\315\"\203?b\360\323\225\277\031\210\230\342i\251\256.\306\270\256\212\047\004\t\177 x\t\237\251k$_\251\027\376\312\217\214\344\3155\205\310ay\305\314\346\3550\016!\367Qw\221\236\271\315Tw\004\304\276\0017\370\007\247Z\266\206\356\013}\004`Y\206\026\345\271\020*\203R[Pv\023#8A\340\324q21L{\000\321\246\251\020\253\330\237G+\025\200\tC\223\360\275Ry\251 \212+\232n!V\261,\035V&\213\025E\036\334%\024\270\217(\274\346P\030\231\361\256\347\216\024\335\242x\270\355\022u\202\205\032,\204\223qp\334\331\004\253\n0\221)\224Kx&Y*\007U\374\360\214\222S\004c\303\325!\r\025\230\004\267\007\014\030\213\323\036s~\212\037\n\314\201v\323\264}1\366\357L\232\"*\245\021\254\253\232\216\252T$\247\201\02280\234^<D\267\047\264\341\257I\364Y\333\365\333\257Z\305&\\]\034.\245\0322\210\336\314D\225\020\225\250\215\364r\006<t\340~\204\033\\n\200\272\234\2364\371\371\202\267qs\033\006ulVY\r\304fD\207\016\020 \0035\016\320\317\201\225\3126v\366\317\200\t\374\322%NV~\3432vL^bS\025\355\004W7\003\362`\246-\216,\313\252\000\320\226\246\001\273,\323\262\031\2659\016P\217Z\2463\266e;\242\264\340\002\253\362\256\345@\016UNG\007W\t\205\346t\2608qive\310\236\305\344\352\300\257\rpwQ\007\307M\377\200\371VV\367\0371\303\207\312\301\307\010X\323kM\022A\r*J\211\001Q\022\225\325\370[:\033\301E\240!n!\002Tj\353\204QG\241\274\245`\t\3036e\226\235^\027\340\341\302m\3215\030\203:\355\333""\225\246a\302\303\332u](\257k\022 \227\232\206\003Z\000\340\2716\260\032\273\"\0308\022\304=^\374P^\027~\326\361c\203\377\027\037\363&\325\351\323bJ\256]\007\250\302\305\243\361\205\330\177\177\315\365\306\216\265ny\353_s{c\023\255||\354\212\217|\032\314\205\323\341\233h\256\235\347\366\343\361\361+~%8\032\324\277\226{\343\047Z\353-\323/\373\233A>\375\214\247\nA>\270\026\250a!,\365\306\047[+\3369?\347\347\375B\177\302\255\260\024.Gc\321\263v\211\333.\371\017\203\233\311\354\343\255\005o=\235u#@\001\013\347C\026=l_k\2436\355\024z\343\047[b\333\037\375\377\204\177D\345\010\346N\264.z\245t\311\325\240\020\314\303\242RX\016\305\320y/\237\25591\325\233\314{y\357\226\277\356\253Aa\237\345\216_\017\306\202\362\327\362^\342\345z\260\016\321_\013Q\337\222\205\342\362\220yNK\255]\017\t\317\336\021\017y\315\004\216\275\361\363\376\021\277\006\223\353\303qe\210\334\214\nQ)*\247!\355\215\337\n\027\242\365\010\267\357wr\235|:\227C\316 \213\335\020\205N\224\217n\264\277k\337\200\361\363\335\231\256\023\257\277\215\337\276\213\337\275\377Z\376\347\310\241\211)@\337\022\371\\\203Mi\202\341\311\226\343\235\366J\375\031\361\324\265\240\034lB\r\327C\210y\332[\201b\\\367waE3\232l\377\325\251ws\275\351\273Q.\312\367\246yi\312\275\351\333a9\276\363\254\363\337x\353C\374\341c\374\361S\374\351\337\275\351\353\340%\037\026\342[\277\267w;j\267\320-u\377\214\267P\214*qE\351M\377\300Y\000\025\340[\037;41\331z\350\025\274\373\376\224\000\363s;\327>\333\256tr\275\311\323\336U\357y\220\013 \343>^{\343\027\375\302^R\177\017\373\367\374\017\000\370\375\350p\364\240}\245C\273\263\335\255xcsor\006P?5\343i\361\345\022@\003\214\354M\236\361~\211g~\202\324\037rp{\223g\275\r\377Xp5X\n\232\361]\010\014\307\330\216\355zo\362D\353\203\267\377\361\311\237\3667\202#\001\022,\210Og(\275\213\266\332\277vJ\235rg\263\233\357\026\222\025\314/\371e\276\031\000\014\221\372\367!\376\031Q\346\203\035\257\177\343t3\232\211\032m\326y\300]v\347\273\365\370\325\372\336\344e\350\234u\037%d\231\367\352~.\245\006\307o\252""\365\006\360{\032\234\t\236\205\367\302\327!\025\371\001I\270\3717\177\t*X\t\277\013g\223\262\362>;\013T\204\0108\001\362\336\254\367\332s\3743\376\242h\341\253Ay\000\\|o\261#\362Zoa\357\036\000\216\206?DWg\274R\302\274\207\242\\<\006$\336\203m\026[\333\300\237\033\0028\010\326\365V\375Y\250V=\034\347\014\212\307\240{R&\317\006\245`9\034\003*\215\375\034\326yJ3\274\271/\3727\007\355^\342\341RH\350\021hJn_m\357\264!\223S\336\367\336[\177\0258\365[\270\032\025z\247\316A~\247\316x\013\020\033\016J\275\351\013\3769\276\35248\270\347\275\367?\2079>|\337?\354\303\340%\177!\370\020\326\243\357\243\217\235\211\356E P\274\371>~\377\241w~6X\000\324p\364\270]O\346\037\365\353\275\351\213\376\215X\272\007(?\351\034\357\226\342\347j\254\002y\264\336\251\013\376\371\340\202\2108\335\351\035\324\027\326=\000x\241Y\200\224\200\364\214\357B\241J\275\263\227\374_\240\244\373\254\177\206ho\350\023G\363\021m\377\324Y\351Nw7\342W\274\277z\247\316&\302\367\016\022\376VH\257\205j4\013B\201\"\241+\227\274DA\342\261\205x\001\372\323\212-\373\237\361C\023\227\007:z\222\353S|n\016\312r\030:\372E\373\014\357\363\370\017H\377s\374y\2737>\325\322\274g\276\240\323&\327\347\336\370\017\220S\362\223\210p\252\216\361i\320\002\240\357t\264\321>\334.\265\227\000\262d\363r_\262~\024\002\272\034\036\005\260\307\270\274\365E\377\177\335\345a\\";
+    PyObject *data = __Pyx_DecompressString(cstring, 2550, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3355 bytes) */
-static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\307neg{\000i\000\307Cs \375c\204Cbe wra\277pped; \275\002a\376f\000pyno de\377fault __\377reduce__\367 du\247\002non-\336\220`vial\033\000ci\377nit__sag\377ecore/_m\377etal.pyx?self.p_\010\366`sve\250\204\002\367@a P\221C\372\332\204\003 \324@ pick\335l\232 siz\360 mu\374\200 \236\000>= 0so\037urce.W\002\327 \255\005\310\257d\327A\301fu\374\002\331aal\367loc\351@ arr\377ay data.\360\013\020\265c\207\205\001\226$.ABI\377_VERSION\377ASCIIArg\365u\362\205\001T\367@Erro\377rBBufferj\000\003.\232&c\344b__\017\006\334\375@\262@te_\013\014nu\377mpyComma\003ndE\003\000\n@\017\017\rH\0162\013]b\357\000ierG\013cm\000\373it[\013dispa\367tchq\013gpu_\357time\207\013set\363_b\363\002\005\020ytes\236\035\017pipe\316@6\020r}a\320`checkS\017\373th\223\207\001group\371_\221\207\003\220+waitD\037evice\000\003\357/\017\006P\360.+\004\302\0038\004c\203C_\010\n\357infoX\004lib\377rary_fro?m_file\004\021\234\204\003|\212\004\247!host_\305\003\371s\241\004\347\205\001EllipGsis\337\210\004\323e\322bLc\003@\000\004\306o\017\007\310n,\005\250\207\005s=\005\022\373%M\223\206\001\360`p\275\000\277\204\002\014\002\237Execu\223\210\001\t\007F\376\353\207\004NotFoun}d#""\007Limit2\007\177Unavail\361\207\001\202\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016S\177equence\243\214\001\375.\250\214\007_FC_KI\377NDS__Pyx\376\001\000Dict_Ne\177xtRef__\321\211\004\347e__\t\000\342\206\001_in\217terf\332a\021\000\271\212\002_\376\000\006getitem\362)\001dC\0013\000dlpa\003ck;\001\346\211\001C\001\"\000\256\206\003Q\000\363im\332\215\001Y\001main\036\003\002odulj\002\324\211\001s\001\227newz\001p\233\000\313\204\002s\341u^\000\n\001?\004\025\001typ\267e__\037\001un\340\210\002e7_En \005vt\264\212\001\276\001\017qualO\005\356\211\005\314\207\016\210\212\006\003ex\362\001\222\206\001\203\005\346\207\006\214 \352\207\016\277__test\321\001s\337_coro\364@ne\377aabcaddr\374\243\211\005\332\206\004asynci\273o.\037\006sbb\244 e\347nd_\313\213\001\330\207\004bas\377ebfloatb\277oolbuf\230\207\003c\373c_\331\217\007castc\314\377\206\001\226@_t\362\206\001E\001cl\347ose\351\205\013\230\210\003con\277figure\344\214\010p\377iedcount\223cs\277\212\001\253\210\005d\321!\000\002_\367is_\240\221\003eemu\337lated\307`od_eenum\351\216\002e\261\212\001\372\000\002s\267`entff\354\231\010\253\221\006fc\232\216\001efi\377eldflags\376\330\002fnforma\001t\362\217\004\201\207\002\261c\215\207\001\214\211\003\237\216\005\366\205\006\377ggenexpr~\307\211\001family\315\211\005\277iididx\226\222\004_\177dirinde\r\000/foin\232\204\002s\240\204\001\377\214\001\377keykindl\377engthlibx\367\207\016\214\210\n\235\215\003max_\256\211\017\276\014\007s_per\026\tm\343em\361\221\001\261\216\002\356\221\001mvn\366\256\217\001nd\260\215\002ndim\356\305\000tnp\256\214\002oob\377objoffse\377tonoptsp\336\273\205\001path\343\212\005po\355p\272Amm\252`ed_\367wor\301\000g_se\177tregist\210@%e\250\222\002s\253\217\005\263\217\005.\265\217\003\263\217\001\001s\347`\345\213\007\364\213\002\335\213\001\307\211\r\216\214\001\333\213\005p\232\214\001\313\213\007\250\214\001\265\213\017set\320\220\004\376|\003hortsim\236\243\000idth\006\001\356\213\004a\317trix\201\220\002\363\217\002sp""\377litsrcst\367sta0\000teps\367top\305\221\004stru\177ctsumtt\245@\372\262\214\010s\367\212\004throw\377uuintuni\332\332`d\317\214\004un\370\207\001up\277dateus\211\001v\023al\303\226\002\310\226\002s\211\225\001\350\214\001\236\222\001\366\242\222\001.<\314\220\001ls>.\276\326dwrite\361\222\001x\377zipO\200\001\330\004\377\n\210+\220Q\200\001\340\377\004\t\210\021\320\n\036\230\377a\230s\240\047\250\024\250\337U\260\047\270\021\024\001\013\320\377\013\036\230b\240\007\240q\377\200A\330\010\r\210Q\210\177n\230A\230T\240\021\010\004\377\320\016!\240\021\240$\240\377d\250!\2501\330\010\014\377\210E\220\027\230\001\230\021\373\230!\030\006+\2501\250D\277\260\004\260G\2701@\001\033\357\2307\240((\003\013\210:\373\220QQ\002\320\016&\240a\377\240t\2504\250t\2607\377\270$\270a\270s\300!\357\330\010\017\210r\002\037\230}\337\250H\260A\260)\000\t\210\367\032\2201,\004\"\240!\240\27542\0001\250A\250\026\002\030\373\220\021,\005\r\016\330\014\021\377\220\021\220+\230Q\230d\371\240\211\001\n\005-\230q\240\004\337\240A\200A\340\313\001\320\016w%\240Q\273\000$\250a\t\006\362\203\005u\257\001\320\001C\210w\220\375a\211\002\220\006\220a\220y\376\211#\340\010\030\230\006\230h\316\265\000q\330\010\214\t\212%(\260\337!\2601\260A\300\004\340\010\377+\250:\260Q\260e\270\2375\300\001\300\021\360\004\357!t\376\303\000w\250a\250r\260\021\277\260&\270\002\270&\035\000\030\377\310\026\310r\320QW\320\377WX\320XY\200A\360\257\006\000\t\016\373 o\313\002$\372\252 s\354#\017\210r\220\022\373\2201\031\006\320\016$\240A\333\240T\301@Q\250\261\000\024\220\335E\212@%\230w\334 y\260\377\014\270K\300q\310\001\330\377\0240\260\001\260\021\330\024\376\227AA\330\024,\250A\320\377-G\300\177\320VZ\320\377Z[\320[\\\320\\]\367\330\024%C\000\021\250!\320\377+?\270w\300d\310!\377\3101\310J\320Va\320\377ab\320bc\330\024\035\370\202a\377 w\001\n\000\t\014\210\1777\220!\2205\230\016\310\"\377j\270\001\270\025\270b\300\377\001\330\014\022\220\"\220L\347\240\001\240\230@\247&\340\010\032\357\230!\340\010\373B\220e""\230\3672\230Z\371@5\260\003\260\3776\270\036\300s\310#\310\177V\320ST\340\014\026\363 \177\020\026\220f\320\0341\230 \377\047\270\021\330\014\023\2203\327\320\026*\352`7\331!\330\014\377\025\220S\230\n\240\"\240\337C\240y\3200\226\000e\320\377ep\320pq\330\014\r\347\210Z\220\000\004\t\002\\\230\024\277\230S\240\006\240a\223b\320\375\022\236%X\260V\2708\300\3771\300A\300T\310\021\310}!3\003t\2301\230Ai\001\3331\330\246\001\2305\275\000\026\240\364\343AC\023QF\014T\260\026\260\337x\270t\3006O\001\3104\377\310q\320PQ\340\014\034\277\230A\230Q\230a\247c4\257\220q\230\001\333\204\004\360\275 \016\373\210U\275 >\240\023\240G\277\2502\250R\250s\333\002\010\335\r\022\0029\230C\277@b\250\317\002\250#\250\322B\344\205\001\025\220\371a\336\001\375A\021\220#\220R\277\220r\230\023\230B\276\206\002\"\367\240A\330\260&\3202B\300\376\323\002Q\210e\2202\220Q\301\220\200 \305\206\001\005\005\321\206\002\320ec\250\377\021\220a\260\001\320\004!\337\240\021\340\017\020\316\206\001B\210\337k\230\021\230&\267\"\010\017\277\210u\220F\230#\256@q{\250\010\301a\320\004%\240\274\206\005\177#\2401\240D\250\004\313`\257\004/\250q\322\001\026\334\206\001\032\373\230(\350\206\0071\330\014\017\210}s\250`;\230b\240\001\234\007\367\260-\270\263@\020\220\005\220\377W\230F\240!\2409\250\277F\260!\330\020\027\302@\020\377\023\220:\230Q\230e\240\2771\330\024\031\230\0272\001\022~\351`2\220Y\230j\250@\000\355\023\364`\003\230\032\000\033\230:\377\240Z\250q\260\005\260[\357\300\t\310\032\301`\320TY\377\320YZ\330\030#\240:\316\266 e\260<b\000L\0005\230\377\007\230q\330\024\032\230&\377\320 2\260!\260=\300\377\013\3101\320Ld\320d\376\275`f\330\020\031\230\030\240\365\031\315\210\002\020d\003X\230Q\330\372\204\0006\337 A\330\024\026\220\335a\352 \026\230u\251@1\330\317\025\033\2303\323@\013\010J\250\373a\340\002\ne\2604\260s\377\270*\300E\310\024\310S\273\320P\337\205\001\330\020\025\366\210\003X\370\356\000\325\211\003\302\211\007$\250d\260#\337\260Q\260a\260\326\207\002\033\220\376\277\207\003\320\004:\320:""Z\320\377Zo\320op\360\010\000\353\t\034\301\211\007\017\237\210\001\320\027\047\377\240q\250\003\2501\250M\333\270\023\347\206\001\320H\374\000j\320\377jk\330\010\016\210f\220\353G\230\266\211\002T\237\212\001\330\010\035\350\321\000\000\002\202\206\003\330\254\211\004\320\022,\377\250A\250T\260\024\260S?\270\003\2701\270C\225@\205\212\001\327\320\004A\255\210\006\037\277\211\002D\250\005\007\352 \004\336\210\001\357\212\006";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3355, 4742);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3353 bytes) */
+static const char cstring[] = "\377\n at 0x \377object>(\377tree fra\377gment).:\377 : unsup\377ported v\377alue ;fa\377st_math=\377;include\377=<Memory\377View of \377<contigu\377ous and gdir\\\001\007\rin\021\005\237strid_\000#\007 7or \004\031><(\tA\006\377>?Cannot\377 assign \377to read-\277only m\240\002v\366\242\000In\311\000id m\377ode, exp\334\374\000\336\000\047c\047t\001\047f\376\355\000ran\047, g|H\000%\005shape\222\000\377 axis No\377neNote t\375h\302 Cython\375 \025\000delibe\317rateo\000\324\001ct\373er!\001n PEPo-484\216\"re\357!\177s subcl\252\000\373es\265!built\375i\264\000ypes. \377If you n\311e\372 \307\000p\322\000%\tth\277en set\200\000e\373 \047\363\002ation\377_typing\047\366\361$iv\242\000o Fa\377lse.add_\372\235 e\366@most \17764 func3\001\375 \263@stants\337colle\017\002s.\347abc\020\005\305@sab\357leen\002\001gci\375s\004\003dname=\307neg{\000i\000\307Cs \375c\204Cbe wra\277pped; \275\002a\376f\000pyno de\377fault __\377reduce__\367 du\247\002non-\336\220`vial\033\000ci\377nit__sag\377ecore/_m\377etal.pyx?self.p_\010\366`sve\250\204\002\367@a P\221C\372\332\204\003 \324@ pick\335l\232 siz\360 mu\374\200 \236\000>= 0so\037urce.W\002\327 \255\005\310\257d\327A\301fu\374\002\331aal\367loc\351@ arr\377ay data.\360\013\020\265c\207\205\001\226$.ABI\377_VERSION\377ASCIIArg\365u\362\205\001T\367@Erro\377rBBufferj\000\003.\232&c\344b__\017\006\334\375@\262@te_\013\014nu\377mpyComma\003ndE\003\000\n@\017\017\rH\0162\013]b\357\000ierG\013cm\000\373it[\013dispa\367tchq\013gpu_\357time\207\013set\363_b\363\002\005\020ytes\236\035\017pipe\316@6\020r}a\320`checkS\017\373th\223\207\001group\371_\221\207\003\220+waitD\037evice\000\003\357/\017\006P\360.+\004\302\0038\004c\203C_\010\n\357infoX\004lib\377rary_fro?m_file\004\021\234\204\003|\212\004\247!host_\305\003\371s\241\004\347\205\001EllipGsis\337\210\004\323e\322bLc\003@\000\004\306o\017\007\310n,\005\250\207\005s=\005\022\373%M\223\206\001\360`p\275\000\277\204\002\014\002\237Execu\223\210\001\t\007F\376\353\207\004NotFoun}d#""\007Limit2\007\177Unavail\361\207\001\202\220\205\002P\346D\000\005\206\205\017\017\010\211\205\016S\177equence\243\214\001\375.\250\214\007_FC_KI\377NDS__Pyx\376\001\000Dict_Ne\177xtRef__\321\211\004\347e__\t\000\342\206\001_in\217terf\332a\021\000\271\212\002_\376\000\006getitem\362)\001dC\0013\000dlpa\003ck;\001\346\211\001C\001\"\000\256\206\003Q\000\363im\332\215\001Y\001main\036\003\002odulj\002\324\211\001s\001\227newz\001p\233\000\313\204\002s\341u^\000\n\001?\004\025\001typ\267e__\037\001un\340\210\002e7_En \005vt\264\212\001\276\001\017qualO\005\356\211\005\314\207\016\210\212\006\003ex\362\001\222\206\001\203\005\346\207\006\214 \352\207\016\277__test\321\001s\337_coro\364@ne\377aabcaddr\374\243\211\005\332\206\004asynci\273o.\037\006sbb\244 e\347nd_\313\213\001\330\207\004bas\377ebfloatb\277oolbuf\230\207\003c\373c_\331\217\007castc\314\377\206\001\226@_t\362\206\001E\001cl\347ose\351\205\013\230\210\003con\277figure\344\214\010p\377iedcount\223cs\277\212\001\253\210\005d\321!\000\002_\367is_\240\221\003eemu\337lated\307`od_eenum\351\216\002e\261\212\001\372\000\002s\267`entff\354\231\010\253\221\006fc\232\216\001efi\377eldflags\376\330\002fnforma\001t\362\217\004\201\207\002\261c\215\207\001\214\211\003\237\216\005\366\205\006\377ggenexpr~\307\211\001family\315\211\005\277iididx\226\222\004_\177dirinde\r\000/foin\232\204\002s\240\204\001\377\214\001\377keykindl\377engthlibx\367\207\016\214\210\n\235\215\003max_\256\211\017\276\014\007s_per\026\tm\343em\361\221\001\261\216\002\356\221\001mvn\366\256\217\001nd\260\215\002ndim\356\305\000tnp\256\214\002oob\377objoffse\377tonoptsp\336\273\205\001path\343\212\005po\355p\272Amm\252`ed_\367wor\301\000g_se\177tregist\210@%e\250\222\002s\253\217\005\263\217\005.\265\217\003\263\217\001\001s\347`\345\213\007\364\213\002\335\213\001\307\211\r\216\214\001\333\213\005p\232\214\001\313\213\007\250\214\001\265\213\017set\320\220\004\376|\003hortsim\236\243\000idth\006\001\356\213\004a\317trix\201\220\002\363\217\002sp""\377litsrcst\367sta0\000teps\367top\305\221\004stru\177ctsumtt\245@\372\262\214\010s\367\212\004throw\377uuintuni\332\332`d\317\214\004un\370\207\001up\277dateus\211\001v\023al\303\226\002\310\226\002s\211\225\001\350\214\001\236\222\001\366\242\222\001.<\314\220\001ls>.\276\326dwrite\361\222\001x\377zipO\200\001\330\004\377\n\210+\220Q\200\001\340\377\004\t\210\021\320\n\036\230\377a\230s\240\047\250\024\250\337U\260\047\270\021\024\001\013\320\377\013\036\230b\240\007\240q\377\200A\330\010\r\210Q\210\177n\230A\230T\240\021\010\004\377\320\016!\240\021\240$\240\377d\250!\2501\330\010\014\377\210E\220\027\230\001\230\021\373\230!\030\006+\2501\250D\277\260\004\260G\2701@\001\033\357\2307\240((\003\013\210:\373\220QQ\002\320\016&\240a\377\240t\2504\250t\2607\377\270$\270a\270s\300!\357\330\010\017\210r\002\037\230}\337\250H\260A\260)\000\t\210\367\032\2201,\004\"\240!\240\27542\0001\250A\250\026\002\030\373\220\021,\005\r\016\330\014\021\377\220\021\220+\230Q\230d\371\240\211\001\n\005-\230q\240\004\337\240A\200A\340\313\001\320\016w%\240Q\273\000$\250a\t\006\362\203\005u\257\001\320\001C\210w\220\375a\211\002\220\006\220a\220y\376\211#\340\010\030\230\006\230h\316\265\000q\330\010\214\t\212%(\260\337!\2601\260A\300\004\340\010\377+\250:\260Q\260e\270\2375\300\001\300\021\360\004\357!t\376\303\000w\250a\250r\260\021\277\260&\270\002\270&\035\000\030\377\310\026\310r\320QW\320\377WX\320XY\200A\360\257\006\000\t\016\373 o\313\002$\372\252 s\354#\017\210r\220\022\373\2201\031\006\320\016$\240A\333\240T\301@Q\250\261\000\024\220\335E\212@%\230w\334 y\260\377\014\270K\300q\310\001\330\377\0240\260\001\260\021\330\024\376\227AA\330\024,\250A\320\377-G\300\177\320VZ\320\377Z[\320[\\\320\\]\367\330\024%C\000\021\250!\320\377+?\270w\300d\310!\377\3101\310J\320Va\320\377ab\320bc\330\024\035\370\202a\377 w\001\n\000\t\014\210\1777\220!\2205\230\016\310\"\377j\270\001\270\025\270b\300\377\001\330\014\022\220\"\220L\347\240\001\240\230@\247&\340\010\032\357\230!\340\010\373B\220e""\230\3672\230Z\371@5\260\003\260\3776\270\036\300s\310#\310\177V\320ST\340\014\026\363 \177\020\026\220f\320\0341\230 \377\047\270\021\330\014\023\2203\327\320\026*\352`7\331!\330\014\377\025\220S\230\n\240\"\240\337C\240y\3200\226\000e\320\377ep\320pq\330\014\r\347\210Z\220\000\004\t\002\\\230\024\277\230S\240\006\240a\223b\320\375\022\236%X\260V\2708\300\3771\300A\300T\310\021\310}!3\003t\2301\230Ai\001\3331\330\246\001\2305\275\000\026\240\364\343AC\023QF\014T\260\026\260\337x\270t\3006O\001\3104\377\310q\320PQ\340\014\034\277\230A\230Q\230a\247c4\257\220q\230\001\333\204\004\360\275 \016\373\210U\275 >\240\023\240G\277\2502\250R\250s\333\002\010\335\r\022\0029\230C\277@b\250\317\002\250#\250\322B\344\205\001\025\220\371a\336\001\375A\021\220#\220R\277\220r\230\023\230B\276\206\002\"\367\240A\330\260&\3202B\300\376\323\002Q\210e\2202\220Q\301\220\200 \305\206\001\005\005\321\206\002\320ec\250\377\021\220a\260\001\320\004!\377\240\021\340\010\014\210B\210\337k\230\021\230&\264\"\010\017\277\210u\220F\230#\253@q{\250\010\276a\320\004%\240\271\206\005\177#\2401\240D\250\004\310`\257\004/\250q\317\001\026\331\206\001\032\373\230(\345\206\0071\330\014\017\210}s\245`;\230b\240\001\231\007\367\260-\270\260@\020\220\005\220\377W\230F\240!\2409\250\277F\260!\330\020\027\277@\020\377\023\220:\230Q\230e\240\2771\330\024\031\230\0272\001\022~\346`2\220Y\230j\250@\000\355\023\361`\003\230\032\000\033\230:\377\240Z\250q\260\005\260[\357\300\t\310\032\276`\320TY\377\320YZ\330\030#\240:\316\263 e\260<b\000L\0005\230\377\007\230q\330\024\032\230&\377\320 2\260!\260=\300\377\013\3101\320Ld\320d\376\272`f\330\020\031\230\030\240\365\031\312\210\002\020d\003X\230Q\330\372\204\0006\334 A\330\024\026\220\335a\347 \026\230u\246@1\330\317\025\033\2303\320@\013\010J\250\373a\340\002\ne\2604\260s\377\270*\300E\310\024\310S\273\320P\334\205\001\330\020\025\363\210\003X\370\356\000\322\211\003\277\211\007$\250d\260#\337\260Q\260a\260\323\207\002\033\220\376\274\207\003\320\004:\320:Z\320""\377Zo\320op\360\010\000\353\t\034\276\211\007\017\234\210\001\320\027\047\377\240q\250\003\2501\250M\333\270\023\344\206\001\320H\374\000j\320\377jk\330\010\016\210f\220\353G\230\263\211\002T\234\212\001\330\010\035\350\321\000\000\002\377\205\003\330\251\211\004\320\022,\377\250A\250T\260\024\260S?\270\003\2701\270C\225@\202\212\001\327\320\004A\252\210\006\037\274\211\002D\250\005\007\352 \004\333\210\001\354\212\006";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3353, 4739);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4742 bytes) */
-static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=negative strides cannot be wrapped; pass a copyno default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView_FC_KINDS__Pyx_PyDict_NextRef__annotate____array_interface____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__""pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcaddrallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbuffercc_contiguouscastcline_in_tracebackclosecommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsextentff_contiguousfast_mathfc_typefieldflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggenexprgpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnextnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfsendset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcststartstepstopstridesstructsumttgththreadgroupsthreadsthrowuuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapwrap.<locals>.genexprwriteablexzipO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&""\240a\240t\2504\250u\260G\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\014\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\340\010\013\210:\220Q\220e\2302\230Z\240t\2505\260\003\2606\270\036\300s\310#\310V\320ST\340\014\026\220a\330\020\026\220f\320\0341\260\021\260\047\270\021\330\014\023\2203\320\026*\250!\2507\260!\2601\330\014\025\220S\230\n\240\"\240C\240y\3200b\320be\320ep\320pq\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230S\240\006\240a\330\014\021\220\021\320\022$\240A\240T\250\024\250X\260V\2708\3001\300A\300T\310\021\310!\330\014\r\210Z\220t\2301\230A\330\014\023\2201\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220""\025\220a\220q\330\014\017\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\220a\260\001\320\004!\240\021\340\017\020\330\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\007\230q\330\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\031\230\030\240\031\250!\2501\330\020\022\220!\2202\220X\230Q\330\020\023\2206\230\023\230A\330\024\026\220a\220r\230\026\230u\240G\2501\330\025\033\2303\230a\330\024\026\220a\220r\230\026\230u\240J\250a\340\024\026\220a\220r\230\026\230u\240J\250e\2604\260s\270*\300E\310\024\310S\320P[\320[\\\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
+    #else /* compression: none (4739 bytes) */
+static const char bytes[] = "\n at 0x object>(tree fragment).: : unsupported value ;fast_math=;include=<MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_noteat most 64 function constantscollections.abcconstant disableenablegcisenabledname=negative strides cannot be wrapped; pass a copyno default __reduce__ due to non-trivial __cinit__sagecore/_metal.pyxself.p cannot be converted to a Python object for picklingsizes must be >= 0source.metalthe wrapped memory is read-onlyunable to allocate array data.unable to allocate shape and strides.ABI_VERSIONASCIIArgumentTypeErrorBBufferBuffer.__reduce_cython__Buffer.__setstate_cython__Buffer.numpyCommandBufferCommandBuffer.__reduce_cython__CommandBuffer.__setstate_cython__CommandBuffer.barrierCommandBuffer.commitCommandBuffer.dispatchCommandBuffer.gpu_timeCommandBuffer.set_bufferCommandBuffer.set_bytesCommandBuffer.set_pipelineCommandBuffer.set_race_checkCommandBuffer.set_threadgroup_memoryCommandBuffer.waitDeviceDevice.__reduce_cython__Device.__setstate_cython__Device.bufferDevice.command_bufferDevice.infoDevice.library_from_fileDevice.library_from_sourceDevice.set_host_threadsDevice.wrapEllipsisInvalidArgumentErrorLibraryLibrary.__reduce_cython__Library.__setstate_cython__Library.functionsLibrary.pipelineMetalCompileErrorMetalExecutionErrorMetalFunctionNotFoundErrorMetalLimitErrorMetalUnavailableErrorPipelinePipeline.__reduce_cython__Pipeline.__setstate_cython__SequenceView.MemoryView_FC_KINDS__Pyx_PyDict_NextRef__annotate____array_interface____class____class_getitem____dict____dlpack____func____getstate____import____main____module____name____new____pyx_checksum__""pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcaddrallocate_bufferasyncio.coroutinesbbackend_namebarrierbasebfloatboolbufbuffercc_contiguouscastcline_in_tracebackclosecommand_buffercommitconfigureconstantscopiedcountcsdatadispatchdtypedtype_is_objecteemulatedencodeenumerateerrorerrorsextentff_contiguousfast_mathfc_typefieldflagsfloatfnformatfortranfrom_dlpackfrombufferfunctionfunctionsggenexprgpu_familygpu_timeiididxinclude_dirindexinfointitemsitemsizekeykindlengthliblibrary_from_filelibrary_from_sourcemax_threadgroup_memorymax_threads_per_threadgroupmemviewmetalmodemvnnamendarrayndimnextnpnumpyoobobjoffsetonoptsppackpathpipelinepoprecommended_working_setregisterreshapessagecoresagecore._metalselfsendset_bufferset_bytesset_host_threadsset_pipelineset_race_checkset_threadgroup_memorysetdefaultshapeshortsimd_widthsimdgroup_matrixsizesourcesplitsrcststartstepstopstridesstructsumttgththreadgroupsthreadsthrowuuintunified_memoryunpackupdateushortvalvaluevaluesviewwaitwrapwrap.<locals>.genexprwriteablexzipO\200\001\330\004\n\210+\220Q\200\001\340\004\t\210\021\320\n\036\230a\230s\240\047\250\024\250U\260\047\270\021\200\001\340\004\013\320\013\036\230b\240\007\240q\200A\330\010\r\210Q\210n\230A\230T\240\021\200A\330\010\r\210Q\320\016!\240\021\240$\240d\250!\2501\330\010\014\210E\220\027\230\001\230\021\230!\200A\330\010\r\210Q\320\016+\2501\250D\260\004\260G\2701\200A\330\010\033\2307\240(\250!\2501\330\010\013\210:\220Q\330\010\r\210Q\320\016&\240a\240t\2504\250t\2607\270$\270a\270s\300!\330\010\017\210q\200A\330\010\037\230}\250H\260A\260Q\330\010\t\210\032\2201\330\010\r\210Q\320\016\"\240!\2404\240t\2501\250A\250Q\330\010\t\210\030\220\021\330\010\017\210q\200A\330\r\016\330\014\021\220\021\220+\230Q\230d\240!\200A\330\r\016\330\014\021\220\021\220-\230q\240\004\240A\200A\340\010\r\210Q\320\016%\240Q\240d\250$\250a\200A\340\010\r\210Q\320\016&""\240a\240t\2504\250u\260G\2701\330\010\014\210C\210w\220a\330\010\017\210q\220\006\220a\220y\240\007\240q\200A\340\010\030\230\006\230h\240a\240q\330\010\t\210\032\2201\330\010\r\210Q\320\016!\240\021\240$\240d\250(\260!\2601\260A\330\010\017\210q\200A\340\010+\250:\260Q\260e\2705\300\001\300\021\330\010\r\210Q\320\016\036\230a\230t\2404\240w\250a\250r\260\021\260&\270\002\270&\300\001\300\030\310\026\310r\320QW\320WX\320XY\200A\360\006\000\t\016\210Q\210o\230Q\230d\240$\240a\240s\250!\2501\330\010\017\210r\220\022\2201\200A\360\006\000\t\016\210Q\320\016$\240A\240T\250\024\250Q\250a\330\010\024\220E\230\021\230%\230w\240a\240y\260\014\270K\300q\310\001\330\0240\260\001\260\021\330\024+\2501\250A\330\024,\250A\320-G\300\177\320VZ\320Z[\320[\\\320\\]\330\024%\240T\250\021\250!\320+?\270w\300d\310!\3101\310J\320Va\320ab\320bc\330\024\035\230T\240\021\240!\2401\200A\360\n\000\t\014\2107\220!\2205\230\016\240d\250$\250j\270\001\270\025\270b\300\001\330\014\022\220\"\220L\240\001\240\021\330\010\030\230\006\230h\240a\240q\340\010\032\230!\340\010\013\210:\220Q\220e\2302\230Z\240t\2505\260\003\2606\270\036\300s\310#\310V\320ST\340\014\026\220a\330\020\026\220f\320\0341\260\021\260\047\270\021\330\014\023\2203\320\026*\250!\2507\260!\2601\330\014\025\220S\230\n\240\"\240C\240y\3200b\320be\320ep\320pq\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230S\240\006\240a\330\014\021\220\021\320\022$\240A\240T\250\024\250X\260V\2708\3001\300A\300T\310\021\310!\330\014\r\210Z\220t\2301\230A\330\014\023\2201\330\010\032\230!\2305\240\001\240\026\240q\330\010\t\330\014\r\210Z\220q\330\014\r\210Z\220q\330\014\r\210\\\230\024\230Q\330\014\021\220\021\320\022$\240A\240T\250\024\250T\260\026\260x\270t\3006\310\021\310!\3104\310q\320PQ\340\014\034\230A\230Q\230a\330\010\t\210\032\2204\220q\230\001\330\010\017\210q\200A\360\n\000\t\016\210U\220!\220>\240\023\240G\2502\250R\250s\260!\2601\330\010\r\210U\220!\2209\230C\230w\240b\250\002\250#\250Q\250a\330\010\014\210E\220""\025\220a\220q\330\014\017\210r\220\021\220#\220R\220r\230\023\230B\230a\230s\240\"\240A\330\020\026\220f\320\0341\260\021\3202B\300!\330\014\r\210Q\210e\2202\220Q\220a\330\014\r\210Q\210e\2202\220Q\220a\330\010\r\210Q\210o\230Q\230d\240$\240c\250\021\220a\260\001\320\004!\240\021\340\010\014\210B\210k\230\021\230&\240\006\240a\330\010\017\210u\220F\230#\230Z\240q\250\010\260\001\260\021\320\004%\240Q\330\010\r\210Q\320\016#\2401\240D\250\004\250A\320\004/\250q\360\n\000\t\026\220Q\330\010\032\230(\240(\250!\2501\330\010\013\2101\330\014\017\210s\220!\220;\230b\240\001\330\020\026\220f\320\0341\260\021\260-\270q\330\014\020\220\005\220W\230F\240!\2409\250F\260!\330\020\027\220q\330\020\023\220:\230Q\230e\2401\330\024\031\230\027\240\001\330\020\022\220!\2202\220Y\230j\250\001\330\020\023\2205\230\003\2301\330\024\033\230:\240Z\250q\260\005\260[\300\t\310\032\320ST\320TY\320YZ\330\030#\240:\250Q\250e\260<\270q\330\020\023\2205\230\007\230q\330\024\032\230&\320 2\260!\260=\300\013\3101\320Ld\320de\320ef\330\020\031\230\030\240\031\250!\2501\330\020\022\220!\2202\220X\230Q\330\020\023\2206\230\023\230A\330\024\026\220a\220r\230\026\230u\240G\2501\330\025\033\2303\230a\330\024\026\220a\220r\230\026\230u\240J\250a\340\024\026\220a\220r\230\026\230u\240J\250e\2604\260s\270*\300E\310\024\310S\320P[\320[\\\330\020\025\220Q\330\010\r\210X\220W\230A\330\010\r\210Q\320\016!\240\021\240$\240d\250$\250d\260#\260Q\260a\260q\330\010\t\210\033\220A\330\010\017\210q\320\004:\320:Z\320Zo\320op\360\010\000\t\034\2307\240(\250!\2501\330\010\017\210w\220a\320\027\047\240q\250\003\2501\250M\270\023\270K\300q\320HY\320Yj\320jk\330\010\016\210f\220G\2301\330\010\r\210T\220\027\230\001\330\010\035\230Q\330\010\035\230Q\330\010\013\210:\220Q\330\r\016\330\014\021\220\021\320\022,\250A\250T\260\024\260S\270\003\2701\270C\270q\330\010\017\210q\320\004A\300\021\330\010\r\210Q\320\016\037\230q\240\004\240D\250\007\250q\260\004\260A\330\010\014\210E\220\027\230\001\230\021";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -32672,8 +32609,8 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 193};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_np, __pyx_mstate->__pyx_n_u_a_2};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 187};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_a_2};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_numpy, __pyx_mstate->__pyx_kp_b_iso88591_Bk_a_uF_Zq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
@@ -32687,12 +32624,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 212};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 205};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_s};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_functions, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_at4uG1_Cwa_q_ay_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 223};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 216};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_function, __pyx_mstate->__pyx_n_u_constants, __pyx_mstate->__pyx_n_u_cs, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_val, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_fc_type, __pyx_mstate->__pyx_n_u_field, __pyx_mstate->__pyx_n_u_fn};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_q_Q_1_1_s_b_f_1_q_WF_9F_q_Qe1_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
@@ -32717,52 +32654,52 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 298};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 291};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_p};
     __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_pipeline, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_d_1_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 302};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 295};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_offset};
     __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_buffer, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_q_D_q_A_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 306};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 299};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_mv};
     __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_bytes, __pyx_mstate->__pyx_kp_b_iso88591_A_Qe5_Q_at4war_rQWWXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 311};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 304};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_index, __pyx_mstate->__pyx_n_u_length};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_threadgroup_memory, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_1D_G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 314};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 307};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_threadgroups, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_g, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_tg, __pyx_mstate->__pyx_n_u_th, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_dispatch, __pyx_mstate->__pyx_kp_b_iso88591_A_U_G2Rs_1_U_9Cwb_Qa_E_aq_r_Rr_B, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 328};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 321};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_barrier, __pyx_mstate->__pyx_kp_b_iso88591_A_QnAT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 331};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 324};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_on};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_set_race_check, __pyx_mstate->__pyx_kp_b_iso88591_Q_Q_1D_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 334};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 327};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_commit, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 338};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 331};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_wait, __pyx_mstate->__pyx_kp_b_iso88591_A_Qd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 342};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 335};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_e};
     __pyx_mstate_global->__pyx_codeobj_tab[31] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_sagecore__metal_pyx, __pyx_mstate->__pyx_n_u_gpu_time, __pyx_mstate->__pyx_kp_b_iso88591_A_QoQd_as_1_r_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[31])) goto bad;
   }
@@ -36792,7 +36729,7 @@ static CYTHON_INLINE PyObject *__Pyx_PyUnicode_ConcatInPlaceImpl(PyObject **p_le
   }
 #endif
 
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
+/* PyObjectVectorcallKwds */
 #if CYTHON_VECTORCALL
 CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
     PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
@@ -36824,19 +36761,6 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize
         return -1;
     }
     return 0;
-}
-#endif
-
-/* PyObjectVectorcallMethodKwds */
-#if !CYTHON_VECTORCALL
-static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    PyObject *result;
-    PyObject *obj = PyObject_GetAttr(args[0], name);
-    if (unlikely(!obj))
-        return NULL;
-    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
-    Py_DECREF(obj);
-    return result;
 }
 #endif
 
@@ -40626,6 +40550,19 @@ no_fail:
     __Pyx_RefNannyFinishContext();
     return new_mvs;
 }
+
+/* PyObjectVectorcallMethodKwds (used by CIntToPy) */
+#if !CYTHON_VECTORCALL
+static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *result;
+    PyObject *obj = PyObject_GetAttr(args[0], name);
+    if (unlikely(!obj))
+        return NULL;
+    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
+    Py_DECREF(obj);
+    return result;
+}
+#endif
 
 /* CIntToPy */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value) {

@@ -157,11 +157,9 @@ cdef class Buffer:
     cdef readonly object source
     cdef readonly bint copied
     cdef bint readonly
-    cdef int exports
 
     def __cinit__(self):
         self.b = NULL
-        self.exports = 0
 
     def __dealloc__(self):
         if self.b != NULL:
@@ -185,14 +183,9 @@ cdef class Buffer:
             raise BufferError("the wrapped memory is read-only")
         PyBuffer_FillInfo(view, self, sc_mtl_buffer_contents(self.b), sc_mtl_buffer_length(self.b),
                           self.readonly, flags)
-        self.exports += 1
-
-    def __releasebuffer__(self, Py_buffer *view):
-        self.exports -= 1
 
     def numpy(self, dtype, shape=None):
         """A numpy view of the buffer (no copy; the view keeps the buffer alive)."""
-        import numpy as np
         a = np.frombuffer(self, dtype=dtype)
         return a if shape is None else a.reshape(shape)
 

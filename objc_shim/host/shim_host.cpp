@@ -672,7 +672,6 @@ void simd_arrive(const void *value, size_t size, void *all, uint32_t *active, co
     f->wline = line;
     f->state = F_WAIT_SIMD;
     simd_try_complete(w, sg);
-    if (f->state == F_WAIT_SIMD) f->state = F_WAIT_SIMD; /* still waiting */
     wait_here(w); /* completed or not, let the scheduler's order decide who runs next */
     f->all = nullptr;
     f->active = nullptr;

@@ -50,9 +50,8 @@ def _emu_dir() -> Path:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("SAGECORE_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    root = Path(base) if base else Path.home() / ".cache"
-    return (root if os.environ.get("SAGECORE_CACHE_DIR") else root / "sagecore") / "metal-emu"
+    from sagecore.profile import cache_dir
+    return Path(cache_dir()) / "metal-emu"
 
 
 def available() -> tuple[bool, str]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from sagecore import errors
 from sagecore.formats import KVFormat
+from sagecore.metal.kernels import rotation
 
 __all__ = ["ATTN_ARGS", "MAX_ROWS", "make_runner", "row_blocks"]
 
@@ -49,13 +50,6 @@ def row_blocks(group: int, q_len: int, variant: str = "decode") -> tuple[int, in
     mb = max(1, cap // group)
     mb = min(mb, q_len) if q_len else 1
     return mb, -(-q_len // mb) if q_len else 0
-
-
-def _rot_block(d: int) -> int:
-    b = 1
-    while b < 256 and d % (b * 2) == 0:
-        b *= 2
-    return b
 
 
 def _side(fid: str, source: str, D: int):
@@ -99,7 +93,7 @@ def make_runner(plan):
     emulated = dev.info()["emulated"]
     rb_k = {1: 2 * D, 2: D, 3: D // 2}.get(ks[0], 0)
     rb_v = {1: 2 * D, 2: D, 3: D // 2}.get(vs[0], 0)
-    rot = _rot_block(D)
+    rot = rotation(D)
     requested_split = int(d.split_k)
     dummy = dev.buffer(16)
 
@@ -139,7 +133,7 @@ def make_runner(plan):
         a["splits"], a["chunk"] = S, chunk
         a["causal"], a["has_kv_lens"] = int(r.causal), int(kv_lens is not None)
         a["qscale"] = np.float32(scale * LOG2E)
-        a["rot_block"], a["rot_norm"] = rot, np.float32(1.0) / np.sqrt(np.float32(rot))
+        a["rot_block"], a["rot_norm"] = rot
         if prepass:
             a["k_sb"], a["k_sh"], a["k_st"] = st16
             a["v_sb"], a["v_sh"], a["v_st"] = st16

@@ -31,11 +31,11 @@ FC_ENCODING, FC_ZERO_POINT, FC_SCALE_F32, FC_ROTATE, FC_SMOOTH, FC_OUTLIERS, FC_
 _ERR_NONFINITE, _ERR_RANGE = 0, 1
 
 
-def _rot_block(d: int) -> int:
-    b = 1
-    while b < 256 and d % (b * 2) == 0:
-        b *= 2
-    return b
+def rotation(head_dim: int) -> tuple[int, np.float32]:
+    """(Hadamard block, 1/sqrt(block)) of head_dim: the C core's sc_rotation_block."""
+    from sagecore import _cpu
+    b = _cpu.rotation_block(head_dim)
+    return b, np.float32(1.0) / np.sqrt(np.float32(b))
 
 
 def args_for(store, x_shape, strides_elems, t0: int, n: int) -> np.ndarray:
@@ -45,8 +45,7 @@ def args_for(store, x_shape, strides_elems, t0: int, n: int) -> np.ndarray:
     a["heads"], a["rows"], a["head_dim"] = store.heads, store.rows, D
     a["token_group"], a["channel_group"], a["capacity"] = store.T, store.G, store.capacity
     a["t0"], a["n_tokens"], a["row_bytes"] = t0, n, store.row_bytes
-    rb = _rot_block(D)
-    a["rot_block"], a["rot_norm"] = rb, np.float32(1.0) / np.sqrt(np.float32(rb))
+    a["rot_block"], a["rot_norm"] = rotation(D)
     return a
 
 
