@@ -6,6 +6,9 @@
  * once, from what the CPU *and the OS* support (AVX state must be enabled in
  * XCR0, not only reported by CPUID).
  */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* syscall() under -std=c11 */
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,12 @@
 
 #if defined(SC_X86)
 #include <cpuid.h>
+#endif
+#if defined(SC_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define SC_ARCH_REQ_XCOMP_PERM 0x1023
+#define SC_XFEATURE_XTILEDATA 18
 #endif
 #if defined(SC_ARM64) && defined(__linux__)
 #include <sys/auxv.h>
@@ -57,7 +66,7 @@ static uint64_t sc_xgetbv0(void) {
 
 static void sc_detect_x86(void) {
     unsigned a, b, c, d;
-    int avx = 0, avx2 = 0, fma = 0, f16c = 0, avx512 = 0, vnni512 = 0, avxvnni = 0, bf16 = 0;
+    int avx = 0, avx2 = 0, fma = 0, f16c = 0, avx512 = 0, vnni512 = 0, avxvnni = 0, bf16 = 0, amx = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     int osxsave = (c >> 27) & 1;
     fma = (c >> 12) & 1;
@@ -71,6 +80,7 @@ static void sc_detect_x86(void) {
         int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
         avx512 = f && dq && bw && vl;
         vnni512 = (c >> 11) & 1;
+        amx = ((d >> 22) & 1) && ((d >> 24) & 1); /* AMX-BF16, AMX-TILE */
     }
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
         avxvnni = (a >> 4) & 1;
@@ -81,12 +91,21 @@ static void sc_detect_x86(void) {
     avx512 = avx512 && avx2 && os_avx512;
     vnni512 = vnni512 && avx512;
     bf16 = bf16 && avx512;
-    snprintf(sc_features, sizeof sc_features, "sse2%s%s%s%s%s%s%s%s",
+    /* AMX: tile state enabled in XCR0 (bits 17, 18) and, on Linux, the
+     * process's permission to use it (arch_prctl, once per process) */
+    amx = amx && bf16 && vnni512 && (xcr0 & 0x60000) == 0x60000;
+#if defined(__linux__)
+    amx = amx && syscall(SYS_arch_prctl, SC_ARCH_REQ_XCOMP_PERM, SC_XFEATURE_XTILEDATA) == 0;
+#else
+    amx = 0; /* no AMX path off Linux (other OSes grant tile state differently) */
+#endif
+    snprintf(sc_features, sizeof sc_features, "sse2%s%s%s%s%s%s%s%s%s",
              avx ? " avx" : "", fma ? " fma" : "", f16c ? " f16c" : "",
              avx2 ? " avx2" : "", avx512 ? " avx512f avx512bw avx512dq avx512vl" : "",
              vnni512 ? " avx512vnni" : "", avxvnni && os_avx ? " avxvnni" : "",
-             bf16 ? " avx512bf16" : "");
-    if (vnni512) sc_best = SC_ISA_AVX512_VNNI;
+             bf16 ? " avx512bf16" : "", amx ? " amx-tile amx-bf16" : "");
+    if (amx) sc_best = SC_ISA_AMX;
+    else if (vnni512) sc_best = SC_ISA_AVX512_VNNI;
     else if (avx512) sc_best = SC_ISA_AVX512;
     else if (avx2) sc_best = SC_ISA_AVX2;
 }
@@ -142,7 +161,7 @@ sc_status sc_cpu_set_isa(sc_isa isa) {
     sc_detect();
     int ok = isa == SC_ISA_PORTABLE;
 #if defined(SC_X86)
-    ok = ok || (isa >= SC_ISA_AVX2 && isa <= SC_ISA_AVX512_VNNI && isa <= sc_best);
+    ok = ok || (isa >= SC_ISA_AVX2 && isa <= SC_ISA_AMX && isa <= sc_best);
 #elif defined(SC_ARM64)
     ok = ok || (isa >= SC_ISA_NEON && isa <= sc_best);
 #endif
@@ -159,6 +178,7 @@ const char *sc_isa_name(sc_isa isa) {
     case SC_ISA_AVX2: return "avx2";
     case SC_ISA_AVX512: return "avx512";
     case SC_ISA_AVX512_VNNI: return "avx512_vnni";
+    case SC_ISA_AMX: return "amx";
     case SC_ISA_NEON: return "neon";
     case SC_ISA_NEON_DOTPROD: return "neon_dotprod";
     }
@@ -168,7 +188,7 @@ const char *sc_isa_name(sc_isa isa) {
 const sc_row_kernels *sc_row_kernels_active(void) {
     sc_isa isa = sc_cpu_active_isa();
 #if defined(SC_X86)
-    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) return &sc_row_kernels_avx512;
+    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) return &sc_row_kernels_avx512;
     if (isa == SC_ISA_AVX2) return &sc_row_kernels_avx2;
 #endif
 #if defined(SC_ARM64)
@@ -230,7 +250,7 @@ __attribute__((target("avx2"))) static uint64_t probe_avx2(const void *p, size_t
 uint64_t sc_read_probe(const void *p, size_t n) {
 #if defined(SC_X86)
     sc_isa isa = sc_cpu_active_isa();
-    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) return probe_avx512(p, n);
+    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) return probe_avx512(p, n);
     if (isa == SC_ISA_AVX2) return probe_avx2(p, n);
 #endif
     const uint64_t *w = (const uint64_t *)p;

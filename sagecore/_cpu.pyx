@@ -251,7 +251,7 @@ def cpu_info():
 
 _ISA_BY_NAME = {
     "portable": SC_ISA_PORTABLE, "avx2": SC_ISA_AVX2, "avx512": SC_ISA_AVX512,
-    "avx512_vnni": SC_ISA_AVX512_VNNI, "neon": SC_ISA_NEON, "neon_dotprod": SC_ISA_NEON_DOTPROD,
+    "avx512_vnni": SC_ISA_AVX512_VNNI, "amx": SC_ISA_AMX, "neon": SC_ISA_NEON, "neon_dotprod": SC_ISA_NEON_DOTPROD,
 }
 
 

@@ -27,6 +27,7 @@ cdef extern from "sagecore.h" nogil:
         SC_ISA_AVX2
         SC_ISA_AVX512
         SC_ISA_AVX512_VNNI
+        SC_ISA_AMX
         SC_ISA_NEON
         SC_ISA_NEON_DOTPROD
 

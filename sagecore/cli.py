@@ -19,7 +19,8 @@ def _info(args) -> int:
     print(f"         isa: best {cpu['best_isa']}, active {cpu['active_isa']} "
           f"(usable: {', '.join(_cpu.supported_isas())}; force with SAGECORE_ISA)")
     print(f"         threads: {cpu['threads']}")
-    kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX-512"}
+    kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX-512",
+               "amx": "AVX-512 (decode) + AMX bf16x3 tiles (prefill)"}
     print(f"attention kernels: {kernels.get(cpu['active_isa'], cpu['active_isa'])} path; head dims "
           f"32, 64, 80, 96, 128, 192, 256; split-K automatic for long caches with few heads")
     _metal_info()

@@ -37,6 +37,12 @@
 #ifndef Q8_MAX_ROWS
 #define Q8_MAX_ROWS 16
 #endif /* query rows per work item (group * rows per head) */
+#ifndef MX_ROWS_MAX
+#define MX_ROWS_MAX 256 /* rows per item on the matrix engine (AMX) */
+#endif
+#ifndef MX_TILE_KEYS
+#define MX_TILE_KEYS 128
+#endif
 #ifndef TILE_KEYS
 #define TILE_KEYS 32 /* keys per tile: fp32 K and V tiles of d128 fill 2 x 16 KB of L1 */
 #endif
@@ -118,6 +124,16 @@ typedef void (*pv8_fn)(const struct attn_ctx *c, float *sc, int64_t kr, int64_t 
                        float *o);
 typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
                        int64_t D, int64_t TL);
+/* Matrix-engine (AMX) hooks for items of many rows: prep packs the item's
+ * scaled queries once, qk/pv take fp32 K/V tiles like qk_fn/pv_fn, done
+ * releases the engine. NULL where the ISA has none. */
+struct attn_ws;
+typedef struct mx_hooks {
+    void (*prep)(struct attn_ws *w, int64_t R, int64_t D);
+    void (*qk)(struct attn_ws *w, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*pv)(struct attn_ws *w, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*done)(void);
+} mx_hooks;
 
 static inline __attribute__((always_inline)) float softmax_generic(float *sr, int64_t vis, int64_t nt, float *m,
                                                                    float *l) {
@@ -157,6 +173,7 @@ typedef struct attn_ctx {
      *       minimums' dot with q per group for zero points),
      * K/V 2 = per-token cell scales (T 1, G a multiple of 16) applied per 16 codes */
     int k_q8, v_q8;
+    int mx; /* items of more than Q8_MAX_ROWS rows use the matrix engine (mx_hooks) */
 } attn_ctx;
 
 /* How an int8/int4 store can be read in place: 0 (use the tile decoder), 1 or
@@ -193,10 +210,18 @@ typedef struct attn_ws {
     float *qf; /* q with K's per-channel scales folded in (k_q8 1) */
     float *sc; /* per-key cell scales of the current tile (k_q8 / v_q8 2) */
     sc_decoder *kd, *vd;
+    /* matrix-engine operands (c->mx), bf16 hi/lo pairs: queries packed as B
+     * tiles, the K tile and P as A tiles, the V tile as B tiles */
+    uint16_t *mxq, *mxk, *mxv, *mxp;
+    float *mxt; /* one 16x16 fp32 result */
 } attn_ws;
 
+#define MX_RP(R) (((R) + 31) / 32 * 32)  /* rows padded for pairs of 16-row tiles */
+#define MX_TP(T) (((T) + 31) / 32 * 32)  /* keys padded for 32-key steps */
+#define MX_NS 3 /* AMX operand subtiles per 32 elements of the K dimension (bf16x3) */
 static int ws_init(attn_ws *w, const attn_ctx *c) {
-    const int64_t R = c->rows, D = c->D, TL = c->tile;
+    /* rows padded to 16 (the matrix engine stores whole 16-row O tiles) */
+    const int64_t R = MX_RP(c->rows), D = c->D, TL = c->tile;
     size_t nf = (size_t)(4 * R * D + R * TL + 2 * TL * D + 2 * R + TL * (D / 16 + 1));
     memset(w, 0, sizeof *w);
     w->q = (float *)malloc(nf * sizeof(float));
@@ -215,10 +240,21 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     w->l = w->m + R;
     w->qf = w->l + R;
     w->sc = w->qf + R * D;
+    if (c->mx) {
+        const int64_t TP = MX_TP(TL);
+        const size_t nq = (size_t)(MX_NS * R * D), nk = (size_t)(MX_NS * TP * D), np = (size_t)(MX_NS * R * TP);
+        w->mxq = (uint16_t *)aligned_alloc(64, ((nq + 2 * nk + np) * 2 + 256 * sizeof(float) + 63) / 64 * 64);
+        if (!w->mxq) return 0;
+        w->mxk = w->mxq + nq;
+        w->mxv = w->mxk + nk;
+        w->mxp = w->mxv + nk;
+        w->mxt = (float *)(w->mxp + np);
+    }
     return 1;
 }
 
 static void ws_free(attn_ws *w) {
+    free(w->mxq);
     free(w->q);
     sc_decoder_free(w->kd);
     sc_decoder_free(w->vd);
@@ -278,7 +314,7 @@ static inline __attribute__((always_inline)) void finish_row(const attn_ctx *c, 
 static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx *c, int64_t item, attn_ws *w,
                                                                  qk_fn qk, pv_fn pv, sm_fn sm, qkd_fn qkd,
                                                                  pvd_fn pvd, ldq_fn ldq, qk8_fn qk8,
-                                                                 pv8_fn pv8) {
+                                                                 pv8_fn pv8, const mx_hooks *mx) {
     /* workspace pointers as locals: with -fno-strict-aliasing, every float
      * store could alias w->o etc., which kept loops scalar and reloading */
     float *const wq = w->q, *const wq0 = w->q0, *const wo = w->o, *const ws = w->s;
@@ -318,6 +354,8 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
         }
     if (c->k_rotate) sc_rotate_f32(wq, R, D, (int32_t)D);
+    const int use_mx = mx && c->mx; /* c->mx: every item has more than Q8_MAX_ROWS rows */
+    if (use_mx) mx->prep(w, R, D);
 
     /* key range of this split, cut by the causal limit of the block's last row */
     int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
@@ -338,7 +376,10 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     const char *vbase = vdirect ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        if (kdirect) {
+        if (use_mx) {
+            load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
+            mx->qk(w, wkt, ws, R, nt, D, TL);
+        } else if (kdirect) {
             qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL);
         } else if (kq8) {
             qk8(c, kq8, wq, w->qf, w->sc, kr, j0, nt, ws);
@@ -362,7 +403,10 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         }
         if (!any) continue;
         /* rows without mass hold p = 0 */
-        if (vdirect) {
+        if (use_mx) {
+            load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
+            mx->pv(w, wvt, wo, R, nt, D, TL);
+        } else if (vdirect) {
             pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL);
         } else if (vq8) {
             pv8(c, w->sc, kr, j0, nt, ws, wo);
@@ -371,6 +415,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             pv(ws, wvt, wo, R, nt, D, TL);
         }
     }
+    if (use_mx) mx->done();
 
     if (c->S == 1) {
         for (int64_t g = 0; g < c->group; g++)
@@ -439,7 +484,7 @@ static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l)
     return softmax_generic(sr, vis, nt, m, l);
 }
 static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL, NULL, NULL, NULL);
+    attn_item_body(c, i, w, qk_portable, pv_portable, sm_portable, NULL, NULL, NULL, NULL, NULL, NULL);
 }
 static void reduce_portable(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 #ifdef SC_X86
@@ -457,7 +502,7 @@ SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, flo
     return softmax_generic(sr, vis, nt, m, l);
 }
 SC_T_AVX2 static void item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL, NULL, NULL);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL, NULL, NULL, NULL);
 }
 SC_T_AVX2 static void reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
@@ -766,9 +811,253 @@ SC_T_AVX512 static void ldq_avx512(const uint16_t *src, float *q0, float *qr, fl
 
 SC_T_AVX512 static void item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
-                   pv8_avx512);
+                   pv8_avx512, NULL);
 }
 SC_T_AVX512 static void reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+
+/* ---- AMX: items of many rows (prefill) on the tile matrix engine ----------
+ * Precision: each fp32 operand x is split into hi = bf16(x) and lo =
+ * bf16(x - hi) (|x - hi - lo| <= 2^-17 |x|, round-to-nearest both times) and
+ * x.y ~ xh.yh + xl.yh + xh.yl, accumulated in fp32 by TDPBF16PS: scores and
+ * PV at about fp32 accuracy.
+ * Layout: TDPBF16PS sums pairs, C[m][n] += A[m][2i] B[i][2n] + A[m][2i+1]
+ * B[i][2n+1]. The three products share pair slots: for a K chunk of 32,
+ *   A subtile 0/1, dword i: (xh[16s+i], xl[16s+i])  B row i: (yh[16s+i], yh[16s+i])
+ *   A subtile 2,   dword i: (xh[2i], xh[2i+1])      B row i: (yl[2i], yl[2i+1])
+ * so one A and one B tile carry all three terms, and 2 A x 2 B tiles feed four
+ * independent accumulators (a TDP's latency is ~3x its issue interval; two
+ * chains left the engine half idle). Scores are computed transposed, S^T =
+ * K Q^T: the K tile is an A operand in its natural row-major layout and only
+ * the queries (once per item) take the B layout; each 16x16 result is
+ * transposed into the row-major score tile the softmax uses. PV is O += P V
+ * with P as A and V as B. Tile registers 0-7, all 16 rows x 64 bytes: C 0-3,
+ * A 4-5, B 6-7. */
+#define SC_T_AMX                                                                                               \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")))
+#define MX_SUB 32 /* uint16 per subtile row (64 bytes) */
+
+/* 32 fp32 values (x0: first 16) -> 32 bf16 hi, 32 bf16 lo */
+SC_T_AMX SC_INL void mx_split32(__m512 x0, __m512 x1, __m512i *hi, __m512i *lo) {
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+    const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    *hi = h;
+    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+}
+/* word indices: (a[i], b[i]) pairs for i in [0,16) and [16,32); (a[i], a[i]) */
+#define MX_IDX_PAIR(o)                                                                                      \
+    _mm512_set_epi16(47 + o, 15 + o, 46 + o, 14 + o, 45 + o, 13 + o, 44 + o, 12 + o, 43 + o, 11 + o, 42 + o, \
+                     10 + o, 41 + o, 9 + o, 40 + o, 8 + o, 39 + o, 7 + o, 38 + o, 6 + o, 37 + o, 5 + o, 36 + o, \
+                     4 + o, 35 + o, 3 + o, 34 + o, 2 + o, 33 + o, 1 + o, 32 + o, 0 + o)
+#define MX_IDX_DUP(o)                                                                                        \
+    _mm512_set_epi16(15 + o, 15 + o, 14 + o, 14 + o, 13 + o, 13 + o, 12 + o, 12 + o, 11 + o, 11 + o, 10 + o,   \
+                     10 + o, 9 + o, 9 + o, 8 + o, 8 + o, 7 + o, 7 + o, 6 + o, 6 + o, 5 + o, 5 + o, 4 + o, 4 + o, \
+                     3 + o, 3 + o, 2 + o, 2 + o, 1 + o, 1 + o, 0 + o, 0 + o)
+
+/* One A-operand row chunk (32 values of K dim) -> its three subtile rows, dst[0..95] */
+SC_T_AMX SC_INL void mx_pack_a(__m512 x0, __m512 x1, uint16_t *dst) {
+    __m512i h, l;
+    mx_split32(x0, x1, &h, &l);
+    _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(0), l));
+    _mm512_storeu_si512(dst + MX_SUB, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(16), l));
+    _mm512_storeu_si512(dst + 2 * MX_SUB, h);
+}
+
+/* r[i] <- column i of the 16x16 matrix whose rows are r[0..15] */
+SC_T_AMX SC_INL void mx_transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* r[4i+k], 128-bit lane L: rows 4i..4i+3 of column 4L+k */
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        t[4 + k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        t[8 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+    }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    }
+}
+
+/* Our own tile-instruction wrappers: GCC 12's _tile_loadd does not tell the
+ * compiler that it reads memory, so stores to the packed operands could be
+ * moved past it. Every load/store/config here clobbers memory. */
+#define MX_LOAD(t, base, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)), "r"((long)(stride)) : "memory")
+#define MX_STORE(t, base, stride) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)), "r"((long)(stride)) : "memory")
+#define MX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define MX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+/* the 2x2 block of products of one subtile step: C(0..3) += A(4,5) x B(6,7) */
+#define MX_STEP(a0, a1, astride, b0, b1)                                                                     \
+    do {                                                                                                     \
+        MX_LOAD(4, a0, astride);                                                                             \
+        MX_LOAD(6, b0, 64);                                                                                  \
+        MX_DP(0, 4, 6);                                                                                      \
+        MX_LOAD(7, b1, 64);                                                                                  \
+        MX_DP(1, 4, 7);                                                                                      \
+        MX_LOAD(5, a1, astride);                                                                             \
+        MX_DP(2, 5, 6);                                                                                      \
+        MX_DP(3, 5, 7);                                                                                      \
+    } while (0)
+
+typedef struct __attribute__((aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} mx_cfg;
+
+/* Queries as the B operand of S^T (K dim: channels, n: query rows):
+ * [channel chunk][row block of 16][subtile][16 rows][16 dwords]. */
+SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
+    mx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
+    const int64_t Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, ns = MX_NS;
+    uint32_t *qb = (uint32_t *)w->mxq;
+    for (int64_t r = 0; r < Rp; r++) {
+        if (r >= R) memset(w->o + r * D, 0, (size_t)D * sizeof(float)); /* padding rows of the O tiles */
+        for (int64_t cc = 0; cc < nc; cc++) {
+            __m512i h = _mm512_setzero_si512(), l = h;
+            if (r < R) mx_split32(_mm512_loadu_ps(w->q + r * D + cc * 32), _mm512_loadu_ps(w->q + r * D + cc * 32 + 16),
+                                  &h, &l);
+            uint16_t hv[32], lv[32];
+            _mm512_storeu_si512(hv, h);
+            _mm512_storeu_si512(lv, l);
+            uint32_t *blk = qb + (cc * nrb + r / 16) * 256 * ns + r % 16;
+            for (int i = 0; i < 16; i++) {
+                blk[i * 16] = hv[i] * 0x10001u;
+                blk[256 + i * 16] = hv[16 + i] * 0x10001u;
+                blk[512 + i * 16] = lv[2 * i] | (uint32_t)lv[2 * i + 1] << 16;
+            }
+        }
+    }
+}
+
+SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = MX_NS, Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
+    /* the K tile as A operands: [key][channel chunk][subtile][32], keys past nt zero */
+    uint16_t *kp = w->mxk;
+    for (int64_t j = 0; j < n32 * 32; j++)
+        for (int64_t cc = 0; cc < nc; cc++) {
+            if (j < nt) mx_pack_a(_mm512_loadu_ps(kt + j * D + cc * 32), _mm512_loadu_ps(kt + j * D + cc * 32 + 16),
+                                  kp + j * ka + cc * ns * MX_SUB);
+            else memset(kp + j * ka + cc * ns * MX_SUB, 0, ns * MX_SUB * 2);
+        }
+    const uint16_t *qb = w->mxq;
+    for (int64_t kb = 0; kb < 2 * n32; kb += 2)
+        for (int64_t rb = 0; rb < nrb; rb += 2) {
+            MX_ZERO(0);
+            MX_ZERO(1);
+            MX_ZERO(2);
+            MX_ZERO(3);
+            for (int64_t cc = 0; cc < nc; cc++)
+                for (int sub = 0; sub < ns; sub++) {
+                    const uint16_t *a = kp + kb * 16 * ka + (cc * ns + sub) * MX_SUB;
+                    const uint16_t *b = qb + ((cc * nrb + rb) * ns + sub) * 512;
+                    MX_STEP(a, a + 16 * ka, ka * 2, b, b + ns * 512);
+                }
+            /* C(2 kb + i, 2 rb + j) in tile 2i + j, as [key][row] */
+            for (int t = 0; t < 4; t++) {
+                switch (t) {
+                case 0: MX_STORE(0, w->mxt, 64); break;
+                case 1: MX_STORE(1, w->mxt, 64); break;
+                case 2: MX_STORE(2, w->mxt, 64); break;
+                default: MX_STORE(3, w->mxt, 64); break;
+                }
+                __m512 x[16];
+                for (int j = 0; j < 16; j++) x[j] = _mm512_load_ps(w->mxt + 16 * j);
+                mx_transpose16(x);
+                const int64_t r0 = (rb + (t & 1)) * 16, k0 = (kb + (t >> 1)) * 16;
+                if (k0 >= TL) continue;
+                for (int64_t r = 0; r < 16 && r0 + r < R; r++) _mm512_storeu_ps(s + (r0 + r) * TL + k0, x[r]);
+            }
+        }
+}
+
+SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = MX_NS, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, pa = (TP / 32) * ns * MX_SUB;
+    const float *p = w->s;
+    /* P as A operands: [row][key chunk][subtile][32]; keys past nt, padding rows zero */
+    uint16_t *pp = w->mxp;
+    for (int64_t r = 0; r < Rp; r++)
+        for (int64_t kc = 0; kc < n32; kc++) {
+            uint16_t *dst = pp + r * pa + kc * ns * MX_SUB;
+            if (r >= R) {
+                memset(dst, 0, ns * MX_SUB * 2);
+                continue;
+            }
+            const int64_t j = kc * 32, n0 = nt - j, n1 = nt - j - 16;
+            const __mmask16 m0 = (__mmask16)(n0 >= 16 ? 0xFFFF : (1u << n0) - 1);
+            const __mmask16 m1 = (__mmask16)(n1 >= 16 ? 0xFFFF : (n1 <= 0 ? 0 : (1u << n1) - 1));
+            mx_pack_a(_mm512_maskz_loadu_ps(m0, p + r * TL + j), _mm512_maskz_loadu_ps(m1, p + r * TL + j + 16), dst);
+        }
+    /* V as B operands: [key chunk][channel block of 16][subtile][16 rows][32] */
+    uint16_t *vb = w->mxv;
+    for (int64_t kc = 0; kc < n32; kc++)
+        for (int64_t u = 0; u < 16; u++) {
+            const int64_t j0 = kc * 32 + 2 * u, j1 = j0 + 1;
+            for (int64_t cc = 0; cc < D / 32; cc++) {
+                __m512i ah = _mm512_setzero_si512(), al = ah, bh = ah, bl = ah;
+                if (j0 < nt) mx_split32(_mm512_loadu_ps(vt + j0 * D + cc * 32), _mm512_loadu_ps(vt + j0 * D + cc * 32 + 16), &ah, &al);
+                if (j1 < nt) mx_split32(_mm512_loadu_ps(vt + j1 * D + cc * 32), _mm512_loadu_ps(vt + j1 * D + cc * 32 + 16), &bh, &bl);
+                for (int half = 0; half < 2; half++) { /* channel block 2 cc + half */
+                    uint16_t *blk = vb + ((kc * ncb + 2 * cc + half) * ns) * 512;
+                    const __m512i dup = half ? MX_IDX_DUP(16) : MX_IDX_DUP(0);
+                    /* keys 2u, 2u+1 are rows (2u, 2u+1) mod 16 of subtile (2u)/16 */
+                    uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
+                    _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(dup, ah));
+                    _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(dup, bh));
+                    _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB,
+                                        _mm512_permutex2var_epi16(al, half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0), bl));
+                }
+            }
+        }
+    for (int64_t rb = 0; rb < Rp / 16; rb += 2)
+        for (int64_t cb = 0; cb < ncb; cb += 2) {
+            float *o0 = o + rb * 16 * D + cb * 16, *o1 = o0 + 16 * D;
+            MX_LOAD(0, o0, D * 4);
+            MX_LOAD(1, o0 + 16, D * 4);
+            MX_LOAD(2, o1, D * 4);
+            MX_LOAD(3, o1 + 16, D * 4);
+            for (int64_t kc = 0; kc < n32; kc++)
+                for (int sub = 0; sub < ns; sub++) {
+                    const uint16_t *a = pp + rb * 16 * pa + (kc * ns + sub) * MX_SUB;
+                    const uint16_t *b = vb + ((kc * ncb + cb) * ns + sub) * 512;
+                    MX_STEP(a, a + 16 * pa, pa * 2, b, b + ns * 512);
+                }
+            MX_STORE(0, o0, D * 4);
+            MX_STORE(1, o0 + 16, D * 4);
+            MX_STORE(2, o1, D * 4);
+            MX_STORE(3, o1 + 16, D * 4);
+        }
+}
+
+SC_T_AMX static void mx_done(void) { __asm__ volatile("tilerelease" ::: "memory"); }
+
+static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_pv, mx_done};
+
+SC_T_AMX static void item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
+                   pv8_avx512, &mx_amx);
+}
 #endif
 
 #ifdef SC_ARM64
@@ -873,7 +1162,7 @@ static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
     return alpha;
 }
 
-static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, NULL, NULL); }
+static void item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, NULL, NULL, NULL); }
 
 /* ---- dotprod: scores of int8 K codes in integer arithmetic (sdot).
  * Each query row (K's per-channel scales folded in, for per-channel formats)
@@ -959,7 +1248,7 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
 }
 
 SC_T_DOTPROD static void item_neondot(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, qk8_neondot, NULL);
+    attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, qk8_neondot, NULL, NULL);
 }
 #endif
 
@@ -1043,8 +1332,20 @@ sc_status sc_attention(const sc_attention_args *a) {
     c.a = a;
     c.rk = sc_row_kernels_active();
     c.B = B; c.Hq = Hq; c.Hkv = Hkv; c.group = Hq / Hkv; c.M = M; c.D = D; c.N = a->kv_len;
+    /* the matrix engine takes items of up to MX_ROWS_MAX rows and MX_TILE_KEYS
+     * keys per tile: each K/V tile is decoded and packed once per item, and
+     * each O tile loaded/stored once per tile, so bigger items amortize both */
+    int64_t rows_max = ROWS_MAX, tile_keys = TILE_KEYS;
+    int mx = 0;
+#ifdef SC_X86
+    if (sc_cpu_active_isa() == SC_ISA_AMX && D % 32 == 0 && c.group * M > Q8_MAX_ROWS) {
+        mx = 1;
+        rows_max = MX_ROWS_MAX;
+        tile_keys = MX_TILE_KEYS;
+    }
+#endif
     c.mb = M;
-    if (c.group * c.mb > ROWS_MAX) c.mb = ROWS_MAX / c.group > 0 ? ROWS_MAX / c.group : 1;
+    if (c.group * c.mb > rows_max) c.mb = rows_max / c.group > 0 ? rows_max / c.group : 1;
     c.nrb = (M + c.mb - 1) / c.mb;
     c.rows = c.group * c.mb;
     const int64_t tk = tensors || a->kf->encoding == SC_ENC_FP16 ? 1 : a->kf->token_group;
@@ -1060,7 +1361,8 @@ sc_status sc_attention(const sc_attention_args *a) {
     c.k_q8 = tensors ? 0 : q8_mode(a->kf, 1);
     c.v_q8 = tensors ? 0 : q8_mode(a->vf, 0);
     const int64_t unit = lcm64(tk, tv);
-    c.tile = unit >= TILE_KEYS ? unit : unit * ((TILE_KEYS + unit - 1) / unit);
+    c.tile = unit >= tile_keys ? unit : unit * ((tile_keys + unit - 1) / unit);
+    c.mx = mx && c.rows > Q8_MAX_ROWS && c.tile % 32 == 0;
     const int threads = sc_num_threads();
     int64_t S = a->split_k ? a->split_k : sc_attention_auto_splits(B, Hkv, Hq, M, c.N, threads);
     /* splits are whole tiles */
@@ -1083,6 +1385,7 @@ sc_status sc_attention(const sc_attention_args *a) {
 #ifdef SC_X86
     sc_isa isa = sc_cpu_active_isa();
     if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = item_avx512; reduce = reduce_avx512; }
+    else if (isa == SC_ISA_AMX) { item = item_amx; reduce = reduce_avx512; }
     else if (isa == SC_ISA_AVX2) { item = item_avx2; reduce = reduce_avx2; }
 #elif defined(SC_ARM64)
     sc_isa isa = sc_cpu_active_isa();

@@ -60,6 +60,7 @@ typedef enum sc_isa {
     SC_ISA_AVX2 = 1,       /* x86-64: AVX2 + FMA + F16C                     */
     SC_ISA_AVX512 = 2,     /* x86-64: AVX-512 F/BW/DQ/VL (+ the above)      */
     SC_ISA_AVX512_VNNI = 3,/* x86-64: AVX-512 + VNNI                        */
+    SC_ISA_AMX = 4,        /* x86-64: + AVX512-BF16, AMX-TILE/BF16, OS grant */
     SC_ISA_NEON = 10,      /* arm64 baseline                                */
     SC_ISA_NEON_DOTPROD = 11
 } sc_isa;
