@@ -16,7 +16,10 @@ from sagecore.errors import InvalidArgumentError, UnsupportedError
 from sagecore.reference import quality, sdpa_reference
 
 #: Kernel vs float64 reference over the dequantized cache, per output dtype.
-TOL = {"float32": dict(rel_l1=2e-5, max_abs=2e-4), "float16": dict(rel_l1=2e-3, max_abs=4e-3)}
+TOL = {"float32": dict(rel_l1=2e-5, max_abs=2e-4), "float16": dict(rel_l1=2e-3, max_abs=4e-3),
+       # the AMX path's bf16x3 products (below): near-tied logits of order 1e4
+       # move by ~1e4 * 2^-16, which shows in the worst element only
+       "float32-amx": dict(rel_l1=2e-5, max_abs=1e-3)}
 #: An ISA path against the portable one (elementwise). The AMX path computes
 #: prefill-sized items in bf16x3 on the tile engine: each product carries
 #: ~2^-16 relative error instead of fp32's 2^-24.
@@ -40,7 +43,7 @@ def check(c, q, causal, kv_lens=None, split_k=0, out_dtype="float32"):
     got, lse = c.attend(q, is_causal=causal, kv_lens=kv_lens, split_k=split_k, out=out, return_lse=True)
     kd, vd = c.dequantize()
     ref, rlse = sdpa_reference(q, kd, vd, is_causal=causal, kv_lens=kv_lens, return_lse=True)
-    tol = TOL[out_dtype]
+    tol = TOL[out_dtype + ("-amx" if out_dtype == "float32" and _cpu.cpu_info()["active_isa"] == "amx" else "")]
     got64 = got.astype(np.float64)
     assert np.isfinite(got64).all()
     err = np.abs(got64 - ref)
