@@ -220,8 +220,8 @@ typedef struct attn_ws {
 #define MX_TP(T) (((T) + 31) / 32 * 32)  /* keys padded for 32-key steps */
 #define MX_NS 3 /* AMX operand subtiles per 32 elements of the K dimension (bf16x3) */
 static int ws_init(attn_ws *w, const attn_ctx *c) {
-    /* rows padded to 16 (the matrix engine stores whole 16-row O tiles) */
-    const int64_t R = MX_RP(c->rows), D = c->D, TL = c->tile;
+    /* the matrix engine stores whole O tiles: its rows are padded */
+    const int64_t R = c->mx ? MX_RP(c->rows) : c->rows, D = c->D, TL = c->tile;
     size_t nf = (size_t)(4 * R * D + R * TL + 2 * TL * D + 2 * R + TL * (D / 16 + 1));
     memset(w, 0, sizeof *w);
     w->q = (float *)malloc(nf * sizeof(float));
