@@ -127,7 +127,7 @@ cdef class PackedStore:
 
 
 cdef object prepare_args(sc_attention_args *a, cnp.ndarray q, cnp.ndarray out, object kv_lens, float scale,
-                         bint causal, int split_k, object lse):
+                         bint causal, int split_k, object lse, int precision):
     """The parts of sc_attention_args shared by both entry points. Returns the
     int64 lengths array, which must outlive the call."""
     cdef cnp.ndarray lens_arr = None, lse_arr
@@ -150,16 +150,19 @@ cdef object prepare_args(sc_attention_args *a, cnp.ndarray q, cnp.ndarray out, o
     a.scale = scale
     a.causal = causal
     a.split_k = split_k
+    a.precision = precision
     return lens_arr
 
 
 def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int64_t kv_heads, int64_t kv_len,
-              object kv_lens=None, float scale=1.0, bint causal=False, int split_k=0, object lse=None):
+              object kv_lens=None, float scale=1.0, bint causal=False, int split_k=0, object lse=None,
+              int precision=0):
     """Attention of q [B, Hq, M, D] over the K/V stores into out (C: sc_attention).
 
-    kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M]."""
+    kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M];
+    precision: 0 fp32, 1 bf16 operands allowed (sc_attention_args.precision)."""
     cdef sc_attention_args a
-    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse)
+    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse, precision)
     a.kf = &k.fmt
     a.vf = &v.fmt
     a.k = &k.st
@@ -173,12 +176,12 @@ def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int6
 
 
 def attention_tensors(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, object kv_lens=None,
-                      float scale=1.0, bint causal=False, int split_k=0, object lse=None):
+                      float scale=1.0, bint causal=False, int split_k=0, object lse=None, int precision=0):
     """Attention over plain f16/f32 K/V arrays [B, Hkv, N, D] (any strides),
     read in place (C: sc_attention with k_tensor / v_tensor)."""
     cdef sc_attention_args a
     cdef sc_tensor kt, vt
-    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse)
+    keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse, precision)
     fill_tensor(&kt, k, "k")
     fill_tensor(&vt, v, "v")
     a.kf = NULL

@@ -94,6 +94,7 @@ cdef extern from "sagecore.h" nogil:
         int32_t split_k
         const sc_tensor *k_tensor
         const sc_tensor *v_tensor
+        int32_t precision
 
     sc_status sc_attention(const sc_attention_args *a)
     int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_heads, int64_t q_len,

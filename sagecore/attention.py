@@ -31,7 +31,7 @@ _FAST: dict = {}
 
 
 def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto", out=None, kv_lens=None,
-         split_k=0, return_lse=False, copy=False):
+         split_k=0, return_lse=False, copy=False, precision="fp32"):
     """Attention of ``q`` over ``k``/``v``.
 
     Args:
@@ -47,6 +47,11 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
         copy: allow a copy when an input is not usable in place (non-contiguous
             head_dim, float64, ...); by default that is an error.
+        precision: ``"fp32"`` (default: fp32-level results on every path) or
+            ``"bf16"``: QK^T and PV operands may be rounded to bf16 (fp32
+            accumulation; the precision class of a bf16 SDPA), which the CPU's
+            AMX path uses for items of many rows. A permission: other paths
+            compute as for ``"fp32"``.
 
     Returns:
         The output (float32 numpy array unless ``out`` is given), and the lse if asked.
@@ -56,7 +61,7 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
     if (kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
-            and backend == "auto" and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+            and backend == "auto" and precision == "fp32" and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         if out is None:
             run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, None))
             if run is not None:
@@ -65,12 +70,13 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
             run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, out.dtype))
             if run is not None:
                 return run(q, k, v, out)
-    return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy)
+    return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy, precision)
 
 
-def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy):
+def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy, precision):
     from sagecore.executor import plan_for
-    from sagecore.graph import AttentionRequest
+    from sagecore.graph import AttentionRequest, check_precision
+    check_precision(precision)
     if not isinstance(backend, str):
         raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
     if type(split_k) is not int or split_k < 0:
@@ -96,12 +102,12 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=str(ka.dtype),
                            q_dtype=str(qa.dtype), out_dtype=str(out_arr.dtype), causal=bool(is_causal),
                            backend=backend, split_k=split_k, return_lse=bool(return_lse),
-                           kv_lens=kv_lens is not None)
+                           kv_lens=kv_lens is not None, precision=precision)
     plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
     if (kv_lens is None and not return_lse and not split_k and layout == "BHND" and backend == "auto"
-            and not copy and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
+            and precision == "fp32" and not copy and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
             and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
         _remember(q, k, v, is_causal, scale, plan, sc, None if out is None else out.dtype)
     return (ret, lse) if return_lse else ret

@@ -244,6 +244,9 @@ def main(argv=None):
             c.append(k, v)
             t = best_of(lambda: c.attend(qp, out=op, is_causal=True), max(2, args.reps // 3))
             report(name, pol, t, kv_bytes(c))
+            if pol == "int8":  # bf16 operands allowed: torch bf16's precision class (AMX: 1 product, not 3)
+                t = best_of(lambda: c.attend(qp, out=op, is_causal=True, precision="bf16"), max(2, args.reps // 3))
+                report(name, "int8-bf16", t, kv_bytes(c))
         if torch is not None:
             for dt in (torch.bfloat16, torch.float32):
                 qt = torch.from_numpy(qp).to(dt)
@@ -267,11 +270,11 @@ def main(argv=None):
                   f"{by[('small call N=16', tp)] / by[('small call N=16', 'sdpa')]:5.2f}x")
     print("\nratios (time of the other path / time of ours, same run):")
     for (wl, path), ms in by.items():
-        if path in ("int8", "int4", "sdpa-fp16"):
+        if path in ("int8", "int4", "sdpa-fp16", "int8-bf16"):
             parts = [f"vs fp16 {by[(wl, 'fp16')] / ms:5.2f}x"] if (wl, "fp16") in by else []
             if (wl, "torch-bfloat16") in by:
                 parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")
-            print(f"  {wl:22s} {path:5s} " + "  ".join(parts))
+            print(f"  {wl:22s} {path:9s} " + "  ".join(parts))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(read_bw=bw, rows=rows), f, indent=1)

@@ -383,7 +383,7 @@ class QuantKVCache:
 
     # ----------------------------------------------------------- attention
     def attend(self, q, *, scale=None, is_causal=True, layout="BHND", kv_lens=None, split_k=0,
-               out=None, return_lse=False, backend="auto", copy=False):
+               out=None, return_lse=False, backend="auto", copy=False, precision="fp32"):
         """Attention of ``q`` over the cache.
 
         The selector (:mod:`sagecore.selector`) routes the call: FlashAttention
@@ -402,6 +402,8 @@ class QuantKVCache:
             return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
             backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
             copy: allow copying a q that cannot be used in place.
+            precision: ``"fp32"`` (default) or ``"bf16"``: QK^T and PV operands
+                may be rounded to bf16 (see :func:`sagecore.sdpa`).
 
         Returns:
             ``out`` (float32 unless ``out`` is given), and the lse if asked.
@@ -411,7 +413,8 @@ class QuantKVCache:
             NoBackendError: no backend serves the cache's formats at this head_dim.
         """
         from sagecore.executor import plan_for
-        from sagecore.graph import AttentionRequest
+        from sagecore.graph import AttentionRequest, check_precision
+        check_precision(precision)
         q = as_kv_input(q, "q", layout, copy)
         B, Hq, M, D = q.shape
         if B != self.batch or D != self.head_dim:
@@ -454,7 +457,7 @@ class QuantKVCache:
                                        kv_source=source, kv_dtype="float32" if source == "tensor" else "packed",
                                        q_dtype=str(q.dtype), out_dtype=str(out_arr.dtype), causal=bool(is_causal),
                                        backend=backend, split_k=split_k, return_lse=lse is not None,
-                                       kv_lens=kv_lens is not None)
+                                       kv_lens=kv_lens is not None, precision=precision)
                 plan = plan_for(req)
                 plan.runner(qs, ks, vs, os_, L, scale, kv_lens, ls)
                 if not contiguous:

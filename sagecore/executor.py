@@ -54,17 +54,18 @@ class CpuExecutor(Executor):
         from sagecore import _cpu
         causal = bool(plan.request.causal)
         split = int(plan.decision.split_k)
+        prec = 1 if plan.request.precision == "bf16" else 0  # sc_attention_args.precision
         if plan.request.kv_source == "tensor":
             f = _cpu.attention_tensors
 
             def run(q, k, v, out, kv_len, scale, kv_lens, lse):
-                f(q, k, v, out, kv_lens, scale, causal, split, lse)
+                f(q, k, v, out, kv_lens, scale, causal, split, lse, prec)
         else:
             f = _cpu.attention
             kvh = plan.request.kv_heads
 
             def run(q, k, v, out, kv_len, scale, kv_lens, lse):
-                f(q, k, v, out, kvh, kv_len, kv_lens, scale, causal, split, lse)
+                f(q, k, v, out, kvh, kv_len, kv_lens, scale, causal, split, lse, prec)
         return run
 
 

@@ -36,6 +36,21 @@ STAGES = ("tile_load", "qk", "softmax", "pv", "split_partial", "split_reduce", "
 CPU_ROWS_MAX = 64
 
 
+#: The ``precision`` values a request may carry: the lowest precision the
+#: kernels may use for the operands of QK^T and PV (accumulation is always
+#: fp32). ``"bf16"`` is a permission, not a demand: only the CPU's AMX path
+#: uses it (one bf16 tile product instead of three); every other path computes
+#: as for ``"fp32"``.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        from sagecore.errors import InvalidArgumentError
+        raise InvalidArgumentError("precision", f"expected one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 @dataclass(frozen=True)
 class AttentionRequest:
     """What one attention call computes (shapes, formats, options).
@@ -61,6 +76,7 @@ class AttentionRequest:
     split_k: int = 0             # requested: 0 = selector decides
     return_lse: bool = False
     kv_lens: bool = False        # per-batch key lengths given
+    precision: str = "fp32"      # lowest operand precision allowed: fp32 or bf16 (see PRECISIONS)
 
     @property
     def group(self) -> int:
@@ -73,7 +89,7 @@ class AttentionRequest:
     def key(self) -> tuple:
         return (self.batch, self.q_heads, self.kv_heads, self.q_len, self.head_dim, self.k_format,
                 self.v_format, self.kv_source, self.kv_dtype, self.q_dtype, self.out_dtype, self.causal,
-                self.backend, self.split_k, self.return_lse, self.kv_lens)
+                self.backend, self.split_k, self.return_lse, self.kv_lens, self.precision)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
+import sagecore
+
 from sagecore import _cpu
 from sagecore.cache import QuantKVCache
 from sagecore.errors import InvalidArgumentError, UnsupportedError
@@ -135,6 +137,36 @@ def test_prefill_items_extreme_logits_each_isa(rng, isa):
         q = (rng.standard_normal((1, 8, 64, 64)) * scale).astype(np.float32)
         check(c, q, False)
         check(c, q, True)
+
+
+def test_precision_bf16(rng, isa):
+    """precision="bf16" lets the AMX path round QK/PV operands to bf16: within
+    bf16-level error of the reference there, and identical to fp32 elsewhere
+    (a permission, not a demand)."""
+    c = build("int8", 1, 2, 300, 128, rng)
+    q = rng.standard_normal((1, 8, 64, 128)).astype(np.float32)  # 256-row items
+    exact = c.attend(q, is_causal=True)
+    fast = c.attend(q, is_causal=True, precision="bf16")
+    if isa == "amx":
+        kd, vd = c.dequantize()
+        err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))["rel_l1"]
+        assert 1e-4 < err < 1e-2  # bf16 operands: 2^-8 relative, visibly coarser than bf16x3
+    else:
+        np.testing.assert_array_equal(fast, exact)
+
+
+def test_precision_is_validated(rng):
+    c = build("int8", 1, 2, 30, 64, rng)
+    q = rng.standard_normal((1, 2, 1, 64)).astype(np.float32)
+    for bad in ("fp16", "BF16", None, 1):
+        with pytest.raises(InvalidArgumentError, match="precision"):
+            c.attend(q, precision=bad)
+    k = rng.standard_normal((1, 2, 30, 64)).astype(np.float16)
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        sagecore.sdpa(q, k, k, precision="fp8")
+    out = np.empty_like(q)
+    with pytest.raises(InvalidArgumentError, match="precision"):  # the C core checks it too
+        _cpu.attention_tensors(q, k, k, out, None, 0.125, False, 0, None, 2)
 
 
 def test_extreme_logits_no_nan(rng):

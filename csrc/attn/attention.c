@@ -214,6 +214,7 @@ typedef struct attn_ws {
      * tiles, the K tile and P as A tiles, the V tile as B tiles */
     uint16_t *mxq, *mxk, *mxv, *mxp;
     float *mxt; /* one 16x16 fp32 result */
+    int64_t mxs; /* operand subtiles per 32 elements: 3 (bf16x3) or 1 (bf16 precision) */
 } attn_ws;
 
 #define MX_RP(R) (((R) + 31) / 32 * 32)  /* rows padded for pairs of 16-row tiles */
@@ -241,6 +242,7 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     w->qf = w->l + R;
     w->sc = w->qf + R * D;
     if (c->mx) {
+        w->mxs = c->a->precision == SC_PRECISION_BF16 ? 1 : MX_NS;
         const int64_t TP = MX_TP(TL);
         const size_t nq = (size_t)(MX_NS * R * D), nk = (size_t)(MX_NS * TP * D), np = (size_t)(MX_NS * R * TP);
         w->mxq = (uint16_t *)aligned_alloc(64, ((nq + 2 * nk + np) * 2 + 256 * sizeof(float) + 63) / 64 * 64);
@@ -855,9 +857,13 @@ SC_T_AMX SC_INL void mx_split32(__m512 x0, __m512 x1, __m512i *hi, __m512i *lo) 
                      3 + o, 3 + o, 2 + o, 2 + o, 1 + o, 1 + o, 0 + o, 0 + o)
 
 /* One A-operand row chunk (32 values of K dim) -> its three subtile rows, dst[0..95] */
-SC_T_AMX SC_INL void mx_pack_a(__m512 x0, __m512 x1, uint16_t *dst) {
+SC_T_AMX SC_INL void mx_pack_a(__m512 x0, __m512 x1, uint16_t *dst, int64_t ns) {
     __m512i h, l;
     mx_split32(x0, x1, &h, &l);
+    if (ns == 1) { /* plain bf16: dword i = (xh[2i], xh[2i+1]) */
+        _mm512_storeu_si512(dst, h);
+        return;
+    }
     _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(0), l));
     _mm512_storeu_si512(dst + MX_SUB, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(16), l));
     _mm512_storeu_si512(dst + 2 * MX_SUB, h);
@@ -930,7 +936,7 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
         cfg.rows[t] = 16;
     }
     __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
-    const int64_t Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, ns = MX_NS;
+    const int64_t Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, ns = w->mxs;
     uint32_t *qb = (uint32_t *)w->mxq;
     for (int64_t r = 0; r < Rp; r++) {
         if (r >= R) memset(w->o + r * D, 0, (size_t)D * sizeof(float)); /* padding rows of the O tiles */
@@ -943,6 +949,10 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
             _mm512_storeu_si512(lv, l);
             uint32_t *blk = qb + (cc * nrb + r / 16) * 256 * ns + r % 16;
             for (int i = 0; i < 16; i++) {
+                if (ns == 1) { /* plain bf16: row i = (qh[2i], qh[2i+1]) */
+                    blk[i * 16] = hv[2 * i] | (uint32_t)hv[2 * i + 1] << 16;
+                    continue;
+                }
                 blk[i * 16] = hv[i] * 0x10001u;
                 blk[256 + i * 16] = hv[16 + i] * 0x10001u;
                 blk[512 + i * 16] = lv[2 * i] | (uint32_t)lv[2 * i + 1] << 16;
@@ -952,13 +962,13 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
 }
 
 SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = MX_NS, Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
+    const int64_t ns = w->mxs, Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
     /* the K tile as A operands: [key][channel chunk][subtile][32], keys past nt zero */
     uint16_t *kp = w->mxk;
     for (int64_t j = 0; j < n32 * 32; j++)
         for (int64_t cc = 0; cc < nc; cc++) {
             if (j < nt) mx_pack_a(_mm512_loadu_ps(kt + j * D + cc * 32), _mm512_loadu_ps(kt + j * D + cc * 32 + 16),
-                                  kp + j * ka + cc * ns * MX_SUB);
+                                  kp + j * ka + cc * ns * MX_SUB, ns);
             else memset(kp + j * ka + cc * ns * MX_SUB, 0, ns * MX_SUB * 2);
         }
     const uint16_t *qb = w->mxq;
@@ -993,7 +1003,7 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, float *s, int64_t R, int
 }
 
 SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = MX_NS, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, pa = (TP / 32) * ns * MX_SUB;
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, pa = (TP / 32) * ns * MX_SUB;
     const float *p = w->s;
     /* P as A operands: [row][key chunk][subtile][32]; keys past nt, padding rows zero */
     uint16_t *pp = w->mxp;
@@ -1007,7 +1017,7 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, float *o, int64_t R, int
             const int64_t j = kc * 32, n0 = nt - j, n1 = nt - j - 16;
             const __mmask16 m0 = (__mmask16)(n0 >= 16 ? 0xFFFF : (1u << n0) - 1);
             const __mmask16 m1 = (__mmask16)(n1 >= 16 ? 0xFFFF : (n1 <= 0 ? 0 : (1u << n1) - 1));
-            mx_pack_a(_mm512_maskz_loadu_ps(m0, p + r * TL + j), _mm512_maskz_loadu_ps(m1, p + r * TL + j + 16), dst);
+            mx_pack_a(_mm512_maskz_loadu_ps(m0, p + r * TL + j), _mm512_maskz_loadu_ps(m1, p + r * TL + j + 16), dst, ns);
         }
     /* V as B operands: [key chunk][channel block of 16][subtile][16 rows][32] */
     uint16_t *vb = w->mxv;
@@ -1020,6 +1030,11 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, float *o, int64_t R, int
                 if (j1 < nt) mx_split32(_mm512_loadu_ps(vt + j1 * D + cc * 32), _mm512_loadu_ps(vt + j1 * D + cc * 32 + 16), &bh, &bl);
                 for (int half = 0; half < 2; half++) { /* channel block 2 cc + half */
                     uint16_t *blk = vb + ((kc * ncb + 2 * cc + half) * ns) * 512;
+                    if (ns == 1) { /* row u: (yh[2u][n], yh[2u+1][n]) */
+                        _mm512_storeu_si512(blk + u * MX_SUB,
+                                            _mm512_permutex2var_epi16(ah, half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0), bh));
+                        continue;
+                    }
                     const __m512i dup = half ? MX_IDX_DUP(16) : MX_IDX_DUP(0);
                     /* keys 2u, 2u+1 are rows (2u, 2u+1) mod 16 of subtile (2u)/16 */
                     uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
@@ -1325,6 +1340,9 @@ sc_status sc_attention(const sc_attention_args *a) {
                 return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_lens[%lld] = %lld is outside [0, %lld]", (long long)b,
                                (long long)a->kv_lens[b], (long long)a->kv_len);
     if (a->split_k < 0) return sc_fail(SC_ERR_INVALID_ARGUMENT, "split_k %d must be >= 0", a->split_k);
+    if (a->precision != SC_PRECISION_FP32 && a->precision != SC_PRECISION_BF16)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "precision %d is not SC_PRECISION_FP32 (0) or SC_PRECISION_BF16 (1)",
+                       a->precision);
     if (B == 0 || Hq == 0 || M == 0) return SC_OK;
 
     attn_ctx c;

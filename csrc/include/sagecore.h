@@ -26,7 +26,7 @@
 extern "C" {
 #endif
 
-#define SC_ABI_VERSION 1
+#define SC_ABI_VERSION 2 /* 2: sc_attention_args.precision */
 
 /* ---------------------------------------------------------------- status */
 typedef enum sc_status {
@@ -205,7 +205,17 @@ typedef struct sc_attention_args {
      * of f16 or f32 with any element strides (BHND, BNHD, ...), read in place.
      * Set both (and leave kf, vf, k, v NULL) or neither. */
     const sc_tensor *k_tensor, *v_tensor;
+    /* The lowest precision the kernels may use for the operands of QK^T and
+     * PV (accumulation is always fp32). SC_PRECISION_FP32 (0, the default):
+     * fp32-level results on every path (the AMX path splits operands into
+     * bf16 hi + lo, three tile products). SC_PRECISION_BF16: operands may be
+     * rounded to bf16 (2^-8 relative, the precision of bf16 SDPA); the AMX
+     * path then takes one tile product instead of three. A permission, not a
+     * demand: paths without bf16 hardware compute in fp32 either way. */
+    int32_t precision;
 } sc_attention_args;
+
+enum { SC_PRECISION_FP32 = 0, SC_PRECISION_BF16 = 1 };
 
 sc_status sc_attention(const sc_attention_args *a);
 
