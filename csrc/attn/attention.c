@@ -124,14 +124,20 @@ typedef void (*pv8_fn)(const struct attn_ctx *c, float *sc, int64_t kr, int64_t 
                        float *o);
 typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
                        int64_t D, int64_t TL);
-/* Matrix-engine (AMX) hooks for items of many rows: prep packs the item's
- * scaled queries once, qk/pv take fp32 K/V tiles like qk_fn/pv_fn, done
- * releases the engine. NULL where the ISA has none. */
+/* Matrix-engine (AMX) hooks for items of many rows. The engine works on
+ * transposed scores and output (S^T, P^T: [row block of 16][key][16 rows];
+ * O^T: [D][rows]) so that the softmax runs across 16 rows per vector:
+ * prep packs the item's scaled queries once and zeroes O^T; qk writes S^T of
+ * an fp32 K tile; sm turns it into P^T for keys j < vis[row] - j0, updates
+ * m, l and rescales O^T (returns 0 when no row sees a key of the tile); pv
+ * adds V^T P^T of an fp32 V tile to O^T; done releases the engine. NULL
+ * where the ISA has none. */
 struct attn_ws;
 typedef struct mx_hooks {
     void (*prep)(struct attn_ws *w, int64_t R, int64_t D);
-    void (*qk)(struct attn_ws *w, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
-    void (*pv)(struct attn_ws *w, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*qk)(struct attn_ws *w, const float *kt, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    int (*sm)(struct attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
+    void (*pv)(struct attn_ws *w, const float *vt, int64_t R, int64_t nt, int64_t D, int64_t TL);
     void (*done)(void);
 } mx_hooks;
 
@@ -213,7 +219,9 @@ typedef struct attn_ws {
     /* matrix-engine operands (c->mx), bf16 hi/lo pairs: queries packed as B
      * tiles, the K tile and P as A tiles, the V tile as B tiles */
     uint16_t *mxq, *mxk, *mxv, *mxp;
-    float *mxt; /* one 16x16 fp32 result */
+    float *mxt;   /* S^T / P^T of the tile: [row block][key][16] */
+    uint16_t *mxc; /* column staging for the V^T transposes */
+    int32_t *mxvis; /* per row: keys visible from key 0 (causal limit; < 0: padding row) */
     int64_t mxs; /* operand subtiles per 32 elements: 3 (bf16x3) or 1 (bf16 precision) */
 } attn_ws;
 
@@ -245,12 +253,15 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
         w->mxs = c->a->precision == SC_PRECISION_BF16 ? 1 : MX_NS;
         const int64_t TP = MX_TP(TL);
         const size_t nq = (size_t)(MX_NS * R * D), nk = (size_t)(MX_NS * TP * D), np = (size_t)(MX_NS * R * TP);
-        w->mxq = (uint16_t *)aligned_alloc(64, ((nq + 2 * nk + np) * 2 + 256 * sizeof(float) + 63) / 64 * 64);
+        const size_t nt = (size_t)(R * TP), ncol = (size_t)(2 * MX_NS * 512);
+        w->mxq = (uint16_t *)aligned_alloc(64, ((nq + 2 * nk + np + ncol) * 2 + nt * 4 + (size_t)R * 4 + 63) / 64 * 64);
         if (!w->mxq) return 0;
         w->mxk = w->mxq + nq;
         w->mxv = w->mxk + nk;
         w->mxp = w->mxv + nk;
-        w->mxt = (float *)(w->mxp + np);
+        w->mxc = w->mxp + np;
+        w->mxt = (float *)(w->mxc + ncol);
+        w->mxvis = (int32_t *)(w->mxt + nt);
     }
     return 1;
 }
@@ -357,13 +368,55 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         }
     if (c->k_rotate) sc_rotate_f32(wq, R, D, (int32_t)D);
     const int use_mx = mx && c->mx; /* c->mx: every item has more than Q8_MAX_ROWS rows */
-    if (use_mx) mx->prep(w, R, D);
 
     /* key range of this split, cut by the causal limit of the block's last row */
     int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
     if (a->causal) {
         int64_t lim = n_b - M + i0 + mrows; /* exclusive */
         hi = hi < lim ? hi : lim;
+    }
+    if (use_mx) {
+        const int64_t Rp = MX_RP(R);
+        for (int64_t r = 0; r < Rp; r++) {
+            const int64_t ii = r % mb;
+            w->mxvis[r] = r < R && ii < mrows ? (int32_t)(a->causal ? n_b - M + i0 + ii + 1 : INT32_MAX / 2)
+                                              : INT32_MIN / 2;
+            if (r >= R) {
+                wm[r] = -INFINITY;
+                wl[r] = 0.0f;
+            }
+        }
+        mx->prep(w, R, D);
+        for (int64_t j0 = lo; j0 < hi; j0 += TL) {
+            const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
+            load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
+            mx->qk(w, wkt, R, nt, D, TL);
+            if (!mx->sm(w, R, j0, nt, D, TL)) continue;
+            load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
+            mx->pv(w, wvt, R, nt, D, TL);
+        }
+        mx->done();
+        /* O^T [D][Rp] back to rows */
+        const int64_t base = (item / c->S) * c->S + s_idx;
+        for (int64_t r = 0; r < R; r++) {
+            if (r % mb >= mrows) continue;
+            float *orow = c->S == 1 ? wvt : c->part_o + (base * R + r) * D;
+            for (int64_t d = 0; d < D; d++) orow[d] = wo[d * Rp + r];
+            if (c->S == 1) {
+                finish_row(c, b, hk, r / mb, i0 + r % mb, orow, wm[r], wl[r], wq0 + r * D, wkt);
+            } else {
+                c->part_ml[(base * R + r) * 2] = wm[r];
+                c->part_ml[(base * R + r) * 2 + 1] = wl[r];
+            }
+        }
+        if (c->S > 1)
+            for (int64_t r = 0; r < R; r++)
+                if (r % mb >= mrows) { /* rows past M: empty partials */
+                    memset(c->part_o + (base * R + r) * D, 0, (size_t)D * sizeof(float));
+                    c->part_ml[(base * R + r) * 2] = -INFINITY;
+                    c->part_ml[(base * R + r) * 2 + 1] = 0.0f;
+                }
+        return;
     }
     const int kdirect = c->k_direct && qkd, vdirect = c->v_direct && pvd;
     /* in-place int8/int4 reads convert each code once per 4 query rows: for
@@ -378,10 +431,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     const char *vbase = vdirect ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        if (use_mx) {
-            load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
-            mx->qk(w, wkt, ws, R, nt, D, TL);
-        } else if (kdirect) {
+        if (kdirect) {
             qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL);
         } else if (kq8) {
             qk8(c, kq8, wq, w->qf, w->sc, kr, j0, nt, ws);
@@ -405,10 +455,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         }
         if (!any) continue;
         /* rows without mass hold p = 0 */
-        if (use_mx) {
-            load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
-            mx->pv(w, wvt, wo, R, nt, D, TL);
-        } else if (vdirect) {
+        if (vdirect) {
             pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL);
         } else if (vq8) {
             pv8(c, w->sc, kr, j0, nt, ws, wo);
@@ -417,7 +464,6 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             pv(ws, wvt, wo, R, nt, D, TL);
         }
     }
-    if (use_mx) mx->done();
 
     if (c->S == 1) {
         for (int64_t g = 0; g < c->group; g++)
@@ -926,7 +972,7 @@ typedef struct __attribute__((aligned(64))) {
 } mx_cfg;
 
 /* Queries as the B operand of S^T (K dim: channels, n: query rows):
- * [channel chunk][row block of 16][subtile][16 rows][16 dwords]. */
+ * [channel chunk][row block of 16][subtile][16 rows][16 dwords]. O^T zeroed. */
 SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
     mx_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -937,9 +983,9 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
     }
     __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
     const int64_t Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, ns = w->mxs;
+    memset(w->o, 0, (size_t)(Rp * D) * sizeof(float));
     uint32_t *qb = (uint32_t *)w->mxq;
     for (int64_t r = 0; r < Rp; r++) {
-        if (r >= R) memset(w->o + r * D, 0, (size_t)D * sizeof(float)); /* padding rows of the O tiles */
         for (int64_t cc = 0; cc < nc; cc++) {
             __m512i h = _mm512_setzero_si512(), l = h;
             if (r < R) mx_split32(_mm512_loadu_ps(w->q + r * D + cc * 32), _mm512_loadu_ps(w->q + r * D + cc * 32 + 16),
@@ -961,8 +1007,10 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
     }
 }
 
-SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = w->mxs, Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
+/* S^T of the tile into mxt: [row block][key][16 rows], straight from the tiles */
+SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32,
+                  ka = nc * ns * MX_SUB;
     /* the K tile as A operands: [key][channel chunk][subtile][32], keys past nt zero */
     uint16_t *kp = w->mxk;
     for (int64_t j = 0; j < n32 * 32; j++)
@@ -984,90 +1032,143 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, float *s, int64_t R, int
                     const uint16_t *b = qb + ((cc * nrb + rb) * ns + sub) * 512;
                     MX_STEP(a, a + 16 * ka, ka * 2, b, b + ns * 512);
                 }
-            /* C(2 kb + i, 2 rb + j) in tile 2i + j, as [key][row] */
-            for (int t = 0; t < 4; t++) {
-                switch (t) {
-                case 0: MX_STORE(0, w->mxt, 64); break;
-                case 1: MX_STORE(1, w->mxt, 64); break;
-                case 2: MX_STORE(2, w->mxt, 64); break;
-                default: MX_STORE(3, w->mxt, 64); break;
-                }
-                __m512 x[16];
-                for (int j = 0; j < 16; j++) x[j] = _mm512_load_ps(w->mxt + 16 * j);
-                mx_transpose16(x);
-                const int64_t r0 = (rb + (t & 1)) * 16, k0 = (kb + (t >> 1)) * 16;
-                if (k0 >= TL) continue;
-                for (int64_t r = 0; r < 16 && r0 + r < R; r++) _mm512_storeu_ps(s + (r0 + r) * TL + k0, x[r]);
-            }
+            /* C(kb + i, rb + j) in tile 2i + j: 16 keys x 16 rows */
+            float *st = w->mxt + (rb * TP + kb * 16) * 16;
+            MX_STORE(0, st, 64);
+            MX_STORE(1, st + TP * 16, 64);
+            MX_STORE(2, st + 256, 64);
+            MX_STORE(3, st + TP * 16 + 256, 64);
         }
 }
 
-SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, pa = (TP / 32) * ns * MX_SUB;
-    const float *p = w->s;
-    /* P as A operands: [row][key chunk][subtile][32]; keys past nt, padding rows zero */
-    uint16_t *pp = w->mxp;
-    for (int64_t r = 0; r < Rp; r++)
-        for (int64_t kc = 0; kc < n32; kc++) {
-            uint16_t *dst = pp + r * pa + kc * ns * MX_SUB;
-            if (r >= R) {
-                memset(dst, 0, ns * MX_SUB * 2);
-                continue;
-            }
-            const int64_t j = kc * 32, n0 = nt - j, n1 = nt - j - 16;
-            const __mmask16 m0 = (__mmask16)(n0 >= 16 ? 0xFFFF : (1u << n0) - 1);
-            const __mmask16 m1 = (__mmask16)(n1 >= 16 ? 0xFFFF : (n1 <= 0 ? 0 : (1u << n1) - 1));
-            mx_pack_a(_mm512_maskz_loadu_ps(m0, p + r * TL + j), _mm512_maskz_loadu_ps(m1, p + r * TL + j + 16), dst, ns);
+/* Online softmax over S^T, 16 rows per vector: no horizontal reductions. */
+SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t Rp = MX_RP(R), TP = MX_TP(TL), n32p = (nt + 31) / 32 * 32;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+    int any = 0;
+    for (int64_t rb = 0; rb < Rp / 16; rb++) {
+        __m512i vis = _mm512_sub_epi32(_mm512_loadu_si512(w->mxvis + rb * 16), _mm512_set1_epi32((int32_t)j0));
+        vis = _mm512_min_epi32(_mm512_max_epi32(vis, _mm512_setzero_si512()), _mm512_set1_epi32((int32_t)nt));
+        if (!_mm512_cmpgt_epi32_mask(vis, _mm512_setzero_si512())) { /* no row of the block sees the tile */
+            memset(w->mxt + rb * TP * 16, 0, (size_t)(n32p * 16) * sizeof(float));
+            continue;
         }
-    /* V as B operands: [key chunk][channel block of 16][subtile][16 rows][32] */
-    uint16_t *vb = w->mxv;
+        any = 1;
+        float *st = w->mxt + rb * TP * 16;
+        __m512 mx = ninf;
+        for (int64_t j = 0; j < nt; j++) {
+            const __mmask16 k = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j));
+            mx = _mm512_mask_max_ps(mx, k, mx, _mm512_load_ps(st + j * 16));
+        }
+        const __m512 mold = _mm512_loadu_ps(w->m + rb * 16);
+        const __m512 mnew = _mm512_max_ps(mold, mx);
+        const __mmask16 live = _mm512_cmp_ps_mask(mnew, ninf, _CMP_GT_OQ);
+        /* rows with no key so far keep m = -inf, alpha = 1 */
+        const __m512 alpha = _mm512_mask_blend_ps(live, one, exp2_neg16(_mm512_sub_ps(mold, mnew)));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n32p; j++) {
+            const __mmask16 k = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j)) & live;
+            const __m512 p = _mm512_maskz_mov_ps(k, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mnew)));
+            _mm512_store_ps(st + j * 16, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        _mm512_storeu_ps(w->l + rb * 16, _mm512_fmadd_ps(_mm512_loadu_ps(w->l + rb * 16), alpha, sum));
+        _mm512_storeu_ps(w->m + rb * 16, _mm512_mask_blend_ps(live, mold, mnew));
+        if (_mm512_cmp_ps_mask(alpha, one, _CMP_NEQ_UQ)) {
+            float *o = w->o + rb * 16;
+            for (int64_t d = 0; d < D; d++) _mm512_storeu_ps(o + d * Rp, _mm512_mul_ps(_mm512_loadu_ps(o + d * Rp), alpha));
+        }
+    }
+    return any;
+}
+
+/* word indices: (a[n], a[16+n]) of one vector */
+#define MX_IDX_PAIRSELF                                                                                          \
+    _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, \
+                     3, 18, 2, 17, 1, 16, 0)
+
+/* O^T += V^T P^T: A = V^T [channel block][16 channels][keys], B = P^T [key pairs][16 rows] */
+SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, nrb = Rp / 16;
+    /* P^T as B operands: [key chunk][row block][subtile][16][32] (padding keys are zero in mxt) */
+    uint16_t *pb = w->mxp;
     for (int64_t kc = 0; kc < n32; kc++)
-        for (int64_t u = 0; u < 16; u++) {
-            const int64_t j0 = kc * 32 + 2 * u, j1 = j0 + 1;
-            for (int64_t cc = 0; cc < D / 32; cc++) {
+        for (int64_t rb = 0; rb < nrb; rb++) {
+            const float *st = w->mxt + (rb * TP + kc * 32) * 16;
+            uint16_t *blk = pb + (kc * nrb + rb) * ns * 512;
+            for (int64_t u = 0; u < 16; u++) {
+                __m512i h, l;
+                mx_split32(_mm512_load_ps(st + 2 * u * 16), _mm512_load_ps(st + (2 * u + 1) * 16), &h, &l);
+                if (ns == 1) { /* row u: (p[2u][n], p[2u+1][n]) */
+                    _mm512_storeu_si512(blk + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, h));
+                    continue;
+                }
+                /* keys 2u, 2u+1: rows (2u) % 16, +1 of subtile (2u) / 16, as (ph, ph); subtile 2 row u: (pl, pl') */
+                uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
+                _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(MX_IDX_DUP(0), h));
+                _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(MX_IDX_DUP(16), h));
+                _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, l));
+            }
+        }
+    /* V^T as A operands: [key chunk][channel block][subtile][16 channels][32]. The
+     * columns (one key slot for 16 channels) are staged, then transposed. */
+    uint16_t *va = w->mxv;
+    uint32_t *col = (uint32_t *)w->mxc; /* [half][subtile][16 columns][16 dwords] */
+    for (int64_t kc = 0; kc < n32; kc++)
+        for (int64_t cc = 0; cc < D / 32; cc++) {
+            for (int64_t u = 0; u < 16; u++) {
+                const int64_t j0 = kc * 32 + 2 * u, j1 = j0 + 1;
                 __m512i ah = _mm512_setzero_si512(), al = ah, bh = ah, bl = ah;
                 if (j0 < nt) mx_split32(_mm512_loadu_ps(vt + j0 * D + cc * 32), _mm512_loadu_ps(vt + j0 * D + cc * 32 + 16), &ah, &al);
                 if (j1 < nt) mx_split32(_mm512_loadu_ps(vt + j1 * D + cc * 32), _mm512_loadu_ps(vt + j1 * D + cc * 32 + 16), &bh, &bl);
-                for (int half = 0; half < 2; half++) { /* channel block 2 cc + half */
-                    uint16_t *blk = vb + ((kc * ncb + 2 * cc + half) * ns) * 512;
-                    if (ns == 1) { /* row u: (yh[2u][n], yh[2u+1][n]) */
-                        _mm512_storeu_si512(blk + u * MX_SUB,
-                                            _mm512_permutex2var_epi16(ah, half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0), bh));
+                for (int half = 0; half < 2; half++) {
+                    const __m512i pair = half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0);
+                    uint32_t *ch = col + half * ns * 256;
+                    if (ns == 1) { /* column u: (vh[2u][c], vh[2u+1][c]) */
+                        _mm512_storeu_si512(ch + u * 16, _mm512_permutex2var_epi16(ah, pair, bh));
                         continue;
                     }
-                    const __m512i dup = half ? MX_IDX_DUP(16) : MX_IDX_DUP(0);
-                    /* keys 2u, 2u+1 are rows (2u, 2u+1) mod 16 of subtile (2u)/16 */
-                    uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
-                    _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(dup, ah));
-                    _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(dup, bh));
-                    _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB,
-                                        _mm512_permutex2var_epi16(al, half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0), bl));
+                    /* subtile (2u)/16, columns (2u)%16 and +1: (vh, vl) of keys 2u, 2u+1; subtile 2 column u */
+                    uint32_t *c01 = ch + ((2 * u) / 16) * 256 + ((2 * u) % 16) * 16;
+                    _mm512_storeu_si512(c01, _mm512_permutex2var_epi16(ah, pair, al));
+                    _mm512_storeu_si512(c01 + 16, _mm512_permutex2var_epi16(bh, pair, bl));
+                    _mm512_storeu_si512(ch + 2 * 256 + u * 16, _mm512_permutex2var_epi16(ah, pair, bh));
                 }
             }
+            for (int half = 0; half < 2; half++)
+                for (int sub = 0; sub < ns; sub++) {
+                    __m512 x[16];
+                    const uint32_t *ch = col + (half * ns + sub) * 256;
+                    for (int i = 0; i < 16; i++) x[i] = _mm512_castsi512_ps(_mm512_loadu_si512(ch + i * 16));
+                    mx_transpose16(x);
+                    uint16_t *dst = va + ((kc * ncb + 2 * cc + half) * ns + sub) * 512;
+                    for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + i * MX_SUB, _mm512_castps_si512(x[i]));
+                }
         }
-    for (int64_t rb = 0; rb < Rp / 16; rb += 2)
-        for (int64_t cb = 0; cb < ncb; cb += 2) {
-            float *o0 = o + rb * 16 * D + cb * 16, *o1 = o0 + 16 * D;
-            MX_LOAD(0, o0, D * 4);
-            MX_LOAD(1, o0 + 16, D * 4);
-            MX_LOAD(2, o1, D * 4);
-            MX_LOAD(3, o1 + 16, D * 4);
+    float *o = w->o;
+    for (int64_t cb = 0; cb < ncb; cb += 2)
+        for (int64_t rb = 0; rb < nrb; rb += 2) {
+            float *o0 = o + cb * 16 * Rp + rb * 16, *o1 = o0 + 16 * Rp;
+            MX_LOAD(0, o0, Rp * 4);
+            MX_LOAD(1, o0 + 16, Rp * 4);
+            MX_LOAD(2, o1, Rp * 4);
+            MX_LOAD(3, o1 + 16, Rp * 4);
             for (int64_t kc = 0; kc < n32; kc++)
                 for (int sub = 0; sub < ns; sub++) {
-                    const uint16_t *a = pp + rb * 16 * pa + (kc * ns + sub) * MX_SUB;
-                    const uint16_t *b = vb + ((kc * ncb + cb) * ns + sub) * 512;
-                    MX_STEP(a, a + 16 * pa, pa * 2, b, b + ns * 512);
+                    const uint16_t *a = va + ((kc * ncb + cb) * ns + sub) * 512;
+                    const uint16_t *b = pb + ((kc * nrb + rb) * ns + sub) * 512;
+                    MX_STEP(a, a + ns * 512, 64, b, b + ns * 512);
                 }
-            MX_STORE(0, o0, D * 4);
-            MX_STORE(1, o0 + 16, D * 4);
-            MX_STORE(2, o1, D * 4);
-            MX_STORE(3, o1 + 16, D * 4);
+            MX_STORE(0, o0, Rp * 4);
+            MX_STORE(1, o0 + 16, Rp * 4);
+            MX_STORE(2, o1, Rp * 4);
+            MX_STORE(3, o1 + 16, Rp * 4);
         }
 }
 
 SC_T_AMX static void mx_done(void) { __asm__ volatile("tilerelease" ::: "memory"); }
 
-static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_pv, mx_done};
+static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_sm, mx_pv, mx_done};
 
 SC_T_AMX static void item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
