@@ -139,6 +139,7 @@ typedef struct mx_hooks {
     int (*sm)(struct attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
     void (*pv)(struct attn_ws *w, const float *vt, int64_t R, int64_t nt, int64_t D, int64_t TL);
     void (*done)(void);
+    void (*rows)(struct attn_ws *w, int64_t R, int64_t D, float *dst); /* O^T -> dst [Rp][D] */
 } mx_hooks;
 
 static inline __attribute__((always_inline)) float softmax_generic(float *sr, int64_t vis, int64_t nt, float *m,
@@ -396,12 +397,13 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             mx->pv(w, wvt, R, nt, D, TL);
         }
         mx->done();
-        /* O^T [D][Rp] back to rows */
+        /* O^T [D][Rp] back to rows (w->qf: free on this path) */
+        mx->rows(w, R, D, w->qf);
         const int64_t base = (item / c->S) * c->S + s_idx;
         for (int64_t r = 0; r < R; r++) {
             if (r % mb >= mrows) continue;
-            float *orow = c->S == 1 ? wvt : c->part_o + (base * R + r) * D;
-            for (int64_t d = 0; d < D; d++) orow[d] = wo[d * Rp + r];
+            float *orow = w->qf + r * D;
+            if (c->S > 1) memcpy(c->part_o + (base * R + r) * D, orow, (size_t)D * sizeof(float));
             if (c->S == 1) {
                 finish_row(c, b, hk, r / mb, i0 + r % mb, orow, wm[r], wl[r], wq0 + r * D, wkt);
             } else {
@@ -801,7 +803,8 @@ SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int
     else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G);
 }
 
-/* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef */
+/* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
+ * (valid up to x = 127; the AMX softmax passes x <= MX_LAZY) */
 SC_T_AVX512 static inline __m512 exp2_neg16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-127.0f);
     __mmask16 dead = _mm512_cmp_ps_mask(x, lo, _CMP_NGT_UQ); /* x <= -127 or NaN */
@@ -1041,39 +1044,67 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, i
         }
 }
 
-/* Online softmax over S^T, 16 rows per vector: no horizontal reductions. */
+/* Online softmax over S^T, 16 rows per vector: no horizontal reductions.
+ * Lazy rescaling: a row's reference max only moves when the tile's max
+ * exceeds it by more than MX_LAZY (log2 units); below that p = 2^(s - m) may
+ * reach 2^MX_LAZY, which fp32/bf16 hold exactly as well, and O^T (strided,
+ * all of it in L2) is rescaled only in the rare tiles that move a max.
+ * Measured: the eager rescale was the hottest loop of the AMX prefill. */
+#define MX_LAZY 8.0f
 SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
     const int64_t Rp = MX_RP(R), TP = MX_TP(TL), n32p = (nt + 31) / 32 * 32;
     const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+    const __m512i ntv = _mm512_set1_epi32((int32_t)nt);
     int any = 0;
     for (int64_t rb = 0; rb < Rp / 16; rb++) {
         __m512i vis = _mm512_sub_epi32(_mm512_loadu_si512(w->mxvis + rb * 16), _mm512_set1_epi32((int32_t)j0));
-        vis = _mm512_min_epi32(_mm512_max_epi32(vis, _mm512_setzero_si512()), _mm512_set1_epi32((int32_t)nt));
+        vis = _mm512_min_epi32(_mm512_max_epi32(vis, _mm512_setzero_si512()), ntv);
+        float *st = w->mxt + rb * TP * 16;
         if (!_mm512_cmpgt_epi32_mask(vis, _mm512_setzero_si512())) { /* no row of the block sees the tile */
-            memset(w->mxt + rb * TP * 16, 0, (size_t)(n32p * 16) * sizeof(float));
+            memset(st, 0, (size_t)(n32p * 16) * sizeof(float));
             continue;
         }
         any = 1;
-        float *st = w->mxt + rb * TP * 16;
-        __m512 mx = ninf;
-        for (int64_t j = 0; j < nt; j++) {
-            const __mmask16 k = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j));
-            mx = _mm512_mask_max_ps(mx, k, mx, _mm512_load_ps(st + j * 16));
+        /* four independent chains (one max chain per key was latency-bound);
+         * keys past nt are padding, masked off by vis <= nt */
+        __m512 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+        const int64_t n4 = (nt + 3) / 4 * 4;
+        for (int64_t j = 0; j < n4; j += 4) {
+            const __m512i jv = _mm512_set1_epi32((int32_t)j);
+            const __mmask16 k0 = _mm512_cmpgt_epi32_mask(vis, jv);
+            const __mmask16 k1 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(1)));
+            const __mmask16 k2 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(2)));
+            const __mmask16 k3 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(3)));
+            m0 = _mm512_mask_max_ps(m0, k0, m0, _mm512_load_ps(st + j * 16));
+            m1 = _mm512_mask_max_ps(m1, k1, m1, _mm512_load_ps(st + (j + 1) * 16));
+            m2 = _mm512_mask_max_ps(m2, k2, m2, _mm512_load_ps(st + (j + 2) * 16));
+            m3 = _mm512_mask_max_ps(m3, k3, m3, _mm512_load_ps(st + (j + 3) * 16));
         }
+        const __m512 mx = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
         const __m512 mold = _mm512_loadu_ps(w->m + rb * 16);
-        const __m512 mnew = _mm512_max_ps(mold, mx);
-        const __mmask16 live = _mm512_cmp_ps_mask(mnew, ninf, _CMP_GT_OQ);
-        /* rows with no key so far keep m = -inf, alpha = 1 */
-        const __m512 alpha = _mm512_mask_blend_ps(live, one, exp2_neg16(_mm512_sub_ps(mold, mnew)));
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t j = 0; j < n32p; j++) {
-            const __mmask16 k = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j)) & live;
-            const __m512 p = _mm512_maskz_mov_ps(k, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mnew)));
-            _mm512_store_ps(st + j * 16, p);
-            sum = _mm512_add_ps(sum, p);
+        /* move the reference where the tile's max exceeds it by > MX_LAZY (or there was none) */
+        const __mmask16 move = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mold, _mm512_set1_ps(MX_LAZY)), _CMP_GT_OQ) |
+                               (_mm512_cmp_ps_mask(mold, ninf, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(mx, ninf, _CMP_GT_OQ));
+        const __m512 mref = _mm512_mask_blend_ps(move, mold, mx);
+        const __mmask16 live = _mm512_cmp_ps_mask(mref, ninf, _CMP_GT_OQ);
+        /* alpha = 2^(mold - mref) where a reference moved; 1 elsewhere (and for a
+         * row's first reference: its O^T and l are still zero) */
+        const __m512 alpha = _mm512_mask_blend_ps(move & _mm512_cmp_ps_mask(mold, ninf, _CMP_GT_OQ), one,
+                                                  exp2_neg16(_mm512_sub_ps(mold, mref)));
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        for (int64_t j = 0; j < n32p; j += 2) {
+            const __mmask16 k0 = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j)) & live;
+            const __mmask16 k1 = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j + 1)) & live;
+            const __m512 p0 = _mm512_maskz_mov_ps(k0, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mref)));
+            const __m512 p1 = _mm512_maskz_mov_ps(k1, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + (j + 1) * 16), mref)));
+            _mm512_store_ps(st + j * 16, p0);
+            _mm512_store_ps(st + (j + 1) * 16, p1);
+            s0 = _mm512_add_ps(s0, p0);
+            s1 = _mm512_add_ps(s1, p1);
         }
+        const __m512 sum = _mm512_add_ps(s0, s1);
         _mm512_storeu_ps(w->l + rb * 16, _mm512_fmadd_ps(_mm512_loadu_ps(w->l + rb * 16), alpha, sum));
-        _mm512_storeu_ps(w->m + rb * 16, _mm512_mask_blend_ps(live, mold, mnew));
+        _mm512_storeu_ps(w->m + rb * 16, mref);
         if (_mm512_cmp_ps_mask(alpha, one, _CMP_NEQ_UQ)) {
             float *o = w->o + rb * 16;
             for (int64_t d = 0; d < D; d++) _mm512_storeu_ps(o + d * Rp, _mm512_mul_ps(_mm512_loadu_ps(o + d * Rp), alpha));
@@ -1168,7 +1199,18 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, i
 
 SC_T_AMX static void mx_done(void) { __asm__ volatile("tilerelease" ::: "memory"); }
 
-static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_sm, mx_pv, mx_done};
+SC_T_AMX static void mx_rows(attn_ws *w, int64_t R, int64_t D, float *dst) {
+    const int64_t Rp = MX_RP(R);
+    for (int64_t cb = 0; cb < D / 16; cb++)
+        for (int64_t rb = 0; rb < Rp / 16; rb++) {
+            __m512 x[16];
+            for (int i = 0; i < 16; i++) x[i] = _mm512_loadu_ps(w->o + (cb * 16 + i) * Rp + rb * 16);
+            mx_transpose16(x);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (rb * 16 + i) * D + cb * 16, x[i]);
+        }
+}
+
+static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_sm, mx_pv, mx_done, mx_rows};
 
 SC_T_AMX static void item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
