@@ -1023,8 +1023,10 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, i
             else memset(kp + j * ka + cc * ns * MX_SUB, 0, ns * MX_SUB * 2);
         }
     const uint16_t *qb = w->mxq;
-    for (int64_t kb = 0; kb < 2 * n32; kb += 2)
-        for (int64_t rb = 0; rb < nrb; rb += 2) {
+    /* row blocks outside: a row pair's queries stay in L1 while the tile's
+     * keys pass (with bf16 operands both fit L1: 8 + 32 KB at d128) */
+    for (int64_t rb = 0; rb < nrb; rb += 2)
+        for (int64_t kb = 0; kb < 2 * n32; kb += 2) {
             MX_ZERO(0);
             MX_ZERO(1);
             MX_ZERO(2);
@@ -1177,8 +1179,8 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, i
                 }
         }
     float *o = w->o;
-    for (int64_t cb = 0; cb < ncb; cb += 2)
-        for (int64_t rb = 0; rb < nrb; rb += 2) {
+    for (int64_t rb = 0; rb < nrb; rb += 2) /* a row pair's P^T stays in L1 while V^T passes */
+        for (int64_t cb = 0; cb < ncb; cb += 2) {
             float *o0 = o + cb * 16 * Rp + rb * 16, *o1 = o0 + 16 * Rp;
             MX_LOAD(0, o0, Rp * 4);
             MX_LOAD(1, o0 + 16, Rp * 4);
