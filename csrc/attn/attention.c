@@ -634,6 +634,28 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
     }
 }
 
+/* One 4-row x nk-key block of qk44_body */
+SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t r0,
+                                   int64_t j0, int64_t nk, int64_t D, int64_t TL, const float *sc, int64_t ncell,
+                                   const int32_t *cix) {
+    __m512 acc[16];
+    for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < D; c += 16) {
+        __m512 kv[4];
+        for (int kk = 0; kk < 4; kk++)
+            kv[kk] = kk < nk ? cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix)
+                             : _mm512_setzero_ps();
+        for (int rr = 0; rr < 4; rr++) {
+            const __m512 qv = _mm512_loadu_ps(q + (r0 + rr) * D + c);
+            for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
+        }
+    }
+    float out[16];
+    _mm512_storeu_ps(out, hsum16(acc)); /* lane rr*4 + kk */
+    for (int rr = 0; rr < 4; rr++)
+        for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
+}
+
 /* Rows in fours: 4 rows x 4 keys of accumulators share every load (8 loads
  * feed 16 FMAs instead of 17 loads feeding 16), and one transposing
  * reduction yields all 16 (row, key) scores. */
@@ -644,30 +666,50 @@ SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int
     cell_map(sc, D, G, &ncell, cix);
     int64_t r0 = 0;
     for (; r0 + 4 <= R; r0 += 4) {
-        for (int64_t j0 = 0; j0 < nt; j0 += 4) {
-            const int64_t nk = nt - j0 < 4 ? nt - j0 : 4;
-            __m512 acc[16];
-            for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
-            for (int64_t c = 0; c < D; c += 16) {
-                __m512 kv[4];
-                for (int kk = 0; kk < 4; kk++)
-                    kv[kk] = kk < nk ? cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix)
-                                     : _mm512_setzero_ps();
-                for (int rr = 0; rr < 4; rr++) {
-                    const __m512 qv = _mm512_loadu_ps(q + (r0 + rr) * D + c);
-                    for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
-                }
-            }
-            float out[16];
-            _mm512_storeu_ps(out, hsum16(acc)); /* lane rr*4 + kk */
-            for (int rr = 0; rr < 4; rr++)
-                for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
-        }
+        int64_t j0 = 0;
+        /* whole blocks with the key count a constant (a variable one left a
+         * compare-and-branch per key and chunk in the loop) */
+        for (; j0 + 4 <= nt; j0 += 4) qk44_block(q, k, ks, f16, s, r0, j0, 4, D, TL, sc, ncell, cix);
+        if (j0 < nt) qk44_block(q, k, ks, f16, s, r0, j0, nt - j0, D, TL, sc, ncell, cix);
     }
     if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL, sc, G);
 }
 
-/* O += P V with the accumulators of 4 rows x 64 channels in registers. */
+/* One block of pv_body: rows r0..r0+nr, channels c0..c0+16 nv, all nt keys */
+SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t r0,
+                                 int64_t c0, int64_t nr, int64_t nv, int64_t nt, int64_t D, int64_t TL,
+                                 const float *sc, int64_t ncell, const int32_t *cix) {
+    __m512 acc[4][4];
+    /* fixed trip counts, fully unrolled: acc stays in registers (a
+     * variable-bound loop here made GCC spill acc and copy it out
+     * with rep movsq, ~40% of a short decode) */
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; kk++)
+            acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
+                                                : _mm512_setzero_ps();
+    for (int64_t j = 0; j < nt; j++) {
+        __m512 x[4];
+        for (int kk = 0; kk < 4; kk++)
+            x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
+                            : _mm512_setzero_ps();
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
+            for (int kk = 0; kk < 4; kk++) acc[rr][kk] = _mm512_fmadd_ps(pj, x[kk], acc[rr][kk]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; kk++)
+            if (rr < nr && kk < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
+}
+
+/* O += P V with the accumulators of 4 rows x 64 channels in registers. Whole
+ * blocks take a constant-shape instance (variable row/channel counts left
+ * compare-and-branch chains in the key loop: ~10% of int8 decode). */
 SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
                                 int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
     int64_t ncell = 1;
@@ -677,32 +719,8 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
             const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
-            __m512 acc[4][4];
-            /* fixed trip counts, fully unrolled: acc stays in registers (a
-             * variable-bound loop here made GCC spill acc and copy it out
-             * with rep movsq, ~40% of a short decode) */
-#pragma GCC unroll 4
-            for (int rr = 0; rr < 4; rr++)
-#pragma GCC unroll 4
-                for (int kk = 0; kk < 4; kk++)
-                    acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
-                                                        : _mm512_setzero_ps();
-            for (int64_t j = 0; j < nt; j++) {
-                __m512 x[4];
-                for (int kk = 0; kk < 4; kk++)
-                    x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
-                                    : _mm512_setzero_ps();
-                for (int rr = 0; rr < 4; rr++) {
-                    if (rr >= nr) break;
-                    const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
-                    for (int kk = 0; kk < 4; kk++) acc[rr][kk] = _mm512_fmadd_ps(pj, x[kk], acc[rr][kk]);
-                }
-            }
-#pragma GCC unroll 4
-            for (int rr = 0; rr < 4; rr++)
-#pragma GCC unroll 4
-                for (int kk = 0; kk < 4; kk++)
-                    if (rr < nr && kk < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
+            if (nr == 4 && nv == 4) pv_block(p, v, vs, f16, o, r0, c0, 4, 4, nt, D, TL, sc, ncell, cix);
+            else pv_block(p, v, vs, f16, o, r0, c0, nr, nv, nt, D, TL, sc, ncell, cix);
         }
     }
 }
