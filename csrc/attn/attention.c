@@ -135,9 +135,9 @@ typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float
 struct attn_ws;
 typedef struct mx_hooks {
     void (*prep)(struct attn_ws *w, int64_t R, int64_t D);
-    void (*qk)(struct attn_ws *w, const float *kt, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*qk)(struct attn_ws *w, const float *kt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
     int (*sm)(struct attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
-    void (*pv)(struct attn_ws *w, const float *vt, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*pv)(struct attn_ws *w, const float *vt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
     void (*done)(void);
     void (*rows)(struct attn_ws *w, int64_t R, int64_t D, float *dst); /* O^T -> dst [Rp][D] */
 } mx_hooks;
@@ -391,10 +391,10 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         for (int64_t j0 = lo; j0 < hi; j0 += TL) {
             const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
             load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
-            mx->qk(w, wkt, R, nt, D, TL);
+            mx->qk(w, wkt, R, j0, nt, D, TL);
             if (!mx->sm(w, R, j0, nt, D, TL)) continue;
             load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
-            mx->pv(w, wvt, R, nt, D, TL);
+            mx->pv(w, wvt, R, j0, nt, D, TL);
         }
         mx->done();
         /* O^T [D][Rp] back to rows (w->qf: free on this path) */
@@ -1029,7 +1029,14 @@ SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
 }
 
 /* S^T of the tile into mxt: [row block][key][16 rows], straight from the tiles */
-SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+/* Keys of the tile that any row of rows [r0, r0 + 32) sees (causal diagonal): blocks past it are skipped. */
+SC_T_AMX SC_INL int64_t mx_pair_keys(const attn_ws *w, int64_t r0, int64_t j0, int64_t nt) {
+    const __m512i v = _mm512_max_epi32(_mm512_loadu_si512(w->mxvis + r0), _mm512_loadu_si512(w->mxvis + r0 + 16));
+    const int64_t n = (int64_t)_mm512_reduce_max_epi32(v) - j0;
+    return n < 0 ? 0 : (n > nt ? nt : n);
+}
+
+SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
     const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32,
                   ka = nc * ns * MX_SUB;
     /* the K tile as A operands: [key][channel chunk][subtile][32], keys past nt zero */
@@ -1043,8 +1050,9 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, i
     const uint16_t *qb = w->mxq;
     /* row blocks outside: a row pair's queries stay in L1 while the tile's
      * keys pass (with bf16 operands both fit L1: 8 + 32 KB at d128) */
-    for (int64_t rb = 0; rb < nrb; rb += 2)
-        for (int64_t kb = 0; kb < 2 * n32; kb += 2) {
+    for (int64_t rb = 0; rb < nrb; rb += 2) {
+        const int64_t kb_end = 2 * ((mx_pair_keys(w, rb * 16, j0, nt) + 31) / 32); /* masked for the pair past it */
+        for (int64_t kb = 0; kb < kb_end; kb += 2) {
             MX_ZERO(0);
             MX_ZERO(1);
             MX_ZERO(2);
@@ -1062,6 +1070,7 @@ SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t nt, i
             MX_STORE(2, st + 256, 64);
             MX_STORE(3, st + TP * 16 + 256, 64);
         }
+    }
 }
 
 /* Online softmax over S^T, 16 rows per vector: no horizontal reductions.
@@ -1139,7 +1148,7 @@ SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t
                      3, 18, 2, 17, 1, 16, 0)
 
 /* O^T += V^T P^T: A = V^T [channel block][16 channels][keys], B = P^T [key pairs][16 rows] */
-SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
     const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, nrb = Rp / 16;
     /* P^T as B operands: [key chunk][row block][subtile][16][32] (padding keys are zero in mxt) */
     uint16_t *pb = w->mxp;
@@ -1197,14 +1206,16 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, i
                 }
         }
     float *o = w->o;
-    for (int64_t rb = 0; rb < nrb; rb += 2) /* a row pair's P^T stays in L1 while V^T passes */
+    for (int64_t rb = 0; rb < nrb; rb += 2) { /* a row pair's P^T stays in L1 while V^T passes */
+        const int64_t kc_end = (mx_pair_keys(w, rb * 16, j0, nt) + 31) / 32; /* P^T is zero past it */
+        if (!kc_end) continue;
         for (int64_t cb = 0; cb < ncb; cb += 2) {
             float *o0 = o + cb * 16 * Rp + rb * 16, *o1 = o0 + 16 * Rp;
             MX_LOAD(0, o0, Rp * 4);
             MX_LOAD(1, o0 + 16, Rp * 4);
             MX_LOAD(2, o1, Rp * 4);
             MX_LOAD(3, o1 + 16, Rp * 4);
-            for (int64_t kc = 0; kc < n32; kc++)
+            for (int64_t kc = 0; kc < kc_end; kc++)
                 for (int sub = 0; sub < ns; sub++) {
                     const uint16_t *a = va + ((kc * ncb + cb) * ns + sub) * 512;
                     const uint16_t *b = pb + ((kc * nrb + rb) * ns + sub) * 512;
@@ -1215,6 +1226,7 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t nt, i
             MX_STORE(2, o1, Rp * 4);
             MX_STORE(3, o1 + 16, Rp * 4);
         }
+    }
 }
 
 SC_T_AMX static void mx_done(void) { __asm__ volatile("tilerelease" ::: "memory"); }
