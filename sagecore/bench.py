@@ -72,6 +72,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="N=4096 decode and the chunk only (smoke run)")
     ap.add_argument("--small-only", action="store_true",
                     help="only the small-call (N=16 decode, fixed cost per call) comparison")
+    ap.add_argument("--prefill-ab", action="store_true",
+                    help="only prefill 2048 causal: int8 (fp32-level), int8 with precision='bf16' and torch bf16, "
+                         "timed round-robin in one process (best of 8 each)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
                     help="backend to measure (metal: only on a Mac with the Metal backend built)")
     args = ap.parse_args(argv)
@@ -96,6 +99,8 @@ def main(argv=None):
         torch.set_num_threads(_cpu.get_num_threads())
     except ImportError:
         torch = None
+    if args.prefill_ab:
+        return _prefill_ab(torch)
     rng = np.random.default_rng(0)
     llc = llc_bytes()
     probe = np.ones(max(2 * llc, 1 << 30) // 8, np.uint64)
@@ -283,6 +288,41 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def _prefill_ab(torch, rounds=8):
+    """Prefill 2048 causal, B=1, 32/8 heads, d128: the int8 cache at both
+    precisions and torch's bf16 SDPA, alternated so that machine noise hits
+    all of them alike; prints best times and same-run ratios."""
+    rng = np.random.default_rng(0)
+    M = N = 2048
+    k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+    v = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
+    q = rng.standard_normal((B, HQ, M, D)).astype(np.float32)
+    o = np.empty_like(q)
+    c = QuantKVCache("int8", batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+    c.append(k, v)
+    fns = {"int8": lambda: c.attend(q, out=o, is_causal=True),
+           "int8-bf16": lambda: c.attend(q, out=o, is_causal=True, precision="bf16")}
+    if torch is not None:
+        import torch.nn.functional as F
+        tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in (q, k, v))
+        fns["torch-bfloat16"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True, enable_gqa=True)
+    best = dict.fromkeys(fns, 1e9)
+    with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
+        for fn in fns.values():
+            fn()
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    print(f"prefill 2048 causal, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
+          f"round-robin best of {rounds}")
+    for name, t in best.items():
+        print(f"  {name:16s} {t * 1e3:8.1f} ms"
+              + (f"   torch bf16 / this {best['torch-bfloat16'] / t:5.2f}x" if "torch-bfloat16" in best else ""))
+    return 0
 
 
 def metal_read_bandwidth(nbytes: int = 1 << 28) -> float:

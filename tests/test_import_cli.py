@@ -58,6 +58,15 @@ def test_bench_smoke(tmp_path):
     assert "vs fp16" in r.stdout
 
 
+def test_bench_prefill_ab_smoke(capsys):
+    from sagecore import bench
+    assert bench._prefill_ab(None, rounds=1) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("prefill 2048 causal") and "best of 1" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["int8", "int8-bf16"]
+    assert all(float(ln.split()[1]) > 0 for ln in lines[1:])
+
+
 def test_bench_backend_metal_refuses_the_emulation():
     from sagecore import metal
     if not metal.emulated():
