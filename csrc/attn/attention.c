@@ -40,6 +40,9 @@
 #ifndef MX_ROWS_MAX
 #define MX_ROWS_MAX 256 /* rows per item on the matrix engine (AMX) */
 #endif
+#ifndef MX_PREPACK_MAX
+#define MX_PREPACK_MAX (128.0 * 1048576) /* bytes of K + V^T packed once per call, at most */
+#endif
 #ifndef MX_TILE_KEYS
 #define MX_TILE_KEYS 128
 #endif
@@ -135,9 +138,12 @@ typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float
 struct attn_ws;
 typedef struct mx_hooks {
     void (*prep)(struct attn_ws *w, int64_t R, int64_t D);
-    void (*qk)(struct attn_ws *w, const float *kt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
+    /* K / V tiles (fp32 rows) to the engine's operand layouts (per item, or once per call: c->mxpk) */
+    void (*pack_k)(const float *kt, int64_t nt, int64_t D, int64_t ns, uint16_t *dst);
+    void (*pack_v)(const float *vt, int64_t nt, int64_t D, int64_t ns, uint16_t *dst, uint32_t *col);
+    void (*qk)(struct attn_ws *w, const uint16_t *kp, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
     int (*sm)(struct attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
-    void (*pv)(struct attn_ws *w, const float *vt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
+    void (*pv)(struct attn_ws *w, const uint16_t *va, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
     void (*done)(void);
     void (*rows)(struct attn_ws *w, int64_t R, int64_t D, float *dst); /* O^T -> dst [Rp][D] */
 } mx_hooks;
@@ -181,6 +187,10 @@ typedef struct attn_ctx {
      * K/V 2 = per-token cell scales (T 1, G a multiple of 16) applied per 16 codes */
     int k_q8, v_q8;
     int mx; /* items of more than Q8_MAX_ROWS rows use the matrix engine (mx_hooks) */
+    /* K and V^T of every tile packed once per call for the engine, when several
+     * row blocks share them: [kv row][tile][mx_tile_words] each (NULL: per item) */
+    uint16_t *mxpk, *mxpv;
+    int64_t mx_tiles, mx_tile_words;
 } attn_ctx;
 
 /* How an int8/int4 store can be read in place: 0 (use the tile decoder), 1 or
@@ -390,11 +400,20 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         mx->prep(w, R, D);
         for (int64_t j0 = lo; j0 < hi; j0 += TL) {
             const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-            load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
-            mx->qk(w, wkt, R, j0, nt, D, TL);
+            const size_t pre = (size_t)((kr * c->mx_tiles + j0 / TL) * c->mx_tile_words);
+            const uint16_t *kp = c->mxpk ? c->mxpk + pre : w->mxk;
+            if (!c->mxpk) {
+                load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, wkt);
+                mx->pack_k(wkt, nt, D, w->mxs, w->mxk);
+            }
+            mx->qk(w, kp, R, j0, nt, D, TL);
             if (!mx->sm(w, R, j0, nt, D, TL)) continue;
-            load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
-            mx->pv(w, wvt, R, j0, nt, D, TL);
+            const uint16_t *va = c->mxpv ? c->mxpv + pre : w->mxv;
+            if (!c->mxpv) {
+                load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, wvt);
+                mx->pack_v(wvt, nt, D, w->mxs, w->mxv, (uint32_t *)w->mxc);
+            }
+            mx->pv(w, va, R, j0, nt, D, TL);
         }
         mx->done();
         /* O^T [D][Rp] back to rows (w->qf: free on this path) */
@@ -1036,17 +1055,20 @@ SC_T_AMX SC_INL int64_t mx_pair_keys(const attn_ws *w, int64_t r0, int64_t j0, i
     return n < 0 ? 0 : (n > nt ? nt : n);
 }
 
-SC_T_AMX static void mx_qk(attn_ws *w, const float *kt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), nc = D / 32, nrb = Rp / 16, n32 = (nt + 31) / 32,
-                  ka = nc * ns * MX_SUB;
-    /* the K tile as A operands: [key][channel chunk][subtile][32], keys past nt zero */
-    uint16_t *kp = w->mxk;
+/* The K tile as A operands: [key][channel chunk][subtile][32], keys past nt
+ * (to the next multiple of 32) zero. */
+SC_T_AMX static void mx_pack_k(const float *kt, int64_t nt, int64_t D, int64_t ns, uint16_t *kp) {
+    const int64_t nc = D / 32, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
     for (int64_t j = 0; j < n32 * 32; j++)
         for (int64_t cc = 0; cc < nc; cc++) {
             if (j < nt) mx_pack_a(_mm512_loadu_ps(kt + j * D + cc * 32), _mm512_loadu_ps(kt + j * D + cc * 32 + 16),
                                   kp + j * ka + cc * ns * MX_SUB, ns);
             else memset(kp + j * ka + cc * ns * MX_SUB, 0, ns * MX_SUB * 2);
         }
+}
+
+SC_T_AMX static void mx_qk(attn_ws *w, const uint16_t *kp, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), nc = D / 32, nrb = Rp / 16, ka = nc * ns * MX_SUB;
     const uint16_t *qb = w->mxq;
     /* row blocks outside: a row pair's queries stay in L1 while the tile's
      * keys pass (with bf16 operands both fit L1: 8 + 32 KB at d128) */
@@ -1148,32 +1170,11 @@ SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t
                      3, 18, 2, 17, 1, 16, 0)
 
 /* O^T += V^T P^T: A = V^T [channel block][16 channels][keys], B = P^T [key pairs][16 rows] */
-SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
-    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, nrb = Rp / 16;
-    /* P^T as B operands: [key chunk][row block][subtile][16][32] (padding keys are zero in mxt) */
-    uint16_t *pb = w->mxp;
-    for (int64_t kc = 0; kc < n32; kc++)
-        for (int64_t rb = 0; rb < nrb; rb++) {
-            const float *st = w->mxt + (rb * TP + kc * 32) * 16;
-            uint16_t *blk = pb + (kc * nrb + rb) * ns * 512;
-            for (int64_t u = 0; u < 16; u++) {
-                __m512i h, l;
-                mx_split32(_mm512_load_ps(st + 2 * u * 16), _mm512_load_ps(st + (2 * u + 1) * 16), &h, &l);
-                if (ns == 1) { /* row u: (p[2u][n], p[2u+1][n]) */
-                    _mm512_storeu_si512(blk + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, h));
-                    continue;
-                }
-                /* keys 2u, 2u+1: rows (2u) % 16, +1 of subtile (2u) / 16, as (ph, ph); subtile 2 row u: (pl, pl') */
-                uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
-                _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(MX_IDX_DUP(0), h));
-                _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(MX_IDX_DUP(16), h));
-                _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, l));
-            }
-        }
-    /* V^T as A operands: [key chunk][channel block][subtile][16 channels][32]. The
-     * columns (one key slot for 16 channels) are staged, then transposed. */
-    uint16_t *va = w->mxv;
-    uint32_t *col = (uint32_t *)w->mxc; /* [half][subtile][16 columns][16 dwords] */
+/* The V tile as V^T A operands: [key chunk][channel block][subtile][16 channels][32];
+ * keys past nt zero. The columns (one key slot for 16 channels) are staged
+ * in col (2 * ns * 1 KB), then transposed. */
+SC_T_AMX static void mx_pack_v(const float *vt, int64_t nt, int64_t D, int64_t ns, uint16_t *va, uint32_t *col) {
+    const int64_t n32 = (nt + 31) / 32, ncb = D / 16;
     for (int64_t kc = 0; kc < n32; kc++)
         for (int64_t cc = 0; cc < D / 32; cc++) {
             for (int64_t u = 0; u < 16; u++) {
@@ -1204,6 +1205,30 @@ SC_T_AMX static void mx_pv(attn_ws *w, const float *vt, int64_t R, int64_t j0, i
                     uint16_t *dst = va + ((kc * ncb + 2 * cc + half) * ns + sub) * 512;
                     for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + i * MX_SUB, _mm512_castps_si512(x[i]));
                 }
+        }
+}
+
+SC_T_AMX static void mx_pv(attn_ws *w, const uint16_t *va, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, nrb = Rp / 16;
+    /* P^T as B operands: [key chunk][row block][subtile][16][32] (padding keys are zero in mxt) */
+    uint16_t *pb = w->mxp;
+    for (int64_t kc = 0; kc < n32; kc++)
+        for (int64_t rb = 0; rb < nrb; rb++) {
+            const float *st = w->mxt + (rb * TP + kc * 32) * 16;
+            uint16_t *blk = pb + (kc * nrb + rb) * ns * 512;
+            for (int64_t u = 0; u < 16; u++) {
+                __m512i h, l;
+                mx_split32(_mm512_load_ps(st + 2 * u * 16), _mm512_load_ps(st + (2 * u + 1) * 16), &h, &l);
+                if (ns == 1) { /* row u: (p[2u][n], p[2u+1][n]) */
+                    _mm512_storeu_si512(blk + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, h));
+                    continue;
+                }
+                /* keys 2u, 2u+1: rows (2u) % 16, +1 of subtile (2u) / 16, as (ph, ph); subtile 2 row u: (pl, pl') */
+                uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
+                _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(MX_IDX_DUP(0), h));
+                _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(MX_IDX_DUP(16), h));
+                _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, l));
+            }
         }
     float *o = w->o;
     for (int64_t rb = 0; rb < nrb; rb += 2) { /* a row pair's P^T stays in L1 while V^T passes */
@@ -1242,7 +1267,21 @@ SC_T_AMX static void mx_rows(attn_ws *w, int64_t R, int64_t D, float *dst) {
         }
 }
 
-static const mx_hooks mx_amx = {mx_prep, mx_qk, mx_sm, mx_pv, mx_done, mx_rows};
+/* Pre-pass task t = kr * tiles + tile: K and V^T of one tile, packed once for
+ * every row block of the call (keys past the batch item's length excluded). */
+SC_T_AMX static void mx_prepack(const attn_ctx *c, int64_t t, attn_ws *w) {
+    const sc_attention_args *a = c->a;
+    const int64_t kr = t / c->mx_tiles, j0 = (t % c->mx_tiles) * c->tile, b = kr / c->Hkv, hk = kr % c->Hkv;
+    const int64_t n_b = a->kv_lens ? a->kv_lens[b] : c->N;
+    if (j0 >= n_b) return; /* no item reads it */
+    const int64_t nt = n_b - j0 < c->tile ? n_b - j0 : c->tile;
+    load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
+    mx_pack_k(w->kt, nt, c->D, w->mxs, c->mxpk + (size_t)(t * c->mx_tile_words));
+    load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
+    mx_pack_v(w->vt, nt, c->D, w->mxs, c->mxpv + (size_t)(t * c->mx_tile_words), (uint32_t *)w->mxc);
+}
+
+static const mx_hooks mx_amx = {mx_prep, mx_pack_k, mx_pack_v, mx_qk, mx_sm, mx_pv, mx_done, mx_rows};
 
 SC_T_AMX static void item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
@@ -1575,10 +1614,33 @@ sc_status sc_attention(const sc_attention_args *a) {
         }
     }
     item_fn item = item_portable, reduce = reduce_portable;
+    item_fn prepack = NULL;
+    int64_t prepack_tasks = 0;
 #ifdef SC_X86
     sc_isa isa = sc_cpu_active_isa();
     if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = item_avx512; reduce = reduce_avx512; }
-    else if (isa == SC_ISA_AMX) { item = item_amx; reduce = reduce_avx512; }
+    else if (isa == SC_ISA_AMX) {
+        item = item_amx;
+        reduce = reduce_avx512;
+        /* several row blocks per kv head: pack each K/V tile once for all of them */
+        const int64_t ntl = (c.N + c.tile - 1) / c.tile;
+        const int64_t words = MX_TP(c.tile) * D * (a->precision == SC_PRECISION_BF16 ? 1 : MX_NS);
+        if (c.mx && c.nrb > 1 && ntl > 0 && 4.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
+            const size_t bytes = (size_t)(B * Hkv * ntl * words) * 2;
+            c.mxpk = (uint16_t *)aligned_alloc(64, bytes);
+            c.mxpv = (uint16_t *)aligned_alloc(64, bytes);
+            if (!c.mxpk || !c.mxpv) {
+                free(c.mxpk);
+                free(c.mxpv);
+                c.mxpk = c.mxpv = NULL; /* per-item packing instead */
+            } else {
+                c.mx_tiles = ntl;
+                c.mx_tile_words = words;
+                prepack = mx_prepack;
+                prepack_tasks = B * Hkv * ntl;
+            }
+        }
+    }
     else if (isa == SC_ISA_AVX2) { item = item_avx2; reduce = reduce_avx2; }
 #elif defined(SC_ARM64)
     sc_isa isa = sc_cpu_active_isa();
@@ -1599,6 +1661,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     if (nth == 1) { /* no team to wake */
         attn_ws w;
         if (!ws_init(&w, &c)) failed = 1;
+        for (int64_t t = 0; t < prepack_tasks && !failed; t++) prepack(&c, t, &w);
         for (int64_t it = 0; it < items && !failed; it++) item(&c, it, &w);
         if (S > 1)
             for (int64_t blk = 0; blk < B * Hkv * c.nrb && !failed; blk++) reduce(&c, blk, &w);
@@ -1608,6 +1671,11 @@ sc_status sc_attention(const sc_attention_args *a) {
     {
         attn_ws w;
         if (!ws_init(&w, &c)) failed = 1;
+        if (prepack_tasks) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < prepack_tasks; t++)
+                if (!failed) prepack(&c, t, &w);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; it++)
             if (!failed) item(&c, it, &w);
@@ -1620,6 +1688,8 @@ sc_status sc_attention(const sc_attention_args *a) {
     }
     free(c.part_o);
     free(c.part_ml);
+    free(c.mxpk);
+    free(c.mxpv);
     if (failed) return sc_fail(SC_ERR_NO_MEMORY, "out of memory for attention workspaces");
     return SC_OK;
 }
