@@ -34,6 +34,7 @@ STAGES = ("tile_load", "qk", "softmax", "pv", "split_partial", "split_reduce", "
 
 #: query rows one CPU work item holds (all query heads of a kv head); the C core's ROWS_MAX
 CPU_ROWS_MAX = 64
+CPU_MX_ROWS_MAX = 256  # csrc/attn/attention.c MX_ROWS_MAX
 
 
 #: The ``precision`` values a request may carry: the lowest precision the
@@ -168,11 +169,18 @@ class Plan:
         return "\n".join(out)
 
 
-def row_blocking(group: int, q_len: int) -> tuple[int, int]:
-    """(query rows per head per work item, row blocks): all heads of a GQA group together."""
+def row_blocking(group: int, q_len: int, head_dim: int = 0) -> tuple[int, int]:
+    """(query rows per head per work item, row blocks): all heads of a GQA group
+    together, as the C core blocks them (CPU_ROWS_MAX rows; CPU_MX_ROWS_MAX on
+    the AMX path, which takes items of more than 16 rows at head dims % 32 == 0)."""
+    cap = CPU_ROWS_MAX
+    if group * q_len > 16 and head_dim % 32 == 0 and head_dim:
+        from sagecore import _cpu
+        if _cpu.cpu_info()["active_isa"] == "amx":
+            cap = CPU_MX_ROWS_MAX
     mb = q_len
-    if group * mb > CPU_ROWS_MAX:
-        mb = max(1, CPU_ROWS_MAX // group)
+    if group * mb > cap:
+        mb = max(1, cap // group)
     return mb, -(-q_len // mb)
 
 
@@ -201,7 +209,7 @@ def build_plan(r: AttentionRequest, d: Decision) -> Plan:
         from sagecore.metal.attention import row_blocks as metal_row_blocks
         mb, nrb = metal_row_blocks(r.group, M, d.variant)
     else:
-        mb, nrb = row_blocking(r.group, M)
+        mb, nrb = row_blocking(r.group, M, r.head_dim)
     rows = r.group * mb
     load_k = f"tile_load[{r.k_format}]"
     load_v = f"tile_load[{r.v_format}]"

@@ -151,7 +151,7 @@ def select(r: AttentionRequest, profile=None) -> Decision:
     else:
         from sagecore import _cpu
         from sagecore.graph import row_blocking
-        _, nrb = row_blocking(r.group, r.q_len)
+        _, nrb = row_blocking(r.group, r.q_len, r.head_dim)
         if chosen == "metal":
             from sagecore.backends import METAL_PARALLEL_GROUPS
             from sagecore.metal.attention import row_blocks as metal_row_blocks

@@ -261,3 +261,14 @@ def test_cache_attend_through_plans():
     np.testing.assert_allclose(c.attend(q, backend="metal"), o_ref, atol=2e-3)
     with pytest.raises(errors.NoBackendError):
         c.attend(q, backend="metal", return_lse=True)
+
+
+def test_row_blocking_follows_the_core(isa):
+    """The plan's work items are the C core's: 64 rows per item, 256 on the
+    AMX path (items of more than 16 rows at head dims % 32 == 0)."""
+    from sagecore.graph import row_blocking
+    amx = isa == "amx"
+    assert row_blocking(4, 2048, 128) == ((64, 32) if amx else (16, 128))
+    assert row_blocking(4, 2048, 80) == (16, 128)   # d80: no tile path
+    assert row_blocking(4, 3, 128) == (3, 1)        # 12 rows: decode-sized
+    assert row_blocking(1, 300, 64) == ((256, 2) if amx else (64, 5))
