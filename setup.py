@@ -25,6 +25,8 @@ CORE_SOURCES = [
     "csrc/pack/pack_avx512.c",
     "csrc/pack/pack_neon.c",
     "csrc/attn/attention.c",
+    "csrc/attn/attention_x86.c",
+    "csrc/attn/attention_arm64.c",
 ]
 
 BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno"]

@@ -1,0 +1,199 @@
+/*
+ * attention_arm64.c -- the arm64 instances of the attention item: NEON
+ * microkernels, and NEON + dotprod (int8 K scores in integer arithmetic with
+ * the query split into three int8 parts).
+ */
+#include "attn_body.h"
+
+#ifdef SC_ARM64
+#include <arm_neon.h>
+
+/* NEON: 4 rows x 4 keys of accumulators (16 x 4 lanes), horizontal sums by vaddvq. */
+static void qk_neon(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t j0 = 0; j0 < nt; j0 += 4) {
+            const int64_t nk = nt - j0 < 4 ? nt - j0 : 4;
+            float32x4_t acc[4][4];
+            for (int rr = 0; rr < 4; rr++)
+                for (int kk = 0; kk < 4; kk++) acc[rr][kk] = vdupq_n_f32(0.0f);
+            for (int64_t c = 0; c < D; c += 4) {
+                float32x4_t kv[4];
+                for (int kk = 0; kk < 4; kk++) kv[kk] = kk < nk ? vld1q_f32(kt + (j0 + kk) * D + c) : vdupq_n_f32(0.0f);
+                for (int rr = 0; rr < 4; rr++) {
+                    if (rr >= nr) break;
+                    const float32x4_t qv = vld1q_f32(q + (r0 + rr) * D + c);
+                    for (int kk = 0; kk < 4; kk++) acc[rr][kk] = vfmaq_f32(acc[rr][kk], qv, kv[kk]);
+                }
+            }
+            for (int rr = 0; rr < nr; rr++)
+                for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = vaddvq_f32(acc[rr][kk]);
+        }
+    }
+}
+
+/* O += P V with 4 rows x 16 channels of accumulators. */
+static void pv_neon(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 16) {
+            float32x4_t acc[4][4];
+            for (int rr = 0; rr < 4; rr++)
+                for (int k = 0; k < 4; k++)
+                    acc[rr][k] = rr < nr ? vld1q_f32(o + (r0 + rr) * D + c0 + 4 * k) : vdupq_n_f32(0.0f);
+            for (int64_t j = 0; j < nt; j++) {
+                float32x4_t v[4];
+                for (int k = 0; k < 4; k++) v[k] = vld1q_f32(vt + j * D + c0 + 4 * k);
+                for (int rr = 0; rr < 4; rr++) {
+                    if (rr >= nr) break;
+                    const float pj = p[(r0 + rr) * TL + j];
+                    for (int k = 0; k < 4; k++) acc[rr][k] = vfmaq_n_f32(acc[rr][k], v[k], pj);
+                }
+            }
+            for (int rr = 0; rr < nr; rr++)
+                for (int k = 0; k < 4; k++) vst1q_f32(o + (r0 + rr) * D + c0 + 4 * k, acc[rr][k]);
+        }
+    }
+}
+
+/* exp2_neg on 4 lanes (same polynomial; 2^round(x) built in the exponent field) */
+static inline float32x4_t exp2_neg4(float32x4_t x) {
+    const float32x4_t lo = vdupq_n_f32(-127.0f);
+    const uint32x4_t dead = vcleq_f32(x, lo);
+    x = vmaxq_f32(x, lo);
+    const float32x4_t xi = vrndnq_f32(x);
+    const float32x4_t f = vsubq_f32(x, xi);
+    float32x4_t p = vdupq_n_f32(1.5403530393381606e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3333558146428443e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(9.6181291076284772e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(5.5504108664821580e-2f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(2.4022650695910071e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(6.9314718055994531e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
+    int32x4_t e = vaddq_s32(vcvtq_s32_f32(xi), vdupq_n_s32(127));
+    e = vmaxq_s32(e, vdupq_n_s32(0));
+    const float32x4_t scale = vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(vmulq_f32(p, scale)), dead));
+}
+
+static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    float32x4_t mx = vdupq_n_f32(-INFINITY);
+    int64_t j = 0;
+    for (; j + 4 <= vis; j += 4) mx = vmaxq_f32(mx, vld1q_f32(sr + j));
+    float mt = vmaxvq_f32(mx);
+    for (; j < vis; j++) mt = sr[j] > mt ? sr[j] : mt;
+    if (mt == -INFINITY) {
+        for (j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = mt > *m ? mt : *m;
+    const float alpha = exp2_neg(*m - mnew);
+    const float32x4_t vm = vdupq_n_f32(mnew);
+    float32x4_t sum = vdupq_n_f32(0.0f);
+    for (j = 0; j + 4 <= vis; j += 4) {
+        float32x4_t p = exp2_neg4(vsubq_f32(vld1q_f32(sr + j), vm));
+        sum = vaddq_f32(sum, p);
+        vst1q_f32(sr + j, p);
+    }
+    float tail = 0.0f;
+    for (; j < vis; j++) {
+        float p = exp2_neg(sr[j] - mnew);
+        sr[j] = p;
+        tail += p;
+    }
+    for (j = vis; j < nt; j++) sr[j] = 0.0f;
+    *l = *l * alpha + (vaddvq_f32(sum) + tail);
+    *m = mnew;
+    return alpha;
+}
+
+void sc_attn_item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, NULL, NULL, NULL); }
+
+/* ---- dotprod: scores of int8 K codes in integer arithmetic (sdot).
+ * Each query row (K's per-channel scales folded in, for per-channel formats)
+ * is split into three int8 parts, x ~ a0 p0 + a1 p1 + a2 p2: every part
+ * holds the previous one's rounding residual, so the split is exact to about
+ * 2^-21 of max|x| -- fp32-level scores, unlike one int8 q (SageAttention's
+ * choice, which missed our int8 accuracy targets). Three sdot per 16 codes
+ * per row against four fp32 FMAs plus the code conversions. */
+#define SC_T_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+
+static void split3(const float *x, int64_t D, int8_t *p, float *a) {
+    float r[512];
+    memcpy(r, x, (size_t)D * sizeof(float));
+    for (int part = 0; part < 3; part++) {
+        float mx = 0.0f;
+        for (int64_t ch = 0; ch < D; ch++) mx = fabsf(r[ch]) > mx ? fabsf(r[ch]) : mx;
+        const float sc = mx / 127.0f, inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        a[part] = sc;
+        for (int64_t ch = 0; ch < D; ch++) {
+            float v = r[ch] * inv;
+            v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+            const int iv = (int)lrintf(v);
+            p[part * D + ch] = (int8_t)iv;
+            r[ch] -= sc * (float)iv;
+        }
+    }
+}
+
+/* the three partial dots of one query row's parts with 16*n codes */
+SC_T_DOTPROD static inline float dot3(const int8_t *pq, int64_t D, const float *a, const int8_t *k, int64_t n16) {
+    int32x4_t h0 = vdupq_n_s32(0), h1 = vdupq_n_s32(0), h2 = vdupq_n_s32(0);
+    for (int64_t i = 0; i < n16; i++) {
+        const int8x16_t kv = vld1q_s8(k + 16 * i);
+        h0 = vdotq_s32(h0, vld1q_s8(pq + 16 * i), kv);
+        h1 = vdotq_s32(h1, vld1q_s8(pq + D + 16 * i), kv);
+        h2 = vdotq_s32(h2, vld1q_s8(pq + 2 * D + 16 * i), kv);
+    }
+    return a[0] * (float)vaddvq_s32(h0) + a[1] * (float)vaddvq_s32(h1) + a[2] * (float)vaddvq_s32(h2);
+}
+
+SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
+                                     int64_t j0, int64_t nt, float *s) {
+    const sc_format *f = c->a->kf; /* int8, symmetric (checked by sc_attention) */
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32;
+    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    int8_t *parts = (int8_t *)qf;                    /* [R][3][D] */
+    float *pa = (float *)(parts + ((3 * R * D + 3) & ~(int64_t)3)); /* [R][3] */
+    if (mode == 2) { /* k = code * s[j][cell] */
+        const int64_t ncell = D / G;
+        for (int64_t i = 0; i < nt * ncell; i++) {
+            const int64_t at = (kr * st->capacity + j0) * ncell + i;
+            sc[i] = sf32 ? ((const float *)st->scales)[at] : sc_h2f(((const uint16_t *)st->scales)[at]);
+        }
+        for (int64_t r = 0; r < R; r++) split3(q + r * D, D, parts + r * 3 * D, pa + 3 * r);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < nt; j++) {
+                float acc = 0.0f;
+                for (int64_t cell = 0; cell < ncell; cell++)
+                    acc += sc[j * ncell + cell] *
+                           dot3(parts + r * 3 * D + cell * G, D, pa + 3 * r, codes + j * D + cell * G, G / 16);
+                s[r * TL + j] = acc;
+            }
+        return;
+    }
+    /* mode 1: k = code * s[g][c]; fold s into q per token group, then split */
+    float xr[512];
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t at = (kr * (st->capacity / T) + g) * D;
+        for (int64_t r = 0; r < R; r++) {
+            for (int64_t ch = 0; ch < D; ch++)
+                xr[ch] = q[r * D + ch] *
+                         (sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]));
+            split3(xr, D, parts + r * 3 * D, pa + 3 * r);
+        }
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < n; j++)
+                s[r * TL + t + j] = dot3(parts + r * 3 * D, D, pa + 3 * r, codes + (t + j) * D, D / 16);
+        t += n;
+    }
+}
+
+SC_T_DOTPROD void sc_attn_item_neondot(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_neon, pv_neon, sm_neon, NULL, NULL, NULL, qk8_neondot, NULL, NULL);
+}
+#endif
+

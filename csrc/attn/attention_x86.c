@@ -1,0 +1,743 @@
+/*
+ * attention_x86.c -- the x86-64 instances of the attention item: AVX2 (the
+ * generic loops compiled for AVX2), AVX-512 microkernels (QK in 4x4 register
+ * blocks, PV with 4 rows x 64 channels in registers, fp16/fp32 and int8/int4
+ * codes read in place for decode-sized items) and the AMX tile path for
+ * items of many rows (docs/architecture.md, "AMX"). Each function carries its
+ * target attributes; cpu.c's run-time ISA choice picks the instance.
+ */
+#include "attn_body.h"
+
+#ifdef SC_X86
+#include <immintrin.h>
+#define SC_T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SC_T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+
+SC_T_AVX2 static void qk_avx2(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    qk_generic(q, kt, s, R, nt, D, TL);
+}
+SC_T_AVX2 static void pv_avx2(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    pv_generic(p, vt, o, R, nt, D, TL);
+}
+SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    return softmax_generic(sr, vis, nt, m, l);
+}
+SC_T_AVX2 void sc_attn_item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL, NULL, NULL, NULL);
+}
+SC_T_AVX2 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+
+/* 16 vectors -> one vector whose lane k is the sum of a[k]'s lanes. */
+SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
+    __m512 b[8], c4[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c4[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* c4[i], 128-bit lane L: partial sums of a[4i..4i+3] over lane L */
+    __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[0], c4[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c4[0], c4[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[2], c4[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(c4[2], c4[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* 16 K/V elements from fp32 (kind 0), fp16 (1) or int8-code (2) rows; kind is
+ * a constant after inlining. */
+#define SC_INL static inline __attribute__((always_inline))
+SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int kind) {
+    if (kind == 2) /* int8 codes */
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + i))));
+    if (kind == 5) /* uint8 codes (zero point) */
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)base + i))));
+    if (kind == 3 || kind == 4) {
+        /* int4: channel 2i is byte i's low nibble, 2i+1 its high one; each
+         * byte twice, then shifts of 0 and 4 */
+        const __m128i b8 = _mm_loadl_epi64((const __m128i *)((const uint8_t *)base + i / 2));
+        __m512i w = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b8, b8));
+        w = _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)),
+                             _mm512_set1_epi32(15));
+        const __m512 x = _mm512_cvtepi32_ps(w);
+        return kind == 3 ? _mm512_sub_ps(x, _mm512_set1_ps(8.0f)) : x; /* symmetric codes are stored + 8 */
+    }
+    return kind ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+                : _mm512_loadu_ps((const float *)base + i);
+}
+/* Cell scales (sc: [keys][D/G], NULL: none): cell_map() fills, once per call,
+ * the cell of each 16-channel chunk (no division in the loops: a 64-bit idiv
+ * per lookup cost more than the FMAs); cell_scaled() multiplies 16 values of
+ * key j, chunk ch by their scale. */
+static inline void cell_map(const float *sc, int64_t D, int64_t G, int64_t *ncell, int32_t *cix) {
+    if (!sc) return;
+    *ncell = D / G;
+    for (int64_t ch = 0; ch < D / 16; ch++) cix[ch] = (int32_t)(ch * 16 / G);
+}
+SC_T_AVX512 SC_INL __m512 cell_scaled(__m512 x, const float *sc, int64_t j, int64_t ch, int64_t ncell,
+                                      const int32_t *cix) {
+    return sc ? _mm512_mul_ps(x, _mm512_set1_ps(sc[j * ncell + cix[ch]])) : x;
+}
+
+/* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction.
+ * Keys are rows of k with stride ks elements. */
+SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
+    for (int64_t r = 0; r < R; r++) {
+        const float *qr = q + r * D;
+        for (int64_t j0 = 0; j0 < nt; j0 += 16) {
+            const int64_t nk = nt - j0 < 16 ? nt - j0 : 16;
+            __m512 acc[16];
+            for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
+            for (int64_t c = 0; c < D; c += 16) {
+                const __m512 qv = _mm512_loadu_ps(qr + c);
+                for (int kk = 0; kk < 16; kk++)
+                    if (kk < nk)
+                        acc[kk] = _mm512_fmadd_ps(
+                            qv, cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix), acc[kk]);
+            }
+            _mm512_mask_storeu_ps(s + r * TL + j0, (__mmask16)((1u << nk) - 1), hsum16(acc));
+        }
+    }
+}
+
+/* One 4-row x nk-key block of qk44_body */
+SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t r0,
+                                   int64_t j0, int64_t nk, int64_t D, int64_t TL, const float *sc, int64_t ncell,
+                                   const int32_t *cix) {
+    __m512 acc[16];
+    for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < D; c += 16) {
+        __m512 kv[4];
+        for (int kk = 0; kk < 4; kk++)
+            kv[kk] = kk < nk ? cell_scaled(ld16(k, (j0 + kk) * ks + c, f16), sc, j0 + kk, c / 16, ncell, cix)
+                             : _mm512_setzero_ps();
+        for (int rr = 0; rr < 4; rr++) {
+            const __m512 qv = _mm512_loadu_ps(q + (r0 + rr) * D + c);
+            for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
+        }
+    }
+    float out[16];
+    _mm512_storeu_ps(out, hsum16(acc)); /* lane rr*4 + kk */
+    for (int rr = 0; rr < 4; rr++)
+        for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
+}
+
+/* Rows in fours: 4 rows x 4 keys of accumulators share every load (8 loads
+ * feed 16 FMAs instead of 17 loads feeding 16), and one transposing
+ * reduction yields all 16 (row, key) scores. */
+SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
+    int64_t r0 = 0;
+    for (; r0 + 4 <= R; r0 += 4) {
+        int64_t j0 = 0;
+        /* whole blocks with the key count a constant (a variable one left a
+         * compare-and-branch per key and chunk in the loop) */
+        for (; j0 + 4 <= nt; j0 += 4) qk44_block(q, k, ks, f16, s, r0, j0, 4, D, TL, sc, ncell, cix);
+        if (j0 < nt) qk44_block(q, k, ks, f16, s, r0, j0, nt - j0, D, TL, sc, ncell, cix);
+    }
+    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL, sc, G);
+}
+
+/* One block of pv_body: rows r0..r0+nr, channels c0..c0+16 nv, all nt keys */
+SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t r0,
+                                 int64_t c0, int64_t nr, int64_t nv, int64_t nt, int64_t D, int64_t TL,
+                                 const float *sc, int64_t ncell, const int32_t *cix) {
+    __m512 acc[4][4];
+    /* fixed trip counts, fully unrolled: acc stays in registers (a
+     * variable-bound loop here made GCC spill acc and copy it out
+     * with rep movsq, ~40% of a short decode) */
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; kk++)
+            acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
+                                                : _mm512_setzero_ps();
+    for (int64_t j = 0; j < nt; j++) {
+        __m512 x[4];
+        for (int kk = 0; kk < 4; kk++)
+            x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
+                            : _mm512_setzero_ps();
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const __m512 pj = _mm512_set1_ps(p[(r0 + rr) * TL + j]);
+            for (int kk = 0; kk < 4; kk++) acc[rr][kk] = _mm512_fmadd_ps(pj, x[kk], acc[rr][kk]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; kk++)
+            if (rr < nr && kk < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * kk, acc[rr][kk]);
+}
+
+/* O += P V with the accumulators of 4 rows x 64 channels in registers. Whole
+ * blocks take a constant-shape instance (variable row/channel counts left
+ * compare-and-branch chains in the key loop: ~10% of int8 decode). */
+SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
+                                int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map(sc, D, G, &ncell, cix);
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {
+            const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
+            if (nr == 4 && nv == 4) pv_block(p, v, vs, f16, o, r0, c0, 4, 4, nt, D, TL, sc, ncell, cix);
+            else pv_block(p, v, vs, f16, o, r0, c0, nr, nv, nt, D, TL, sc, ncell, cix);
+        }
+    }
+}
+
+/* fp32 tiles (decoded formats) */
+SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
+                                    int64_t TL) {
+    qk44_body(q, kt, D, 0, s, R, nt, D, TL, NULL, 1);
+}
+SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
+                                  int64_t TL) {
+    pv_body(p, vt, D, 0, o, R, nt, D, TL, NULL, 1);
+}
+/* rows read in place */
+SC_T_AVX512 static void qkd_avx512(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
+                                   int64_t nt, int64_t D, int64_t TL) {
+    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL, NULL, 1);
+    else qk44_body(q, k, ks, 0, s, R, nt, D, TL, NULL, 1);
+}
+SC_T_AVX512 static void pvd_avx512(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
+                                   int64_t nt, int64_t D, int64_t TL) {
+    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL, NULL, 1);
+    else pv_body(p, v, vs, 0, o, R, nt, D, TL, NULL, 1);
+}
+
+/* ---- int8 stores read in place: codes converted in registers, never to a tile */
+/* n scales of a store (fp16 or fp32) from element i0, as fp32 */
+SC_T_AVX512 static void scales_f32(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
+    if (f32) {
+        memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)st->scales + i0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++) dst[i] = sc_h2f(h[i]);
+}
+
+/* the ld16 kind of a quantized store's codes */
+static inline int code_kind(const sc_format *f) {
+    return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
+}
+
+SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
+                                   int64_t j0, int64_t nt, float *s) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    if (mode == 2) { /* k = code * s[j][cell] */
+        scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        if (kind == 2) qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G);
+        else qk44_body(q, codes, D, 3, s, R, nt, D, TL, sc, G);
+        return;
+    }
+    /* mode 1: k = code * s[g][c] (+ m[g][c]); fold s into q once per token group */
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
+        scales_f32(st, sf32, cell0, D, sc);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t ch = 0; ch < D; ch += 16)
+                _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
+        const uint8_t *ct = codes + t * rb;
+        switch (kind) {
+        case 2: qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1); break;
+        case 3: qk44_body(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1); break;
+        case 4: qk44_body(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1); break;
+        default: qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1); break;
+        }
+        if (f->zero_point) {
+            /* + q . m[g]: the same for every key of the group */
+            const sc_store zs = {.scales = st->zeros};
+            scales_f32(&zs, sf32, cell0, D, sc);
+            for (int64_t r = 0; r < R; r++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t ch = 0; ch < D; ch += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch), acc);
+                const float bias = _mm512_reduce_add_ps(acc);
+                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
+            }
+        }
+        t += n;
+    }
+}
+
+SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
+                                   float *o) {
+    const sc_format *f = c->a->vf;
+    const sc_store *st = c->a->v;
+    const int64_t D = c->D, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    if (code_kind(f) == 2) pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G);
+    else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G);
+}
+
+/* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
+ * (valid up to x = 127; the AMX softmax passes x <= MX_LAZY) */
+SC_T_AVX512 static inline __m512 exp2_neg16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-127.0f);
+    __mmask16 dead = _mm512_cmp_ps_mask(x, lo, _CMP_NGT_UQ); /* x <= -127 or NaN */
+    x = _mm512_max_ps(x, lo);
+    const __m512 xi = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, xi);
+    __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps((__mmask16)~dead, _mm512_scalef_ps(p, xi));
+}
+
+SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mx = ninf;
+    for (int64_t j = 0; j < vis; j += 16) {
+        const __mmask16 k = (__mmask16)(vis - j >= 16 ? 0xFFFF : (1u << (vis - j)) - 1);
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, k, sr + j));
+    }
+    const float mt = _mm512_reduce_max_ps(mx);
+    if (mt == -INFINITY) {
+        for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = mt > *m ? mt : *m;
+    const float alpha = exp2_neg(*m - mnew);
+    const __m512 vm = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nt; j += 16) {
+        const __mmask16 kn = (__mmask16)(nt - j >= 16 ? 0xFFFF : (1u << (nt - j)) - 1);
+        const int64_t v = vis - j;
+        const __mmask16 kv = (__mmask16)(v >= 16 ? 0xFFFF : (v <= 0 ? 0 : (1u << v) - 1));
+        __m512 p = _mm512_maskz_mov_ps(kv, exp2_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(kv, sr + j), vm)));
+        sum = _mm512_add_ps(sum, p);
+        _mm512_mask_storeu_ps(sr + j, kn, p);
+    }
+    *l = *l * alpha + _mm512_reduce_add_ps(sum);
+    *m = mnew;
+    return alpha;
+}
+
+/* D is a multiple of 16 (head dims 32..256 step 16) */
+SC_T_AVX512 static void ldq_avx512(const uint16_t *src, float *q0, float *qr, float scale, int64_t D) {
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int64_t d = 0; d < D; d += 16) {
+        const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + d)));
+        _mm512_storeu_ps(q0 + d, x);
+        _mm512_storeu_ps(qr + d, _mm512_mul_ps(x, s));
+    }
+}
+
+SC_T_AVX512 void sc_attn_item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
+                   pv8_avx512, NULL);
+}
+SC_T_AVX512 void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
+
+/* ---- AMX: items of many rows (prefill) on the tile matrix engine ----------
+ * Precision: each fp32 operand x is split into hi = bf16(x) and lo =
+ * bf16(x - hi) (|x - hi - lo| <= 2^-17 |x|, round-to-nearest both times) and
+ * x.y ~ xh.yh + xl.yh + xh.yl, accumulated in fp32 by TDPBF16PS: scores and
+ * PV at about fp32 accuracy.
+ * Layout: TDPBF16PS sums pairs, C[m][n] += A[m][2i] B[i][2n] + A[m][2i+1]
+ * B[i][2n+1]. The three products share pair slots: for a K chunk of 32,
+ *   A subtile 0/1, dword i: (xh[16s+i], xl[16s+i])  B row i: (yh[16s+i], yh[16s+i])
+ *   A subtile 2,   dword i: (xh[2i], xh[2i+1])      B row i: (yl[2i], yl[2i+1])
+ * so one A and one B tile carry all three terms, and 2 A x 2 B tiles feed four
+ * independent accumulators (a TDP's latency is ~3x its issue interval; two
+ * chains left the engine half idle). Scores are computed transposed, S^T =
+ * K Q^T: the K tile is an A operand in its natural row-major layout and only
+ * the queries (once per item) take the B layout; each 16x16 result is
+ * transposed into the row-major score tile the softmax uses. PV is O += P V
+ * with P as A and V as B. Tile registers 0-7, all 16 rows x 64 bytes: C 0-3,
+ * A 4-5, B 6-7. */
+#define SC_T_AMX                                                                                               \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")))
+#define MX_SUB 32 /* uint16 per subtile row (64 bytes) */
+
+/* 32 fp32 values (x0: first 16) -> 32 bf16 hi, 32 bf16 lo */
+SC_T_AMX SC_INL void mx_split32(__m512 x0, __m512 x1, __m512i *hi, __m512i *lo) {
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+    const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    *hi = h;
+    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+}
+/* word indices: (a[i], b[i]) pairs for i in [0,16) and [16,32); (a[i], a[i]) */
+#define MX_IDX_PAIR(o)                                                                                      \
+    _mm512_set_epi16(47 + o, 15 + o, 46 + o, 14 + o, 45 + o, 13 + o, 44 + o, 12 + o, 43 + o, 11 + o, 42 + o, \
+                     10 + o, 41 + o, 9 + o, 40 + o, 8 + o, 39 + o, 7 + o, 38 + o, 6 + o, 37 + o, 5 + o, 36 + o, \
+                     4 + o, 35 + o, 3 + o, 34 + o, 2 + o, 33 + o, 1 + o, 32 + o, 0 + o)
+#define MX_IDX_DUP(o)                                                                                        \
+    _mm512_set_epi16(15 + o, 15 + o, 14 + o, 14 + o, 13 + o, 13 + o, 12 + o, 12 + o, 11 + o, 11 + o, 10 + o,   \
+                     10 + o, 9 + o, 9 + o, 8 + o, 8 + o, 7 + o, 7 + o, 6 + o, 6 + o, 5 + o, 5 + o, 4 + o, 4 + o, \
+                     3 + o, 3 + o, 2 + o, 2 + o, 1 + o, 1 + o, 0 + o, 0 + o)
+
+/* One A-operand row chunk (32 values of K dim) -> its three subtile rows, dst[0..95] */
+SC_T_AMX SC_INL void mx_pack_a(__m512 x0, __m512 x1, uint16_t *dst, int64_t ns) {
+    __m512i h, l;
+    mx_split32(x0, x1, &h, &l);
+    if (ns == 1) { /* plain bf16: dword i = (xh[2i], xh[2i+1]) */
+        _mm512_storeu_si512(dst, h);
+        return;
+    }
+    _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(0), l));
+    _mm512_storeu_si512(dst + MX_SUB, _mm512_permutex2var_epi16(h, MX_IDX_PAIR(16), l));
+    _mm512_storeu_si512(dst + 2 * MX_SUB, h);
+}
+
+/* r[i] <- column i of the 16x16 matrix whose rows are r[0..15] */
+SC_T_AMX SC_INL void mx_transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* r[4i+k], 128-bit lane L: rows 4i..4i+3 of column 4L+k */
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        t[4 + k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        t[8 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+    }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    }
+}
+
+/* Our own tile-instruction wrappers: GCC 12's _tile_loadd does not tell the
+ * compiler that it reads memory, so stores to the packed operands could be
+ * moved past it. Every load/store/config here clobbers memory. */
+#define MX_LOAD(t, base, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)), "r"((long)(stride)) : "memory")
+#define MX_STORE(t, base, stride) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)), "r"((long)(stride)) : "memory")
+#define MX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define MX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+/* the 2x2 block of products of one subtile step: C(0..3) += A(4,5) x B(6,7) */
+#define MX_STEP(a0, a1, astride, b0, b1)                                                                     \
+    do {                                                                                                     \
+        MX_LOAD(4, a0, astride);                                                                             \
+        MX_LOAD(6, b0, 64);                                                                                  \
+        MX_DP(0, 4, 6);                                                                                      \
+        MX_LOAD(7, b1, 64);                                                                                  \
+        MX_DP(1, 4, 7);                                                                                      \
+        MX_LOAD(5, a1, astride);                                                                             \
+        MX_DP(2, 5, 6);                                                                                      \
+        MX_DP(3, 5, 7);                                                                                      \
+    } while (0)
+
+typedef struct __attribute__((aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} mx_cfg;
+
+/* Queries as the B operand of S^T (K dim: channels, n: query rows):
+ * [channel chunk][row block of 16][subtile][16 rows][16 dwords]. O^T zeroed. */
+SC_T_AMX static void mx_prep(attn_ws *w, int64_t R, int64_t D) {
+    mx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
+    const int64_t Rp = MX_RP(R), nc = D / 32, nrb = Rp / 16, ns = w->mxs;
+    memset(w->o, 0, (size_t)(Rp * D) * sizeof(float));
+    uint32_t *qb = (uint32_t *)w->mxq;
+    for (int64_t r = 0; r < Rp; r++) {
+        for (int64_t cc = 0; cc < nc; cc++) {
+            __m512i h = _mm512_setzero_si512(), l = h;
+            if (r < R) mx_split32(_mm512_loadu_ps(w->q + r * D + cc * 32), _mm512_loadu_ps(w->q + r * D + cc * 32 + 16),
+                                  &h, &l);
+            uint16_t hv[32], lv[32];
+            _mm512_storeu_si512(hv, h);
+            _mm512_storeu_si512(lv, l);
+            uint32_t *blk = qb + (cc * nrb + r / 16) * 256 * ns + r % 16;
+            for (int i = 0; i < 16; i++) {
+                if (ns == 1) { /* plain bf16: row i = (qh[2i], qh[2i+1]) */
+                    blk[i * 16] = hv[2 * i] | (uint32_t)hv[2 * i + 1] << 16;
+                    continue;
+                }
+                blk[i * 16] = hv[i] * 0x10001u;
+                blk[256 + i * 16] = hv[16 + i] * 0x10001u;
+                blk[512 + i * 16] = lv[2 * i] | (uint32_t)lv[2 * i + 1] << 16;
+            }
+        }
+    }
+}
+
+/* S^T of the tile into mxt: [row block][key][16 rows], straight from the tiles */
+/* Keys of the tile that any row of rows [r0, r0 + 32) sees (causal diagonal): blocks past it are skipped. */
+SC_T_AMX SC_INL int64_t mx_pair_keys(const attn_ws *w, int64_t r0, int64_t j0, int64_t nt) {
+    const __m512i v = _mm512_max_epi32(_mm512_loadu_si512(w->mxvis + r0), _mm512_loadu_si512(w->mxvis + r0 + 16));
+    const int64_t n = (int64_t)_mm512_reduce_max_epi32(v) - j0;
+    return n < 0 ? 0 : (n > nt ? nt : n);
+}
+
+/* The K tile as A operands: [key][channel chunk][subtile][32], keys past nt
+ * (to the next multiple of 32) zero. */
+SC_T_AMX static void mx_pack_k(const float *kt, int64_t nt, int64_t D, int64_t ns, uint16_t *kp) {
+    const int64_t nc = D / 32, n32 = (nt + 31) / 32, ka = nc * ns * MX_SUB;
+    for (int64_t j = 0; j < n32 * 32; j++)
+        for (int64_t cc = 0; cc < nc; cc++) {
+            if (j < nt) mx_pack_a(_mm512_loadu_ps(kt + j * D + cc * 32), _mm512_loadu_ps(kt + j * D + cc * 32 + 16),
+                                  kp + j * ka + cc * ns * MX_SUB, ns);
+            else memset(kp + j * ka + cc * ns * MX_SUB, 0, ns * MX_SUB * 2);
+        }
+}
+
+SC_T_AMX static void mx_qk(attn_ws *w, const uint16_t *kp, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), nc = D / 32, nrb = Rp / 16, ka = nc * ns * MX_SUB;
+    const uint16_t *qb = w->mxq;
+    /* row blocks outside: a row pair's queries stay in L1 while the tile's
+     * keys pass (with bf16 operands both fit L1: 8 + 32 KB at d128) */
+    for (int64_t rb = 0; rb < nrb; rb += 2) {
+        const int64_t kb_end = 2 * ((mx_pair_keys(w, rb * 16, j0, nt) + 31) / 32); /* masked for the pair past it */
+        for (int64_t kb = 0; kb < kb_end; kb += 2) {
+            MX_ZERO(0);
+            MX_ZERO(1);
+            MX_ZERO(2);
+            MX_ZERO(3);
+            for (int64_t cc = 0; cc < nc; cc++)
+                for (int sub = 0; sub < ns; sub++) {
+                    const uint16_t *a = kp + kb * 16 * ka + (cc * ns + sub) * MX_SUB;
+                    const uint16_t *b = qb + ((cc * nrb + rb) * ns + sub) * 512;
+                    MX_STEP(a, a + 16 * ka, ka * 2, b, b + ns * 512);
+                }
+            /* C(kb + i, rb + j) in tile 2i + j: 16 keys x 16 rows */
+            float *st = w->mxt + (rb * TP + kb * 16) * 16;
+            MX_STORE(0, st, 64);
+            MX_STORE(1, st + TP * 16, 64);
+            MX_STORE(2, st + 256, 64);
+            MX_STORE(3, st + TP * 16 + 256, 64);
+        }
+    }
+}
+
+/* Online softmax over S^T, 16 rows per vector: no horizontal reductions.
+ * Lazy rescaling: a row's reference max only moves when the tile's max
+ * exceeds it by more than MX_LAZY (log2 units); below that p = 2^(s - m) may
+ * reach 2^MX_LAZY, which fp32/bf16 hold exactly as well, and O^T (strided,
+ * all of it in L2) is rescaled only in the rare tiles that move a max.
+ * Measured: the eager rescale was the hottest loop of the AMX prefill. */
+#define MX_LAZY 8.0f
+SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t Rp = MX_RP(R), TP = MX_TP(TL), n32p = (nt + 31) / 32 * 32;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+    const __m512i ntv = _mm512_set1_epi32((int32_t)nt);
+    int any = 0;
+    for (int64_t rb = 0; rb < Rp / 16; rb++) {
+        __m512i vis = _mm512_sub_epi32(_mm512_loadu_si512(w->mxvis + rb * 16), _mm512_set1_epi32((int32_t)j0));
+        vis = _mm512_min_epi32(_mm512_max_epi32(vis, _mm512_setzero_si512()), ntv);
+        float *st = w->mxt + rb * TP * 16;
+        if (!_mm512_cmpgt_epi32_mask(vis, _mm512_setzero_si512())) { /* no row of the block sees the tile */
+            memset(st, 0, (size_t)(n32p * 16) * sizeof(float));
+            continue;
+        }
+        any = 1;
+        /* four independent chains (one max chain per key was latency-bound);
+         * keys past nt are padding, masked off by vis <= nt */
+        __m512 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+        const int64_t n4 = (nt + 3) / 4 * 4;
+        for (int64_t j = 0; j < n4; j += 4) {
+            const __m512i jv = _mm512_set1_epi32((int32_t)j);
+            const __mmask16 k0 = _mm512_cmpgt_epi32_mask(vis, jv);
+            const __mmask16 k1 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(1)));
+            const __mmask16 k2 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(2)));
+            const __mmask16 k3 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(3)));
+            m0 = _mm512_mask_max_ps(m0, k0, m0, _mm512_load_ps(st + j * 16));
+            m1 = _mm512_mask_max_ps(m1, k1, m1, _mm512_load_ps(st + (j + 1) * 16));
+            m2 = _mm512_mask_max_ps(m2, k2, m2, _mm512_load_ps(st + (j + 2) * 16));
+            m3 = _mm512_mask_max_ps(m3, k3, m3, _mm512_load_ps(st + (j + 3) * 16));
+        }
+        const __m512 mx = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
+        const __m512 mold = _mm512_loadu_ps(w->m + rb * 16);
+        /* move the reference where the tile's max exceeds it by > MX_LAZY (or there was none) */
+        const __mmask16 move = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mold, _mm512_set1_ps(MX_LAZY)), _CMP_GT_OQ) |
+                               (_mm512_cmp_ps_mask(mold, ninf, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(mx, ninf, _CMP_GT_OQ));
+        const __m512 mref = _mm512_mask_blend_ps(move, mold, mx);
+        const __mmask16 live = _mm512_cmp_ps_mask(mref, ninf, _CMP_GT_OQ);
+        /* alpha = 2^(mold - mref) where a reference moved; 1 elsewhere (and for a
+         * row's first reference: its O^T and l are still zero) */
+        const __m512 alpha = _mm512_mask_blend_ps(move & _mm512_cmp_ps_mask(mold, ninf, _CMP_GT_OQ), one,
+                                                  exp2_neg16(_mm512_sub_ps(mold, mref)));
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        for (int64_t j = 0; j < n32p; j += 2) {
+            const __mmask16 k0 = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j)) & live;
+            const __mmask16 k1 = _mm512_cmpgt_epi32_mask(vis, _mm512_set1_epi32((int32_t)j + 1)) & live;
+            const __m512 p0 = _mm512_maskz_mov_ps(k0, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mref)));
+            const __m512 p1 = _mm512_maskz_mov_ps(k1, exp2_neg16(_mm512_sub_ps(_mm512_load_ps(st + (j + 1) * 16), mref)));
+            _mm512_store_ps(st + j * 16, p0);
+            _mm512_store_ps(st + (j + 1) * 16, p1);
+            s0 = _mm512_add_ps(s0, p0);
+            s1 = _mm512_add_ps(s1, p1);
+        }
+        const __m512 sum = _mm512_add_ps(s0, s1);
+        _mm512_storeu_ps(w->l + rb * 16, _mm512_fmadd_ps(_mm512_loadu_ps(w->l + rb * 16), alpha, sum));
+        _mm512_storeu_ps(w->m + rb * 16, mref);
+        if (_mm512_cmp_ps_mask(alpha, one, _CMP_NEQ_UQ)) {
+            float *o = w->o + rb * 16;
+            for (int64_t d = 0; d < D; d++) _mm512_storeu_ps(o + d * Rp, _mm512_mul_ps(_mm512_loadu_ps(o + d * Rp), alpha));
+        }
+    }
+    return any;
+}
+
+/* word indices: (a[n], a[16+n]) of one vector */
+#define MX_IDX_PAIRSELF                                                                                          \
+    _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, \
+                     3, 18, 2, 17, 1, 16, 0)
+
+/* O^T += V^T P^T: A = V^T [channel block][16 channels][keys], B = P^T [key pairs][16 rows] */
+/* The V tile as V^T A operands: [key chunk][channel block][subtile][16 channels][32];
+ * keys past nt zero. The columns (one key slot for 16 channels) are staged
+ * in col (2 * ns * 1 KB), then transposed. */
+SC_T_AMX static void mx_pack_v(const float *vt, int64_t nt, int64_t D, int64_t ns, uint16_t *va, uint32_t *col) {
+    const int64_t n32 = (nt + 31) / 32, ncb = D / 16;
+    for (int64_t kc = 0; kc < n32; kc++)
+        for (int64_t cc = 0; cc < D / 32; cc++) {
+            for (int64_t u = 0; u < 16; u++) {
+                const int64_t j0 = kc * 32 + 2 * u, j1 = j0 + 1;
+                __m512i ah = _mm512_setzero_si512(), al = ah, bh = ah, bl = ah;
+                if (j0 < nt) mx_split32(_mm512_loadu_ps(vt + j0 * D + cc * 32), _mm512_loadu_ps(vt + j0 * D + cc * 32 + 16), &ah, &al);
+                if (j1 < nt) mx_split32(_mm512_loadu_ps(vt + j1 * D + cc * 32), _mm512_loadu_ps(vt + j1 * D + cc * 32 + 16), &bh, &bl);
+                for (int half = 0; half < 2; half++) {
+                    const __m512i pair = half ? MX_IDX_PAIR(16) : MX_IDX_PAIR(0);
+                    uint32_t *ch = col + half * ns * 256;
+                    if (ns == 1) { /* column u: (vh[2u][c], vh[2u+1][c]) */
+                        _mm512_storeu_si512(ch + u * 16, _mm512_permutex2var_epi16(ah, pair, bh));
+                        continue;
+                    }
+                    /* subtile (2u)/16, columns (2u)%16 and +1: (vh, vl) of keys 2u, 2u+1; subtile 2 column u */
+                    uint32_t *c01 = ch + ((2 * u) / 16) * 256 + ((2 * u) % 16) * 16;
+                    _mm512_storeu_si512(c01, _mm512_permutex2var_epi16(ah, pair, al));
+                    _mm512_storeu_si512(c01 + 16, _mm512_permutex2var_epi16(bh, pair, bl));
+                    _mm512_storeu_si512(ch + 2 * 256 + u * 16, _mm512_permutex2var_epi16(ah, pair, bh));
+                }
+            }
+            for (int half = 0; half < 2; half++)
+                for (int sub = 0; sub < ns; sub++) {
+                    __m512 x[16];
+                    const uint32_t *ch = col + (half * ns + sub) * 256;
+                    for (int i = 0; i < 16; i++) x[i] = _mm512_castsi512_ps(_mm512_loadu_si512(ch + i * 16));
+                    mx_transpose16(x);
+                    uint16_t *dst = va + ((kc * ncb + 2 * cc + half) * ns + sub) * 512;
+                    for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + i * MX_SUB, _mm512_castps_si512(x[i]));
+                }
+        }
+}
+
+SC_T_AMX static void mx_pv(attn_ws *w, const uint16_t *va, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
+    const int64_t ns = w->mxs, Rp = MX_RP(R), TP = MX_TP(TL), n32 = (nt + 31) / 32, ncb = D / 16, nrb = Rp / 16;
+    /* P^T as B operands: [key chunk][row block][subtile][16][32] (padding keys are zero in mxt) */
+    uint16_t *pb = w->mxp;
+    for (int64_t kc = 0; kc < n32; kc++)
+        for (int64_t rb = 0; rb < nrb; rb++) {
+            const float *st = w->mxt + (rb * TP + kc * 32) * 16;
+            uint16_t *blk = pb + (kc * nrb + rb) * ns * 512;
+            for (int64_t u = 0; u < 16; u++) {
+                __m512i h, l;
+                mx_split32(_mm512_load_ps(st + 2 * u * 16), _mm512_load_ps(st + (2 * u + 1) * 16), &h, &l);
+                if (ns == 1) { /* row u: (p[2u][n], p[2u+1][n]) */
+                    _mm512_storeu_si512(blk + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, h));
+                    continue;
+                }
+                /* keys 2u, 2u+1: rows (2u) % 16, +1 of subtile (2u) / 16, as (ph, ph); subtile 2 row u: (pl, pl') */
+                uint16_t *s01 = blk + ((2 * u) / 16) * 512 + ((2 * u) % 16) * MX_SUB;
+                _mm512_storeu_si512(s01, _mm512_permutexvar_epi16(MX_IDX_DUP(0), h));
+                _mm512_storeu_si512(s01 + MX_SUB, _mm512_permutexvar_epi16(MX_IDX_DUP(16), h));
+                _mm512_storeu_si512(blk + 2 * 512 + u * MX_SUB, _mm512_permutexvar_epi16(MX_IDX_PAIRSELF, l));
+            }
+        }
+    float *o = w->o;
+    for (int64_t rb = 0; rb < nrb; rb += 2) { /* a row pair's P^T stays in L1 while V^T passes */
+        const int64_t kc_end = (mx_pair_keys(w, rb * 16, j0, nt) + 31) / 32; /* P^T is zero past it */
+        if (!kc_end) continue;
+        for (int64_t cb = 0; cb < ncb; cb += 2) {
+            float *o0 = o + cb * 16 * Rp + rb * 16, *o1 = o0 + 16 * Rp;
+            MX_LOAD(0, o0, Rp * 4);
+            MX_LOAD(1, o0 + 16, Rp * 4);
+            MX_LOAD(2, o1, Rp * 4);
+            MX_LOAD(3, o1 + 16, Rp * 4);
+            for (int64_t kc = 0; kc < kc_end; kc++)
+                for (int sub = 0; sub < ns; sub++) {
+                    const uint16_t *a = va + ((kc * ncb + cb) * ns + sub) * 512;
+                    const uint16_t *b = pb + ((kc * nrb + rb) * ns + sub) * 512;
+                    MX_STEP(a, a + ns * 512, 64, b, b + ns * 512);
+                }
+            MX_STORE(0, o0, Rp * 4);
+            MX_STORE(1, o0 + 16, Rp * 4);
+            MX_STORE(2, o1, Rp * 4);
+            MX_STORE(3, o1 + 16, Rp * 4);
+        }
+    }
+}
+
+SC_T_AMX static void mx_done(void) { __asm__ volatile("tilerelease" ::: "memory"); }
+
+SC_T_AMX static void mx_rows(attn_ws *w, int64_t R, int64_t D, float *dst) {
+    const int64_t Rp = MX_RP(R);
+    for (int64_t cb = 0; cb < D / 16; cb++)
+        for (int64_t rb = 0; rb < Rp / 16; rb++) {
+            __m512 x[16];
+            for (int i = 0; i < 16; i++) x[i] = _mm512_loadu_ps(w->o + (cb * 16 + i) * Rp + rb * 16);
+            mx_transpose16(x);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (rb * 16 + i) * D + cb * 16, x[i]);
+        }
+}
+
+/* Pre-pass task t = kr * tiles + tile: K and V^T of one tile, packed once for
+ * every row block of the call (keys past the batch item's length excluded). */
+SC_T_AMX void sc_attn_mx_prepack(const attn_ctx *c, int64_t t, attn_ws *w) {
+    const sc_attention_args *a = c->a;
+    const int64_t kr = t / c->mx_tiles, j0 = (t % c->mx_tiles) * c->tile, b = kr / c->Hkv, hk = kr % c->Hkv;
+    const int64_t n_b = a->kv_lens ? a->kv_lens[b] : c->N;
+    if (j0 >= n_b) return; /* no item reads it */
+    const int64_t nt = n_b - j0 < c->tile ? n_b - j0 : c->tile;
+    load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
+    mx_pack_k(w->kt, nt, c->D, w->mxs, c->mxpk + (size_t)(t * c->mx_tile_words));
+    load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
+    mx_pack_v(w->vt, nt, c->D, w->mxs, c->mxpv + (size_t)(t * c->mx_tile_words), (uint32_t *)w->mxc);
+}
+
+static const mx_hooks mx_amx = {mx_prep, mx_pack_k, mx_pack_v, mx_qk, mx_sm, mx_pv, mx_done, mx_rows};
+
+SC_T_AMX void sc_attn_item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_avx512,
+                   pv8_avx512, &mx_amx);
+}
+#endif
+
