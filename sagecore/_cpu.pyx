@@ -47,7 +47,9 @@ cdef int fill_tensor(sc_tensor *t, cnp.ndarray a, str name) except -1:
         itemsize = 4
     else:
         raise errors.ArgumentTypeError(name, f"dtype must be float16 or float32, got {a.dtype}")
-    if a.shape[3] > 1 and a.strides[3] != itemsize:
+    # nothing of an empty array is read, and numpy may give it zero strides
+    cdef bint empty = cnp.PyArray_SIZE(a) == 0
+    if not empty and a.shape[3] > 1 and a.strides[3] != itemsize:
         raise errors.InvalidArgumentError(name, "the head_dim axis must be contiguous (stride 1); pass copy=True "
                                           "or np.ascontiguousarray(x)")
     for i in range(3):

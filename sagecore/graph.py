@@ -178,7 +178,7 @@ def row_blocking(group: int, q_len: int, head_dim: int = 0) -> tuple[int, int]:
         from sagecore import _cpu
         if _cpu.cpu_info()["active_isa"] == "amx":
             cap = CPU_MX_ROWS_MAX
-    mb = q_len
+    mb = max(1, q_len)  # q_len 0: one empty block
     if group * mb > cap:
         mb = max(1, cap // group)
     return mb, -(-q_len // mb)

@@ -66,3 +66,19 @@ def test_bad_arguments(rng):
         sagecore.sdpa(q.astype(np.float64), k, k)
     with pytest.raises(InvalidArgumentError, match="layout"):
         sagecore.sdpa(q, k, k, layout="HBND")
+
+
+def test_empty_keys_or_queries():
+    """No keys: zero output and lse -inf (numpy gives empty arrays zero strides,
+    which must not trip the layout checks); no queries: an empty output."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 8, 40, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 0, 64)).astype(np.float16)
+    out, lse = sagecore.sdpa(q, k, k, return_lse=True)
+    assert out.shape == q.shape and not out.any() and np.isneginf(lse).all()
+    assert not sagecore.sdpa(q, k, k, backend="reference").any()
+    assert sagecore.sdpa(q[:, :, :0], k, k).shape == (1, 8, 0, 64)
+    kk = rng.standard_normal((1, 2, 5, 64)).astype(np.float16)
+    assert sagecore.sdpa(q[:, :, :0], kk, kk).shape == (1, 8, 0, 64)
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=8)
+    assert c.attend(q[:, :, :0]).shape == (1, 8, 0, 64)
