@@ -217,6 +217,48 @@ static void test_attention(sc_isa best) {
         }
 }
 
+/* sc_attention_args.precision: checked, and on AMX it changes the multi-row
+ * items (one bf16 tile product instead of three) within bf16-level error */
+static void test_precision(sc_isa best) {
+    const int B = 1, Hkv = 2, Hq = 8, M = 64, N = 300, D = 128;
+    const sc_format f = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+    store_buf kb, vb;
+    store_alloc(&kb, &f, B * Hkv, N);
+    store_alloc(&vb, &f, B * Hkv, N);
+    float *x = malloc(sizeof(float) * B * Hkv * N * D), *q = malloc(sizeof(float) * B * Hq * M * D);
+    float *o0 = malloc(sizeof(float) * B * Hq * M * D), *o1 = malloc(sizeof(float) * B * Hq * M * D);
+    for (int i = 0; i < B * Hkv * N * D; i++) x[i] = frand();
+    for (int i = 0; i < B * Hq * M * D; i++) q[i] = frand();
+    sc_tensor t = {x, SC_DTYPE_F32, B, Hkv, N, D, (int64_t)Hkv * N * D, (int64_t)N * D, D};
+    sc_cpu_set_isa(SC_ISA_PORTABLE);
+    sc_quantize(&f, &kb.st, &t, 0);
+    sc_quantize(&f, &vb.st, &t, 0);
+    sc_cpu_set_isa(best);
+    sc_attention_args a = {.q = {q, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
+                           .out = {o0, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
+                           .kf = &f, .vf = &f, .k = &kb.st, .v = &vb.st, .kv_heads = Hkv, .kv_len = N,
+                           .scale = 1.0f / sqrtf((float)D), .causal = 1, .split_k = 1};
+    EXPECT(sc_attention(&a) == SC_OK, "fp32 attention failed: %s", sc_last_error());
+    a.precision = 7;
+    EXPECT(sc_attention(&a) == SC_ERR_INVALID_ARGUMENT && strstr(sc_last_error(), "precision"),
+           "precision 7 was not rejected");
+    a.precision = SC_PRECISION_BF16;
+    a.out.ptr = o1;
+    EXPECT(sc_attention(&a) == SC_OK, "bf16 attention failed: %s", sc_last_error());
+    double e = 0, m = 0;
+    for (int i = 0; i < B * Hq * M * D; i++) {
+        e = fmax(e, fabs((double)o1[i] - o0[i]));
+        m = fmax(m, fabs((double)o0[i]));
+    }
+    EXPECT(e <= 3e-2 * m, "precision bf16 differs from fp32 by %g (max |o| %g)", e, m);
+    if (best == SC_ISA_AMX) EXPECT(e > 1e-5 * m, "precision bf16 had no effect on the AMX path (diff %g)", e);
+    else EXPECT(e == 0, "precision bf16 changed a path without bf16 hardware (diff %g)", e);
+    printf("precision bf16: max diff %.1e against fp32 (%s)\n", e, sc_isa_name(best));
+    free(x); free(q); free(o0); free(o1);
+    store_free(&kb);
+    store_free(&vb);
+}
+
 /* ------------------------------------------------------- golden data */
 static uint32_t crc32_update(uint32_t crc, const void *p, size_t n) {
     const uint8_t *b = (const uint8_t *)p;
@@ -328,6 +370,7 @@ int main(int argc, char **argv) {
            sc_num_threads());
     test_packing(best);
     test_attention(best);
+    test_precision(best);
     if (argc > 1) {
         test_golden(argv[1], best);
         test_golden(argv[1], SC_ISA_PORTABLE);
