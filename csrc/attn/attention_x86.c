@@ -293,7 +293,7 @@ SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
- * (valid up to x = 127; the AMX softmax passes x <= MX_LAZY) */
+ * (valid up to x = 127; the AMX softmax passes x <= SM_LAZY) */
 SC_T_AVX512 static inline __m512 exp2_neg16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-127.0f);
     __mmask16 dead = _mm512_cmp_ps_mask(x, lo, _CMP_NGT_UQ); /* x <= -127 or NaN */
@@ -322,8 +322,9 @@ SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m,
         for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
         return -1.0f;
     }
-    const float mnew = mt > *m ? mt : *m;
-    const float alpha = exp2_neg(*m - mnew);
+    /* lazy rescaling (see mx_sm): the reference moves only past SM_LAZY */
+    const float mnew = *m == -INFINITY || mt > *m + SM_LAZY ? (mt > *m ? mt : *m) : *m;
+    const float alpha = mnew == *m ? 1.0f : exp2_neg(*m - mnew);
     const __m512 vm = _mm512_set1_ps(mnew);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < nt; j += 16) {
@@ -549,11 +550,10 @@ SC_T_AMX static void mx_qk(attn_ws *w, const uint16_t *kp, int64_t R, int64_t j0
 
 /* Online softmax over S^T, 16 rows per vector: no horizontal reductions.
  * Lazy rescaling: a row's reference max only moves when the tile's max
- * exceeds it by more than MX_LAZY (log2 units); below that p = 2^(s - m) may
- * reach 2^MX_LAZY, which fp32/bf16 hold exactly as well, and O^T (strided,
+ * exceeds it by more than SM_LAZY (log2 units); below that p = 2^(s - m) may
+ * reach 2^SM_LAZY, which fp32/bf16 hold exactly as well, and O^T (strided,
  * all of it in L2) is rescaled only in the rare tiles that move a max.
  * Measured: the eager rescale was the hottest loop of the AMX prefill. */
-#define MX_LAZY 8.0f
 SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL) {
     const int64_t Rp = MX_RP(R), TP = MX_TP(TL), n32p = (nt + 31) / 32 * 32;
     const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
@@ -585,8 +585,8 @@ SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t
         }
         const __m512 mx = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
         const __m512 mold = _mm512_loadu_ps(w->m + rb * 16);
-        /* move the reference where the tile's max exceeds it by > MX_LAZY (or there was none) */
-        const __mmask16 move = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mold, _mm512_set1_ps(MX_LAZY)), _CMP_GT_OQ) |
+        /* move the reference where the tile's max exceeds it by > SM_LAZY (or there was none) */
+        const __mmask16 move = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mold, _mm512_set1_ps(SM_LAZY)), _CMP_GT_OQ) |
                                (_mm512_cmp_ps_mask(mold, ninf, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(mx, ninf, _CMP_GT_OQ));
         const __m512 mref = _mm512_mask_blend_ps(move, mold, mx);
         const __mmask16 live = _mm512_cmp_ps_mask(mref, ninf, _CMP_GT_OQ);

@@ -21,6 +21,10 @@
 
 #define SC_LOG2E 1.4426950408889634f
 #define SC_LN2 0.6931471805599453f
+/* Lazy rescaling in the AVX-512 and AMX softmax steps: a row's reference max
+ * moves only when a tile's max exceeds it by more than this (log2 units), so
+ * p = 2^(s - m) <= 2^SM_LAZY (exact in fp32/bf16) and O is rescaled rarely. */
+#define SM_LAZY 8.0f
 /* query-row x key x channel products below which one thread does the call */
 #ifndef SMALL_WORK
 #define SMALL_WORK 131072.0
