@@ -188,7 +188,7 @@ const char *sc_isa_name(sc_isa isa) {
 const sc_row_kernels *sc_row_kernels_active(void) {
     sc_isa isa = sc_cpu_active_isa();
 #if defined(SC_X86)
-    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) return &sc_row_kernels_avx512;
+    if (sc_isa_avx512_family(isa)) return &sc_row_kernels_avx512;
     if (isa == SC_ISA_AVX2) return &sc_row_kernels_avx2;
 #endif
 #if defined(SC_ARM64)
@@ -250,7 +250,7 @@ __attribute__((target("avx2"))) static uint64_t probe_avx2(const void *p, size_t
 uint64_t sc_read_probe(const void *p, size_t n) {
 #if defined(SC_X86)
     sc_isa isa = sc_cpu_active_isa();
-    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) return probe_avx512(p, n);
+    if (sc_isa_avx512_family(isa)) return probe_avx512(p, n);
     if (isa == SC_ISA_AVX2) return probe_avx2(p, n);
 #endif
     const uint64_t *w = (const uint64_t *)p;

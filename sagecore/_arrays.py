@@ -45,7 +45,7 @@ def as_kv_input(x, name: str, layout: str, copy: bool = False) -> np.ndarray:
     elif layout != "BHND":
         raise InvalidArgumentError("layout", f"expected 'BHND' or 'BNHD', got {layout!r}")
     if a.size == 0:  # nothing is read; numpy may give empty arrays zero strides
-        return np.empty(a.shape, a.dtype)
+        return a
     if (a.shape[3] > 1 and a.strides[3] != a.itemsize) or any(s % a.itemsize for s in a.strides):
         if not copy:
             raise InvalidArgumentError(name, "the head_dim axis must be contiguous and strides multiples of the "

@@ -61,7 +61,8 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
     if (kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
-            and backend == "auto" and precision == "fp32" and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+            and backend == "auto" and precision == "fp32"
+            and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         if out is None:
             run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, None))
             if run is not None:
@@ -107,7 +108,8 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
     if (kv_lens is None and not return_lse and not split_k and layout == "BHND" and backend == "auto"
-            and precision == "fp32" and not copy and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
+            and precision == "fp32" and not copy
+            and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
             and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
         _remember(q, k, v, is_causal, scale, plan, sc, None if out is None else out.dtype)
     return (ret, lse) if return_lse else ret

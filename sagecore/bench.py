@@ -61,6 +61,21 @@ def _progress(done, total, what):
         sys.stderr.write("\n")
 
 
+def round_robin(fns, rounds, reps=1):
+    """Best time per call of each fn, measured round-robin (after one warm-up
+    call each) so that a burst of machine noise hits every path alike."""
+    for fn in fns:
+        fn()
+    best = [1e9] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / reps)
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m sagecore bench")
     ap.add_argument("--full", action="store_true", help="also decode at N=131072")
@@ -132,19 +147,6 @@ def main(argv=None):
     os_ = np.empty(qs.shape, np.float32)
     reps_small = 2000
 
-    def per_call(fns):
-        """Best time per call of each fn, measured round-robin so that a burst
-        of machine noise hits every path alike (ratios side by side)."""
-        for fn in fns:
-            fn()
-        best = [1e9] * len(fns)
-        for _ in range(7):
-            for i, fn in enumerate(fns):
-                t0 = time.perf_counter()
-                for _ in range(reps_small):
-                    fn()
-                best[i] = min(best[i], (time.perf_counter() - t0) / reps_small)
-        return best
     names = ["sdpa", "C kernel"]
     fns = [lambda: sagecore.sdpa(qs, ks, vs),
            lambda: _cpu.attention_tensors(qs, ks, vs, os_, None, D ** -0.5, False, 1, None)]
@@ -155,7 +157,7 @@ def main(argv=None):
         fns += [lambda: F.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True),
                 lambda: F.scaled_dot_product_attention(fq, fk, fv, enable_gqa=True)]
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
-        small = list(zip(names, per_call(fns)))
+        small = list(zip(names, round_robin(fns, 7, reps_small)))
     t_sd, t_c = small[0][1], small[1][1]
     sys.stderr.write("\r" + " " * 80 + "\r")
     for name, t in small:
@@ -286,9 +288,6 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _prefill_ab(torch, rounds=8):
     """Prefill 2048 causal, B=1, 32/8 heads, d128: the int8 cache at both
@@ -308,15 +307,8 @@ def _prefill_ab(torch, rounds=8):
         import torch.nn.functional as F
         tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in (q, k, v))
         fns["torch-bfloat16"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True, enable_gqa=True)
-    best = dict.fromkeys(fns, 1e9)
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
-        for fn in fns.values():
-            fn()
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - t0)
+        best = dict(zip(fns, round_robin(list(fns.values()), rounds)))
     print(f"prefill 2048 causal, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
           f"round-robin best of {rounds}")
     for name, t in best.items():
@@ -392,3 +384,7 @@ def _bench_metal(args) -> int:  # pragma: no cover - needs a Mac with an Apple G
         with open(args.json, "w") as f:
             json.dump(dict(device=info, read_bw=bw, rows=rows), f, indent=1)
     return 0
+
+
+if __name__ == "__main__":
+    main()

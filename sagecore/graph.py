@@ -34,7 +34,7 @@ STAGES = ("tile_load", "qk", "softmax", "pv", "split_partial", "split_reduce", "
 
 #: query rows one CPU work item holds (all query heads of a kv head); the C core's ROWS_MAX
 CPU_ROWS_MAX = 64
-CPU_MX_ROWS_MAX = 256  # csrc/attn/attention.c MX_ROWS_MAX
+CPU_MX_ROWS_MAX = 256  # csrc/attn/attn_body.h MX_ROWS_MAX (the AMX path)
 
 
 #: The ``precision`` values a request may carry: the lowest precision the

@@ -44,7 +44,7 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     w->qf = w->l + R;
     w->sc = w->qf + R * D;
     if (c->mx) {
-        w->mxs = c->a->precision == SC_PRECISION_BF16 ? 1 : MX_NS;
+        w->mxs = c->mx;
         const int64_t TP = MX_TP(TL);
         const size_t nq = (size_t)(MX_NS * R * D), nk = (size_t)(MX_NS * TP * D), np = (size_t)(MX_NS * R * TP);
         const size_t nt = (size_t)(R * TP), ncol = (size_t)(2 * MX_NS * 512);
@@ -165,18 +165,17 @@ sc_status sc_attention(const sc_attention_args *a) {
     c.a = a;
     c.rk = sc_row_kernels_active();
     c.B = B; c.Hq = Hq; c.Hkv = Hkv; c.group = Hq / Hkv; c.M = M; c.D = D; c.N = a->kv_len;
-    /* the matrix engine takes items of up to MX_ROWS_MAX rows and MX_TILE_KEYS
-     * keys per tile: each K/V tile is decoded and packed once per item, and
-     * each O tile loaded/stored once per tile, so bigger items amortize both */
+    const sc_isa isa = sc_cpu_active_isa();
+    /* the matrix engine takes items of more than Q8_MAX_ROWS rows, up to
+     * MX_ROWS_MAX, with MX_TILE_KEYS keys per tile: the queries are packed
+     * and each O tile loaded/stored once per item / tile, so bigger items
+     * amortize both */
     int64_t rows_max = ROWS_MAX, tile_keys = TILE_KEYS;
-    int mx = 0;
-#ifdef SC_X86
-    if (sc_cpu_active_isa() == SC_ISA_AMX && D % 32 == 0 && c.group * M > Q8_MAX_ROWS) {
-        mx = 1;
+    const int mx = isa == SC_ISA_AMX && D % 32 == 0 && c.group * M > Q8_MAX_ROWS;
+    if (mx) {
         rows_max = MX_ROWS_MAX;
         tile_keys = MX_TILE_KEYS;
     }
-#endif
     c.mb = M;
     if (c.group * c.mb > rows_max) c.mb = rows_max / c.group > 0 ? rows_max / c.group : 1;
     c.nrb = (M + c.mb - 1) / c.mb;
@@ -195,7 +194,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     c.v_q8 = tensors ? 0 : q8_mode(a->vf, 0);
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= tile_keys ? unit : unit * ((tile_keys + unit - 1) / unit);
-    c.mx = mx && c.rows > Q8_MAX_ROWS && c.tile % 32 == 0;
+    if (mx && c.tile % 32 == 0) c.mx = a->precision == SC_PRECISION_BF16 ? 1 : MX_NS;
     const int threads = sc_num_threads();
     int64_t S = a->split_k ? a->split_k : sc_attention_auto_splits(B, Hkv, Hq, M, c.N, threads);
     /* splits are whole tiles */
@@ -218,14 +217,13 @@ sc_status sc_attention(const sc_attention_args *a) {
     item_fn prepack = NULL;
     int64_t prepack_tasks = 0;
 #ifdef SC_X86
-    sc_isa isa = sc_cpu_active_isa();
     if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = sc_attn_item_avx512; reduce = sc_attn_reduce_avx512; }
     else if (isa == SC_ISA_AMX) {
         item = sc_attn_item_amx;
         reduce = sc_attn_reduce_avx512;
         /* several row blocks per kv head: pack each K/V tile once for all of them */
         const int64_t ntl = (c.N + c.tile - 1) / c.tile;
-        const int64_t words = MX_TP(c.tile) * D * (a->precision == SC_PRECISION_BF16 ? 1 : MX_NS);
+        const int64_t words = MX_TP(c.tile) * D * c.mx;
         if (c.mx && c.nrb > 1 && ntl > 0 && 4.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
             const size_t bytes = (size_t)(B * Hkv * ntl * words) * 2;
             c.mxpk = (uint16_t *)aligned_alloc(64, bytes);
@@ -244,7 +242,6 @@ sc_status sc_attention(const sc_attention_args *a) {
     }
     else if (isa == SC_ISA_AVX2) { item = sc_attn_item_avx2; reduce = sc_attn_reduce_avx2; }
 #elif defined(SC_ARM64)
-    sc_isa isa = sc_cpu_active_isa();
     if (isa == SC_ISA_NEON) item = sc_attn_item_neon;
     if (isa == SC_ISA_NEON_DOTPROD) {
         item = sc_attn_item_neondot;

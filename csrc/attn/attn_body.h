@@ -183,7 +183,10 @@ typedef struct attn_ctx {
      *       minimums' dot with q per group for zero points),
      * K/V 2 = per-token cell scales (T 1, G a multiple of 16) applied per 16 codes */
     int k_q8, v_q8;
-    int mx; /* items of more than Q8_MAX_ROWS rows use the matrix engine (mx_hooks) */
+    /* items of more than Q8_MAX_ROWS rows use the matrix engine (mx_hooks):
+     * 0 no, else the operand subtiles per 32 elements, MX_NS (bf16x3) or 1
+     * (sc_attention_args.precision SC_PRECISION_BF16) */
+    int mx;
     /* K and V^T of every tile packed once per call for the engine, when several
      * row blocks share them: [kv row][tile][mx_tile_words] each (NULL: per item) */
     uint16_t *mxpk, *mxpv;
@@ -331,7 +334,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
         }
     if (c->k_rotate) sc_rotate_f32(wq, R, D, (int32_t)D);
-    const int use_mx = mx && c->mx; /* c->mx: every item has more than Q8_MAX_ROWS rows */
+    const int use_mx = mx && c->mx;
 
     /* key range of this split, cut by the causal limit of the block's last row */
     int64_t lo = s_idx * c->chunk, hi = lo + c->chunk < n_b ? lo + c->chunk : n_b;
