@@ -127,15 +127,16 @@ typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float
 /* Matrix-engine (AMX) hooks for items of many rows. The engine works on
  * transposed scores and output (S^T, P^T: [row block of 16][key][16 rows];
  * O^T: [D][rows]) so that the softmax runs across 16 rows per vector:
- * prep packs the item's scaled queries once and zeroes O^T; qk writes S^T of
- * an fp32 K tile; sm turns it into P^T for keys j < vis[row] - j0, updates
- * m, l and rescales O^T (returns 0 when no row sees a key of the tile); pv
- * adds V^T P^T of an fp32 V tile to O^T; done releases the engine. NULL
- * where the ISA has none. */
+ * prep packs the item's scaled queries once and zeroes O^T; pack_k / pack_v
+ * turn fp32 K / V tiles into the operand layouts (per item, or once per call
+ * into c->mxpk / c->mxpv); qk writes S^T of a packed K tile; sm turns it into
+ * P^T for keys j < vis[row] - j0, updates m, l and rescales O^T (returns 0
+ * when no row sees a key of the tile); pv adds V^T P^T of a packed V tile to
+ * O^T; done releases the engine; rows turns O^T back into rows. NULL where
+ * the ISA has none. */
 struct attn_ws;
 typedef struct mx_hooks {
     void (*prep)(struct attn_ws *w, int64_t R, int64_t D);
-    /* K / V tiles (fp32 rows) to the engine's operand layouts (per item, or once per call: c->mxpk) */
     void (*pack_k)(const float *kt, int64_t nt, int64_t D, int64_t ns, uint16_t *dst);
     void (*pack_v)(const float *vt, int64_t nt, int64_t D, int64_t ns, uint16_t *dst, uint32_t *col);
     void (*qk)(struct attn_ws *w, const uint16_t *kp, int64_t R, int64_t j0, int64_t nt, int64_t D, int64_t TL);
@@ -227,13 +228,13 @@ typedef struct attn_ws {
     float *qf; /* q with K's per-channel scales folded in (k_q8 1) */
     float *sc; /* per-key cell scales of the current tile (k_q8 / v_q8 2) */
     sc_decoder *kd, *vd;
-    /* matrix-engine operands (c->mx), bf16 hi/lo pairs: queries packed as B
-     * tiles, the K tile and P as A tiles, the V tile as B tiles */
+    /* matrix-engine operands (c->mx), bf16 (hi/lo) subtiles: the queries and
+     * P^T as B tiles, the K tile and V^T as A tiles (used when not packed per call) */
     uint16_t *mxq, *mxk, *mxv, *mxp;
     float *mxt;   /* S^T / P^T of the tile: [row block][key][16] */
     uint16_t *mxc; /* column staging for the V^T transposes */
     int32_t *mxvis; /* per row: keys visible from key 0 (causal limit; < 0: padding row) */
-    int64_t mxs; /* operand subtiles per 32 elements: 3 (bf16x3) or 1 (bf16 precision) */
+    int64_t mxs; /* c->mx, for the hooks (which see only the workspace) */
 } attn_ws;
 
 #define MX_RP(R) (((R) + 31) / 32 * 32)  /* rows padded for pairs of 16-row tiles */
