@@ -50,8 +50,9 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         precision: ``"fp32"`` (default: fp32-level results on every path) or
             ``"bf16"``: QK^T and PV operands may be rounded to bf16 (fp32
             accumulation; the precision class of a bf16 SDPA), which the CPU's
-            AMX path uses for items of many rows. A permission: other paths
-            compute as for ``"fp32"``.
+            AMX path uses for items of many rows, and its AVX512-VNNI decode
+            for integer int8 K scores (int16 queries). A permission: other
+            paths compute as for ``"fp32"``.
 
     Returns:
         The output (float32 numpy array unless ``out`` is given), and the lse if asked.

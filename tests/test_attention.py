@@ -273,3 +273,20 @@ def test_int8_in_place_layouts_match_portable_and_reference(pol, hq, rng, isa):
     np.testing.assert_allclose(got, ref, **ISA_TOL.get(isa, dict(rtol=1e-5, atol=2e-6)))
     kd, vd = c.dequantize(np.float32)
     np.testing.assert_allclose(got, sdpa_reference(q, kd, vd, is_causal=True), rtol=1e-4, atol=2e-5)
+
+
+def test_precision_bf16_integer_decode_scores(rng, isa):
+    """Decode over int8 K (per-channel scales): with precision="bf16" the
+    AVX512-VNNI paths (avx512_vnni, amx) compute QK^T with int16 queries x
+    int8 codes in integer arithmetic; elsewhere the option changes nothing."""
+    c = build("int8", 1, 2, 700, 128, rng)
+    q = (rng.standard_normal((1, 8, 1, 128)) * 2).astype(np.float32)
+    exact = c.attend(q, split_k=1)
+    fast = c.attend(q, split_k=1, precision="bf16")
+    if isa in ("avx512_vnni", "amx"):
+        assert not np.array_equal(fast, exact)
+        kd, vd = c.dequantize()
+        err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd))["rel_l1"]
+        assert err < 2e-4  # int16 queries: ~2^-16 of each row's max, far inside bf16's 2^-8
+    else:
+        np.testing.assert_array_equal(fast, exact)

@@ -217,7 +217,8 @@ sc_status sc_attention(const sc_attention_args *a) {
     item_fn prepack = NULL;
     int64_t prepack_tasks = 0;
 #ifdef SC_X86
-    if (isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI) { item = sc_attn_item_avx512; reduce = sc_attn_reduce_avx512; }
+    if (isa == SC_ISA_AVX512) { item = sc_attn_item_avx512; reduce = sc_attn_reduce_avx512; }
+    else if (isa == SC_ISA_AVX512_VNNI) { item = sc_attn_item_avx512vnni; reduce = sc_attn_reduce_avx512; }
     else if (isa == SC_ISA_AMX) {
         item = sc_attn_item_amx;
         reduce = sc_attn_reduce_avx512;
