@@ -51,7 +51,7 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
             ``"bf16"``: QK^T and PV operands may be rounded to bf16 (fp32
             accumulation; the precision class of a bf16 SDPA), which the CPU's
             AMX path uses for items of many rows, and its AVX512-VNNI decode
-            for integer int8 K scores (int16 queries). A permission: other
+            for QK^T and PV in integers on int8 codes. A permission: other
             paths compute as for ``"fp32"``.
 
     Returns:

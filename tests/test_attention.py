@@ -275,18 +275,22 @@ def test_int8_in_place_layouts_match_portable_and_reference(pol, hq, rng, isa):
     np.testing.assert_allclose(got, sdpa_reference(q, kd, vd, is_causal=True), rtol=1e-4, atol=2e-5)
 
 
-def test_precision_bf16_integer_decode_scores(rng, isa):
-    """Decode over int8 K (per-channel scales): with precision="bf16" the
-    AVX512-VNNI paths (avx512_vnni, amx) compute QK^T with int16 queries x
-    int8 codes in integer arithmetic; elsewhere the option changes nothing."""
-    c = build("int8", 1, 2, 700, 128, rng)
-    q = (rng.standard_normal((1, 8, 1, 128)) * 2).astype(np.float32)
-    exact = c.attend(q, split_k=1)
-    fast = c.attend(q, split_k=1, precision="bf16")
+@pytest.mark.parametrize("pol,hq,m,n", [("int8", 8, 1, 700), ("int8", 16, 1, 701), ("int8", 2, 3, 333),
+                                         ("int8", 8, 3, 95), ("q8_0", 8, 1, 701)])
+def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n):
+    """Decode over the int8 policy: with precision="bf16" the AVX512-VNNI
+    paths (avx512_vnni, amx) compute QK^T (int16 queries x K codes) and PV
+    (int16 P x V codes) in integer arithmetic; elsewhere the option changes
+    nothing."""
+    # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded)
+    c = build(pol, 1, 2, n, 128, rng)
+    q = (rng.standard_normal((1, hq, m, 128)) * 2).astype(np.float32)
+    exact = c.attend(q, split_k=1, is_causal=True)
+    fast = c.attend(q, split_k=1, is_causal=True, precision="bf16")
     if isa in ("avx512_vnni", "amx"):
         assert not np.array_equal(fast, exact)
         kd, vd = c.dequantize()
-        err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd))["rel_l1"]
-        assert err < 2e-4  # int16 queries: ~2^-16 of each row's max, far inside bf16's 2^-8
+        err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))["rel_l1"]
+        assert err < 2e-4  # int16 q and P: ~2^-16 of each row's max, far inside bf16's 2^-8
     else:
         np.testing.assert_array_equal(fast, exact)

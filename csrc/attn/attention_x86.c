@@ -356,8 +356,9 @@ SC_T_AVX512 void sc_attn_item_avx512(const attn_ctx *c, int64_t i, attn_ws *w) {
 }
 SC_T_AVX512 void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
-/* ---- AVX512-VNNI: scores of int8 K codes in integer arithmetic ------------
- * With sc_attention_args.precision SC_PRECISION_BF16, for int8 K with
+/* ---- AVX512-VNNI: decode QK^T and PV on int8 codes in integer arithmetic --
+ * Both under sc_attention_args.precision SC_PRECISION_BF16 (pv8_vnni below
+ * for PV). Scores: for int8 K with
  * per-channel scales over token groups (q8_mode 1): per token group each
  * query row times the group's scales, qf, is rounded to int16, qw =
  * round(qf * 32767 / max|qf|) (|error| <= 2^-16 max|qf|), and VPDPWSSD sums
@@ -370,6 +371,12 @@ SC_T_AVX512 void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w)
  * int8 x int8 with one int8 q, as in SageAttention, would be cheaper still
  * but misses the int8 accuracy targets (see attention_arm64.c). */
 #define SC_T_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+/* acc += pairwise int16 products of a and b. Inline asm with the accumulator
+ * as an in/out operand: with _mm512_dpwssd_epi32, GCC 12 copied every
+ * accumulator of the 16-accumulator loops to a fresh register (and spilled
+ * some) each iteration. */
+#define SC_DPWSSD(acc, a, b) __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 
 /* 16 int32 vectors -> one vector whose lane k is the sum of a[k]'s lanes */
 SC_T_AVX512 SC_INL __m512i hsum16i(const __m512i *a) {
@@ -406,7 +413,7 @@ SC_T_VNNI SC_INL void qkw44_step(const int16_t *qw, const int8_t *k, int64_t r0,
                          : _mm512_setzero_si512();
     for (int rr = 0; rr < 4; rr++) {
         const __m512i qv = tail ? ldq16(qw + (r0 + rr) * D, ch, D) : _mm512_loadu_si512(qw + (r0 + rr) * D + ch);
-        for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_dpwssd_epi32(acc[rr * 4 + kk], qv, kv[kk]);
+        for (int kk = 0; kk < 4; kk++) SC_DPWSSD(acc[rr * 4 + kk], qv, kv[kk]);
     }
 }
 SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8_t *k, float *s, int64_t r0,
@@ -433,7 +440,7 @@ SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, flo
     for (int64_t ch = 0; ch < D; ch += 32) {
         const __m512i qv = ldq16(qw, ch, D);
         for (int kk = 0; kk < 16; kk++)
-            if (kk < nk) acc[kk] = _mm512_dpwssd_epi32(acc[kk], qv, ldk16(k + (j + kk) * D, ch, D));
+            if (kk < nk) SC_DPWSSD(acc[kk], qv, ldk16(k + (j + kk) * D, ch, D));
     }
     _mm512_mask_storeu_ps(s + j, (__mmask16)((1u << nk) - 1),
                           _mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), _mm512_set1_ps(a)));
@@ -483,9 +490,118 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     }
 }
 
+/* PV in integers (precision="bf16", int8 V with per-token scales over whole
+ * 32-channel cells, q8_mode 2): per tile and row, P' = p * s[key][cell] is
+ * rounded to int16 against the row's largest P' in the tile (2^-16 of it),
+ * and VPDPWSSD accumulates pairs of keys exactly in int32,
+ * (p'_j, p'_j+1) . (v_j[c], v_j+1[c]): the codes of two keys are byte-
+ * interleaved (vpunpck[lh]bw) and sign-extended, one instruction per 32
+ * products against two FMAs, no int-to-float conversions. The int32 sums are
+ * scaled into O once per tile. Interleaving within 128-bit lanes leaves the
+ * channels of a 64-channel block in the order [0-7,16-23] [32-39,48-55]
+ * [8-15,24-31] [40-47,56-63] (each vector inside one cell), restored by one
+ * permute per vector at the flush. */
+#define PVW_TL 64 /* keys per tile at most */
+SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
+                                int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp) {
+    __m512i acc[4][4];
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
+    const int64_t cl0 = c0 / 32, cl1 = cl0 + 1;
+    static const int8_t zero[64] __attribute__((aligned(64)));
+    for (int64_t jp = 0; jp < npair; jp++) {
+        const int64_t j = 2 * jp;
+        /* an odd last key pairs with zeros (its p' partner is 0 as well) */
+        const int8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * D + c0 : zero;
+        const __m512i a = _mm512_loadu_si512(v + j * D + c0), b = _mm512_loadu_si512(vb);
+        const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
+        const __m512i x0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));      /* cell 0 */
+        const __m512i x1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); /* cell 1 */
+        const __m512i x2 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));      /* cell 0 */
+        const __m512i x3 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1)); /* cell 1 */
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const int16_t *pr = pq + (r0 + rr) * ncell * TLp + j;
+            const __m512i p0 = _mm512_set1_epi32(*(const int32_t *)(pr + cl0 * TLp));
+            const __m512i p1 = _mm512_set1_epi32(*(const int32_t *)(pr + cl1 * TLp));
+            SC_DPWSSD(acc[rr][0], p0, x0);
+            SC_DPWSSD(acc[rr][1], p1, x1);
+            SC_DPWSSD(acc[rr][2], p0, x2);
+            SC_DPWSSD(acc[rr][3], p1, x3);
+        }
+    }
+    /* natural order: channels 0-15 = x0[0-7] x2[0-7], 16-31 = x0[8-15] x2[8-15], ... */
+    const __m512i lo8 = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i hi8 = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+    for (int rr = 0; rr < 4; rr++) {
+        if (rr >= nr) break;
+        float *orow = o + (r0 + rr) * D + c0;
+        const __m512 sc = _mm512_set1_ps(ps[r0 + rr]);
+        const __m512i n0 = _mm512_permutex2var_epi32(acc[rr][0], lo8, acc[rr][2]);
+        const __m512i n1 = _mm512_permutex2var_epi32(acc[rr][0], hi8, acc[rr][2]);
+        const __m512i n2 = _mm512_permutex2var_epi32(acc[rr][1], lo8, acc[rr][3]);
+        const __m512i n3 = _mm512_permutex2var_epi32(acc[rr][1], hi8, acc[rr][3]);
+        _mm512_storeu_ps(orow, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n0), sc, _mm512_loadu_ps(orow)));
+        _mm512_storeu_ps(orow + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n1), sc, _mm512_loadu_ps(orow + 16)));
+        _mm512_storeu_ps(orow + 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n2), sc, _mm512_loadu_ps(orow + 32)));
+        _mm512_storeu_ps(orow + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n3), sc, _mm512_loadu_ps(orow + 48)));
+    }
+}
+
+SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
+                               float *o) {
+    const sc_format *f = c->a->vf;
+    const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
+    if (c->a->precision != SC_PRECISION_BF16 || code_kind(f) != 2 || G % 32 || D % 64 || TL > PVW_TL || R > 16) {
+        pv8_avx512(c, sc, kr, j0, nt, p, o);
+        return;
+    }
+    const sc_store *st = c->a->v;
+    const int64_t ncell = D / G, TLp = PVW_TL, npair = (nt + 1) / 2;
+    scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
+    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(64))); /* [row][cell][key], cells of 32 channels */
+    float ps[16];                                               /* per row: max P' / 32767 */
+    float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
+    const int64_t n32 = D / 32;                                 /* cells of 32 channels (G a multiple) */
+    const int64_t nv = (nt + 15) / 16;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int64_t cl = 0; cl < n32; cl++) /* sc [key][cell] -> sT [cell of 32][key] */
+        for (int64_t jv = 0; jv < nv; jv++) {
+            const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
+            const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32((int)(16 * jv))),
+                                                                    _mm512_set1_epi32((int)ncell)),
+                                                 _mm512_set1_epi32((int)(cl * 32 / G)));
+            _mm512_store_ps(&sT[cl][16 * jv], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, idx, sc, 4));
+        }
+    for (int64_t r = 0; r < R; r++) {
+        __m512 pv[PVW_TL / 16], mx = _mm512_setzero_ps();
+        for (int64_t jv = 0; jv < nv; jv++) {
+            const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
+            pv[jv] = _mm512_maskz_loadu_ps(km, p + r * TL + 16 * jv);
+            for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
+                mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
+        }
+        const float m = _mm512_reduce_max_ps(mx);
+        ps[r] = m * (1.0f / 32767.0f);
+        const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
+        for (int64_t cl = 0; cl < n32; cl++)
+            for (int64_t jv = 0; jv < nv; jv++)
+                _mm256_store_si256((__m256i *)(pq + (r * n32 + cl) * TLp + 16 * jv),
+                                   _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(
+                                       _mm512_mul_ps(_mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])), inv))));
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 64)
+            if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp);
+            else pvw_block(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp);
+    }
+}
+
 SC_T_VNNI void sc_attn_item_avx512vnni(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_vnni,
-                   pv8_avx512, NULL);
+                   pv8_vnni, NULL);
 }
 
 /* ---- AMX: items of many rows (prefill) on the tile matrix engine ----------
@@ -869,7 +985,7 @@ static const mx_hooks mx_amx = {mx_prep, mx_pack_k, mx_pack_v, mx_qk, mx_sm, mx_
 
 SC_T_AMX void sc_attn_item_amx(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_vnni,
-                   pv8_avx512, &mx_amx);
+                   pv8_vnni, &mx_amx);
 }
 #endif
 

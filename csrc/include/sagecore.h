@@ -211,7 +211,7 @@ typedef struct sc_attention_args {
      * bf16 hi + lo, three tile products). SC_PRECISION_BF16: operands may be
      * rounded to bf16 (2^-8 relative, the precision of bf16 SDPA); the AMX
      * path then takes one tile product instead of three, and AVX512-VNNI
-     * decode computes int8 K scores with int16 queries in integers. A
+     * decode computes QK^T and PV on int8 codes in integers. A
      * permission, not a demand: other paths compute in fp32 either way. */
     int32_t precision;
 } sc_attention_args;
