@@ -275,16 +275,23 @@ def test_int8_in_place_layouts_match_portable_and_reference(pol, hq, rng, isa):
     np.testing.assert_allclose(got, sdpa_reference(q, kd, vd, is_causal=True), rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("pol,hq,m,n", [("int8", 8, 1, 700), ("int8", 16, 1, 701), ("int8", 2, 3, 333),
-                                         ("int8", 8, 3, 95), ("q8_0", 8, 1, 701)])
-def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n):
+#: int8 K as in the int8 policy, V in 16-channel cells: a policy for d80
+D80 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g16.s16"}
+
+
+@pytest.mark.parametrize("pol,hq,m,n,d", [("int8", 8, 1, 700, 128), ("int8", 16, 1, 701, 128),
+                                           ("int8", 2, 3, 333, 128), ("int8", 8, 3, 95, 128),
+                                           ("q8_0", 8, 1, 701, 128), ("int8", 8, 1, 300, 64),
+                                           (D80, 8, 1, 300, 80), ("int8", 8, 1, 300, 96),
+                                           ("int8", 8, 1, 300, 256)])
+def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
     """Decode over the int8 policy: with precision="bf16" the AVX512-VNNI
     paths (avx512_vnni, amx) compute QK^T (int16 queries x K codes) and PV
     (int16 P x V codes) in integer arithmetic; elsewhere the option changes
     nothing."""
     # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded)
-    c = build(pol, 1, 2, n, 128, rng)
-    q = (rng.standard_normal((1, hq, m, 128)) * 2).astype(np.float32)
+    c = build(pol, 1, 2, n, d, rng)
+    q = (rng.standard_normal((1, hq, m, d)) * 2).astype(np.float32)
     exact = c.attend(q, split_k=1, is_causal=True)
     fast = c.attend(q, split_k=1, is_causal=True, precision="bf16")
     if isa in ("avx512_vnni", "amx"):
@@ -292,5 +299,14 @@ def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n):
         kd, vd = c.dequantize()
         err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))["rel_l1"]
         assert err < 2e-4  # int16 q and P: ~2^-16 of each row's max, far inside bf16's 2^-8
+        # split-K and per-row key lengths take the same integer paths
+        lens = [n, n // 3]
+        c2 = build(pol, 2, 2, n, d, rng)
+        q2 = (rng.standard_normal((2, hq, m, d)) * 2).astype(np.float32)
+        kd, vd = c2.dequantize()
+        ref = sdpa_reference(q2, kd, vd, is_causal=True, kv_lens=lens)
+        for s in (1, 3):
+            got = c2.attend(q2, split_k=s, is_causal=True, kv_lens=lens, precision="bf16")
+            assert quality(got.astype(np.float64), ref)["rel_l1"] < 2e-4
     else:
         np.testing.assert_array_equal(fast, exact)
