@@ -218,12 +218,16 @@ static void test_attention(sc_isa best) {
 }
 
 /* sc_attention_args.precision: checked, and on AMX it changes the multi-row
- * items (one bf16 tile product instead of three) within bf16-level error */
-static void test_precision(sc_isa best) {
-    const int B = 1, Hkv = 2, Hq = 8, M = 64, N = 300, D = 128;
+ * items (one bf16 tile product instead of three) within bf16-level error;
+ * with AVX512-VNNI (avx512_vnni, amx) decode (M = 1) over int8 K with
+ * per-channel scales and V in 32-channel cells runs QK and PV in integers */
+static void test_precision_case(sc_isa best, int M) {
+    const int B = 1, Hkv = 2, Hq = 8, N = 320, D = 128;
     const sc_format f = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+    /* K: per-channel scales over 32 tokens at decode (the int8 policy's K), per token for prefill */
+    const sc_format fk = M == 1 ? (sc_format){SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 0} : f;
     store_buf kb, vb;
-    store_alloc(&kb, &f, B * Hkv, N);
+    store_alloc(&kb, &fk, B * Hkv, N);
     store_alloc(&vb, &f, B * Hkv, N);
     float *x = malloc(sizeof(float) * B * Hkv * N * D), *q = malloc(sizeof(float) * B * Hq * M * D);
     float *o0 = malloc(sizeof(float) * B * Hq * M * D), *o1 = malloc(sizeof(float) * B * Hq * M * D);
@@ -231,12 +235,12 @@ static void test_precision(sc_isa best) {
     for (int i = 0; i < B * Hq * M * D; i++) q[i] = frand();
     sc_tensor t = {x, SC_DTYPE_F32, B, Hkv, N, D, (int64_t)Hkv * N * D, (int64_t)N * D, D};
     sc_cpu_set_isa(SC_ISA_PORTABLE);
-    sc_quantize(&f, &kb.st, &t, 0);
+    sc_quantize(&fk, &kb.st, &t, 0);
     sc_quantize(&f, &vb.st, &t, 0);
     sc_cpu_set_isa(best);
     sc_attention_args a = {.q = {q, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
                            .out = {o0, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
-                           .kf = &f, .vf = &f, .k = &kb.st, .v = &vb.st, .kv_heads = Hkv, .kv_len = N,
+                           .kf = &fk, .vf = &f, .k = &kb.st, .v = &vb.st, .kv_heads = Hkv, .kv_len = N,
                            .scale = 1.0f / sqrtf((float)D), .causal = 1, .split_k = 1};
     EXPECT(sc_attention(&a) == SC_OK, "fp32 attention failed: %s", sc_last_error());
     a.precision = 7;
@@ -251,12 +255,18 @@ static void test_precision(sc_isa best) {
         m = fmax(m, fabs((double)o0[i]));
     }
     EXPECT(e <= 3e-2 * m, "precision bf16 differs from fp32 by %g (max |o| %g)", e, m);
-    if (best == SC_ISA_AMX) EXPECT(e > 1e-5 * m, "precision bf16 had no effect on the AMX path (diff %g)", e);
-    else EXPECT(e == 0, "precision bf16 changed a path without bf16 hardware (diff %g)", e);
-    printf("precision bf16: max diff %.1e against fp32 (%s)\n", e, sc_isa_name(best));
+    const int uses = M > 1 ? best == SC_ISA_AMX : (best == SC_ISA_AMX || best == SC_ISA_AVX512_VNNI);
+    if (uses) EXPECT(e > 1e-7 * m, "precision bf16 had no effect on the %s path, M=%d (diff %g)", sc_isa_name(best), M, e);
+    else EXPECT(e == 0, "precision bf16 changed the %s path, M=%d (diff %g)", sc_isa_name(best), M, e);
+    if (M == 1) EXPECT(e <= 1e-3 * m, "integer decode differs from fp32 by %g (max |o| %g)", e, m);
+    printf("precision bf16: max diff %.1e against fp32 (%s, M=%d)\n", e, sc_isa_name(best), M);
     free(x); free(q); free(o0); free(o1);
     store_free(&kb);
     store_free(&vb);
+}
+static void test_precision(sc_isa best) {
+    test_precision_case(best, 64);
+    test_precision_case(best, 1);
 }
 
 /* ------------------------------------------------------- golden data */
