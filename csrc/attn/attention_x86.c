@@ -80,10 +80,29 @@ SC_T_AVX512 SC_INL __m512 cell_scaled(__m512 x, const float *sc, int64_t j, int6
     return sc ? _mm512_mul_ps(x, _mm512_set1_ps(sc[j * ncell + cix[ch]])) : x;
 }
 
+/* Software prefetch of K/V rows read in place (codes, or fp16/fp32 rows),
+ * PF_KEYS keys ahead of the row being read, spread through the loops (a
+ * line or two per key and block). From DRAM the kernels otherwise waited on
+ * these loads; prefetching a whole tile's lines in one burst measured no
+ * gain (the fill buffers overflow and the prefetches are dropped), spread
+ * they cut cold int8 decode by 11-13% (docs/benchmarks.md). pfend: the first
+ * byte past the kv row's data (NULL: no prefetch, e.g. for L1 tiles). */
+#ifndef PF_KEYS
+#define PF_KEYS 192
+#endif
+/* bytes of n elements of an ld16 kind */
+SC_INL int64_t kind_bytes(int kind, int64_t n) {
+    return kind == 0 ? 4 * n : kind == 1 ? 2 * n : (kind == 2 || kind == 5) ? n : n / 2;
+}
+SC_INL void pf_span(const char *p, int64_t n, const char *end) {
+    for (int64_t l = 0; l < n; l += 64)
+        if (p + l < end) _mm_prefetch(p + l, _MM_HINT_T0);
+}
+
 /* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction.
  * Keys are rows of k with stride ks elements. */
 SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
-                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
     int64_t ncell = 1;
     int32_t cix[32];
     cell_map(sc, D, G, &ncell, cix);
@@ -91,6 +110,9 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
         const float *qr = q + r * D;
         for (int64_t j0 = 0; j0 < nt; j0 += 16) {
             const int64_t nk = nt - j0 < 16 ? nt - j0 : 16;
+            if (pfend && r == 0)
+                for (int kk = 0; kk < nk; kk++)
+                    pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_KEYS) * ks), kind_bytes(f16, D), pfend);
             __m512 acc[16];
             for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
             for (int64_t c = 0; c < D; c += 16) {
@@ -108,7 +130,10 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
 /* One 4-row x nk-key block of qk44_body */
 SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t r0,
                                    int64_t j0, int64_t nk, int64_t D, int64_t TL, const float *sc, int64_t ncell,
-                                   const int32_t *cix) {
+                                   const int32_t *cix, const char *pfend) {
+    if (pfend && r0 == 0)
+        for (int kk = 0; kk < nk; kk++)
+            pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_KEYS) * ks), kind_bytes(f16, D), pfend);
     __m512 acc[16];
     for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
     for (int64_t c = 0; c < D; c += 16) {
@@ -131,7 +156,7 @@ SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, in
  * feed 16 FMAs instead of 17 loads feeding 16), and one transposing
  * reduction yields all 16 (row, key) scores. */
 SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
-                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+                                  int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
     int64_t ncell = 1;
     int32_t cix[32];
     cell_map(sc, D, G, &ncell, cix);
@@ -140,16 +165,16 @@ SC_T_AVX512 SC_INL void qk44_body(const float *q, const void *k, int64_t ks, int
         int64_t j0 = 0;
         /* whole blocks with the key count a constant (a variable one left a
          * compare-and-branch per key and chunk in the loop) */
-        for (; j0 + 4 <= nt; j0 += 4) qk44_block(q, k, ks, f16, s, r0, j0, 4, D, TL, sc, ncell, cix);
-        if (j0 < nt) qk44_block(q, k, ks, f16, s, r0, j0, nt - j0, D, TL, sc, ncell, cix);
+        for (; j0 + 4 <= nt; j0 += 4) qk44_block(q, k, ks, f16, s, r0, j0, 4, D, TL, sc, ncell, cix, pfend);
+        if (j0 < nt) qk44_block(q, k, ks, f16, s, r0, j0, nt - j0, D, TL, sc, ncell, cix, pfend);
     }
-    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL, sc, G);
+    if (r0 < R) qk16_body(q + r0 * D, k, ks, f16, s + r0 * TL, R - r0, nt, D, TL, sc, G, r0 == 0 ? pfend : NULL);
 }
 
 /* One block of pv_body: rows r0..r0+nr, channels c0..c0+16 nv, all nt keys */
 SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t r0,
                                  int64_t c0, int64_t nr, int64_t nv, int64_t nt, int64_t D, int64_t TL,
-                                 const float *sc, int64_t ncell, const int32_t *cix) {
+                                 const float *sc, int64_t ncell, const int32_t *cix, const char *pfend) {
     __m512 acc[4][4];
     /* fixed trip counts, fully unrolled: acc stays in registers (a
      * variable-bound loop here made GCC spill acc and copy it out
@@ -161,6 +186,8 @@ SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int 
             acc[rr][kk] = (rr < nr && kk < nv) ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * kk)
                                                 : _mm512_setzero_ps();
     for (int64_t j = 0; j < nt; j++) {
+        if (pfend && r0 == 0)
+            pf_span((const char *)v + kind_bytes(f16, (j + PF_KEYS) * vs + c0), kind_bytes(f16, 16 * nv), pfend);
         __m512 x[4];
         for (int kk = 0; kk < 4; kk++)
             x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
@@ -182,7 +209,7 @@ SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int 
  * blocks take a constant-shape instance (variable row/channel counts left
  * compare-and-branch chains in the key loop: ~10% of int8 decode). */
 SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
-                                int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G) {
+                                int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
     int64_t ncell = 1;
     int32_t cix[32];
     cell_map(sc, D, G, &ncell, cix);
@@ -190,8 +217,8 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
             const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
-            if (nr == 4 && nv == 4) pv_block(p, v, vs, f16, o, r0, c0, 4, 4, nt, D, TL, sc, ncell, cix);
-            else pv_block(p, v, vs, f16, o, r0, c0, nr, nv, nt, D, TL, sc, ncell, cix);
+            if (nr == 4 && nv == 4) pv_block(p, v, vs, f16, o, r0, c0, 4, 4, nt, D, TL, sc, ncell, cix, pfend);
+            else pv_block(p, v, vs, f16, o, r0, c0, nr, nv, nt, D, TL, sc, ncell, cix, pfend);
         }
     }
 }
@@ -199,22 +226,22 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
 /* fp32 tiles (decoded formats) */
 SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
                                     int64_t TL) {
-    qk44_body(q, kt, D, 0, s, R, nt, D, TL, NULL, 1);
+    qk44_body(q, kt, D, 0, s, R, nt, D, TL, NULL, 1, NULL);
 }
 SC_T_AVX512 static void pv_avx512(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D,
                                   int64_t TL) {
-    pv_body(p, vt, D, 0, o, R, nt, D, TL, NULL, 1);
+    pv_body(p, vt, D, 0, o, R, nt, D, TL, NULL, 1, NULL);
 }
 /* rows read in place */
 SC_T_AVX512 static void qkd_avx512(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R,
-                                   int64_t nt, int64_t D, int64_t TL) {
-    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL, NULL, 1);
-    else qk44_body(q, k, ks, 0, s, R, nt, D, TL, NULL, 1);
+                                   int64_t nt, int64_t D, int64_t TL, const char *end) {
+    if (f16) qk44_body(q, k, ks, 1, s, R, nt, D, TL, NULL, 1, end);
+    else qk44_body(q, k, ks, 0, s, R, nt, D, TL, NULL, 1, end);
 }
 SC_T_AVX512 static void pvd_avx512(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R,
-                                   int64_t nt, int64_t D, int64_t TL) {
-    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL, NULL, 1);
-    else pv_body(p, v, vs, 0, o, R, nt, D, TL, NULL, 1);
+                                   int64_t nt, int64_t D, int64_t TL, const char *end) {
+    if (f16) pv_body(p, v, vs, 1, o, R, nt, D, TL, NULL, 1, end);
+    else pv_body(p, v, vs, 0, o, R, nt, D, TL, NULL, 1, end);
 }
 
 /* ---- int8 stores read in place: codes converted in registers, never to a tile */
@@ -243,10 +270,11 @@ SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, 
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
     const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     if (mode == 2) { /* k = code * s[j][cell] */
         scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        if (kind == 2) qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G);
-        else qk44_body(q, codes, D, 3, s, R, nt, D, TL, sc, G);
+        if (kind == 2) qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
+        else qk44_body(q, codes, D, 3, s, R, nt, D, TL, sc, G, pfend);
         return;
     }
     /* mode 1: k = code * s[g][c] (+ m[g][c]); fold s into q once per token group */
@@ -259,10 +287,10 @@ SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, 
                 _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
         const uint8_t *ct = codes + t * rb;
         switch (kind) {
-        case 2: qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1); break;
-        case 3: qk44_body(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1); break;
-        case 4: qk44_body(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1); break;
-        default: qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1); break;
+        case 2: qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        case 3: qk44_body(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        case 4: qk44_body(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        default: qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend); break;
         }
         if (f->zero_point) {
             /* + q . m[g]: the same for every key of the group */
@@ -288,8 +316,9 @@ SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
     scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
-    if (code_kind(f) == 2) pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G);
-    else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G);
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    if (code_kind(f) == 2) pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
+    else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G, pfend);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
@@ -417,7 +446,9 @@ SC_T_VNNI SC_INL void qkw44_step(const int16_t *qw, const int8_t *k, int64_t r0,
     }
 }
 SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8_t *k, float *s, int64_t r0,
-                                  int64_t j, int64_t nk, int64_t D, int64_t TL) {
+                                  int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
+    if (r0 == 0)
+        for (int kk = 0; kk < nk; kk++) pf_span((const char *)k + (j + kk + PF_KEYS) * D, D, pfend);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
     const int64_t D32 = D & ~(int64_t)31;
@@ -434,7 +465,9 @@ SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8
 
 /* one row x 16 keys (rows past the last multiple of 4) */
 SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, float *s, int64_t j, int64_t nk,
-                                int64_t D) {
+                                int64_t D, const char *pfend) {
+    if (pfend)
+        for (int kk = 0; kk < nk; kk++) pf_span((const char *)k + (j + kk + PF_KEYS) * D, D, pfend);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
     for (int64_t ch = 0; ch < D; ch += 32) {
@@ -457,6 +490,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group;
     const int sf32 = f->scale_dtype == SC_DTYPE_F32;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * D;
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS];
     for (int64_t t = 0; t < nt;) {
@@ -480,12 +514,13 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
         int64_t r0 = 0;
         for (; r0 + 4 <= R; r0 += 4) {
             int64_t j = 0;
-            for (; j + 4 <= n; j += 4) qkw44_block(qw, ar, ct, st_, r0, j, 4, D, TL);
-            if (j < n) qkw44_block(qw, ar, ct, st_, r0, j, n - j, D, TL);
+            for (; j + 4 <= n; j += 4) qkw44_block(qw, ar, ct, st_, r0, j, 4, D, TL, pfend);
+            if (j < n) qkw44_block(qw, ar, ct, st_, r0, j, n - j, D, TL, pfend);
         }
         for (; r0 < R; r0++)
             for (int64_t j = 0; j < n; j += 16)
-                qkw16_row(qw + r0 * D, ar[r0], ct, st_ + r0 * TL, j, n - j < 16 ? n - j : 16, D);
+                qkw16_row(qw + r0 * D, ar[r0], ct, st_ + r0 * TL, j, n - j < 16 ? n - j : 16, D,
+                          r0 == 0 ? pfend : NULL); /* fewer than 4 rows: prefetch here */
         t += n;
     }
 }
@@ -503,7 +538,8 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
  * permute per vector at the flush. */
 #define PVW_TL 64 /* keys per tile at most */
 SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
-                                int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp) {
+                                int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp,
+                                const char *pfend) {
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
@@ -513,6 +549,10 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         const int64_t j = 2 * jp;
         /* an odd last key pairs with zeros (its p' partner is 0 as well) */
         const int8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * D + c0 : zero;
+        if (r0 == 0) {
+            pf_span((const char *)v + (j + PF_KEYS) * D + c0, 64, pfend);
+            pf_span((const char *)v + (j + 1 + PF_KEYS) * D + c0, 64, pfend);
+        }
         const __m512i a = _mm512_loadu_si512(v + j * D + c0), b = _mm512_loadu_si512(vb);
         const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
         const __m512i x0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));      /* cell 0 */
@@ -560,6 +600,7 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const int64_t ncell = D / G, TLp = PVW_TL, npair = (nt + 1) / 2;
     scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * D;
     int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(64))); /* [row][cell][key], cells of 32 channels */
     float ps[16];                                               /* per row: max P' / 32767 */
     float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
@@ -594,8 +635,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64)
-            if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp);
-            else pvw_block(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp);
+            if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend);
+            else pvw_block(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend);
     }
 }
 

@@ -111,9 +111,10 @@ typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l);
 /* Direct microkernels read fp16 or fp32 K/V rows in place (row stride ks in
  * elements; k points at the tile's first key), converting in registers: no
  * fp32 tile is written. Used for plain tensors and fp16 stores where the ISA
- * provides them; other formats go through the tile decoder. */
+ * provides them; other formats go through the tile decoder. end: the first
+ * byte past the item's rows (bounds the prefetch of rows ahead). */
 typedef void (*qkd_fn)(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R, int64_t nt,
-                       int64_t D, int64_t TL);
+                       int64_t D, int64_t TL, const char *end);
 /* one query row from fp16: q0 = q, qr = q * scale (NULL: the generic loops) */
 typedef void (*ldq_fn)(const uint16_t *src, float *q0, float *qr, float scale, int64_t D);
 struct attn_ctx;
@@ -123,7 +124,7 @@ typedef void (*qk8_fn)(const struct attn_ctx *c, int mode, const float *q, float
 typedef void (*pv8_fn)(const struct attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                        float *o);
 typedef void (*pvd_fn)(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
-                       int64_t D, int64_t TL);
+                       int64_t D, int64_t TL, const char *end);
 /* Matrix-engine (AMX) hooks for items of many rows. The engine works on
  * transposed scores and output (S^T, P^T: [row block of 16][key][16 rows];
  * O^T: [D][rows]) so that the softmax runs across 16 rows per vector:
@@ -407,10 +408,13 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     int kf16 = 0, vf16 = 0;
     const char *kbase = kdirect ? direct_rows(c, 0, b, hk, &kst, &kf16) : NULL;
     const char *vbase = vdirect ? direct_rows(c, 1, b, hk, &vst, &vf16) : NULL;
+    /* the keys' rows end at key hi - 1 */
+    const char *kend = kbase && hi > 0 ? kbase + (size_t)((hi - 1) * kst + D) * (kf16 ? 2 : 4) : kbase;
+    const char *vend = vbase && hi > 0 ? vbase + (size_t)((hi - 1) * vst + D) * (vf16 ? 2 : 4) : vbase;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
         if (kdirect) {
-            qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL);
+            qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL, kend);
         } else if (kq8) {
             qk8(c, kq8, wq, w->qf, w->sc, kr, j0, nt, ws);
         } else {
@@ -434,7 +438,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         if (!any) continue;
         /* rows without mass hold p = 0 */
         if (vdirect) {
-            pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL);
+            pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL, vend);
         } else if (vq8) {
             pv8(c, w->sc, kr, j0, nt, ws, wo);
         } else {
