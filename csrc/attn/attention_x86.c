@@ -482,7 +482,7 @@ SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, flo
 SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
     const sc_format *f = c->a->kf;
-    if (mode != 1 || code_kind(f) != 2 || c->a->precision != SC_PRECISION_BF16) {
+    if (mode != 1 || code_kind(f) != 2 || c->a->precision != SC_PRECISION_BF16 || c->D > 256) { /* y[16] below */
         qk8_avx512(c, mode, q, qf, sc, kr, j0, nt, s);
         return;
     }
@@ -592,7 +592,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
                                float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
-    if (c->a->precision != SC_PRECISION_BF16 || code_kind(f) != 2 || G % 32 || D % 64 || TL > PVW_TL || R > 16) {
+    if (c->a->precision != SC_PRECISION_BF16 || code_kind(f) != 2 || G % 32 || D % 64 || D > 256 || TL > PVW_TL ||
+        R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
