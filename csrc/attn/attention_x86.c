@@ -447,8 +447,11 @@ SC_T_VNNI SC_INL void qkw44_step(const int16_t *qw, const int8_t *k, int64_t r0,
 }
 SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8_t *k, float *s, int64_t r0,
                                   int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
-    if (r0 == 0)
-        for (int kk = 0; kk < nk; kk++) pf_span((const char *)k + (j + kk + PF_KEYS) * D, D, pfend);
+    if (r0 == 0) { /* the block's rows PF_KEYS ahead, when they are all in the kv row's data */
+        const char *pf = (const char *)k + (j + PF_KEYS) * D;
+        if (pf + nk * D <= pfend)
+            for (int64_t l = 0; l < nk * D; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
+    }
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
     const int64_t D32 = D & ~(int64_t)31;
@@ -545,14 +548,16 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
     const int64_t cl0 = c0 / 32, cl1 = cl0 + 1;
     static const int8_t zero[64] __attribute__((aligned(64)));
+    const char *pf = (const char *)v + PF_KEYS * D + c0;
     for (int64_t jp = 0; jp < npair; jp++) {
         const int64_t j = 2 * jp;
         /* an odd last key pairs with zeros (its p' partner is 0 as well) */
         const int8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * D + c0 : zero;
-        if (r0 == 0) {
-            pf_span((const char *)v + (j + PF_KEYS) * D + c0, 64, pfend);
-            pf_span((const char *)v + (j + 1 + PF_KEYS) * D + c0, 64, pfend);
+        if (r0 == 0 && pf + 2 * D <= pfend) { /* this block's line of keys j, j + 1, PF_KEYS ahead */
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + D, _MM_HINT_T0);
         }
+        pf += 2 * D;
         const __m512i a = _mm512_loadu_si512(v + j * D + c0), b = _mm512_loadu_si512(vb);
         const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
         const __m512i x0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));      /* cell 0 */
