@@ -127,6 +127,17 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
     }
 }
 
+/* lane rr*4 + kk of v -> s[(r0 + rr) * TL + j + kk] for kk < nk: four
+ * 128-bit (masked) stores; the scalar copy through a stack array cost ~8
+ * instructions per key */
+SC_T_AVX512 SC_INL void store44(__m512 v, float *s, int64_t r0, int64_t j, int64_t nk, int64_t TL) {
+    const __mmask8 m = (__mmask8)((1u << nk) - 1);
+    _mm_mask_storeu_ps(s + r0 * TL + j, m, _mm512_castps512_ps128(v));
+    _mm_mask_storeu_ps(s + (r0 + 1) * TL + j, m, _mm512_extractf32x4_ps(v, 1));
+    _mm_mask_storeu_ps(s + (r0 + 2) * TL + j, m, _mm512_extractf32x4_ps(v, 2));
+    _mm_mask_storeu_ps(s + (r0 + 3) * TL + j, m, _mm512_extractf32x4_ps(v, 3));
+}
+
 /* One 4-row x nk-key block of qk44_body */
 SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t r0,
                                    int64_t j0, int64_t nk, int64_t D, int64_t TL, const float *sc, int64_t ncell,
@@ -146,10 +157,7 @@ SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, in
             for (int kk = 0; kk < 4; kk++) acc[rr * 4 + kk] = _mm512_fmadd_ps(qv, kv[kk], acc[rr * 4 + kk]);
         }
     }
-    float out[16];
-    _mm512_storeu_ps(out, hsum16(acc)); /* lane rr*4 + kk */
-    for (int rr = 0; rr < 4; rr++)
-        for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j0 + kk] = out[rr * 4 + kk];
+    store44(hsum16(acc), s, r0, j0, nk, TL); /* lane rr*4 + kk */
 }
 
 /* Rows in fours: 4 rows x 4 keys of accumulators share every load (8 loads
@@ -460,10 +468,7 @@ SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8
     if (D32 < D) qkw44_step(qw, k, r0, j, nk, D, D32, 1, acc);
     const __m512 sc = _mm512_set_ps(ar[r0 + 3], ar[r0 + 3], ar[r0 + 3], ar[r0 + 3], ar[r0 + 2], ar[r0 + 2], ar[r0 + 2],
                                     ar[r0 + 2], ar[r0 + 1], ar[r0 + 1], ar[r0 + 1], ar[r0 + 1], ar[r0], ar[r0], ar[r0], ar[r0]);
-    float out[16];
-    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), sc)); /* lane rr*4 + kk */
-    for (int rr = 0; rr < 4; rr++)
-        for (int kk = 0; kk < nk; kk++) s[(r0 + rr) * TL + j + kk] = out[rr * 4 + kk];
+    store44(_mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), sc), s, r0, j, nk, TL); /* lane rr*4 + kk */
 }
 
 /* one row x 16 keys (rows past the last multiple of 4) */
