@@ -90,6 +90,10 @@ def main(argv=None):
     ap.add_argument("--prefill-ab", action="store_true",
                     help="only prefill 2048 causal: int8 (fp32-level), int8 with precision='bf16' and torch bf16, "
                          "timed round-robin in one process (best of 8 each)")
+    ap.add_argument("--decode-ab", type=int, metavar="N", nargs="?", const=32768,
+                    help="only cold decode at N keys (default 32768): fp16, int8, int8 with precision='bf16', "
+                         "int4 and torch bf16, timed round-robin in one process (rotating through caches "
+                         "totalling --cold-factor x the LLC per path)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
                     help="backend to measure (metal: only on a Mac with the Metal backend built)")
     args = ap.parse_args(argv)
@@ -116,6 +120,8 @@ def main(argv=None):
         torch = None
     if args.prefill_ab:
         return _prefill_ab(torch)
+    if args.decode_ab:
+        return _decode_ab(torch, args.decode_ab, cold_factor=args.cold_factor)
     rng = np.random.default_rng(0)
     llc = llc_bytes()
     probe = np.ones(max(2 * llc, 1 << 30) // 8, np.uint64)
@@ -318,6 +324,62 @@ def _prefill_ab(torch, rounds=8):
     for name, t in best.items():
         print(f"  {name:16s} {t * 1e3:8.1f} ms"
               + (f"   torch bf16 / this {best['torch-bfloat16'] / t:5.2f}x" if "torch-bfloat16" in best else ""))
+    return 0
+
+
+def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
+    """Cold decode at n keys, B=1, 32/8 heads, d128: our fp16, int8 (both
+    precisions) and int4 caches and torch's bf16 SDPA. Each path rotates
+    through its own caches (cold_factor x the LLC in total, so every call
+    reads K/V from DRAM); the paths alternate round by round, so that machine
+    noise hits all of them alike. Prints best and median per call and the
+    same-round ratios."""
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
+    v = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
+    q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
+    o = np.empty_like(q)
+    llc = llc_bytes()
+
+    def rotation(make, nbytes, call):
+        items = [make() for _ in range(max(2, int(np.ceil(cold_factor * llc / nbytes))))]
+        return lambda: [call(x) for x in items], len(items)
+
+    def cache(pol):
+        c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=n)
+        c.append(k, v)
+        return c
+
+    paths = {}
+    for name, pol, kw in (("fp16", "fp16", {}), ("int8", "int8", {}), ("int8-bf16", "int8", {"precision": "bf16"}),
+                          ("int4", "int4", {})):
+        paths[name] = rotation(lambda pol=pol: cache(pol), kv_bytes(cache(pol)),
+                               lambda c, kw=kw: c.attend(q, out=o, **kw))
+    if torch is not None:
+        import torch.nn.functional as F
+        tq = torch.from_numpy(q).bfloat16()
+        paths["torch-bfloat16"] = rotation(
+            lambda: (torch.from_numpy(k.astype(np.float32)).bfloat16(), torch.from_numpy(v.astype(np.float32)).bfloat16()),
+            2 * k.size * 2, lambda kv: F.scaled_dot_product_attention(tq, kv[0], kv[1], enable_gqa=True))
+    times = {name: [] for name in paths}
+    with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
+        for fn, _ in paths.values():  # touch once
+            fn()
+        for _ in range(rounds):
+            for name, (fn, count) in paths.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) / count)
+    print(f"decode N={n} cold, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
+          f"round-robin over {rounds} rounds")
+    med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    for name, t in times.items():
+        parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
+        if name != "fp16":
+            parts.append(f"fp16 / this {med['fp16'] / med[name]:5.2f}x")
+        if "torch-bfloat16" in med and name != "torch-bfloat16":
+            parts.append(f"torch bf16 / this {med['torch-bfloat16'] / med[name]:5.2f}x")
+        print("   ".join(parts))
     return 0
 
 

@@ -67,6 +67,16 @@ def test_bench_prefill_ab_smoke(capsys):
     assert all(float(ln.split()[1]) > 0 for ln in lines[1:])
 
 
+def test_bench_decode_ab_smoke(capsys):
+    from sagecore import bench
+    assert bench._decode_ab(None, n=64, rounds=1, cold_factor=0.0) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("decode N=64 cold") and "over 1 rounds" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4"]
+    assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in lines[1:])
+    assert all("fp16 / this" in ln for ln in lines[2:])
+
+
 def test_bench_backend_metal_refuses_the_emulation():
     from sagecore import metal
     if not metal.emulated():
