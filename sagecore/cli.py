@@ -52,7 +52,8 @@ def _metal_info():
               f"{info['max_threadgroup_memory'] // 1024} KB threadgroup memory, "
               f"simdgroup matrix {'yes' if info['simdgroup_matrix'] else 'no'})")
     print("         kernels: KV quantize/dequantize for every quantized format (sagecore.metal.kernels); "
-          "attention kernels not yet")
+          "attention sc_attn_vec (decode), sc_attn_mma (prefill), sc_attn_reduce (split-K) "
+          "(sagecore.metal.attention)")
 
 
 def _timed(fn):
