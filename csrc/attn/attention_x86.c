@@ -1,6 +1,7 @@
 /*
- * attention_x86.c -- the x86-64 instances of the attention item: AVX2 (the
- * generic loops compiled for AVX2), AVX-512 microkernels (QK in 4x4 register
+ * attention_x86.c -- the x86-64 instances of the attention item: AVX2 + FMA
+ * microkernels (QK in 4x2 register blocks, PV with 4 rows x 16 channels in
+ * registers, rows and codes read in place), AVX-512 microkernels (QK in 4x4 register
  * blocks, PV with 4 rows x 64 channels in registers, fp16/fp32 and int8/int4
  * codes read in place for decode-sized items) and the AMX tile path for
  * items of many rows (docs/architecture.md, "AMX"). Each function carries its
@@ -13,17 +14,372 @@
 #define SC_T_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SC_T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 
+#define SC_INL static inline __attribute__((always_inline))
+
+/* Software prefetch of K/V rows read in place (codes, or fp16/fp32 rows),
+ * PF_KEYS keys ahead of the row being read, spread through the loops (a
+ * line or two per key and block). From DRAM the kernels otherwise waited on
+ * these loads; prefetching a whole tile's lines in one burst measured no
+ * gain (the fill buffers overflow and the prefetches are dropped), spread
+ * they cut cold int8 decode by 11-13% (docs/benchmarks.md). pfend: the first
+ * byte past the kv row's data (NULL: no prefetch, e.g. for L1 tiles). */
+#ifndef PF_KEYS
+#define PF_KEYS 192
+#endif
+/* bytes of n elements of an ld16 kind */
+SC_INL int64_t kind_bytes(int kind, int64_t n) {
+    return kind == 0 ? 4 * n : kind == 1 ? 2 * n : (kind == 2 || kind == 5) ? n : n / 2;
+}
+SC_INL void pf_span(const char *p, int64_t n, const char *end) {
+    for (int64_t l = 0; l < n; l += 64)
+        if (p + l < end) _mm_prefetch(p + l, _MM_HINT_T0);
+}
+
+/* ---- AVX2 + FMA: the AVX-512 microkernels' structure on 8-lane vectors ----
+ * (16 ymm registers: QK in 4-row x 2-key blocks, PV with 4 rows x 16
+ * channels in registers; fp16/fp32 rows and int8/int4 codes read in place,
+ * converted in registers). Before these, the AVX2 path ran the generic loops
+ * over decoded fp32 tiles, 5-8x slower per key than AVX-512 on the same core
+ * (docs/benchmarks.md, "AVX2 microkernels"). */
+
+/* 8 vectors -> one vector whose lane k is the sum of a[k]'s lanes */
+SC_T_AVX2 SC_INL __m256 hsum8(const __m256 *a) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3); /* [a0..a3 lo | a0..a3 hi] */
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* 8 K/V elements, kinds as ld16 below (0 fp32, 1 fp16, 2 int8, 3 int4
+ * symmetric (+8), 4 int4 unsigned, 5 uint8); kind is a constant after inlining */
+SC_T_AVX2 SC_INL __m256 ld8(const void *base, int64_t i, int kind) {
+    if (kind == 2)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)base + i))));
+    if (kind == 5)
+        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)base + i))));
+    if (kind == 3 || kind == 4) { /* channel 2i: byte i's low nibble, 2i+1: its high one */
+        int32_t w4;
+        memcpy(&w4, (const uint8_t *)base + i / 2, 4);
+        const __m128i b = _mm_cvtsi32_si128(w4);
+        __m256i w = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+        w = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
+        const __m256 x = _mm256_cvtepi32_ps(w);
+        return kind == 3 ? _mm256_sub_ps(x, _mm256_set1_ps(8.0f)) : x;
+    }
+    return kind ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)))
+                : _mm256_loadu_ps((const float *)base + i);
+}
+/* cell of each 8-channel chunk (D <= 256: 32 chunks) */
+static inline void cell_map8(const float *sc, int64_t D, int64_t G, int64_t *ncell, int32_t *cix) {
+    if (!sc) return;
+    *ncell = D / G;
+    for (int64_t ch = 0; ch < D / 8; ch++) cix[ch] = (int32_t)(ch * 8 / G);
+}
+SC_T_AVX2 SC_INL __m256 cell_scaled8(__m256 x, const float *sc, int64_t j, int64_t ch, int64_t ncell,
+                                     const int32_t *cix) {
+    return sc ? _mm256_mul_ps(x, _mm256_set1_ps(sc[j * ncell + cix[ch]])) : x;
+}
+/* 4 rows x nk (<= 2) keys: every K element converted once for 4 rows, q read
+ * as the FMAs' memory operand; lane rr*2 + kk of the reduction is (row, key) */
+SC_T_AVX2 SC_INL void qk42_block(const float *q, const void *k, int64_t ks, int kind, float *s, int64_t r0,
+                                 int64_t j0, int64_t nk, int64_t D, int64_t TL, const float *sc, int64_t ncell,
+                                 const int32_t *cix, const char *pfend) {
+    if (pfend && r0 == 0)
+        for (int kk = 0; kk < nk; kk++)
+            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_KEYS) * ks), kind_bytes(kind, D), pfend);
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < D; c += 8) {
+        const __m256 k0 = cell_scaled8(ld8(k, j0 * ks + c, kind), sc, j0, c / 8, ncell, cix);
+        const __m256 k1 = nk > 1 ? cell_scaled8(ld8(k, (j0 + 1) * ks + c, kind), sc, j0 + 1, c / 8, ncell, cix)
+                                 : _mm256_setzero_ps();
+        for (int rr = 0; rr < 4; rr++) {
+            const __m256 qv = _mm256_loadu_ps(q + (r0 + rr) * D + c);
+            acc[rr * 2] = _mm256_fmadd_ps(qv, k0, acc[rr * 2]);
+            acc[rr * 2 + 1] = _mm256_fmadd_ps(qv, k1, acc[rr * 2 + 1]);
+        }
+    }
+    const __m256 h = hsum8(acc);
+    const __m128 lo = _mm256_castps256_ps128(h), hi = _mm256_extractf128_ps(h, 1);
+    float *s0 = s + r0 * TL + j0;
+    if (nk > 1) {
+        _mm_storel_pi((__m64 *)s0, lo);
+        _mm_storeh_pi((__m64 *)(s0 + TL), lo);
+        _mm_storel_pi((__m64 *)(s0 + 2 * TL), hi);
+        _mm_storeh_pi((__m64 *)(s0 + 3 * TL), hi);
+    } else {
+        _mm_store_ss(s0, lo);
+        _mm_store_ss(s0 + TL, _mm_movehl_ps(lo, lo));
+        _mm_store_ss(s0 + 2 * TL, hi);
+        _mm_store_ss(s0 + 3 * TL, _mm_movehl_ps(hi, hi));
+    }
+}
+/* one row x nk (<= 8) keys */
+SC_T_AVX2 SC_INL void qk18_block(const float *q, const void *k, int64_t ks, int kind, float *s, int64_t j0,
+                                 int64_t nk, int64_t D, const float *sc, int64_t ncell, const int32_t *cix,
+                                 const char *pfend) {
+    if (pfend)
+        for (int kk = 0; kk < nk; kk++)
+            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_KEYS) * ks), kind_bytes(kind, D), pfend);
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < D; c += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + c);
+        for (int kk = 0; kk < 8; kk++)
+            if (kk < nk)
+                acc[kk] = _mm256_fmadd_ps(qv, cell_scaled8(ld8(k, (j0 + kk) * ks + c, kind), sc, j0 + kk, c / 8, ncell, cix),
+                                          acc[kk]);
+    }
+    const __m256 h = hsum8(acc);
+    if (nk == 8) _mm256_storeu_ps(s + j0, h);
+    else {
+        float t[8];
+        _mm256_storeu_ps(t, h);
+        for (int kk = 0; kk < nk; kk++) s[j0 + kk] = t[kk];
+    }
+}
+SC_T_AVX2 SC_INL void qk_body8(const float *q, const void *k, int64_t ks, int kind, float *s, int64_t R, int64_t nt,
+                               int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map8(sc, D, G, &ncell, cix);
+    int64_t r0 = 0;
+    for (; r0 + 4 <= R; r0 += 4) {
+        int64_t j0 = 0;
+        for (; j0 + 2 <= nt; j0 += 2) qk42_block(q, k, ks, kind, s, r0, j0, 2, D, TL, sc, ncell, cix, pfend);
+        if (j0 < nt) qk42_block(q, k, ks, kind, s, r0, j0, 1, D, TL, sc, ncell, cix, pfend);
+    }
+    for (; r0 < R; r0++) {
+        int64_t j0 = 0;
+        const char *pf = r0 == 0 ? pfend : NULL; /* fewer than 4 rows: prefetch here */
+        for (; j0 + 8 <= nt; j0 += 8) qk18_block(q + r0 * D, k, ks, kind, s + r0 * TL, j0, 8, D, sc, ncell, cix, pf);
+        if (j0 < nt) qk18_block(q + r0 * D, k, ks, kind, s + r0 * TL, j0, nt - j0, D, sc, ncell, cix, pf);
+    }
+}
+
+/* rows r0..r0+nr (<= 4), channels c0..c0+8 nv (nr * nv <= 8), all nt keys */
+SC_T_AVX2 SC_INL void pv_block8(const float *p, const void *v, int64_t vs, int kind, float *o, int64_t r0, int64_t c0,
+                                int nr, int nv, int64_t nt, int64_t D, int64_t TL, const float *sc, int64_t ncell,
+                                const int32_t *cix, const char *pfend) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        acc[i] = i < nr * nv ? _mm256_loadu_ps(o + (r0 + i / nv) * D + c0 + 8 * (i % nv)) : _mm256_setzero_ps();
+    for (int64_t j = 0; j < nt; j++) {
+        if (pfend && r0 == 0)
+            pf_span((const char *)v + kind_bytes(kind, (j + PF_KEYS) * vs + c0), kind_bytes(kind, 8 * nv), pfend);
+        __m256 x[4];
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; kk++)
+            x[kk] = kk < nv ? cell_scaled8(ld8(v, j * vs + c0 + 8 * kk, kind), sc, j, c0 / 8 + kk, ncell, cix)
+                            : _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const __m256 pj = _mm256_broadcast_ss(p + (r0 + rr) * TL + j);
+#pragma GCC unroll 4
+            for (int kk = 0; kk < 4; kk++)
+                if (kk < nv) acc[rr * nv + kk] = _mm256_fmadd_ps(pj, x[kk], acc[rr * nv + kk]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < nr * nv) _mm256_storeu_ps(o + (r0 + i / nv) * D + c0 + 8 * (i % nv), acc[i]);
+}
+/* O += P V: 4 rows x 16 channels in registers (1 row: 32 channels); D is a
+ * multiple of 16. Constant shapes per call so the accumulators stay in registers. */
+SC_T_AVX2 SC_INL void pv_body8(const float *p, const void *v, int64_t vs, int kind, float *o, int64_t R, int64_t nt,
+                               int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    int64_t ncell = 1;
+    int32_t cix[32];
+    cell_map8(sc, D, G, &ncell, cix);
+    int64_t r0 = 0;
+    for (; r0 + 4 <= R; r0 += 4)
+        for (int64_t c0 = 0; c0 < D; c0 += 16) pv_block8(p, v, vs, kind, o, r0, c0, 4, 2, nt, D, TL, sc, ncell, cix, pfend);
+    for (; r0 + 2 <= R; r0 += 2)
+        for (int64_t c0 = 0; c0 < D; c0 += 32)
+            if (D - c0 >= 32) pv_block8(p, v, vs, kind, o, r0, c0, 2, 4, nt, D, TL, sc, ncell, cix, r0 == 0 ? pfend : NULL);
+            else pv_block8(p, v, vs, kind, o, r0, c0, 2, 2, nt, D, TL, sc, ncell, cix, r0 == 0 ? pfend : NULL);
+    for (; r0 < R; r0++)
+        for (int64_t c0 = 0; c0 < D; c0 += 32)
+            if (D - c0 >= 32) pv_block8(p, v, vs, kind, o, r0, c0, 1, 4, nt, D, TL, sc, ncell, cix, r0 == 0 ? pfend : NULL);
+            else pv_block8(p, v, vs, kind, o, r0, c0, 1, 2, nt, D, TL, sc, ncell, cix, r0 == 0 ? pfend : NULL);
+}
+
+/* fp32 tiles (decoded formats, prefill items) */
 SC_T_AVX2 static void qk_avx2(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    qk_generic(q, kt, s, R, nt, D, TL);
+    qk_body8(q, kt, D, 0, s, R, nt, D, TL, NULL, 1, NULL);
 }
 SC_T_AVX2 static void pv_avx2(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
-    pv_generic(p, vt, o, R, nt, D, TL);
+    pv_body8(p, vt, D, 0, o, R, nt, D, TL, NULL, 1, NULL);
 }
+/* rows read in place */
+SC_T_AVX2 static void qkd_avx2(const float *q, const void *k, int64_t ks, int f16, float *s, int64_t R, int64_t nt,
+                               int64_t D, int64_t TL, const char *end) {
+    if (f16) qk_body8(q, k, ks, 1, s, R, nt, D, TL, NULL, 1, end);
+    else qk_body8(q, k, ks, 0, s, R, nt, D, TL, NULL, 1, end);
+}
+SC_T_AVX2 static void pvd_avx2(const float *p, const void *v, int64_t vs, int f16, float *o, int64_t R, int64_t nt,
+                               int64_t D, int64_t TL, const char *end) {
+    if (f16) pv_body8(p, v, vs, 1, o, R, nt, D, TL, NULL, 1, end);
+    else pv_body8(p, v, vs, 0, o, R, nt, D, TL, NULL, 1, end);
+}
+
+/* n scales of a store (fp16 or fp32) from element i0, as fp32 */
+SC_T_AVX2 static void scales_f32_avx2(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
+    if (f32) {
+        memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)st->scales + i0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) dst[i] = sc_h2f(h[i]);
+}
+static inline int code_kind(const sc_format *f);
+
+/* int8/int4 codes read in place (q8 modes as for AVX-512's qk8/pv8) */
+SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
+                               int64_t j0, int64_t nt, float *s) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    if (mode == 2) { /* k = code * s[j][cell] */
+        scales_f32_avx2(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        if (kind == 2) qk_body8(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
+        else qk_body8(q, codes, D, 3, s, R, nt, D, TL, sc, G, pfend);
+        return;
+    }
+    /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
+        scales_f32_avx2(st, sf32, cell0, D, sc);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t ch = 0; ch < D; ch += 8)
+                _mm256_storeu_ps(qf + r * D + ch, _mm256_mul_ps(_mm256_loadu_ps(q + r * D + ch), _mm256_loadu_ps(sc + ch)));
+        const uint8_t *ct = codes + t * rb;
+        switch (kind) {
+        case 2: qk_body8(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        case 3: qk_body8(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        case 4: qk_body8(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        default: qk_body8(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend); break;
+        }
+        if (f->zero_point) { /* + q . m[g]: the same for every key of the group */
+            const sc_store zs = {.scales = st->zeros};
+            scales_f32_avx2(&zs, sf32, cell0, D, sc);
+            for (int64_t r = 0; r < R; r++) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t ch = 0; ch < D; ch += 8)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + ch), _mm256_loadu_ps(sc + ch), acc);
+                float t8[8], bias = 0.0f;
+                _mm256_storeu_ps(t8, acc);
+                for (int u = 0; u < 8; u++) bias += t8[u];
+                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
+            }
+        }
+        t += n;
+    }
+}
+SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
+                               float *o) {
+    const sc_format *f = c->a->vf;
+    const sc_store *st = c->a->v;
+    const int64_t D = c->D, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    scales_f32_avx2(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    if (code_kind(f) == 2) pv_body8(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
+    else pv_body8(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G, pfend);
+}
+
+/* exp2_neg on 8 lanes: the same polynomial; 2^round(x) built in the exponent
+ * field (0 for x <= -127 and NaN, like the scalar version) */
+SC_T_AVX2 SC_INL __m256 exp2_neg8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-127.0f);
+    const __m256 live = _mm256_cmp_ps(x, lo, _CMP_GT_OQ); /* false for x <= -127 and NaN */
+    x = _mm256_max_ps(x, lo);
+    const __m256 xi = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(x, xi);
+    __m256 p = _mm256_set1_ps(1.5403530393381606e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(xi), _mm256_set1_epi32(127)),
+                                       _mm256_setzero_si256());
+    return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23))));
+}
+SC_T_AVX2 SC_INL __m256 mask8(int64_t n) { /* lanes < n (n may be <= 0 or >= 8) */
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)),
+                                                  _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0)));
+}
+SC_T_AVX2 SC_INL float hmax8(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+SC_T_AVX2 SC_INL float hadd8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+/* the softmax step of sm_avx512 (lazy rescaling) on 8 lanes */
 SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
-    return softmax_generic(sr, vis, nt, m, l);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mx = ninf;
+    int64_t j = 0;
+    for (; j + 8 <= vis; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + j));
+    if (j < vis) {
+        const __m256 kv = mask8(vis - j);
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_maskload_ps(sr + j, _mm256_castps_si256(kv)), kv));
+    }
+    const float mt = hmax8(mx);
+    if (mt == -INFINITY) {
+        for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
+        return -1.0f;
+    }
+    const float mnew = *m == -INFINITY || mt > *m + SM_LAZY ? (mt > *m ? mt : *m) : *m;
+    const float alpha = mnew == *m ? 1.0f : exp2_neg(*m - mnew);
+    const __m256 vm = _mm256_set1_ps(mnew);
+    __m256 sum = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= nt; j += 8) {
+        const __m256 kv = mask8(vis - j);
+        const __m256 p = _mm256_and_ps(kv, exp2_neg8(_mm256_sub_ps(_mm256_and_ps(kv, _mm256_loadu_ps(sr + j)), vm)));
+        sum = _mm256_add_ps(sum, p);
+        _mm256_storeu_ps(sr + j, p);
+    }
+    if (j < nt) {
+        const __m256i kn = _mm256_castps_si256(mask8(nt - j));
+        const __m256 kv = mask8(vis - j);
+        const __m256 p =
+            _mm256_and_ps(kv, exp2_neg8(_mm256_sub_ps(_mm256_and_ps(kv, _mm256_maskload_ps(sr + j, kn)), vm)));
+        sum = _mm256_add_ps(sum, p);
+        _mm256_maskstore_ps(sr + j, kn, p);
+    }
+    *l = *l * alpha + hadd8(sum);
+    *m = mnew;
+    return alpha;
 }
+/* D is a multiple of 16 */
+SC_T_AVX2 static void ldq_avx2(const uint16_t *src, float *q0, float *qr, float scale, int64_t D) {
+    const __m256 s = _mm256_set1_ps(scale);
+    for (int64_t d = 0; d < D; d += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + d)));
+        _mm256_storeu_ps(q0 + d, x);
+        _mm256_storeu_ps(qr + d, _mm256_mul_ps(x, s));
+    }
+}
+
 SC_T_AVX2 void sc_attn_item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, NULL, NULL, NULL, NULL, NULL, NULL);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, qkd_avx2, pvd_avx2, ldq_avx2, qk8_avx2, pv8_avx2, NULL);
 }
 SC_T_AVX2 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
@@ -47,7 +403,6 @@ SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
 
 /* 16 K/V elements from fp32 (kind 0), fp16 (1) or int8-code (2) rows; kind is
  * a constant after inlining. */
-#define SC_INL static inline __attribute__((always_inline))
 SC_T_AVX512 SC_INL __m512 ld16(const void *base, int64_t i, int kind) {
     if (kind == 2) /* int8 codes */
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + i))));
@@ -78,25 +433,6 @@ static inline void cell_map(const float *sc, int64_t D, int64_t G, int64_t *ncel
 SC_T_AVX512 SC_INL __m512 cell_scaled(__m512 x, const float *sc, int64_t j, int64_t ch, int64_t ncell,
                                       const int32_t *cix) {
     return sc ? _mm512_mul_ps(x, _mm512_set1_ps(sc[j * ncell + cix[ch]])) : x;
-}
-
-/* Software prefetch of K/V rows read in place (codes, or fp16/fp32 rows),
- * PF_KEYS keys ahead of the row being read, spread through the loops (a
- * line or two per key and block). From DRAM the kernels otherwise waited on
- * these loads; prefetching a whole tile's lines in one burst measured no
- * gain (the fill buffers overflow and the prefetches are dropped), spread
- * they cut cold int8 decode by 11-13% (docs/benchmarks.md). pfend: the first
- * byte past the kv row's data (NULL: no prefetch, e.g. for L1 tiles). */
-#ifndef PF_KEYS
-#define PF_KEYS 192
-#endif
-/* bytes of n elements of an ld16 kind */
-SC_INL int64_t kind_bytes(int kind, int64_t n) {
-    return kind == 0 ? 4 * n : kind == 1 ? 2 * n : (kind == 2 || kind == 5) ? n : n / 2;
-}
-SC_INL void pf_span(const char *p, int64_t n, const char *end) {
-    for (int64_t l = 0; l < n; l += 64)
-        if (p + l < end) _mm_prefetch(p + l, _MM_HINT_T0);
 }
 
 /* Scores 16 keys at a time: 16 accumulators per row, one transposing reduction.
