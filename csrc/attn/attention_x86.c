@@ -606,6 +606,37 @@ static inline int code_kind(const sc_format *f) {
     return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
 }
 
+/* int4 codes unpacked to int8 bytes in an L1 scratch, U4_KEYS keys at a time,
+ * for the int8 kernels (ld16 kind 2, the VNNI loops): 64 packed bytes -> 128
+ * codes in ~10 instructions, against 6-7 per 16 codes for an in-register
+ * nibble unpack (kinds 3/4) in every block that reads them. Symmetric codes
+ * (stored + 8) come out signed; zero-point codes as 0..15. The source is
+ * prefetched PF_KEYS rows ahead (row_bytes per key) while unpacking. */
+#define U4_KEYS 64
+SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes,
+                                const char *pfend) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(sym ? 8 : 0);
+    const __m512i ia = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), ib = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    const char *pf = (const char *)src + PF_KEYS * row_bytes;
+    for (int64_t i = 0; i < n; i += 128, pf += 64) { /* n codes: a multiple of 16 */
+        const int64_t left = n - i;
+        if (pfend && pf < pfend) _mm_prefetch(pf, _MM_HINT_T0);
+        const __m512i b = _mm512_maskz_loadu_epi8(left >= 128 ? ~0ULL : (1ULL << (left / 2)) - 1, src + i / 2);
+        const __m512i lo = _mm512_and_si512(b, m4), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
+        /* per 128-bit lane L: u0 = codes 32L..32L+15, u1 = codes 32L+16..32L+31 */
+        const __m512i u0 = _mm512_unpacklo_epi8(lo, hi), u1 = _mm512_unpackhi_epi8(lo, hi);
+        const __m512i x0 = _mm512_sub_epi8(_mm512_permutex2var_epi64(u0, ia, u1), eight);
+        const __m512i x1 = _mm512_sub_epi8(_mm512_permutex2var_epi64(u0, ib, u1), eight);
+        if (left >= 128) {
+            _mm512_storeu_si512(dst + i, x0);
+            _mm512_storeu_si512(dst + i + 64, x1);
+        } else {
+            _mm512_mask_storeu_epi8(dst + i, left >= 64 ? ~0ULL : (1ULL << left) - 1, x0);
+            if (left > 64) _mm512_mask_storeu_epi8(dst + i + 64, (1ULL << (left - 64)) - 1, x1);
+        }
+    }
+}
+
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
     const sc_format *f = c->a->kf;
@@ -615,10 +646,18 @@ SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, 
     const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
     if (mode == 2) { /* k = code * s[j][cell] */
         scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        if (kind == 2) qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
-        else qk44_body(q, codes, D, 3, s, R, nt, D, TL, sc, G, pfend);
+        if (kind == 2) {
+            qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
+            return;
+        }
+        for (int64_t off = 0; off < nt; off += U4_KEYS) {
+            const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
+            unpack4(codes + off * rb, u4, m * D, 1, rb, pfend);
+            qk44_body(q, u4, D, 2, s + off, R, m, D, TL, sc + off * (D / G), G, NULL);
+        }
         return;
     }
     /* mode 1: k = code * s[g][c] (+ m[g][c]); fold s into q once per token group */
@@ -630,12 +669,14 @@ SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, 
             for (int64_t ch = 0; ch < D; ch += 16)
                 _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
         const uint8_t *ct = codes + t * rb;
-        switch (kind) {
-        case 2: qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        case 3: qk44_body(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        case 4: qk44_body(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        default: qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        }
+        if (kind == 2) qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend);
+        else if (kind == 5) qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend);
+        else
+            for (int64_t off = 0; off < n; off += U4_KEYS) {
+                const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
+                unpack4(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
+                qk44_body(qf, u4, D, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
+            }
         if (f->zero_point) {
             /* + q . m[g]: the same for every key of the group */
             const sc_store zs = {.scales = st->zeros};
@@ -661,8 +702,16 @@ SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int
     scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    if (code_kind(f) == 2) pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
-    else pv_body(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G, pfend);
+    if (code_kind(f) == 2) {
+        pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
+        return;
+    }
+    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
+    for (int64_t off = 0; off < nt; off += U4_KEYS) {
+        const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
+        unpack4(codes + off * rb, u4, m * D, 1, rb, pfend);
+        pv_body(p + off, u4, D, 2, o, c->rows, m, D, c->tile, sc + off * (D / G), G, NULL);
+    }
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
@@ -791,7 +840,7 @@ SC_T_VNNI SC_INL void qkw44_step(const int16_t *qw, const int8_t *k, int64_t r0,
 }
 SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8_t *k, float *s, int64_t r0,
                                   int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
-    if (r0 == 0) { /* the block's rows PF_KEYS ahead, when they are all in the kv row's data */
+    if (r0 == 0 && pfend) { /* the block's rows PF_KEYS ahead, when they are all in the kv row's data */
         const char *pf = (const char *)k + (j + PF_KEYS) * D;
         if (pf + nk * D <= pfend)
             for (int64_t l = 0; l < nk * D; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
@@ -826,15 +875,17 @@ SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, flo
 SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
     const sc_format *f = c->a->kf;
-    if (mode != 1 || code_kind(f) != 2 || c->a->precision != SC_PRECISION_BF16 || c->D > 256) { /* y[16] below */
+    const int kind = code_kind(f); /* int8 (2), int4 (3, 4: unpacked to bytes first) */
+    if (mode != 1 || kind == 5 || c->a->precision != SC_PRECISION_BF16 || c->D > 256) { /* y[16] below */
         qk8_avx512(c, mode, q, qf, sc, kr, j0, nt, s);
         return;
     }
     const sc_store *st = c->a->k;
-    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, rb = kind == 2 ? D : D / 2;
     const int sf32 = f->scale_dtype == SC_DTYPE_F32;
-    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * D;
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS];
     for (int64_t t = 0; t < nt;) {
@@ -853,18 +904,39 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                 _mm256_storeu_si256((__m256i *)(qw + r * D + ch),
                                     _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(y[ch / 16], inv))));
         }
-        const int8_t *ct = codes + t * D;
-        float *st_ = s + t;
-        int64_t r0 = 0;
-        for (; r0 + 4 <= R; r0 += 4) {
-            int64_t j = 0;
-            for (; j + 4 <= n; j += 4) qkw44_block(qw, ar, ct, st_, r0, j, 4, D, TL, pfend);
-            if (j < n) qkw44_block(qw, ar, ct, st_, r0, j, n - j, D, TL, pfend);
+        for (int64_t off = 0; off < n;) { /* int4: U4_KEYS keys at a time through the byte scratch */
+            const int64_t m = kind == 2 || n - off < U4_KEYS ? n - off : U4_KEYS;
+            const int8_t *ct = (const int8_t *)codes + (t + off) * D;
+            const char *pe = pfend;
+            if (kind != 2) {
+                unpack4(codes + (t + off) * rb, u4, m * D, kind == 3, rb, pfend);
+                ct = u4;
+                pe = NULL;
+            }
+            float *st_ = s + t + off;
+            int64_t r0 = 0;
+            for (; r0 + 4 <= R; r0 += 4) {
+                int64_t j = 0;
+                for (; j + 4 <= m; j += 4) qkw44_block(qw, ar, ct, st_, r0, j, 4, D, TL, pe);
+                if (j < m) qkw44_block(qw, ar, ct, st_, r0, j, m - j, D, TL, pe);
+            }
+            for (; r0 < R; r0++)
+                for (int64_t j = 0; j < m; j += 16)
+                    qkw16_row(qw + r0 * D, ar[r0], ct, st_ + r0 * TL, j, m - j < 16 ? m - j : 16, D,
+                              r0 == 0 ? pe : NULL); /* fewer than 4 rows: prefetch here */
+            off += m;
         }
-        for (; r0 < R; r0++)
-            for (int64_t j = 0; j < n; j += 16)
-                qkw16_row(qw + r0 * D, ar[r0], ct, st_ + r0 * TL, j, n - j < 16 ? n - j : 16, D,
-                          r0 == 0 ? pfend : NULL); /* fewer than 4 rows: prefetch here */
+        if (kind == 4) { /* zero points: + q . m[g], the same for every key of the group */
+            const sc_store zs = {.scales = st->zeros};
+            scales_f32(&zs, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+            for (int64_t r = 0; r < R; r++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t ch = 0; ch < D; ch += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch), acc);
+                const float bias = _mm512_reduce_add_ps(acc);
+                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
+            }
+        }
         t += n;
     }
 }
@@ -894,7 +966,7 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         const int64_t j = 2 * jp;
         /* an odd last key pairs with zeros (its p' partner is 0 as well) */
         const int8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * D + c0 : zero;
-        if (r0 == 0 && pf + 2 * D <= pfend) { /* this block's line of keys j, j + 1, PF_KEYS ahead */
+        if (r0 == 0 && pfend && pf + 2 * D <= pfend) { /* this block's line of keys j, j + 1, PF_KEYS ahead */
             _mm_prefetch(pf, _MM_HINT_T0);
             _mm_prefetch(pf + D, _MM_HINT_T0);
         }
@@ -938,16 +1010,24 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
                                float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
-    if (c->a->precision != SC_PRECISION_BF16 || code_kind(f) != 2 || G % 32 || D % 64 || D > 256 || TL > PVW_TL ||
-        R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
+    const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, unpacked to bytes first) */
+    if (c->a->precision != SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 64 || D > 256 ||
+        TL > PVW_TL || R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
     const sc_store *st = c->a->v;
     const int64_t ncell = D / G, TLp = PVW_TL, npair = (nt + 1) / 2;
     scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
-    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * D;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * D;
+    const int64_t rb = kind == 2 ? D : D / 2;
+    const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int8_t u4[PVW_TL * 256] __attribute__((aligned(64)));
+    if (kind == 3) { /* the tile's codes as bytes (PVW_TL == U4_KEYS) */
+        unpack4((const uint8_t *)codes, u4, nt * D, 1, rb, pfend);
+        codes = u4;
+        pfend = NULL;
+    }
     int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(64))); /* [row][cell][key], cells of 32 channels */
     float ps[16];                                               /* per row: max P' / 32767 */
     float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
