@@ -91,8 +91,8 @@ def main(argv=None):
                     help="only prefill 2048 causal: int8 (fp32-level), int8 with precision='bf16' and torch bf16, "
                          "timed round-robin in one process (best of 8 each)")
     ap.add_argument("--decode-ab", type=int, metavar="N", nargs="?", const=32768,
-                    help="only cold decode at N keys (default 32768): fp16, int8, int8 with precision='bf16', "
-                         "int4 and torch bf16, timed round-robin in one process (rotating through caches "
+                    help="only cold decode at N keys (default 32768): fp16, int8 and int4 (each also with "
+                         "precision='bf16') and torch bf16, timed round-robin in one process (rotating through caches "
                          "totalling --cold-factor x the LLC per path)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
                     help="backend to measure (metal: only on a Mac with the Metal backend built)")
@@ -202,8 +202,8 @@ def main(argv=None):
             one = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
             one.append(k, v)
             nb = kv_bytes(one)
-            # int8 also with bf16-class operands allowed (AVX512-VNNI: integer QK^T)
-            variants = [(pol, {})] + ([("int8-bf16", {"precision": "bf16"})] if pol == "int8" else [])
+            # int8 and int4 also with bf16-class operands allowed (AVX512-VNNI: QK^T and PV in integers)
+            variants = [(pol, {})] + ([(f"{pol}-bf16", {"precision": "bf16"})] if pol in ("int8", "int4") else [])
             for label, kw in variants:
                 t = best_of(lambda: one.attend(q, out=out, **kw), args.reps)
                 report(f"decode N={N} warm", label, t, nb)
@@ -287,8 +287,10 @@ def main(argv=None):
                   f"{by[('small call N=16', tp)] / by[('small call N=16', 'sdpa')]:5.2f}x")
     print("\nratios (time of the other path / time of ours, same run):")
     for (wl, path), ms in by.items():
-        if path in ("int8", "int4", "sdpa-fp16", "int8-bf16"):
+        if path in ("int8", "int4", "sdpa-fp16", "int8-bf16", "int4-bf16"):
             parts = [f"vs fp16 {by[(wl, 'fp16')] / ms:5.2f}x"] if (wl, "fp16") in by else []
+            if path.startswith("int4") and (wl, "int8" + path[4:]) in by:
+                parts.append(f"vs {'int8' + path[4:]} {by[(wl, 'int8' + path[4:])] / ms:5.2f}x")
             if (wl, "torch-bfloat16") in by:
                 parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")
             print(f"  {wl:22s} {path:9s} " + "  ".join(parts))
@@ -352,7 +354,7 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
 
     paths = {}
     for name, pol, kw in (("fp16", "fp16", {}), ("int8", "int8", {}), ("int8-bf16", "int8", {"precision": "bf16"}),
-                          ("int4", "int4", {})):
+                          ("int4", "int4", {}), ("int4-bf16", "int4", {"precision": "bf16"})):
         paths[name] = rotation(lambda pol=pol: cache(pol), kv_bytes(cache(pol)),
                                lambda c, kw=kw: c.attend(q, out=o, **kw))
     if torch is not None:
@@ -377,6 +379,8 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
         parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
         if name != "fp16":
             parts.append(f"fp16 / this {med['fp16'] / med[name]:5.2f}x")
+        if name.startswith("int4") and "int8" + name[4:] in med:
+            parts.append(f"{'int8' + name[4:]} / this {med['int8' + name[4:]] / med[name]:5.2f}x")
         if "torch-bfloat16" in med and name != "torch-bfloat16":
             parts.append(f"torch bf16 / this {med['torch-bfloat16'] / med[name]:5.2f}x")
         print("   ".join(parts))

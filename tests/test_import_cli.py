@@ -72,9 +72,10 @@ def test_bench_decode_ab_smoke(capsys):
     assert bench._decode_ab(None, n=64, rounds=1, cold_factor=0.0) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("decode N=64 cold") and "over 1 rounds" in lines[0]
-    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16"]
     assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in lines[1:])
     assert all("fp16 / this" in ln for ln in lines[2:])
+    assert "int8 / this" in lines[4] and "int8-bf16 / this" in lines[5]
 
 
 def test_bench_backend_metal_refuses_the_emulation():
