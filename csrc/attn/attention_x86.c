@@ -611,7 +611,9 @@ static inline int code_kind(const sc_format *f) {
  * codes in ~10 instructions, against 6-7 per 16 codes for an in-register
  * nibble unpack (kinds 3/4) in every block that reads them. Symmetric codes
  * (stored + 8) come out signed; zero-point codes as 0..15. The source is
- * prefetched PF_KEYS rows ahead (row_bytes per key) while unpacking. */
+ * prefetched PF_KEYS rows ahead (row_bytes per key) while unpacking: a burst
+ * per chunk, but measured worth it (int4 cold decode at 32k: 6.8 -> 6.0 ms
+ * without/with, alternating runs). */
 #define U4_KEYS 64
 SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes,
                                 const char *pfend) {
