@@ -19,8 +19,10 @@ def _info(args) -> int:
     print(f"         isa: best {cpu['best_isa']}, active {cpu['active_isa']} "
           f"(usable: {', '.join(_cpu.supported_isas())}; force with SAGECORE_ISA)")
     print(f"         threads: {cpu['threads']}")
-    kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX-512",
-               "amx": "AVX-512 (decode) + AMX bf16x3 tiles (prefill)"}
+    vnni = "VNNI integer QK/PV in decode at precision='bf16'"
+    kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": f"AVX-512 ({vnni})",
+               "amx": f"AVX-512 (decode; {vnni}) + AMX bf16x3 tiles (prefill)",
+               "neon": "NEON", "neon_dotprod": "NEON (dotprod integer QK for int8 K)"}
     print(f"attention kernels: {kernels.get(cpu['active_isa'], cpu['active_isa'])} path; head dims "
           f"32, 64, 80, 96, 128, 192, 256; split-K automatic for long caches with few heads")
     _metal_info()
