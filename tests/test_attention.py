@@ -129,6 +129,28 @@ def test_isa_paths_agree(pol, rng, isa):
     np.testing.assert_allclose(got, ref, **ISA_TOL.get(isa, ISA_TOL_DEFAULT))
 
 
+#: d80: V (and q8_0's K) in 16-channel groups, 80 not being a multiple of 32
+ISA_DIMS = ([(pol, d, hq) for pol in ("fp16", "int8", "int4", "q8_0") for d, hq in ((32, 8), (96, 4), (256, 3))]
+            + [(pol, 80, 2) for pol in ("fp16", {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g16.s16"},
+                                        {"k": "int4.t64.g1.s16+zp+smooth", "v": "int4.t1.g16.s16"},
+                                        {"k": "int8.t1.g16.s16", "v": "int8.t1.g16.s16"})])
+
+
+@pytest.mark.parametrize("pol,d,hq", ISA_DIMS, ids=lambda x: x if isinstance(x, (str, int)) else x["k"])
+def test_isa_paths_agree_head_dims(pol, d, hq, rng, isa):
+    """Every ISA path against the portable one off d128: the microkernels'
+    channel blocking (AVX2: 8/16/32-channel blocks, AVX-512: 16/64) and row
+    blocking (4 rows, then 2, then 1) meet their remainders here."""
+    c = build(pol, 1, 2, 203, d, rng)
+    for m in (1, 5):
+        q = rng.standard_normal((1, 2 * hq, m, d)).astype(np.float32)
+        got = c.attend(q, is_causal=True)
+        _cpu.set_isa("portable")
+        ref = c.attend(q, is_causal=True)
+        _cpu.set_isa(isa)
+        np.testing.assert_allclose(got, ref, **ISA_TOL.get(isa, ISA_TOL_DEFAULT))
+
+
 def test_prefill_items_extreme_logits_each_isa(rng, isa):
     # 4 query heads per kv head x 64 rows: items of more than 16 rows, which
     # the AMX path runs on the tile engine (rows padded to 32, a partial tile)
