@@ -39,7 +39,7 @@ SC_INL void pf_span(const char *p, int64_t n, const char *end) {
  * (16 ymm registers: QK in 4-row x 2-key blocks, PV with 4 rows x 16
  * channels in registers; fp16/fp32 rows and int8/int4 codes read in place,
  * converted in registers). Before these, the AVX2 path ran the generic loops
- * over decoded fp32 tiles, 5-8x slower per key than AVX-512 on the same core
+ * over decoded fp32 tiles, 4-8x slower per key than AVX-512 on the same core
  * (docs/benchmarks.md, "AVX2 microkernels"). */
 
 /* 8 vectors -> one vector whose lane k is the sum of a[k]'s lanes */
