@@ -54,6 +54,7 @@ const char *sc_last_error(void) { return sc_err_buf; }
 /* ======================================================= feature detection */
 static int sc_detected = 0;
 static sc_isa sc_best = SC_ISA_PORTABLE;
+static int sc_bf16 = 0; /* AVX512-BF16 (x86): used by the avx512_vnni level's prefill at the bf16 setting */
 static sc_isa sc_active = SC_ISA_PORTABLE;
 static char sc_features[256];
 
@@ -104,6 +105,7 @@ static void sc_detect_x86(void) {
              avx2 ? " avx2" : "", avx512 ? " avx512f avx512bw avx512dq avx512vl" : "",
              vnni512 ? " avx512vnni" : "", avxvnni && os_avx ? " avxvnni" : "",
              bf16 ? " avx512bf16" : "", amx ? " amx-tile amx-bf16" : "");
+    sc_bf16 = bf16;
     if (amx) sc_best = SC_ISA_AMX;
     else if (vnni512) sc_best = SC_ISA_AVX512_VNNI;
     else if (avx512) sc_best = SC_ISA_AVX512;
@@ -154,6 +156,7 @@ static void sc_detect(void) {
 }
 
 sc_isa sc_cpu_best_isa(void) { sc_detect(); return sc_best; }
+int sc_cpu_has_avx512bf16(void) { sc_detect(); return sc_bf16; }
 sc_isa sc_cpu_active_isa(void) { sc_detect(); return sc_active; }
 const char *sc_cpu_features(void) { sc_detect(); return sc_features; }
 

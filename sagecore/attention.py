@@ -50,9 +50,10 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         precision: ``"fp32"`` (default: fp32-level results on every path) or
             ``"bf16"``: QK^T and PV operands may be rounded to bf16 (fp32
             accumulation; the precision class of a bf16 SDPA), which the CPU's
-            AMX path uses for items of many rows, and its AVX512-VNNI decode
-            for QK^T and PV in integers on int8 codes. A permission: other
-            paths compute as for ``"fp32"``.
+            AMX path and (with AVX512-BF16) its avx512_vnni level use for
+            items of many rows, and its AVX512-VNNI decode for QK^T and PV in
+            integers on int8/int4 codes. A permission: other paths compute as
+            for ``"fp32"``.
 
     Returns:
         The output (float32 numpy array unless ``out`` is given), and the lse if asked.

@@ -161,20 +161,52 @@ def test_prefill_items_extreme_logits_each_isa(rng, isa):
         check(c, q, True)
 
 
+def bf16_prefill(isa):
+    """Whether prefill items on this ISA level take bf16 products at the bf16
+    setting: AMX tiles, or VDPBF16PS on avx512_vnni where the CPU has AVX512-BF16."""
+    return isa == "amx" or (isa == "avx512_vnni" and "avx512bf16" in _cpu.cpu_info()["features"].split())
+
+
 def test_precision_bf16(rng, isa):
-    """precision="bf16" lets the AMX path round QK/PV operands to bf16: within
-    bf16-level error of the reference there, and identical to fp32 elsewhere
-    (a permission, not a demand)."""
+    """precision="bf16" lets the AMX path and, on CPUs with AVX512-BF16, the
+    avx512_vnni level round prefill QK/PV operands to bf16: within bf16-level
+    error of the reference there, and identical to fp32 elsewhere (a
+    permission, not a demand)."""
     c = build("int8", 1, 2, 300, 128, rng)
     q = rng.standard_normal((1, 8, 64, 128)).astype(np.float32)  # 256-row items
     exact = c.attend(q, is_causal=True)
     fast = c.attend(q, is_causal=True, precision="bf16")
-    if isa == "amx":
+    if bf16_prefill(isa):
         kd, vd = c.dequantize()
         err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))["rel_l1"]
         assert 1e-4 < err < 1e-2  # bf16 operands: 2^-8 relative, visibly coarser than bf16x3
     else:
         np.testing.assert_array_equal(fast, exact)
+
+
+@pytest.mark.parametrize("pol,d,hq,m,n", [("int8", 128, 8, 64, 300), ("fp16", 128, 4, 33, 517),
+                                           ("int4", 64, 8, 17, 129), ("q8_0", 96, 16, 5, 64),
+                                           ({"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g16.s16"}, 80, 2, 40, 77),
+                                           ("fp16", 256, 4, 20, 1), ("int8", 32, 4, 64, 2049)])
+def test_precision_bf16_prefill_items(rng, isa, pol, d, hq, m, n):
+    """Items of more than 16 rows at the bf16 setting over head dims 32-256,
+    odd and single key counts, GQA 1-8: bf16-level error against the float64
+    reference where the ISA level takes bf16 products, fp32 results elsewhere;
+    split-K and per-row key lengths take the same path."""
+    c = build(pol, 2, 2, n, d, rng)
+    q = rng.standard_normal((2, 2 * hq, m, d)).astype(np.float32)
+    lens = [n, max(1, n // 3)]
+    kd, vd = c.dequantize()
+    ref = sdpa_reference(q, kd, vd, is_causal=True, kv_lens=lens)
+    exact = c.attend(q, is_causal=True, kv_lens=lens)
+    for s in (1, 3):
+        fast = c.attend(q, is_causal=True, kv_lens=lens, precision="bf16", split_k=s)
+        if bf16_prefill(isa) and hq * m > 16:
+            err = quality(fast.astype(np.float64), ref)["rel_l1"]
+            assert err < 1e-2, err  # bf16 operands: 2^-8 relative per element
+            assert not np.array_equal(fast, exact)  # the bf16 products were used
+        else:
+            np.testing.assert_allclose(fast, exact, rtol=2e-5, atol=2e-5)
 
 
 def test_precision_is_validated(rng):

@@ -218,7 +218,12 @@ sc_status sc_attention(const sc_attention_args *a) {
     int64_t prepack_tasks = 0;
 #ifdef SC_X86
     if (isa == SC_ISA_AVX512) { item = sc_attn_item_avx512; reduce = sc_attn_reduce_avx512; }
-    else if (isa == SC_ISA_AVX512_VNNI) { item = sc_attn_item_avx512vnni; reduce = sc_attn_reduce_avx512; }
+    else if (isa == SC_ISA_AVX512_VNNI) {
+        /* bf16 setting on a CPU with AVX512-BF16: prefill items take VDPBF16PS */
+        item = a->precision == SC_PRECISION_BF16 && sc_cpu_has_avx512bf16() ? sc_attn_item_avx512bf16
+                                                                             : sc_attn_item_avx512vnni;
+        reduce = sc_attn_reduce_avx512;
+    }
     else if (isa == SC_ISA_AMX) {
         item = sc_attn_item_amx;
         reduce = sc_attn_reduce_avx512;

@@ -568,6 +568,47 @@ SC_T_AVX512 SC_INL void pv_body(const float *p, const void *v, int64_t vs, int f
 }
 
 /* fp32 tiles (decoded formats) */
+/* 16 rows of 16 dwords -> 16 columns (r[c] = the rows' element c) */
+SC_T_AVX512 SC_INL void tr16x16(__m512i *r) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* r[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 4; k++) {
+            t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xDD);
+        }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
+        r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xDD);
+    }
+}
+
+#define KT_KEYS 32 /* keys per transposed K chunk */
+/* n (<= 32) rows of d dwords (stride d) -> [d][32] (keys past n: zeros), for
+ * scores with the keys in the lanes (qk_bf16). Tried for the fp32 prefill
+ * tiles as well (8 rows x 32 keys, broadcast query elements, no horizontal
+ * sums): no measurable change there, so the fp32 path keeps its 4x4 blocks. */
+SC_T_AVX512 SC_INL void transpose_keys(const uint32_t *src, int64_t n, int64_t d, uint32_t *dst) {
+    for (int64_t kb0 = 0; kb0 < KT_KEYS; kb0 += 16)
+        for (int64_t cb = 0; cb < d; cb += 16) {
+            const __mmask16 cm = (__mmask16)(d - cb >= 16 ? 0xFFFF : (1u << (d - cb)) - 1);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = kb0 + i < n ? _mm512_maskz_loadu_epi32(cm, src + (kb0 + i) * d + cb) : _mm512_setzero_si512();
+            tr16x16(r);
+            for (int c = 0; c < 16 && cb + c < d; c++) _mm512_store_si512(dst + (cb + c) * KT_KEYS + kb0, r[c]);
+        }
+}
 SC_T_AVX512 static void qk44_avx512(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D,
                                     int64_t TL) {
     qk44_body(q, kt, D, 0, s, R, nt, D, TL, NULL, 1, NULL);
@@ -1072,6 +1113,148 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
 SC_T_VNNI void sc_attn_item_avx512vnni(const attn_ctx *c, int64_t i, attn_ws *w) {
     attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_vnni,
                    pv8_vnni, NULL);
+}
+
+/* ---- AVX512-BF16: items of many rows (prefill) at the bf16 setting --------
+ * On a CPU with AVX512-BF16 but no AMX, the avx512_vnni level runs prefill
+ * items (more than Q8_MAX_ROWS rows) under precision="bf16" with VDPBF16PS:
+ * q, K, P and V rounded to bf16 (round to nearest even), products summed in
+ * pairs into fp32 -- 32 multiply-adds per instruction against 16 per FMA.
+ * The tiles come decoded to fp32 as for the FMA path (fp16 rows too: the
+ * direct readers are not used here); each is converted once per tile and
+ * shared by all the item's rows. QK: the K tile transposed to [channel
+ * pair][key], 8 rows x 32 keys of accumulators, query pairs broadcast. PV:
+ * pairs of keys, each V row pair interleaved per channel into (v_j, v_j+1)
+ * dwords, P pairs broadcast. */
+#define SC_T_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")))
+/* acc += pairwise bf16 products of a and b (inline asm: see SC_DPWSSD) */
+#define SC_DPBF16(acc, a, b) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+#define BF_KEYS KT_KEYS /* keys converted and transposed per chunk */
+
+/* n (a multiple of 16) floats -> bf16, round to nearest even */
+SC_T_BF16 SC_INL void to_bf16(const float *x, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+    if (i < n) _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+}
+
+/* Scores with the keys in the lanes: kT [channel pair][BF_KEYS keys] (bf16
+ * pairs), qb [row][channel pair]; nr (<= 8) rows x BF_KEYS keys of
+ * accumulators, one broadcast query pair per row and channel pair, no
+ * horizontal sums (a 4x4 block with reductions spent ~0.7 reduction
+ * operations per product instruction at d128) */
+SC_T_BF16 SC_INL void qkt_block(const uint32_t *qb, const uint32_t *kT, float *s, int64_t r0, int nr, int64_t n,
+                                int64_t P2, int64_t TL) {
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int rr = 0; rr < 8; rr++) acc[rr][0] = acc[rr][1] = _mm512_setzero_ps();
+    for (int64_t cp = 0; cp < P2; cp++) {
+        const __m512i k0 = _mm512_load_si512(kT + cp * BF_KEYS), k1 = _mm512_load_si512(kT + cp * BF_KEYS + 16);
+#pragma GCC unroll 8
+        for (int rr = 0; rr < 8; rr++) {
+            if (rr >= nr) break;
+            const __m512i qv = _mm512_set1_epi32((int)qb[(r0 + rr) * P2 + cp]);
+            SC_DPBF16(acc[rr][0], qv, k0);
+            SC_DPBF16(acc[rr][1], qv, k1);
+        }
+    }
+    const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+#pragma GCC unroll 8
+    for (int rr = 0; rr < 8; rr++) {
+        if (rr >= nr) break;
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL, m0, acc[rr][0]);
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL + 16, m1, acc[rr][1]);
+    }
+}
+
+SC_T_BF16 static void qk_bf16(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    uint32_t qb[ROWS_MAX * 128] __attribute__((aligned(64))); /* [row][channel pair] */
+    uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64))); /* [key][channel pair] */
+    uint32_t kT[128 * BF_KEYS] __attribute__((aligned(64))); /* [channel pair][key] */
+    const int64_t P2 = D / 2;
+    to_bf16(q, (uint16_t *)qb, R * D);
+    for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS) {
+        const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS;
+        to_bf16(kt + j0 * D, (uint16_t *)kb, n * D);
+        transpose_keys(kb, n, P2, kT);
+        int64_t r0 = 0;
+        for (; r0 + 8 <= R; r0 += 8) qkt_block(qb, kT, s + j0, r0, 8, n, P2, TL);
+        if (r0 < R) qkt_block(qb, kT, s + j0, r0, (int)(R - r0), n, P2, TL);
+    }
+}
+
+/* O[r0..r0+nr) [c0, c0+64) += P V over npair key pairs: vp [pair][D] dwords (v_j, v_j+1), pb [row][pair] */
+SC_T_BF16 SC_INL void pvb16_block(const uint32_t *vp, const uint32_t *pb, float *o, int64_t r0, int64_t nr,
+                                  int64_t c0, int64_t nv, int64_t npair, int64_t D, int64_t PS) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            acc[rr][u] = rr < nr && u < nv ? _mm512_loadu_ps(o + (r0 + rr) * D + c0 + 16 * u) : _mm512_setzero_ps();
+    for (int64_t jp = 0; jp < npair; jp++) {
+        __m512i x[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            x[u] = u < nv ? _mm512_loadu_si512(vp + jp * D + c0 + 16 * u) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const __m512i pv = _mm512_set1_epi32((int)pb[(r0 + rr) * PS + jp]);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                if (u < nv) SC_DPBF16(acc[rr][u], pv, x[u]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int rr = 0; rr < 4; rr++)
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            if (rr < nr && u < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * u, acc[rr][u]);
+}
+
+SC_T_BF16 static void pv_bf16(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
+    uint32_t vp[(BF_KEYS / 2) * 256] __attribute__((aligned(64))); /* [pair][channel]: (v_j, v_j+1) as bf16 */
+    uint32_t pb[ROWS_MAX * (BF_KEYS / 2)] __attribute__((aligned(64)));
+    const int64_t PS = BF_KEYS / 2;
+    for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS) {
+        const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS, npair = (n + 1) / 2;
+        for (int64_t jp = 0; jp < npair; jp++) {
+            const float *a = vt + (j0 + 2 * jp) * D, *b = a + D;
+            const int odd = 2 * jp + 1 >= n; /* the last key of an odd count pairs with zeros */
+            for (int64_t c = 0; c < D; c += 16) {
+                const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(a + c)));
+                const __m512i hi = odd ? _mm512_setzero_si512()
+                                       : _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(b + c)));
+                _mm512_storeu_si512(vp + jp * D + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+        for (int64_t r = 0; r < R; r++) { /* P pairs: bf16 of p_j in the low half, p_j+1 in the high one */
+            const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+            const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+            const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, p + r * TL + j0 + 16),
+                                                   _mm512_maskz_loadu_ps(m0, p + r * TL + j0));
+            _mm512_storeu_si512(pb + r * PS, (__m512i)x);
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+            for (int64_t c0 = 0; c0 < D; c0 += 64) {
+                const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
+                if (nr == 4 && nv == 4) pvb16_block(vp, pb, o, r0, 4, c0, 4, npair, D, PS);
+                else pvb16_block(vp, pb, o, r0, nr, c0, nv, npair, D, PS);
+            }
+        }
+    }
+}
+
+SC_T_BF16 void sc_attn_item_avx512bf16(const attn_ctx *c, int64_t i, attn_ws *w) {
+    if (c->rows > Q8_MAX_ROWS && c->rows <= ROWS_MAX && c->D <= 256) /* prefill items: bf16 products */
+        attn_item_body(c, i, w, qk_bf16, pv_bf16, sm_avx512, NULL, NULL, ldq_avx512, qk8_vnni, pv8_vnni, NULL);
+    else
+        attn_item_body(c, i, w, qk44_avx512, pv_avx512, sm_avx512, qkd_avx512, pvd_avx512, ldq_avx512, qk8_vnni,
+                       pv8_vnni, NULL);
 }
 
 /* ---- AMX: items of many rows (prefill) on the tile matrix engine ----------

@@ -508,6 +508,7 @@ void sc_attn_item_avx2(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_avx512(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_avx512vnni(const attn_ctx *c, int64_t i, attn_ws *w);
+void sc_attn_item_avx512bf16(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_amx(const attn_ctx *c, int64_t i, attn_ws *w);
 /* pre-pass task t of the AMX path: one tile's K and V^T packed for the call */

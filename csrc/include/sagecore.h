@@ -210,9 +210,11 @@ typedef struct sc_attention_args {
      * fp32-level results on every path (the AMX path splits operands into
      * bf16 hi + lo, three tile products). SC_PRECISION_BF16: operands may be
      * rounded to bf16 (2^-8 relative, the precision of bf16 SDPA); the AMX
-     * path then takes one tile product instead of three, and AVX512-VNNI
-     * decode computes QK^T and PV on int8 codes in integers. A
-     * permission, not a demand: other paths compute in fp32 either way. */
+     * path then takes one tile product instead of three, the avx512_vnni
+     * level's prefill items take VDPBF16PS where the CPU has AVX512-BF16,
+     * and AVX512-VNNI decode computes QK^T and PV on int8/int4 codes in
+     * integers. A permission, not a demand: other paths compute in fp32
+     * either way. */
     int32_t precision;
 } sc_attention_args;
 
