@@ -134,12 +134,12 @@ typedef struct sc_row_kernels {
 } sc_row_kernels;
 
 extern const sc_row_kernels sc_row_kernels_portable;
+/* x86 AVX512-BF16 present and usable (AVX-512 enabled by the OS); 0 elsewhere */
+int sc_cpu_has_avx512bf16(void);
 #ifdef SC_X86
 extern const sc_row_kernels sc_row_kernels_avx2;
 extern sc_row_kernels sc_row_kernels_avx512; /* filled by sc_row_kernels_avx512_init() */
 void sc_row_kernels_avx512_init(void);
-/* AVX512-BF16 present (and usable: AVX-512 enabled by the OS) */
-int sc_cpu_has_avx512bf16(void);
 /* the x86 levels whose row kernels and probe are the AVX-512 ones */
 static inline int sc_isa_avx512_family(sc_isa isa) {
     return isa == SC_ISA_AVX512 || isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX;
