@@ -294,10 +294,40 @@ def main(argv=None):
             if (wl, "torch-bfloat16") in by:
                 parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")
             print(f"  {wl:22s} {path:9s} " + "  ".join(parts))
+    _print_targets(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(read_bw=bw, rows=rows), f, indent=1)
     return 0
+
+
+#: issue 3's speed targets: (label, workload, path, reference path or None for
+#: the read-bandwidth fraction, minimum)
+TARGETS = [
+    ("int8 decode 32k cold: KV bytes/s / read bandwidth", "decode N=32768 cold", "int8", None, 0.8),
+    ("int8 decode 32k cold vs torch bf16", "decode N=32768 cold", "int8", "torch-bfloat16", 6.0),
+    ("int4 decode 32k cold vs int8", "decode N=32768 cold", "int4", "int8", 1.7),
+    ("int8 decode 32k cold vs fp16 cache", "decode N=32768 cold", "int8", "fp16", 1.8),
+    ("prefill 2048 causal int8 vs torch bf16", "prefill 2048 causal", "int8", "torch-bfloat16", 1.2),
+]
+
+
+def _print_targets(rows) -> None:
+    """The targets this run measured, each with its value and whether it is met
+    (the bf16-setting variants alongside, for information)."""
+    by = {(r["workload"], r["path"]): r for r in rows}
+    lines = []
+    for label, wl, path, ref, goal in TARGETS:
+        for p, r in ((path, ref), (path + "-bf16", ref + "-bf16" if ref in ("int8", "int4") else ref)):
+            if (wl, p) not in by or (r is not None and (wl, r) not in by):
+                continue
+            val = by[(wl, p)]["frac_bw"] if r is None else by[(wl, r)]["ms"] / by[(wl, p)]["ms"]
+            name = label if p == path else label.replace(path, p, 1).replace(f"vs {ref}", f"vs {r}") + " (bf16)"
+            lines.append(f"  {name:66s} {val:5.2f}{'' if r is None else 'x'}  target >= {goal:g}: "
+                         f"{'met' if val >= goal else 'NOT met'}")
+    if lines:
+        print("\ntargets (issue 3; same run):")
+        print("\n".join(lines))
 
 
 

@@ -100,3 +100,25 @@ def test_tune_writes_a_profile_the_selector_uses(tmp_path):
     code = ("from sagecore.profile import load_profile; p = load_profile('cpu'); print(p.path, p.source)")
     r2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r2.stdout.split()[0] == str(files[0]) and "tune" in r2.stdout
+
+
+def test_bench_targets_summary(capsys):
+    from sagecore import bench
+    wl = "decode N=32768 cold"
+    rows = [dict(workload=wl, path="int8", ms=5.0, frac_bw=0.5), dict(workload=wl, path="int8-bf16", ms=4.0, frac_bw=0.85),
+            dict(workload=wl, path="fp16", ms=10.0, frac_bw=0.6), dict(workload=wl, path="int4", ms=2.5, frac_bw=0.5),
+            dict(workload=wl, path="torch-bfloat16", ms=20.0, frac_bw=0.1)]
+    bench._print_targets(rows)
+    out = capsys.readouterr().out.splitlines()
+    got = {ln.split("  target")[0].strip(): ln.rsplit(": ", 1)[1] for ln in out if "target >=" in ln}
+    assert got == {
+        "int8 decode 32k cold: KV bytes/s / read bandwidth                   0.50": "NOT met",
+        "int8-bf16 decode 32k cold: KV bytes/s / read bandwidth (bf16)       0.85": "met",
+        "int8 decode 32k cold vs torch bf16                                  4.00x": "NOT met",
+        "int8-bf16 decode 32k cold vs torch bf16 (bf16)                      5.00x": "NOT met",
+        "int4 decode 32k cold vs int8                                        2.00x": "met",
+        "int8 decode 32k cold vs fp16 cache                                  2.00x": "met",
+        "int8-bf16 decode 32k cold vs fp16 cache (bf16)                      2.50x": "met",
+    }
+    bench._print_targets([])  # nothing measured: nothing printed
+    assert capsys.readouterr().out == ""
