@@ -238,6 +238,40 @@ SC_T_AVX2 static void scales_f32_avx2(const sc_store *st, int f32, int64_t i0, i
 }
 static inline int code_kind(const sc_format *f);
 
+/* unpack4 (AVX-512 section) on 256-bit vectors: int4 codes -> int8 bytes,
+ * 64 codes per step; n codes, a multiple of 16 */
+#define U4_KEYS8 64
+SC_T_AVX2 static void unpack4_avx2(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes,
+                                   const char *pfend) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(sym ? 8 : 0);
+    const char *pf = (const char *)src + PF_KEYS * row_bytes;
+    for (int64_t i = 0; i < n; i += 64, pf += 32) {
+        const int64_t left = n - i;
+        if (pfend && pf < pfend && !(i & 127)) _mm_prefetch(pf, _MM_HINT_T0);
+        __m256i b;
+        if (left >= 64) b = _mm256_loadu_si256((const __m256i *)(src + i / 2));
+        else { /* 8, 16 or 24 bytes left */
+            uint8_t t[32] = {0};
+            memcpy(t, src + i / 2, (size_t)(left / 2));
+            b = _mm256_loadu_si256((const __m256i *)t);
+        }
+        const __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+        /* per 128-bit lane L: u0 = codes 32L..32L+15, u1 = codes 32L+16..32L+31 */
+        const __m256i u0 = _mm256_unpacklo_epi8(lo, hi), u1 = _mm256_unpackhi_epi8(lo, hi);
+        const __m256i x0 = _mm256_sub_epi8(_mm256_permute2x128_si256(u0, u1, 0x20), eight);
+        const __m256i x1 = _mm256_sub_epi8(_mm256_permute2x128_si256(u0, u1, 0x31), eight);
+        if (left >= 64) {
+            _mm256_storeu_si256((__m256i *)(dst + i), x0);
+            _mm256_storeu_si256((__m256i *)(dst + i + 32), x1);
+        } else {
+            int8_t t[64];
+            _mm256_storeu_si256((__m256i *)t, x0);
+            _mm256_storeu_si256((__m256i *)(t + 32), x1);
+            memcpy(dst + i, t, (size_t)left);
+        }
+    }
+}
+
 /* int8/int4 codes read in place (q8 modes as for AVX-512's qk8/pv8) */
 SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
@@ -248,10 +282,18 @@ SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, floa
     const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int8_t u4[U4_KEYS8 * 256] __attribute__((aligned(32))); /* int4 codes as bytes (D <= 256) */
     if (mode == 2) { /* k = code * s[j][cell] */
         scales_f32_avx2(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        if (kind == 2) qk_body8(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
-        else qk_body8(q, codes, D, 3, s, R, nt, D, TL, sc, G, pfend);
+        if (kind == 2) {
+            qk_body8(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
+            return;
+        }
+        for (int64_t off = 0; off < nt; off += U4_KEYS8) {
+            const int64_t m = nt - off < U4_KEYS8 ? nt - off : U4_KEYS8;
+            unpack4_avx2(codes + off * rb, u4, m * D, 1, rb, pfend);
+            qk_body8(q, u4, D, 2, s + off, R, m, D, TL, sc + off * (D / G), G, NULL);
+        }
         return;
     }
     /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
@@ -263,12 +305,14 @@ SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, floa
             for (int64_t ch = 0; ch < D; ch += 8)
                 _mm256_storeu_ps(qf + r * D + ch, _mm256_mul_ps(_mm256_loadu_ps(q + r * D + ch), _mm256_loadu_ps(sc + ch)));
         const uint8_t *ct = codes + t * rb;
-        switch (kind) {
-        case 2: qk_body8(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        case 3: qk_body8(qf, ct, D, 3, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        case 4: qk_body8(qf, ct, D, 4, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        default: qk_body8(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend); break;
-        }
+        if (kind == 2) qk_body8(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend);
+        else if (kind == 5) qk_body8(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend);
+        else
+            for (int64_t off = 0; off < n; off += U4_KEYS8) {
+                const int64_t m = n - off < U4_KEYS8 ? n - off : U4_KEYS8;
+                unpack4_avx2(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
+                qk_body8(qf, u4, D, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
+            }
         if (f->zero_point) { /* + q . m[g]: the same for every key of the group */
             const sc_store zs = {.scales = st->zeros};
             scales_f32_avx2(&zs, sf32, cell0, D, sc);
@@ -294,8 +338,16 @@ SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t
     scales_f32_avx2(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    if (code_kind(f) == 2) pv_body8(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
-    else pv_body8(p, codes, D, 3, o, c->rows, nt, D, c->tile, sc, G, pfend);
+    if (code_kind(f) == 2) {
+        pv_body8(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
+        return;
+    }
+    int8_t u4[U4_KEYS8 * 256] __attribute__((aligned(32)));
+    for (int64_t off = 0; off < nt; off += U4_KEYS8) {
+        const int64_t m = nt - off < U4_KEYS8 ? nt - off : U4_KEYS8;
+        unpack4_avx2(codes + off * rb, u4, m * D, 1, rb, pfend);
+        pv_body8(p + off, u4, D, 2, o, c->rows, m, D, c->tile, sc + off * (D / G), G, NULL);
+    }
 }
 
 /* exp2_neg on 8 lanes: the same polynomial; 2^round(x) built in the exponent
