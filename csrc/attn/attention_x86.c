@@ -21,18 +21,35 @@
  * line or two per key and block). From DRAM the kernels otherwise waited on
  * these loads; prefetching a whole tile's lines in one burst measured no
  * gain (the fill buffers overflow and the prefetches are dropped), spread
- * they cut cold int8 decode by 11-13% (docs/benchmarks.md). pfend: the first
- * byte past the kv row's data (NULL: no prefetch, e.g. for L1 tiles). */
+ * they cut cold int8 decode by 11-13% (docs/benchmarks.md). fp16/fp32 rows
+ * (memory-bound: 2-4x the bytes of codes per key) prefetch further ahead and
+ * into L2 (PF_KEYS_F, _MM_HINT_T1): cold fp16 decode at 32k 7.3-9.6 -> 6.0-6.5
+ * ms on the AMD machine of session 7; the same for codes slowed int8 (they
+ * are compute-bound, and an L1 miss then costs). pfend: the first byte past
+ * the kv row's data (NULL: no prefetch, e.g. for L1 tiles). */
 #ifndef PF_KEYS
 #define PF_KEYS 192
 #endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T0
+#endif
+#ifndef PF_KEYS_F
+#define PF_KEYS_F 384 /* fp16/fp32 rows (kinds 0, 1) */
+#endif
+#ifndef PF_HINT_F
+#define PF_HINT_F _MM_HINT_T1
+#endif
+#define PF_AHEAD(kind) ((kind) <= 1 ? PF_KEYS_F : PF_KEYS)
 /* bytes of n elements of an ld16 kind */
 SC_INL int64_t kind_bytes(int kind, int64_t n) {
     return kind == 0 ? 4 * n : kind == 1 ? 2 * n : (kind == 2 || kind == 5) ? n : n / 2;
 }
-SC_INL void pf_span(const char *p, int64_t n, const char *end) {
+SC_INL void pf_span(const char *p, int64_t n, const char *end, int kind) {
     for (int64_t l = 0; l < n; l += 64)
-        if (p + l < end) _mm_prefetch(p + l, _MM_HINT_T0);
+        if (p + l < end) {
+            if (kind <= 1) _mm_prefetch(p + l, PF_HINT_F);
+            else _mm_prefetch(p + l, PF_HINT);
+        }
 }
 
 /* ---- AVX2 + FMA: the AVX-512 microkernels' structure on 8-lane vectors ----
@@ -86,7 +103,7 @@ SC_T_AVX2 SC_INL void qk42_block(const float *q, const void *k, int64_t ks, int 
                                  const int32_t *cix, const char *pfend) {
     if (pfend && r0 == 0)
         for (int kk = 0; kk < nk; kk++)
-            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_KEYS) * ks), kind_bytes(kind, D), pfend);
+            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_AHEAD(kind)) * ks), kind_bytes(kind, D), pfend, kind);
     __m256 acc[8];
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t c = 0; c < D; c += 8) {
@@ -120,7 +137,7 @@ SC_T_AVX2 SC_INL void qk18_block(const float *q, const void *k, int64_t ks, int 
                                  const char *pfend) {
     if (pfend)
         for (int kk = 0; kk < nk; kk++)
-            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_KEYS) * ks), kind_bytes(kind, D), pfend);
+            pf_span((const char *)k + kind_bytes(kind, (j0 + kk + PF_AHEAD(kind)) * ks), kind_bytes(kind, D), pfend, kind);
     __m256 acc[8];
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t c = 0; c < D; c += 8) {
@@ -167,7 +184,7 @@ SC_T_AVX2 SC_INL void pv_block8(const float *p, const void *v, int64_t vs, int k
         acc[i] = i < nr * nv ? _mm256_loadu_ps(o + (r0 + i / nv) * D + c0 + 8 * (i % nv)) : _mm256_setzero_ps();
     for (int64_t j = 0; j < nt; j++) {
         if (pfend && r0 == 0)
-            pf_span((const char *)v + kind_bytes(kind, (j + PF_KEYS) * vs + c0), kind_bytes(kind, 8 * nv), pfend);
+            pf_span((const char *)v + kind_bytes(kind, (j + PF_AHEAD(kind)) * vs + c0), kind_bytes(kind, 8 * nv), pfend, kind);
         __m256 x[4];
 #pragma GCC unroll 4
         for (int kk = 0; kk < 4; kk++)
@@ -247,7 +264,7 @@ SC_T_AVX2 static void unpack4_avx2(const uint8_t *src, int8_t *dst, int64_t n, i
     const char *pf = (const char *)src + PF_KEYS * row_bytes;
     for (int64_t i = 0; i < n; i += 64, pf += 32) {
         const int64_t left = n - i;
-        if (pfend && pf < pfend && !(i & 127)) _mm_prefetch(pf, _MM_HINT_T0);
+        if (pfend && pf < pfend && !(i & 127)) _mm_prefetch(pf, PF_HINT);
         __m256i b;
         if (left >= 64) b = _mm256_loadu_si256((const __m256i *)(src + i / 2));
         else { /* 8, 16 or 24 bytes left */
@@ -500,7 +517,7 @@ SC_T_AVX512 SC_INL void qk16_body(const float *q, const void *k, int64_t ks, int
             const int64_t nk = nt - j0 < 16 ? nt - j0 : 16;
             if (pfend && r == 0)
                 for (int kk = 0; kk < nk; kk++)
-                    pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_KEYS) * ks), kind_bytes(f16, D), pfend);
+                    pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_AHEAD(f16)) * ks), kind_bytes(f16, D), pfend, f16);
             __m512 acc[16];
             for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
             for (int64_t c = 0; c < D; c += 16) {
@@ -532,7 +549,7 @@ SC_T_AVX512 SC_INL void qk44_block(const float *q, const void *k, int64_t ks, in
                                    const int32_t *cix, const char *pfend) {
     if (pfend && r0 == 0)
         for (int kk = 0; kk < nk; kk++)
-            pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_KEYS) * ks), kind_bytes(f16, D), pfend);
+            pf_span((const char *)k + kind_bytes(f16, (j0 + kk + PF_AHEAD(f16)) * ks), kind_bytes(f16, D), pfend, f16);
     __m512 acc[16];
     for (int kk = 0; kk < 16; kk++) acc[kk] = _mm512_setzero_ps();
     for (int64_t c = 0; c < D; c += 16) {
@@ -583,7 +600,7 @@ SC_T_AVX512 SC_INL void pv_block(const float *p, const void *v, int64_t vs, int 
                                                 : _mm512_setzero_ps();
     for (int64_t j = 0; j < nt; j++) {
         if (pfend && r0 == 0)
-            pf_span((const char *)v + kind_bytes(f16, (j + PF_KEYS) * vs + c0), kind_bytes(f16, 16 * nv), pfend);
+            pf_span((const char *)v + kind_bytes(f16, (j + PF_AHEAD(f16)) * vs + c0), kind_bytes(f16, 16 * nv), pfend, f16);
         __m512 x[4];
         for (int kk = 0; kk < 4; kk++)
             x[kk] = kk < nv ? cell_scaled(ld16(v, j * vs + c0 + 16 * kk, f16), sc, j, c0 / 16 + kk, ncell, cix)
@@ -715,7 +732,7 @@ SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int 
     const char *pf = (const char *)src + PF_KEYS * row_bytes;
     for (int64_t i = 0; i < n; i += 128, pf += 64) { /* n codes: a multiple of 16 */
         const int64_t left = n - i;
-        if (pfend && pf < pfend) _mm_prefetch(pf, _MM_HINT_T0);
+        if (pfend && pf < pfend) _mm_prefetch(pf, PF_HINT);
         const __m512i b = _mm512_maskz_loadu_epi8(left >= 128 ? ~0ULL : (1ULL << (left / 2)) - 1, src + i / 2);
         const __m512i lo = _mm512_and_si512(b, m4), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
         /* per 128-bit lane L: u0 = codes 32L..32L+15, u1 = codes 32L+16..32L+31 */
@@ -938,7 +955,7 @@ SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8
     if (r0 == 0 && pfend) { /* the block's rows PF_KEYS ahead, when they are all in the kv row's data */
         const char *pf = (const char *)k + (j + PF_KEYS) * D;
         if (pf + nk * D <= pfend)
-            for (int64_t l = 0; l < nk * D; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
+            for (int64_t l = 0; l < nk * D; l += 64) _mm_prefetch(pf + l, PF_HINT);
     }
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
@@ -955,7 +972,7 @@ SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, const float *ar, const int8
 SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, float *s, int64_t j, int64_t nk,
                                 int64_t D, const char *pfend) {
     if (pfend)
-        for (int kk = 0; kk < nk; kk++) pf_span((const char *)k + (j + kk + PF_KEYS) * D, D, pfend);
+        for (int kk = 0; kk < nk; kk++) pf_span((const char *)k + (j + kk + PF_KEYS) * D, D, pfend, 2);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
     for (int64_t ch = 0; ch < D; ch += 32) {
@@ -1062,8 +1079,8 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         /* an odd last key pairs with zeros (its p' partner is 0 as well) */
         const int8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * D + c0 : zero;
         if (r0 == 0 && pfend && pf + 2 * D <= pfend) { /* this block's line of keys j, j + 1, PF_KEYS ahead */
-            _mm_prefetch(pf, _MM_HINT_T0);
-            _mm_prefetch(pf + D, _MM_HINT_T0);
+            _mm_prefetch(pf, PF_HINT);
+            _mm_prefetch(pf + D, PF_HINT);
         }
         pf += 2 * D;
         const __m512i a = _mm512_loadu_si512(v + j * D + c0), b = _mm512_loadu_si512(vb);
