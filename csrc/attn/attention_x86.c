@@ -52,6 +52,100 @@ SC_INL void pf_span(const char *p, int64_t n, const char *end, int kind) {
         }
 }
 
+/* ---- int8/int4 stores read in place: the driver shared by the ISA levels ----
+ * (q8 modes: see q8_mode() in attn_body.h). Each level supplies its scale
+ * conversion, its int4 -> int8 unpack and bodies that read int8 / uint8 code
+ * rows (kinds 2 and 5); int4 codes go through an L1 byte scratch, U4_KEYS keys
+ * at a time (see unpack4). */
+#define U4_KEYS 64
+/* the ld16/ld8 kind of a quantized store's codes */
+static inline int code_kind(const sc_format *f) {
+    return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
+}
+typedef void (*scales_fn)(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst);
+typedef void (*unpack_fn)(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes, const char *pfend);
+/* scores / O += P V over n rows of codes of kind 2 or 5 (row stride D) */
+typedef void (*codes_fn)(const float *x, const uint8_t *codes, int kind, float *y, int64_t R, int64_t n, int64_t D,
+                         int64_t TL, const float *sc, int64_t G, const char *pfend);
+
+/* zero points of per-channel K (q8 mode 1): k = code * s + m[g], so every
+ * score of token group g gains q . m[g] (sc: scratch for the minimums) */
+SC_INL void zp_bias(const attn_ctx *c, const float *q, float *sc, int64_t kr, int64_t g, int64_t t, int64_t n,
+                    float *s, scales_fn scales) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k, zs = {.scales = st->zeros};
+    const int64_t D = c->D, TL = c->tile;
+    scales(&zs, f->scale_dtype == SC_DTYPE_F32, (kr * (st->capacity / f->token_group) + g) * D, D, sc);
+    for (int64_t r = 0; r < c->rows; r++) {
+        const float bias = dot(q + r * D, sc, D);
+        for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
+    }
+}
+
+SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
+                       int64_t nt, float *s, scales_fn scales, unpack_fn unpack, codes_fn body) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
+    if (mode == 2) { /* k = code * s[j][cell] */
+        scales(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        if (kind == 2) {
+            body(q, codes, 2, s, R, nt, D, TL, sc, G, pfend);
+            return;
+        }
+        for (int64_t off = 0; off < nt; off += U4_KEYS) {
+            const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
+            unpack(codes + off * rb, u4, m * D, 1, rb, pfend);
+            body(q, (const uint8_t *)u4, 2, s + off, R, m, D, TL, sc + off * (D / G), G, NULL);
+        }
+        return;
+    }
+    /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
+        scales(st, sf32, cell0, D, sc);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
+        const uint8_t *ct = codes + t * rb;
+        if (kind == 2 || kind == 5) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
+        else
+            for (int64_t off = 0; off < n; off += U4_KEYS) {
+                const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
+                unpack(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
+                body(qf, (const uint8_t *)u4, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
+            }
+        if (f->zero_point) zp_bias(c, q, sc, kr, g, t, n, s, scales);
+        t += n;
+    }
+}
+
+SC_INL void pv8_driver(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p, float *o,
+                       scales_fn scales, unpack_fn unpack, codes_fn body) {
+    const sc_format *f = c->a->vf;
+    const sc_store *st = c->a->v;
+    const int64_t D = c->D, G = f->channel_group;
+    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
+    scales(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    if (code_kind(f) == 2) {
+        body(p, codes, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
+        return;
+    }
+    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
+    for (int64_t off = 0; off < nt; off += U4_KEYS) {
+        const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
+        unpack(codes + off * rb, u4, m * D, 1, rb, pfend);
+        body(p + off, (const uint8_t *)u4, 2, o, c->rows, m, D, c->tile, sc + off * (D / G), G, NULL);
+    }
+}
+
 /* ---- AVX2 + FMA: the AVX-512 microkernels' structure on 8-lane vectors ----
  * (16 ymm registers: QK in 4-row x 2-key blocks, PV with 4 rows x 16
  * channels in registers; fp16/fp32 rows and int8/int4 codes read in place,
@@ -253,11 +347,9 @@ SC_T_AVX2 static void scales_f32_avx2(const sc_store *st, int f32, int64_t i0, i
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
     for (; i < n; i++) dst[i] = sc_h2f(h[i]);
 }
-static inline int code_kind(const sc_format *f);
 
 /* unpack4 (AVX-512 section) on 256-bit vectors: int4 codes -> int8 bytes,
  * 64 codes per step; n codes, a multiple of 16 */
-#define U4_KEYS8 64
 SC_T_AVX2 static void unpack4_avx2(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes,
                                    const char *pfend) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(sym ? 8 : 0);
@@ -289,82 +381,24 @@ SC_T_AVX2 static void unpack4_avx2(const uint8_t *src, int8_t *dst, int64_t n, i
     }
 }
 
-/* int8/int4 codes read in place (q8 modes as for AVX-512's qk8/pv8) */
+/* int8/int4 codes read in place: the shared driver with this level's pieces */
+SC_T_AVX2 static void qk_codes_avx2(const float *q, const uint8_t *codes, int kind, float *s, int64_t R, int64_t n,
+                                    int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    if (kind == 5) qk_body8(q, codes, D, 5, s, R, n, D, TL, sc, G, pfend);
+    else qk_body8(q, codes, D, 2, s, R, n, D, TL, sc, G, pfend);
+}
+SC_T_AVX2 static void pv_codes_avx2(const float *p, const uint8_t *codes, int kind, float *o, int64_t R, int64_t n,
+                                    int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    (void)kind; /* 2: V codes are never stored with zero points in place (q8_mode) */
+    pv_body8(p, codes, D, 2, o, R, n, D, TL, sc, G, pfend);
+}
 SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
-    const sc_format *f = c->a->kf;
-    const sc_store *st = c->a->k;
-    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
-    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
-    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    int8_t u4[U4_KEYS8 * 256] __attribute__((aligned(32))); /* int4 codes as bytes (D <= 256) */
-    if (mode == 2) { /* k = code * s[j][cell] */
-        scales_f32_avx2(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        if (kind == 2) {
-            qk_body8(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
-            return;
-        }
-        for (int64_t off = 0; off < nt; off += U4_KEYS8) {
-            const int64_t m = nt - off < U4_KEYS8 ? nt - off : U4_KEYS8;
-            unpack4_avx2(codes + off * rb, u4, m * D, 1, rb, pfend);
-            qk_body8(q, u4, D, 2, s + off, R, m, D, TL, sc + off * (D / G), G, NULL);
-        }
-        return;
-    }
-    /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
-    for (int64_t t = 0; t < nt;) {
-        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
-        scales_f32_avx2(st, sf32, cell0, D, sc);
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t ch = 0; ch < D; ch += 8)
-                _mm256_storeu_ps(qf + r * D + ch, _mm256_mul_ps(_mm256_loadu_ps(q + r * D + ch), _mm256_loadu_ps(sc + ch)));
-        const uint8_t *ct = codes + t * rb;
-        if (kind == 2) qk_body8(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend);
-        else if (kind == 5) qk_body8(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend);
-        else
-            for (int64_t off = 0; off < n; off += U4_KEYS8) {
-                const int64_t m = n - off < U4_KEYS8 ? n - off : U4_KEYS8;
-                unpack4_avx2(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
-                qk_body8(qf, u4, D, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
-            }
-        if (f->zero_point) { /* + q . m[g]: the same for every key of the group */
-            const sc_store zs = {.scales = st->zeros};
-            scales_f32_avx2(&zs, sf32, cell0, D, sc);
-            for (int64_t r = 0; r < R; r++) {
-                __m256 acc = _mm256_setzero_ps();
-                for (int64_t ch = 0; ch < D; ch += 8)
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + ch), _mm256_loadu_ps(sc + ch), acc);
-                float t8[8], bias = 0.0f;
-                _mm256_storeu_ps(t8, acc);
-                for (int u = 0; u < 8; u++) bias += t8[u];
-                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
-            }
-        }
-        t += n;
-    }
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, scales_f32_avx2, unpack4_avx2, qk_codes_avx2);
 }
 SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                float *o) {
-    const sc_format *f = c->a->vf;
-    const sc_store *st = c->a->v;
-    const int64_t D = c->D, G = f->channel_group;
-    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    scales_f32_avx2(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    if (code_kind(f) == 2) {
-        pv_body8(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
-        return;
-    }
-    int8_t u4[U4_KEYS8 * 256] __attribute__((aligned(32)));
-    for (int64_t off = 0; off < nt; off += U4_KEYS8) {
-        const int64_t m = nt - off < U4_KEYS8 ? nt - off : U4_KEYS8;
-        unpack4_avx2(codes + off * rb, u4, m * D, 1, rb, pfend);
-        pv_body8(p + off, u4, D, 2, o, c->rows, m, D, c->tile, sc + off * (D / G), G, NULL);
-    }
+    pv8_driver(c, sc, kr, j0, nt, p, o, scales_f32_avx2, unpack4_avx2, pv_codes_avx2);
 }
 
 /* exp2_neg on 8 lanes: the same polynomial; 2^round(x) built in the exponent
@@ -711,10 +745,6 @@ SC_T_AVX512 static void scales_f32(const sc_store *st, int f32, int64_t i0, int6
     for (; i < n; i++) dst[i] = sc_h2f(h[i]);
 }
 
-/* the ld16 kind of a quantized store's codes */
-static inline int code_kind(const sc_format *f) {
-    return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
-}
 
 /* int4 codes unpacked to int8 bytes in an L1 scratch, U4_KEYS keys at a time,
  * for the int8 kernels (ld16 kind 2, the VNNI loops): 64 packed bytes -> 128
@@ -724,7 +754,6 @@ static inline int code_kind(const sc_format *f) {
  * prefetched PF_KEYS rows ahead (row_bytes per key) while unpacking: a burst
  * per chunk, but measured worth it (int4 cold decode at 32k: 6.8 -> 6.0 ms
  * without/with, alternating runs). */
-#define U4_KEYS 64
 SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes,
                                 const char *pfend) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(sym ? 8 : 0);
@@ -749,81 +778,23 @@ SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int 
     }
 }
 
+SC_T_AVX512 static void qk_codes_avx512(const float *q, const uint8_t *codes, int kind, float *s, int64_t R,
+                                      int64_t n, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    if (kind == 5) qk44_body(q, codes, D, 5, s, R, n, D, TL, sc, G, pfend);
+    else qk44_body(q, codes, D, 2, s, R, n, D, TL, sc, G, pfend);
+}
+SC_T_AVX512 static void pv_codes_avx512(const float *p, const uint8_t *codes, int kind, float *o, int64_t R,
+                                      int64_t n, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
+    (void)kind; /* 2 (see pv_codes_avx2) */
+    pv_body(p, codes, D, 2, o, R, n, D, TL, sc, G, pfend);
+}
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
-    const sc_format *f = c->a->kf;
-    const sc_store *st = c->a->k;
-    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
-    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    const int sf32 = f->scale_dtype == SC_DTYPE_F32, kind = code_kind(f);
-    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
-    if (mode == 2) { /* k = code * s[j][cell] */
-        scales_f32(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        if (kind == 2) {
-            qk44_body(q, codes, D, 2, s, R, nt, D, TL, sc, G, pfend);
-            return;
-        }
-        for (int64_t off = 0; off < nt; off += U4_KEYS) {
-            const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
-            unpack4(codes + off * rb, u4, m * D, 1, rb, pfend);
-            qk44_body(q, u4, D, 2, s + off, R, m, D, TL, sc + off * (D / G), G, NULL);
-        }
-        return;
-    }
-    /* mode 1: k = code * s[g][c] (+ m[g][c]); fold s into q once per token group */
-    for (int64_t t = 0; t < nt;) {
-        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
-        scales_f32(st, sf32, cell0, D, sc);
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t ch = 0; ch < D; ch += 16)
-                _mm512_storeu_ps(qf + r * D + ch, _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch)));
-        const uint8_t *ct = codes + t * rb;
-        if (kind == 2) qk44_body(qf, ct, D, 2, s + t, R, n, D, TL, NULL, 1, pfend);
-        else if (kind == 5) qk44_body(qf, ct, D, 5, s + t, R, n, D, TL, NULL, 1, pfend);
-        else
-            for (int64_t off = 0; off < n; off += U4_KEYS) {
-                const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
-                unpack4(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
-                qk44_body(qf, u4, D, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
-            }
-        if (f->zero_point) {
-            /* + q . m[g]: the same for every key of the group */
-            const sc_store zs = {.scales = st->zeros};
-            scales_f32(&zs, sf32, cell0, D, sc);
-            for (int64_t r = 0; r < R; r++) {
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t ch = 0; ch < D; ch += 16)
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch), acc);
-                const float bias = _mm512_reduce_add_ps(acc);
-                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
-            }
-        }
-        t += n;
-    }
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, scales_f32, unpack4, qk_codes_avx512);
 }
-
 SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                    float *o) {
-    const sc_format *f = c->a->vf;
-    const sc_store *st = c->a->v;
-    const int64_t D = c->D, G = f->channel_group;
-    const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
-    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    if (code_kind(f) == 2) {
-        pv_body(p, codes, D, 2, o, c->rows, nt, D, c->tile, sc, G, pfend);
-        return;
-    }
-    int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
-    for (int64_t off = 0; off < nt; off += U4_KEYS) {
-        const int64_t m = nt - off < U4_KEYS ? nt - off : U4_KEYS;
-        unpack4(codes + off * rb, u4, m * D, 1, rb, pfend);
-        pv_body(p + off, u4, D, 2, o, c->rows, m, D, c->tile, sc + off * (D / G), G, NULL);
-    }
+    pv8_driver(c, sc, kr, j0, nt, p, o, scales_f32, unpack4, pv_codes_avx512);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
@@ -1038,17 +1009,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                               r0 == 0 ? pe : NULL); /* fewer than 4 rows: prefetch here */
             off += m;
         }
-        if (kind == 4) { /* zero points: + q . m[g], the same for every key of the group */
-            const sc_store zs = {.scales = st->zeros};
-            scales_f32(&zs, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
-            for (int64_t r = 0; r < R; r++) {
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t ch = 0; ch < D; ch += 16)
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch), acc);
-                const float bias = _mm512_reduce_add_ps(acc);
-                for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
-            }
-        }
+        if (kind == 4) zp_bias(c, q, sc, kr, g, t, n, s, scales_f32);
         t += n;
     }
 }
