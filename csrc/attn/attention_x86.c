@@ -1204,6 +1204,10 @@ SC_T_BF16 static void qk_bf16(const float *q, const float *kt, float *s, int64_t
     uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64))); /* [key][channel pair] */
     uint32_t kT[128 * BF_KEYS] __attribute__((aligned(64))); /* [channel pair][key] */
     const int64_t P2 = D / 2;
+    /* the item's queries, converted again for every tile (qk_fn carries no
+     * per-item state): R x D conversions against R x 32 x D products; a
+     * build that converted them once per item measured the same ratio to
+     * the fp32 path (1.46x vs 1.44x) */
     to_bf16(q, (uint16_t *)qb, R * D);
     for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS) {
         const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS;
