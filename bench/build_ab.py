@@ -1,0 +1,120 @@
+"""Per-key decode cost of two or more *builds* of the C kernels, alternated in
+one process (ns per key per kv head, one thread, split-K off).
+
+    OPENBLAS_NUM_THREADS=1 python bench/build_ab.py DIR [DIR ...] [--policy int8]
+        [--precision bf16] [--n 4096] [--rounds 20] [--cold] [--threads 2] [--isa avx2]
+
+Each DIR is a source tree with ``sagecore/_cpu*.so`` built in place (for
+instance a ``git worktree`` built with different ``CFLAGS=-D...``). Every
+build's extension is loaded into this process under its own module object;
+all of them run over the *same* packed cache arrays (one QuantKVCache, its
+stores re-wrapped by each build's ``PackedStore``), and each round times every
+build once in turn. On this shared 2-vCPU machine the speed of the whole
+machine drifts by up to 2x between minutes, so timing builds in separate
+processes compares phases of the machine rather than code; alternating calls
+in one process does not.
+
+``--cold`` rotates through enough caches to exceed 4x the last-level cache
+(every call reads from DRAM) instead of reusing one cache that fits in L2/L3.
+"""
+import argparse
+import glob
+import importlib.machinery
+import importlib.util
+import os
+import time
+
+import numpy as np
+
+from sagecore import QuantKVCache
+from sagecore.bench import llc_bytes
+
+
+def load_build(root: str, tag: int):
+    paths = glob.glob(os.path.join(root, "sagecore", "_cpu*.so"))
+    if len(paths) != 1:
+        raise SystemExit(f"{root}: expected one sagecore/_cpu*.so (build it with setup.py build_ext --inplace), "
+                         f"found {len(paths)}")
+    # the module's init symbol is PyInit__cpu: the name's last part must stay "_cpu"
+    loader = importlib.machinery.ExtensionFileLoader(f"sagecore_ab{tag}._cpu", paths[0])
+    spec = importlib.util.spec_from_file_location(f"sagecore_ab{tag}._cpu", paths[0], loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def wrap(mod, store):
+    a = store.arrays
+    return mod.PackedStore(store.params, a["data"], a["scales"], a["zeros"], a["out_idx"], a["out_val"], a["mean"],
+                           store.rows, store.capacity)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--policy", default="int8")
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--q-heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--isa", default=None, help="force this ISA level in every build (default: the best)")
+    args = ap.parse_args()
+    mods = [load_build(d, i) for i, d in enumerate(args.dirs)]
+    for m in mods:
+        m.set_num_threads(args.threads)
+        if args.isa:
+            m.set_isa(args.isa)
+    rng = np.random.default_rng(0)
+    b, hq, hkv, d, n = 1, args.q_heads, args.kv_heads, 128, args.n
+    k = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
+    v = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
+
+    def make():
+        c = QuantKVCache(args.policy, batch=b, kv_heads=hkv, head_dim=d, capacity=n)
+        c.append(k, v)
+        if len(c._segments) != 1:
+            raise SystemExit("--policy: one segment (the same format for every head) expected")
+        return c._segments[0]
+
+    first = make()
+    nbytes = first.k.nbytes + first.v.nbytes
+    segs = [first] + ([make() for _ in range(int(np.ceil(4 * llc_bytes() / nbytes)) - 1)] if args.cold else [])
+    q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
+    outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
+    prec = 1 if args.precision == "bf16" else 0
+    stores = [[(wrap(m, s.k), wrap(m, s.v)) for s in segs] for m in mods]
+    calls = len(segs) if args.cold else max(10, 1_000_000 // (n * hkv))
+
+    def run(i):
+        m, o = mods[i], outs[i]
+        t0 = time.perf_counter()
+        for c in range(calls):
+            ks, vs = stores[i][c % len(segs)]
+            m.attention(q, ks, vs, o, hkv, n, None, d ** -0.5, False, 1, None, prec)
+        return (time.perf_counter() - t0) / calls
+
+    for i in range(len(mods)):
+        run(i)
+        if i and not np.allclose(outs[i], outs[0], rtol=1e-2, atol=1e-3):
+            print(f"note: {args.dirs[i]} differs from {args.dirs[0]} "
+                  f"(max |diff| {np.abs(outs[i] - outs[0]).max():.3g}): an experiment that changes results")
+    res = [[] for _ in mods]
+    for _ in range(args.rounds):
+        for i in range(len(mods)):
+            res[i].append(run(i))
+    per = n * hkv / args.threads
+    print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, N {n}{' cold' if args.cold else ''}, "
+          f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, ns per key per kv head (per thread)")
+    base = sorted(res[0])[len(res[0]) // 2]
+    for dname, r in zip(args.dirs, res):
+        r = sorted(r)
+        med = r[len(r) // 2]
+        print(f"  {dname:32s} best {r[0] * 1e9 / per:6.1f}  median {med * 1e9 / per:6.1f}  "
+              f"median vs first {base / med:5.3f}x")
+
+
+if __name__ == "__main__":
+    main()
