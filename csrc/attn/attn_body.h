@@ -46,6 +46,9 @@
 #ifndef TILE_KEYS
 #define TILE_KEYS 32 /* keys per tile: fp32 K and V tiles of d128 fill 2 x 16 KB of L1 */
 #endif
+#ifndef TILE_KEYS_INPLACE
+#define TILE_KEYS_INPLACE 128 /* keys per tile of few-row items reading K and V in place (attention.c) */
+#endif
 
 /* ---------------------------------------------------------------- helpers */
 /* 2^x for x <= 0 (scores minus the running max), ~1e-7 relative error;
