@@ -334,6 +334,10 @@ D80 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g16.s16"}
 #: int4 K without zero points (symmetric codes), groups of 80 keys (tiles of
 #: 80 > 64: the int4 unpack runs in chunks), V in 32-channel cells
 INT4_SYM = {"k": "int4.t80.g1.s16", "v": "int4.t1.g32.s16"}
+#: V cells of 64 and 128 channels: the integer PV's per-key cell scales are
+#: spread over 32-channel cells (two or four of them share one scale)
+V_G64 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g64.s16"}
+V_G128 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g128.s16"}
 
 
 @pytest.mark.parametrize("pol,hq,m,n,d", [("int8", 8, 1, 700, 128), ("int8", 16, 1, 701, 128),
@@ -342,13 +346,17 @@ INT4_SYM = {"k": "int4.t80.g1.s16", "v": "int4.t1.g32.s16"}
                                            (D80, 8, 1, 300, 80), ("int8", 8, 1, 300, 96),
                                            ("int8", 8, 1, 300, 256), ("int4", 8, 1, 701, 128),
                                            ("int4", 2, 3, 333, 128), ("int8k-int4v", 8, 1, 300, 128),
-                                           (INT4_SYM, 8, 1, 203, 64), (INT4_SYM, 4, 1, 150, 96)])
+                                           (INT4_SYM, 8, 1, 203, 64), (INT4_SYM, 4, 1, 150, 96),
+                                           (V_G64, 8, 1, 333, 128), (V_G128, 8, 1, 333, 128),
+                                           (V_G64, 8, 1, 200, 192), ("int8", 4, 1, 141, 192)])
 def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
     """Decode over int8 and int4 caches: with precision="bf16" the AVX512-VNNI
     paths (avx512_vnni, amx) compute QK^T (int16 queries x K codes) and PV
     (int16 P x V codes) in integer arithmetic, int4 codes unpacked to bytes
     first; elsewhere the option changes nothing."""
-    # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded)
+    # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded);
+    # 1 to 8 V cells per key (cells of 32 to 128 channels, d64 to d256);
+    # key counts past one 128-key tile with a partial last tile
     c = build(pol, 1, 2, n, d, rng)
     q = (rng.standard_normal((1, hq, m, d)) * 2).astype(np.float32)
     exact = c.attend(q, split_k=1, is_causal=True)
