@@ -1087,8 +1087,8 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
 /* dst[j] = sc[j * ncell + col] for the tile's nt (<= PVW_TL) keys, zeros up to
  * a multiple of 16: one cell's per-key scales with the keys in the lanes.
  * Each 16 keys span ncell source vectors; vpermt2ps picks the column out of
- * a pair of them. (These were 16-lane gathers: on Zen 4 the int8 decode at
- * the bf16 setting spent ~15% of its time in them; bench/build_ab.py.) */
+ * a pair of them. (These were 16-lane gathers: without them the int8 decode
+ * at the bf16 setting ran 1.06-1.11x faster on Zen 4; bench/build_ab.py.) */
 SC_T_VNNI SC_INL void scales_by_cell(const float *sc, int64_t nt, int64_t ncell, int64_t col, float *dst) {
     const __m512i src = _mm512_add_epi32(
         _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
