@@ -937,6 +937,48 @@ SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, __m512 sc, const int8_t *k,
     store44(_mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), sc), s, r0, j, nk, TL); /* lane rr*4 + kk */
 }
 
+/* int4 codes read in place (kinds 3, 4; D a multiple of 64): 32 packed
+ * bytes = 64 codes zero-extended to words, then the low nibbles (the even
+ * channels) and the high ones (odd channels) split by a mask and a shift:
+ * 3 operations per 64 codes, against ~10 to unpack them to bytes (unpack4),
+ * their store and reload, and 2 widenings. The queries are stored per
+ * 64-channel block as [even 32 | odd 32] to match (see qk8_vnni).
+ * Symmetric codes (kind 3) are stored + 8. */
+SC_T_VNNI SC_INL void qkw44_step4(const int16_t *qw, const uint8_t *k, int64_t r0, int64_t j, int64_t nk, int64_t D,
+                                  int64_t ch, int sym, __m512i *acc) {
+    const __m512i m4 = _mm512_set1_epi16(0x0F), off = _mm512_set1_epi16(sym ? 8 : 0);
+    __m512i lo[4], hi[4];
+    for (int kk = 0; kk < 4; kk++) {
+        if (kk < nk) {
+            const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(k + (j + kk) * (D / 2) + ch / 2)));
+            lo[kk] = _mm512_sub_epi16(_mm512_and_si512(w, m4), off);
+            hi[kk] = _mm512_sub_epi16(_mm512_srli_epi16(w, 4), off);
+        } else {
+            lo[kk] = hi[kk] = _mm512_setzero_si512();
+        }
+    }
+    for (int rr = 0; rr < 4; rr++) {
+        const __m512i qe = _mm512_loadu_si512(qw + (r0 + rr) * D + ch), qo = _mm512_loadu_si512(qw + (r0 + rr) * D + ch + 32);
+        for (int kk = 0; kk < 4; kk++) {
+            SC_DPWSSD(acc[rr * 4 + kk], qe, lo[kk]);
+            SC_DPWSSD(acc[rr * 4 + kk], qo, hi[kk]);
+        }
+    }
+}
+SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *k, float *s, int64_t r0, int64_t j,
+                                   int64_t nk, int64_t D, int64_t TL, int sym, const char *pfend) {
+    if (r0 == 0 && pfend) {
+        const char *pf = (const char *)k + (j + PF_KEYS) * (D / 2);
+        if (pf + nk * (D / 2) <= pfend)
+            for (int64_t l = 0; l < nk * (D / 2); l += 64) _mm_prefetch(pf + l, PF_HINT);
+    }
+    __m512i acc[16];
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int64_t ch = 0; ch < D; ch += 64) qkw44_step4(qw, k, r0, j, nk, D, ch, sym, acc);
+    store44(_mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), sc), s, r0, j, nk, TL); /* lane rr*4 + kk */
+}
+
 /* one row x 16 keys (rows past the last multiple of 4) */
 SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, float *s, int64_t j, int64_t nk,
                                 int64_t D, const char *pfend) {
@@ -970,6 +1012,19 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS + 16] = {0}; /* + 16: read as a vector from any row */
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    /* int4 codes read in place (qkw44_block4) when whole 64-channel blocks
+     * and 4-row blocks; otherwise unpacked to bytes for the int8 loops */
+    const int in4 = kind != 2 && D % 64 == 0 && R % 4 == 0;
+    __m512i even = _mm512_setzero_si512(), odd = even;
+    if (in4) {
+        int16_t ie[32], io[32];
+        for (int i = 0; i < 32; i++) {
+            ie[i] = (int16_t)(2 * i);
+            io[i] = (int16_t)(2 * i + 1);
+        }
+        even = _mm512_loadu_si512(ie);
+        odd = _mm512_loadu_si512(io);
+    }
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         scales_f32(st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
@@ -983,13 +1038,28 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
             ar[r] = m * (1.0f / 32767.0f);
             const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
             int64_t ch = 0;
+            if (in4) /* per 64 channels: [even 32 | odd 32] (qkw44_step4) */
+                for (; ch < D; ch += 64) {
+                    const __m512i a = round16x2(y[ch / 16], y[ch / 16 + 1], inv);
+                    const __m512i b = round16x2(y[ch / 16 + 2], y[ch / 16 + 3], inv);
+                    _mm512_storeu_si512(qw + r * D + ch, _mm512_permutex2var_epi16(a, even, b));
+                    _mm512_storeu_si512(qw + r * D + ch + 32, _mm512_permutex2var_epi16(a, odd, b));
+                }
             for (; ch + 32 <= D; ch += 32)
                 _mm512_storeu_si512(qw + r * D + ch, round16x2(y[ch / 16], y[ch / 16 + 1], inv));
             if (ch < D) /* a last 16 channels (d80 etc.) */
                 _mm256_storeu_si256((__m256i *)(qw + r * D + ch),
                                     _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(y[ch / 16], inv))));
         }
-        for (int64_t off = 0; off < n;) { /* int4: U4_KEYS keys at a time through the byte scratch */
+        if (in4) {
+            const uint8_t *ct = codes + t * rb;
+            for (int64_t r0 = 0; r0 < R; r0 += 4) {
+                const __m512 sc4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(ar + r0));
+                for (int64_t j = 0; j < n; j += 4)
+                    qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
+            }
+        }
+        for (int64_t off = 0; off < n && !in4;) { /* int4: U4_KEYS keys at a time through the byte scratch */
             const int64_t m = kind == 2 || n - off < U4_KEYS ? n - off : U4_KEYS;
             const int8_t *ct = (const int8_t *)codes + (t + off) * D;
             const char *pe = pfend;
