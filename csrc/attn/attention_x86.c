@@ -1099,7 +1099,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
  * [8-15,24-31] [40-47,56-63] (each vector inside one cell), restored by one
  * permute per vector at the flush. */
 #ifndef PVW_TL
-#define PVW_TL 128 /* keys per tile at most (TILE_KEYS_INPLACE): 68 KB of stack below */
+#define PVW_TL 128 /* keys per tile at most (TILE_KEYS_INPLACE): 36 KB of stack below */
 #endif
 SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
                                 int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp,
@@ -1151,6 +1151,73 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         _mm512_storeu_ps(orow + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n1), sc, _mm512_loadu_ps(orow + 16)));
         _mm512_storeu_ps(orow + 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n2), sc, _mm512_loadu_ps(orow + 32)));
         _mm512_storeu_ps(orow + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n3), sc, _mm512_loadu_ps(orow + 48)));
+    }
+}
+
+/* The same over symmetric int4 V codes read in place (kind 3, stored + 8):
+ * per key pair and 64-channel block, 32 packed bytes of each key zero-
+ * extended to words, the nibbles split (low: even channels, high: odd), and
+ * the two keys interleaved by word -- no byte scratch (unpack4) in between.
+ * A vector then spans both 32-channel cells of the block (128-bit lanes 0-1:
+ * channels 0-31), so the P' operand carries cell 0's pair in its low half
+ * and cell 1's in its high half. Accumulator u, lane (L, p) holds channel
+ * 16L + 2p (u = 0), + 8 (u = 1), + 1 (u = 2), + 9 (u = 3); the flush
+ * restores the order with 4 unpacks and a 4x4 transpose of 128-bit lanes. */
+SC_T_VNNI SC_INL void pvw_block4(const uint8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
+                                 int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp,
+                                 const char *pfend) {
+    const int64_t rb = D / 2;
+    __m512i acc[4][4];
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
+    const int64_t cl0 = c0 / 32, cl1 = cl0 + 1;
+    static const uint8_t zero[32] __attribute__((aligned(64)));
+    const __m512i m4 = _mm512_set1_epi16(0x0F), eight = _mm512_set1_epi16(8);
+    const char *pf = (const char *)v + PF_KEYS * rb + c0 / 2;
+    for (int64_t jp = 0; jp < npair; jp++) {
+        const int64_t j = 2 * jp;
+        /* an odd last key pairs with zeros (its p' partner is 0 as well) */
+        const uint8_t *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * rb + c0 / 2 : zero;
+        if (r0 == 0 && pfend && !(c0 & 127) && pf + 2 * rb <= pfend) { /* keys j, j + 1, PF_KEYS ahead */
+            _mm_prefetch(pf, PF_HINT);
+            _mm_prefetch(pf + rb, PF_HINT);
+        }
+        pf += 2 * rb;
+        const __m512i wa = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(v + j * rb + c0 / 2)));
+        const __m512i wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)vb));
+        const __m512i ea = _mm512_sub_epi16(_mm512_and_si512(wa, m4), eight);
+        const __m512i oa = _mm512_sub_epi16(_mm512_srli_epi16(wa, 4), eight);
+        const __m512i eb = _mm512_sub_epi16(_mm512_and_si512(wb, m4), eight);
+        const __m512i ob = _mm512_sub_epi16(_mm512_srli_epi16(wb, 4), eight);
+        const __m512i x0 = _mm512_unpacklo_epi16(ea, eb), x1 = _mm512_unpackhi_epi16(ea, eb);
+        const __m512i x2 = _mm512_unpacklo_epi16(oa, ob), x3 = _mm512_unpackhi_epi16(oa, ob);
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const int16_t *pr = pq + (r0 + rr) * ncell * TLp + j;
+            const __m512i pm = _mm512_mask_blend_epi32((__mmask16)0xFF00,
+                                                       _mm512_set1_epi32(*(const int32_t *)(pr + cl0 * TLp)),
+                                                       _mm512_set1_epi32(*(const int32_t *)(pr + cl1 * TLp)));
+            SC_DPWSSD(acc[rr][0], pm, x0);
+            SC_DPWSSD(acc[rr][1], pm, x1);
+            SC_DPWSSD(acc[rr][2], pm, x2);
+            SC_DPWSSD(acc[rr][3], pm, x3);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++) {
+        if (rr >= nr) break;
+        float *orow = o + (r0 + rr) * D + c0;
+        const __m512 sc = _mm512_set1_ps(ps[r0 + rr]);
+        /* per 128-bit lane L: a = channels 16L + 0-3, b = 4-7, c = 8-11, d = 12-15 */
+        const __m512i a = _mm512_unpacklo_epi32(acc[rr][0], acc[rr][2]), b = _mm512_unpackhi_epi32(acc[rr][0], acc[rr][2]);
+        const __m512i c = _mm512_unpacklo_epi32(acc[rr][1], acc[rr][3]), d = _mm512_unpackhi_epi32(acc[rr][1], acc[rr][3]);
+        const __m512i t0 = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), t1 = _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i t2 = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)), t3 = _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i n[4] = {_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
+                              _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
+        for (int u = 0; u < 4; u++)
+            _mm512_storeu_ps(orow + 16 * u, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n[u]), sc, _mm512_loadu_ps(orow + 16 * u)));
     }
 }
 
@@ -1209,7 +1276,7 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
                                float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
-    const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, unpacked to bytes first) */
+    const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, read in place: pvw_block4) */
     if (c->a->precision != SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 64 || D > 256 ||
         TL > PVW_TL || R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
@@ -1221,12 +1288,6 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    int8_t u4[PVW_TL * 256] __attribute__((aligned(64)));
-    if (kind == 3) { /* the tile's codes as bytes (PVW_TL == U4_KEYS) */
-        unpack4((const uint8_t *)codes, u4, nt * D, 1, rb, pfend);
-        codes = u4;
-        pfend = NULL;
-    }
     int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(64))); /* [row][cell][key], cells of 32 channels */
     float ps[16];                                               /* per row: max P' / 32767 */
     float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
@@ -1262,7 +1323,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64)
-            if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend);
+            if (kind == 3) pvw_block4((const uint8_t *)codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend);
+            else if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend);
             else pvw_block(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend);
     }
 }
