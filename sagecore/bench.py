@@ -39,6 +39,14 @@ def llc_bytes():
         return 64 << 20
 
 
+def read_bandwidth(nbytes=None):
+    """This machine's DRAM read bandwidth now (bytes/s): the best of 5 reads of
+    a buffer of nbytes (default: 2x the LLC, at least 1 GiB) by sc_read_probe
+    on the kernels' threads."""
+    probe = np.ones((nbytes or max(2 * llc_bytes(), 1 << 30)) // 8, np.uint64)
+    return probe.nbytes / min(_cpu.read_probe(probe) for _ in range(5))
+
+
 def kv_bytes(cache):
     return sum(a.nbytes for _, a in cache._content())
 
@@ -124,9 +132,7 @@ def main(argv=None):
         return _decode_ab(torch, args.decode_ab, cold_factor=args.cold_factor)
     rng = np.random.default_rng(0)
     llc = llc_bytes()
-    probe = np.ones(max(2 * llc, 1 << 30) // 8, np.uint64)
-    bw = probe.nbytes / min(_cpu.read_probe(probe) for _ in range(5))
-    del probe
+    bw = read_bandwidth()
     print(f"threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, LLC {llc >> 20} MiB, "
           f"read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s")
     rows = []
@@ -359,23 +365,26 @@ def _prefill_ab(torch, rounds=8):
     return 0
 
 
-def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
+def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     """Cold decode at n keys, B=1, 32/8 heads, d128: our fp16, int8 (both
     precisions) and int4 caches and torch's bf16 SDPA. Each path rotates
     through its own caches (cold_factor x the LLC in total, so every call
     reads K/V from DRAM); the paths alternate round by round, so that machine
     noise hits all of them alike. Prints best and median per call and the
-    same-round ratios."""
+    same-round ratios, and the KV bytes per second of each path as a fraction
+    of the read bandwidth measured in the same process (issue 3's first
+    target)."""
+    llc = llc_bytes()
+    bw = read_bandwidth(probe_bytes)
     rng = np.random.default_rng(0)
     k = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
     v = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
     q = rng.standard_normal((B, HQ, 1, D)).astype(np.float32)
     o = np.empty_like(q)
-    llc = llc_bytes()
 
     def rotation(make, nbytes, call):
         items = [make() for _ in range(max(2, int(np.ceil(cold_factor * llc / nbytes))))]
-        return lambda: [call(x) for x in items], len(items)
+        return lambda: [call(x) for x in items], len(items), nbytes
 
     def cache(pol):
         c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=n)
@@ -395,15 +404,15 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
             2 * k.size * 2, lambda kv: F.scaled_dot_product_attention(tq, kv[0], kv[1], enable_gqa=True))
     times = {name: [] for name in paths}
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
-        for fn, _ in paths.values():  # touch once
+        for fn, _, _ in paths.values():  # touch once
             fn()
         for _ in range(rounds):
-            for name, (fn, count) in paths.items():
+            for name, (fn, count, _) in paths.items():
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) / count)
     print(f"decode N={n} cold, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
-          f"round-robin over {rounds} rounds")
+          f"round-robin over {rounds} rounds; read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s")
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     for name, t in times.items():
         parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
@@ -413,6 +422,8 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0):
             parts.append(f"{'int8' + name[4:]} / this {med['int8' + name[4:]] / med[name]:5.2f}x")
         if "torch-bfloat16" in med and name != "torch-bfloat16":
             parts.append(f"torch bf16 / this {med['torch-bfloat16'] / med[name]:5.2f}x")
+        nb = paths[name][2]
+        parts.append(f"KV/read bw: best {nb / min(t) / bw:.3g} median {nb / med[name] / bw:.3g}")
         print("   ".join(parts))
     return 0
 

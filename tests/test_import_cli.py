@@ -69,9 +69,12 @@ def test_bench_prefill_ab_smoke(capsys):
 
 def test_bench_decode_ab_smoke(capsys):
     from sagecore import bench
-    assert bench._decode_ab(None, n=64, rounds=1, cold_factor=0.0) == 0
+    assert bench._decode_ab(None, n=64, rounds=1, cold_factor=0.0, probe_bytes=1 << 24) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("decode N=64 cold") and "over 1 rounds" in lines[0]
+    assert float(lines[0].split("same run) ")[1].split()[0]) > 0  # GB/s
+    fracs = [float(ln.split("KV/read bw: best ")[1].split()[0]) for ln in lines[1:]]
+    assert all(f > 0 for f in fracs), fracs
     assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16"]
     assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in lines[1:])
     assert all("fp16 / this" in ln for ln in lines[2:])
