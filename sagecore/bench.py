@@ -372,10 +372,12 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     reads K/V from DRAM); the paths alternate round by round, so that machine
     noise hits all of them alike. Prints best and median per call and the
     same-round ratios, and the KV bytes per second of each path as a fraction
-    of the read bandwidth measured in the same process (issue 3's first
-    target)."""
+    of the read bandwidth (issue 3's first target), which is measured in
+    every round as well: on a shared machine it moves too (28-54 GB/s seen
+    on one machine), so each round's fraction uses that round's probe."""
     llc = llc_bytes()
-    bw = read_bandwidth(probe_bytes)
+    probe = np.ones((probe_bytes or max(2 * llc, 1 << 30)) // 8, np.uint64)
+    _cpu.read_probe(probe)
     rng = np.random.default_rng(0)
     k = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
     v = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
@@ -406,13 +408,16 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
         for fn, _, _ in paths.values():  # touch once
             fn()
+        bws = []
         for _ in range(rounds):
+            bws.append(probe.nbytes / _cpu.read_probe(probe))
             for name, (fn, count, _) in paths.items():
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) / count)
     print(f"decode N={n} cold, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
-          f"round-robin over {rounds} rounds; read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s")
+          f"round-robin over {rounds} rounds; read bandwidth (sc_read_probe, every round) "
+          f"{min(bws) / 1e9:.1f}-{max(bws) / 1e9:.1f} GB/s")
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     for name, t in times.items():
         parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
@@ -423,7 +428,8 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
         if "torch-bfloat16" in med and name != "torch-bfloat16":
             parts.append(f"torch bf16 / this {med['torch-bfloat16'] / med[name]:5.2f}x")
         nb = paths[name][2]
-        parts.append(f"KV/read bw: best {nb / min(t) / bw:.3g} median {nb / med[name] / bw:.3g}")
+        frac = sorted(nb / ti / b for ti, b in zip(t, bws))  # each round against its own probe
+        parts.append(f"KV/read bw: best {frac[-1]:.3g} median {frac[len(frac) // 2]:.3g}")
         print("   ".join(parts))
     return 0
 
