@@ -15,6 +15,13 @@ FORMATS = ["int8.t1.g32.s16", "int8.t32.g1.s16+smooth", "int4.t64.g1.s16+zp+smoo
            "int4.t1.g32.s16+rot", "int4.t1.g32.s16", "fp16"]
 
 
+def gbps(benchmark, nbytes):
+    """GB/s of input from the best round (nothing under --benchmark-disable,
+    where the function ran once and there are no stats)."""
+    if benchmark.stats is not None:
+        benchmark.extra_info["GB/s"] = nbytes / benchmark.stats["min"] / 1e9
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     n = _cpu.get_num_threads()
@@ -27,7 +34,7 @@ def one_thread():
 def test_memcpy(benchmark, kv16):
     dst = np.empty_like(kv16)
     benchmark(np.copyto, dst, kv16)
-    benchmark.extra_info["GB/s"] = kv16.nbytes / benchmark.stats["min"] / 1e9
+    gbps(benchmark, kv16.nbytes)
 
 
 @pytest.mark.benchmark(group="pack-8MiB")
@@ -38,5 +45,5 @@ def test_quantize(benchmark, kv16, fid, isa):
     f = KVFormat.parse(fid) if fid != "fp16" else KVFormat("fp16")
     st = TensorStore(f, 1, 8, 128, 4096)
     benchmark(st.packed.quantize, kv16, 0)
-    benchmark.extra_info["GB/s"] = kv16.nbytes / benchmark.stats["min"] / 1e9
+    gbps(benchmark, kv16.nbytes)
     _cpu.set_isa(_cpu.supported_isas()[-1])

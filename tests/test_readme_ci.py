@@ -20,3 +20,4 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands()[1] in ci
     assert re.search(r"-m slow", ci)
+    assert "bench/ --benchmark-disable" in ci  # the microbenchmarks run once each, so they cannot rot
