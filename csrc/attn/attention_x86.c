@@ -54,7 +54,12 @@ SC_INL void pf_span(const char *p, int64_t n, const char *end) {
 static inline int code_kind(const sc_format *f) {
     return f->encoding == SC_ENC_INT8 ? (f->zero_point ? 5 : 2) : (f->zero_point ? 4 : 3);
 }
-typedef void (*scales_fn)(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst);
+/* n scales of a store (fp16 or fp32) from element i0, as fp32: fp16 through
+ * the active level's row kernel (load_f32 would round through fp16) */
+SC_INL void store_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
+    if (f32) memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
+    else c->rk->load_f16((const uint16_t *)st->scales + i0, NULL, dst, n);
+}
 typedef void (*unpack_fn)(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes, const char *pfend);
 /* scores / O += P V over n rows of codes of kind 2 or 5 (row stride D) */
 typedef void (*codes_fn)(const float *x, const uint8_t *codes, int kind, float *y, int64_t R, int64_t n, int64_t D,
@@ -63,11 +68,11 @@ typedef void (*codes_fn)(const float *x, const uint8_t *codes, int kind, float *
 /* zero points of per-channel K (q8 mode 1): k = code * s + m[g], so every
  * score of token group g gains q . m[g] (sc: scratch for the minimums) */
 SC_INL void zp_bias(const attn_ctx *c, const float *q, float *sc, int64_t kr, int64_t g, int64_t t, int64_t n,
-                    float *s, scales_fn scales) {
+                    float *s) {
     const sc_format *f = c->a->kf;
     const sc_store *st = c->a->k, zs = {.scales = st->zeros};
     const int64_t D = c->D, TL = c->tile;
-    scales(&zs, f->scale_dtype == SC_DTYPE_F32, (kr * (st->capacity / f->token_group) + g) * D, D, sc);
+    store_scales(c, &zs, f->scale_dtype == SC_DTYPE_F32, (kr * (st->capacity / f->token_group) + g) * D, D, sc);
     for (int64_t r = 0; r < c->rows; r++) {
         const float bias = dot(q + r * D, sc, D);
         for (int64_t jj = 0; jj < n; jj++) s[r * TL + t + jj] += bias;
@@ -75,7 +80,7 @@ SC_INL void zp_bias(const attn_ctx *c, const float *q, float *sc, int64_t kr, in
 }
 
 SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
-                       int64_t nt, float *s, scales_fn scales, unpack_fn unpack, codes_fn body) {
+                       int64_t nt, float *s, unpack_fn unpack, codes_fn body) {
     const sc_format *f = c->a->kf;
     const sc_store *st = c->a->k;
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
@@ -85,7 +90,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
     if (mode == 2) { /* k = code * s[j][cell] */
-        scales(st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        store_scales(c, st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
         if (kind == 2) {
             body(q, codes, 2, s, R, nt, D, TL, sc, G, pfend);
             return;
@@ -101,7 +106,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
-        scales(st, sf32, cell0, D, sc);
+        store_scales(c, st, sf32, cell0, D, sc);
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const uint8_t *ct = codes + t * rb;
@@ -112,18 +117,18 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
                 unpack(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
                 body(qf, (const uint8_t *)u4, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
             }
-        if (f->zero_point) zp_bias(c, q, sc, kr, g, t, n, s, scales);
+        if (f->zero_point) zp_bias(c, q, sc, kr, g, t, n, s);
         t += n;
     }
 }
 
 SC_INL void pv8_driver(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p, float *o,
-                       scales_fn scales, unpack_fn unpack, codes_fn body) {
+                       unpack_fn unpack, codes_fn body) {
     const sc_format *f = c->a->vf;
     const sc_store *st = c->a->v;
     const int64_t D = c->D, G = f->channel_group;
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    scales(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     if (code_kind(f) == 2) {
@@ -328,17 +333,6 @@ SC_T_AVX2 static void pvd_avx2(const float *p, const void *v, int64_t vs, int f1
     else pv_body8(p, v, vs, 0, o, R, nt, D, TL, NULL, 1, end);
 }
 
-/* n scales of a store (fp16 or fp32) from element i0, as fp32 */
-SC_T_AVX2 static void scales_f32_avx2(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
-    if (f32) {
-        memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
-        return;
-    }
-    const uint16_t *h = (const uint16_t *)st->scales + i0;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-    for (; i < n; i++) dst[i] = sc_h2f(h[i]);
-}
 
 /* unpack4 (AVX-512 section) on 256-bit vectors: int4 codes -> int8 bytes,
  * 64 codes per step; n codes, a multiple of 16 */
@@ -386,11 +380,11 @@ SC_T_AVX2 static void pv_codes_avx2(const float *p, const uint8_t *codes, int ki
 }
 SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, scales_f32_avx2, unpack4_avx2, qk_codes_avx2);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4_avx2, qk_codes_avx2);
 }
 SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                float *o) {
-    pv8_driver(c, sc, kr, j0, nt, p, o, scales_f32_avx2, unpack4_avx2, pv_codes_avx2);
+    pv8_driver(c, sc, kr, j0, nt, p, o, unpack4_avx2, pv_codes_avx2);
 }
 
 /* exp2_neg on 8 lanes: the same polynomial; 2^round(x) built in the exponent
@@ -725,17 +719,6 @@ SC_T_AVX512 static void pvd_avx512(const float *p, const void *v, int64_t vs, in
 }
 
 /* ---- int8 stores read in place: codes converted in registers, never to a tile */
-/* n scales of a store (fp16 or fp32) from element i0, as fp32 */
-SC_T_AVX512 static void scales_f32(const sc_store *st, int f32, int64_t i0, int64_t n, float *dst) {
-    if (f32) {
-        memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
-        return;
-    }
-    const uint16_t *h = (const uint16_t *)st->scales + i0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
-    for (; i < n; i++) dst[i] = sc_h2f(h[i]);
-}
 
 
 /* int4 codes unpacked to int8 bytes in an L1 scratch, U4_KEYS keys at a time,
@@ -782,11 +765,11 @@ SC_T_AVX512 static void pv_codes_avx512(const float *p, const uint8_t *codes, in
 }
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, scales_f32, unpack4, qk_codes_avx512);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4, qk_codes_avx512);
 }
 SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                    float *o) {
-    pv8_driver(c, sc, kr, j0, nt, p, o, scales_f32, unpack4, pv_codes_avx512);
+    pv8_driver(c, sc, kr, j0, nt, p, o, unpack4, pv_codes_avx512);
 }
 
 /* exp2_neg on 16 lanes: same polynomial, 2^round(x) applied with scalef
@@ -1027,7 +1010,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     }
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        scales_f32(st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+        store_scales(c, st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
         for (int64_t r = 0; r < R; r++) {
             __m512 y[16], mx = _mm512_setzero_ps();
             for (int64_t ch = 0; ch < D; ch += 16) { /* vrangeps 0x0B: the larger magnitude, sign cleared */
@@ -1082,7 +1065,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                               r0 == 0 ? pe : NULL); /* fewer than 4 rows: prefetch here */
             off += m;
         }
-        if (kind == 4) zp_bias(c, q, sc, kr, g, t, n, s, scales_f32);
+        if (kind == 4) zp_bias(c, q, sc, kr, g, t, n, s);
         t += n;
     }
 }
@@ -1284,7 +1267,7 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     }
     const sc_store *st = c->a->v;
     const int64_t ncell = D / G, TLp = PVW_TL, npair = (nt + 1) / 2;
-    scales_f32(st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
+    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
