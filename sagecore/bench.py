@@ -39,11 +39,16 @@ def llc_bytes():
         return 64 << 20
 
 
+def probe_buffer(nbytes=None):
+    """A buffer for sc_read_probe that cannot stay in the caches: nbytes
+    (default: 2x the LLC, at least 1 GiB), written once."""
+    return np.ones((nbytes or max(2 * llc_bytes(), 1 << 30)) // 8, np.uint64)
+
+
 def read_bandwidth(nbytes=None):
     """This machine's DRAM read bandwidth now (bytes/s): the best of 5 reads of
-    a buffer of nbytes (default: 2x the LLC, at least 1 GiB) by sc_read_probe
-    on the kernels' threads."""
-    probe = np.ones((nbytes or max(2 * llc_bytes(), 1 << 30)) // 8, np.uint64)
+    a probe_buffer by sc_read_probe on the kernels' threads."""
+    probe = probe_buffer(nbytes)
     return probe.nbytes / min(_cpu.read_probe(probe) for _ in range(5))
 
 
@@ -376,8 +381,7 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     every round as well: on a shared machine it moves too (28-54 GB/s seen
     on one machine), so each round's fraction uses that round's probe."""
     llc = llc_bytes()
-    probe = np.ones((probe_bytes or max(2 * llc, 1 << 30)) // 8, np.uint64)
-    _cpu.read_probe(probe)
+    probe = probe_buffer(probe_bytes)
     rng = np.random.default_rng(0)
     k = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
     v = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
