@@ -2,7 +2,7 @@
 one process (ns per key per kv head, one thread, split-K off).
 
     OPENBLAS_NUM_THREADS=1 python bench/build_ab.py DIR [DIR ...] [--policy int8]
-        [--precision bf16] [--n 4096] [--rounds 20] [--cold] [--threads 2] [--isa avx2]
+        [--precision bf16|int8] [--n 4096] [--rounds 20] [--cold] [--threads 2] [--isa avx2]
 
 Each DIR is a source tree with ``sagecore/_cpu*.so`` built in place (for
 instance a ``git worktree`` built with different ``CFLAGS=-D...``). Every
@@ -28,6 +28,7 @@ import numpy as np
 
 from sagecore import QuantKVCache
 from sagecore.bench import llc_bytes
+from sagecore.graph import PRECISION_CODES
 
 
 def load_build(root: str, tag: int):
@@ -56,7 +57,7 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--q-heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--precision", default="fp32", choices=list(PRECISION_CODES))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cold", action="store_true")
@@ -84,7 +85,7 @@ def main():
     segs = [first] + ([make() for _ in range(int(np.ceil(4 * llc_bytes() / nbytes)) - 1)] if args.cold else [])
     q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
     outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
-    prec = 1 if args.precision == "bf16" else 0
+    prec = PRECISION_CODES[args.precision]
     stores = [[(wrap(m, s.k), wrap(m, s.v)) for s in segs] for m in mods]
     calls = len(segs) if args.cold else max(10, 1_000_000 // (n * hkv))
 

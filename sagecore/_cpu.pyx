@@ -162,7 +162,7 @@ def attention(cnp.ndarray q, PackedStore k, PackedStore v, cnp.ndarray out, int6
     """Attention of q [B, Hq, M, D] over the K/V stores into out (C: sc_attention).
 
     kv_lens: optional int64 [B]; lse: optional C-contiguous float32 [B, Hq, M];
-    precision: 0 fp32, 1 bf16 operands allowed (sc_attention_args.precision)."""
+    precision: 0 fp32, 1 bf16 operands allowed, 2 8-bit operands allowed (sc_attention_args.precision)."""
     cdef sc_attention_args a
     keep = prepare_args(&a, q, out, kv_lens, scale, causal, split_k, lse, precision)
     a.kf = &k.fmt

@@ -52,8 +52,12 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
             accumulation; the precision class of a bf16 SDPA), which the CPU's
             AMX path and (with AVX512-BF16) its avx512_vnni level use for
             items of many rows, and its AVX512-VNNI decode for QK^T and PV in
-            integers on int8/int4 codes. A permission: other paths compute as
-            for ``"fp32"``.
+            integers on int8/int4 codes; or ``"int8"``: 8-bit operands as well
+            (SageAttention's precision class: int8 q' per row and token group,
+            u8 P' per row and tile), which AVX512-VNNI decode takes over int4
+            codes (VPDPBUSD); int8 codes keep 16-bit operands there, because
+            8-bit ones miss the int8 accuracy targets. A permission: other
+            paths compute as for ``"bf16"`` / ``"fp32"``.
 
     Returns:
         The output (float32 numpy array unless ``out`` is given), and the lse if asked.

@@ -213,8 +213,10 @@ def main(argv=None):
             one = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
             one.append(k, v)
             nb = kv_bytes(one)
-            # int8 and int4 also with bf16-class operands allowed (AVX512-VNNI: QK^T and PV in integers)
-            variants = [(pol, {})] + ([(f"{pol}-bf16", {"precision": "bf16"})] if pol in ("int8", "int4") else [])
+            # int8 and int4 also with bf16-class operands allowed (AVX512-VNNI: QK^T and PV in integers),
+            # int4 with 8-bit operands as well (precision="int8": VPDPBUSD)
+            variants = [(pol, {})] + ([(f"{pol}-bf16", {"precision": "bf16"})] if pol in ("int8", "int4") else []) \
+                + ([("int4-int8", {"precision": "int8"})] if pol == "int4" else [])
             for label, kw in variants:
                 t = best_of(lambda: one.attend(q, out=out, **kw), args.reps)
                 report(f"decode N={N} warm", label, t, nb)
@@ -298,10 +300,11 @@ def main(argv=None):
                   f"{by[('small call N=16', tp)] / by[('small call N=16', 'sdpa')]:5.2f}x")
     print("\nratios (time of the other path / time of ours, same run):")
     for (wl, path), ms in by.items():
-        if path in ("int8", "int4", "sdpa-fp16", "int8-bf16", "int4-bf16"):
+        if path in ("int8", "int4", "sdpa-fp16", "int8-bf16", "int4-bf16", "int4-int8"):
             parts = [f"vs fp16 {by[(wl, 'fp16')] / ms:5.2f}x"] if (wl, "fp16") in by else []
-            if path.startswith("int4") and (wl, "int8" + path[4:]) in by:
-                parts.append(f"vs {'int8' + path[4:]} {by[(wl, 'int8' + path[4:])] / ms:5.2f}x")
+            other = "int8-bf16" if path == "int4-int8" else "int8" + path[4:]
+            if path.startswith("int4") and (wl, other) in by:
+                parts.append(f"vs {other} {by[(wl, other)] / ms:5.2f}x")
             if (wl, "torch-bfloat16") in by:
                 parts.append(f"vs torch bf16 {by[(wl, 'torch-bfloat16')] / ms:5.2f}x")
             print(f"  {wl:22s} {path:9s} " + "  ".join(parts))
@@ -329,11 +332,14 @@ def _print_targets(rows) -> None:
     by = {(r["workload"], r["path"]): r for r in rows}
     lines = []
     for label, wl, path, ref, goal in TARGETS:
-        for p, r in ((path, ref), (path + "-bf16", ref + "-bf16" if ref in ("int8", "int4") else ref)):
+        pairs = [(path, ref, ""), (path + "-bf16", ref + "-bf16" if ref in ("int8", "int4") else ref, " (bf16)")]
+        if path == "int4":  # each format at its fastest precision that meets its accuracy targets
+            pairs.append(("int4-int8", "int8-bf16" if ref == "int8" else ref, " (int4 at int8, int8 at bf16)"))
+        for p, r, tag in pairs:
             if (wl, p) not in by or (r is not None and (wl, r) not in by):
                 continue
             val = by[(wl, p)]["frac_bw"] if r is None else by[(wl, r)]["ms"] / by[(wl, p)]["ms"]
-            name = label if p == path else label.replace(path, p, 1).replace(f"vs {ref}", f"vs {r}") + " (bf16)"
+            name = label if p == path else label.replace(path, p, 1).replace(f"vs {ref}", f"vs {r}") + tag
             lines.append(f"  {name:66s} {val:5.2f}{'' if r is None else 'x'}  target >= {goal:g}: "
                          f"{'met' if val >= goal else 'NOT met'}")
     if lines:
@@ -399,7 +405,8 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
 
     paths = {}
     for name, pol, kw in (("fp16", "fp16", {}), ("int8", "int8", {}), ("int8-bf16", "int8", {"precision": "bf16"}),
-                          ("int4", "int4", {}), ("int4-bf16", "int4", {"precision": "bf16"})):
+                          ("int4", "int4", {}), ("int4-bf16", "int4", {"precision": "bf16"}),
+                          ("int4-int8", "int4", {"precision": "int8"})):
         paths[name] = rotation(lambda pol=pol: cache(pol), kv_bytes(cache(pol)),
                                lambda c, kw=kw: c.attend(q, out=o, **kw))
     if torch is not None:
@@ -427,8 +434,9 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
         parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
         if name != "fp16":
             parts.append(f"fp16 / this {med['fp16'] / med[name]:5.2f}x")
-        if name.startswith("int4") and "int8" + name[4:] in med:
-            parts.append(f"{'int8' + name[4:]} / this {med['int8' + name[4:]] / med[name]:5.2f}x")
+        other = "int8-bf16" if name == "int4-int8" else "int8" + name[4:]
+        if name.startswith("int4") and other in med:
+            parts.append(f"{other} / this {med[other] / med[name]:5.2f}x")
         if "torch-bfloat16" in med and name != "torch-bfloat16":
             parts.append(f"torch bf16 / this {med['torch-bfloat16'] / med[name]:5.2f}x")
         nb = paths[name][2]

@@ -402,8 +402,10 @@ class QuantKVCache:
             return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
             backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
             copy: allow copying a q that cannot be used in place.
-            precision: ``"fp32"`` (default) or ``"bf16"``: QK^T and PV operands
-                may be rounded to bf16 (see :func:`sagecore.sdpa`).
+            precision: ``"fp32"`` (default), ``"bf16"`` (operands may be
+                rounded to bf16) or ``"int8"`` (8-bit operands where the
+                cache's accuracy targets allow: int4 codes); see
+                :func:`sagecore.sdpa`.
 
         Returns:
             ``out`` (float32 unless ``out`` is given), and the lse if asked.

@@ -19,7 +19,7 @@ def _info(args) -> int:
     print(f"         isa: best {cpu['best_isa']}, active {cpu['active_isa']} "
           f"(usable: {', '.join(_cpu.supported_isas())}; force with SAGECORE_ISA)")
     print(f"         threads: {cpu['threads']}")
-    vnni = "VNNI integer QK/PV in decode at precision='bf16'"
+    vnni = "VNNI integer QK/PV in decode at precision='bf16', 8-bit over int4 codes at 'int8'"
     kernels = {"portable": "portable C", "avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": f"AVX-512 ({vnni})",
                "amx": f"AVX-512 (decode; {vnni}) + AMX bf16x3 tiles (prefill)",
                "neon": "NEON", "neon_dotprod": "NEON (dotprod integer QK for int8 K)"}

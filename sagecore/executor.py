@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from sagecore.errors import UnsupportedError
+from sagecore.graph import PRECISION_CODES
 
 __all__ = ["Executor", "CpuExecutor", "MetalExecutor", "ReferenceExecutor", "executor"]
 
@@ -54,7 +55,7 @@ class CpuExecutor(Executor):
         from sagecore import _cpu
         causal = bool(plan.request.causal)
         split = int(plan.decision.split_k)
-        prec = 1 if plan.request.precision == "bf16" else 0  # sc_attention_args.precision
+        prec = PRECISION_CODES[plan.request.precision]  # sc_attention_args.precision
         if plan.request.kv_source == "tensor":
             f = _cpu.attention_tensors
 

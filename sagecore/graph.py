@@ -39,10 +39,15 @@ CPU_MX_ROWS_MAX = 256  # csrc/attn/attn_body.h MX_ROWS_MAX (the AMX path)
 
 #: The ``precision`` values a request may carry: the lowest precision the
 #: kernels may use for the operands of QK^T and PV (accumulation is always
-#: fp32). ``"bf16"`` is a permission, not a demand: only the CPU's AMX path
-#: uses it (one bf16 tile product instead of three); every other path computes
-#: as for ``"fp32"``.
-PRECISIONS = ("fp32", "bf16")
+#: fp32). ``"bf16"`` and ``"int8"`` are permissions, not demands: ``"bf16"``
+#: lets the CPU's multi-row paths (AMX, AVX512-BF16) round operands to bf16 and
+#: AVX512-VNNI decode take 16-bit integer operands; ``"int8"`` (which includes
+#: ``"bf16"``) lets that decode take 8-bit operands over int4 codes
+#: (SageAttention's precision class; int8 codes keep 16-bit ones, see
+#: docs/architecture.md). Every other path computes as for ``"fp32"``.
+PRECISIONS = ("fp32", "bf16", "int8")
+#: sc_attention_args.precision of each value
+PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
 
 
 def check_precision(precision) -> str:
@@ -77,7 +82,7 @@ class AttentionRequest:
     split_k: int = 0             # requested: 0 = selector decides
     return_lse: bool = False
     kv_lens: bool = False        # per-batch key lengths given
-    precision: str = "fp32"      # lowest operand precision allowed: fp32 or bf16 (see PRECISIONS)
+    precision: str = "fp32"      # lowest operand precision allowed (see PRECISIONS)
 
     @property
     def group(self) -> int:

@@ -26,7 +26,7 @@ def test_targets(sets, policy, data):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("policy,data", sorted(accuracy.TARGETS))
 def test_targets_hold_for_kernel_outputs(sets, policy, data, precision):
     """The targets hold for what the kernels compute, not only for the stored

@@ -219,8 +219,9 @@ def test_precision_is_validated(rng):
     with pytest.raises(InvalidArgumentError, match="precision"):
         sagecore.sdpa(q, k, k, precision="fp8")
     out = np.empty_like(q)
-    with pytest.raises(InvalidArgumentError, match="precision"):  # the C core checks it too
-        _cpu.attention_tensors(q, k, k, out, None, 0.125, False, 0, None, 2)
+    for code in (3, -1):  # the C core checks it too (0 fp32, 1 bf16, 2 int8)
+        with pytest.raises(InvalidArgumentError, match="precision"):
+            _cpu.attention_tensors(q, k, k, out, None, 0.125, False, 0, None, code)
 
 
 def test_extreme_logits_no_nan(rng):
@@ -377,3 +378,48 @@ def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
             assert quality(got.astype(np.float64), ref)["rel_l1"] < 2e-4
     else:
         np.testing.assert_array_equal(fast, exact)
+
+
+#: symmetric int4 K and int4 V in 64-channel cells (two 32-channel lanes share a scale)
+INT4_G64 = {"k": "int4.t64.g1.s16", "v": "int4.t1.g64.s16"}
+
+
+@pytest.mark.parametrize("pol,hq,m,n,d,qk8,pv8", [
+    ("int4", 8, 1, 701, 128, True, True), ("int4", 16, 1, 333, 128, True, True),
+    ("int4", 2, 1, 300, 128, False, True), ("int4", 8, 3, 200, 256, True, True),
+    ("int4", 8, 1, 300, 64, True, False), ("int4", 8, 1, 257, 192, True, False),
+    (INT4_SYM, 8, 1, 203, 64, True, False), (INT4_SYM, 8, 1, 300, 128, True, True),
+    (INT4_G64, 8, 1, 333, 256, True, True), ("int8k-int4v", 8, 1, 300, 128, False, True),
+    ("int8", 8, 1, 300, 128, False, False), ("q8_0", 8, 1, 300, 128, False, False)])
+def test_precision_int8_decode(rng, isa, pol, hq, m, n, d, qk8, pv8):
+    """precision="int8" (8-bit operands): on AVX512-VNNI, int4 K codes meet
+    int8 q' in VPDPBUSD (whole 64-channel blocks, rows in fours) and symmetric
+    int4 V codes meet u8 P' (d a multiple of 128); everything else computes as
+    at "bf16", and int8 codes keep 16-bit operands (8-bit ones miss the int8
+    accuracy targets)."""
+    c = build(pol, 1, 2, n, d, rng)
+    q = (rng.standard_normal((1, hq, m, d)) * 2).astype(np.float32)
+    bf = c.attend(q, split_k=1, is_causal=True, precision="bf16")
+    i8 = c.attend(q, split_k=1, is_causal=True, precision="int8")
+    if isa not in ("avx512_vnni", "amx") or not (qk8 or pv8):
+        np.testing.assert_array_equal(i8, bf)
+        return
+    assert not np.array_equal(i8, bf)
+    kd, vd = c.dequantize()
+    ref = sdpa_reference(q, kd, vd, is_causal=True)
+    qual = quality(i8.astype(np.float64), ref)
+    # 2^-8 of each row's largest q' and P': here (peaked softmax) up to ~5e-2
+    # relative against attention over the same codes in float64; the int4
+    # codes' own error against the original K/V is ~2e-1 (docs/accuracy.md)
+    tol = 0.08 if qk8 else 0.02  # 8-bit P' alone: ~1e-2
+    assert qual["cosine"] > 0.998 and qual["rel_l1"] < tol, qual
+    # split-K and per-row key lengths take the same paths
+    lens = [n, n // 3]
+    c2 = build(pol, 2, 2, n, d, rng)
+    q2 = (rng.standard_normal((2, hq, m, d)) * 2).astype(np.float32)
+    kd, vd = c2.dequantize()
+    ref = sdpa_reference(q2, kd, vd, is_causal=True, kv_lens=lens)
+    for s in (1, 3):
+        got = c2.attend(q2, split_k=s, is_causal=True, kv_lens=lens, precision="int8")
+        qual = quality(got.astype(np.float64), ref)
+        assert qual["cosine"] > 0.998 and qual["rel_l1"] < tol, qual

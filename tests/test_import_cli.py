@@ -75,10 +75,10 @@ def test_bench_decode_ab_smoke(capsys):
     assert float(lines[0].split("every round) ")[1].split("-")[0]) > 0  # GB/s
     fracs = [float(ln.split("KV/read bw: best ")[1].split()[0]) for ln in lines[1:]]
     assert all(f > 0 for f in fracs), fracs
-    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16", "int4-int8"]
     assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in lines[1:])
     assert all("fp16 / this" in ln for ln in lines[2:])
-    assert "int8 / this" in lines[4] and "int8-bf16 / this" in lines[5]
+    assert "int8 / this" in lines[4] and "int8-bf16 / this" in lines[5] and "int8-bf16 / this" in lines[6]
 
 
 def test_bench_backend_metal_refuses_the_emulation():

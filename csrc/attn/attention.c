@@ -155,8 +155,9 @@ sc_status sc_attention(const sc_attention_args *a) {
                 return sc_fail(SC_ERR_INVALID_ARGUMENT, "kv_lens[%lld] = %lld is outside [0, %lld]", (long long)b,
                                (long long)a->kv_lens[b], (long long)a->kv_len);
     if (a->split_k < 0) return sc_fail(SC_ERR_INVALID_ARGUMENT, "split_k %d must be >= 0", a->split_k);
-    if (a->precision != SC_PRECISION_FP32 && a->precision != SC_PRECISION_BF16)
-        return sc_fail(SC_ERR_INVALID_ARGUMENT, "precision %d is not SC_PRECISION_FP32 (0) or SC_PRECISION_BF16 (1)",
+    if (a->precision != SC_PRECISION_FP32 && a->precision != SC_PRECISION_BF16 && a->precision != SC_PRECISION_INT8)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT,
+                       "precision %d is not SC_PRECISION_FP32 (0), SC_PRECISION_BF16 (1) or SC_PRECISION_INT8 (2)",
                        a->precision);
     if (B == 0 || Hq == 0 || M == 0) return SC_OK;
 
@@ -203,7 +204,7 @@ sc_status sc_attention(const sc_attention_args *a) {
         tile_keys = TILE_KEYS_INPLACE;
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= tile_keys ? unit : unit * ((tile_keys + unit - 1) / unit);
-    if (mx && c.tile % 32 == 0) c.mx = a->precision == SC_PRECISION_BF16 ? 1 : MX_NS;
+    if (mx && c.tile % 32 == 0) c.mx = a->precision >= SC_PRECISION_BF16 ? 1 : MX_NS;
     const int threads = sc_num_threads();
     int64_t S = a->split_k ? a->split_k : sc_attention_auto_splits(B, Hkv, Hq, M, c.N, threads);
     /* splits are whole tiles */
@@ -229,7 +230,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     if (isa == SC_ISA_AVX512) { item = sc_attn_item_avx512; reduce = sc_attn_reduce_avx512; }
     else if (isa == SC_ISA_AVX512_VNNI) {
         /* bf16 setting on a CPU with AVX512-BF16: prefill items take VDPBF16PS */
-        item = a->precision == SC_PRECISION_BF16 && sc_cpu_has_avx512bf16() ? sc_attn_item_avx512bf16
+        item = a->precision >= SC_PRECISION_BF16 && sc_cpu_has_avx512bf16() ? sc_attn_item_avx512bf16
                                                                              : sc_attn_item_avx512vnni;
         reduce = sc_attn_reduce_avx512;
     }

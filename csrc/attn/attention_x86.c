@@ -848,8 +848,9 @@ SC_T_AVX512 void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w)
  * Why only under "bf16": the error is relative to the row's largest element,
  * 2-5e-5 rel L1 on the parity sweep against the 2e-5 the fp32 setting
  * promises (a hi/lo int16 split restores it but costs what it saves).
- * int8 x int8 with one int8 q, as in SageAttention, would be cheaper still
- * but misses the int8 accuracy targets (see attention_arm64.c). */
+ * int8 x int8 with one int8 q, as in SageAttention, is cheaper still but
+ * misses the int8 accuracy targets (see attention_arm64.c); it is taken for
+ * int4 codes under SC_PRECISION_INT8 (qkb44_block4, pv4b_vnni below). */
 #define SC_T_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 /* acc += pairwise int16 products of a and b. Inline asm with the accumulator
@@ -962,6 +963,66 @@ SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *
     store44(_mm512_mul_ps(_mm512_cvtepi32_ps(hsum16i(acc)), sc), s, r0, j, nk, TL); /* lane rr*4 + kk */
 }
 
+/* 8-bit operands (precision="int8", SageAttention's precision class) for
+ * int4 K read in place: VPDPBUSD multiplies 64 unsigned codes by 64 int8
+ * query values per instruction, twice VPDPWSSD's 32. The codes need no
+ * sign: symmetric ones are stored + 8 (the 8 x sum(q') comes off the sum),
+ * asymmetric ones are the unsigned codes themselves (zero points: zp_bias).
+ * 32 packed bytes are broadcast to both halves of a vector and the high half
+ * shifted right by 4: one vector = [even channels | odd channels] of a
+ * 64-channel block, the order q' is stored in. q' = round(q x s x 127 /
+ * max|q x s|) per row and token group (2^-8 of the row's largest element):
+ * for int4 codes that stays well under the codes' own error (accuracy test
+ * in tests/test_accuracy.py); for int8 codes it would not (cosine 0.9991
+ * against the 0.9999 target), so int8 K keeps 16-bit q' at every precision. */
+#define SC_DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, const uint8_t *k, float *s, int64_t r0,
+                                   int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
+    if (r0 == 0 && pfend) {
+        const char *pf = (const char *)k + (j + PF_KEYS) * (D / 2);
+        if (pf + nk * (D / 2) <= pfend)
+            for (int64_t l = 0; l < nk * (D / 2); l += 64) _mm_prefetch(pf + l, PF_HINT);
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i acc[16];
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int64_t ch = 0; ch < D; ch += 64) {
+        __m512i kv[4];
+        for (int kk = 0; kk < 4; kk++) {
+            if (kk < nk) {
+                const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(k + (j + kk) * (D / 2) + ch / 2)));
+                kv[kk] = _mm512_and_si512(_mm512_mask_srli_epi16(w, (__mmask32)0xFFFF0000u, w, 4), m4);
+            } else {
+                kv[kk] = _mm512_setzero_si512();
+            }
+        }
+        for (int rr = 0; rr < 4; rr++) {
+            const __m512i qv = _mm512_loadu_si512(qb + (r0 + rr) * D + ch);
+            for (int kk = 0; kk < 4; kk++) SC_DPBUSD(acc[rr * 4 + kk], kv[kk], qv);
+        }
+    }
+    store44(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc), s, r0, j, nk, TL);
+}
+/* q' of one row (y: q x s per 16 channels) as int8, [even 32 | odd 32] per
+ * 64-channel block; returns sum(q') */
+SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t ch = 0; ch < D; ch += 64) {
+        const __m512 *b = y + ch / 16;
+        const __m512 v[4] = {_mm512_permutex2var_ps(b[0], ie, b[1]), _mm512_permutex2var_ps(b[2], ie, b[3]),
+                             _mm512_permutex2var_ps(b[0], io, b[1]), _mm512_permutex2var_ps(b[2], io, b[3])};
+        for (int u = 0; u < 4; u++) {
+            const __m512i x = _mm512_cvtps_epi32(_mm512_mul_ps(v[u], inv)); /* |x| <= 127 */
+            sum = _mm512_add_epi32(sum, x);
+            _mm_storeu_si128((__m128i *)(dst + ch + 16 * u), _mm512_cvtepi32_epi8(x));
+        }
+    }
+    return _mm512_reduce_add_epi32(sum);
+}
+
 /* one row x 16 keys (rows past the last multiple of 4) */
 SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, float *s, int64_t j, int64_t nk,
                                 int64_t D, const char *pfend) {
@@ -982,7 +1043,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                                int64_t j0, int64_t nt, float *s) {
     const sc_format *f = c->a->kf;
     const int kind = code_kind(f); /* int8 (2), int4 (3, 4: unpacked to bytes first) */
-    if (mode != 1 || kind == 5 || c->a->precision != SC_PRECISION_BF16 || c->D > 256) { /* y[16] below */
+    if (mode != 1 || kind == 5 || c->a->precision < SC_PRECISION_BF16 || c->D > 256) { /* y[16] below */
         qk8_avx512(c, mode, q, qf, sc, kr, j0, nt, s);
         return;
     }
@@ -998,6 +1059,10 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     /* int4 codes read in place (qkw44_block4) when whole 64-channel blocks
      * and 4-row blocks; otherwise unpacked to bytes for the int8 loops */
     const int in4 = kind != 2 && D % 64 == 0 && R % 4 == 0;
+    /* int4 codes with 8-bit q' (qkb44_block4) at precision="int8" */
+    const int b8 = in4 && c->a->precision >= SC_PRECISION_INT8;
+    int8_t *qb = (int8_t *)qf; /* [R][D] when b8 */
+    int32_t qsum[Q8_MAX_ROWS + 16] = {0};
     __m512i even = _mm512_setzero_si512(), odd = even;
     if (in4) {
         int16_t ie[32], io[32];
@@ -1018,6 +1083,11 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                 mx = _mm512_range_ps(mx, y[ch / 16], 0x0B);
             }
             const float m = _mm512_reduce_max_ps(mx);
+            if (b8) {
+                ar[r] = m * (1.0f / 127.0f);
+                qsum[r] = round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D);
+                continue;
+            }
             ar[r] = m * (1.0f / 32767.0f);
             const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
             int64_t ch = 0;
@@ -1038,8 +1108,15 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
             const uint8_t *ct = codes + t * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
                 const __m512 sc4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(ar + r0));
-                for (int64_t j = 0; j < n; j += 4)
-                    qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
+                if (b8) { /* symmetric codes are stored + 8: 8 sum(q') off each sum */
+                    const __m512i bias = kind == 3 ? _mm512_slli_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(lane, 2),
+                                                                                              _mm512_loadu_si512(qsum + r0)), 3)
+                                                   : _mm512_setzero_si512();
+                    for (int64_t j = 0; j < n; j += 4)
+                        qkb44_block4(qb, sc4, bias, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                } else
+                    for (int64_t j = 0; j < n; j += 4)
+                        qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
             }
         }
         for (int64_t off = 0; off < n && !in4;) { /* int4: U4_KEYS keys at a time through the byte scratch */
@@ -1255,14 +1332,169 @@ SC_T_VNNI SC_INL void scales_by_cell4(const float *sc, int64_t nt, float (*dst)[
     }
 }
 
+/* PV with 8-bit operands (precision="int8") over symmetric int4 V read in
+ * place (kind 3, stored + 8, D a multiple of 128, cells of 32k channels):
+ * VPDPBUSD sums 4 keys per lane, u8 P' x the unsigned codes, 64 products per
+ * instruction. P' = p x s[key][cell] is rounded to 0..255 against the row's
+ * largest P' in the tile (2^-9 of it), and the codes' + 8 comes off as
+ * 8 x sum(P') per cell at the flush. Per 4 keys, the 64 packed bytes
+ * (128 channels) of each key are interleaved by bytes and then words, so a
+ * dword holds one packed byte of the 4 keys; its low nibbles are the even
+ * channels, the high nibbles the odd ones (two passes, E and O, of 16
+ * accumulators each). 128-bit lane l of every vector is channels 32l..32l+31
+ * of the block, one cell, so the P' operand is one dword per lane: stored
+ * that way per 4 keys, [row][block][4-key group][lane][4 copies], when P' is
+ * rounded. Accumulator u of pass h, lane l, dword p: channel 32l + 8u + 2p
+ * + h; the flush interleaves E and O and transposes 128-bit lanes. */
+#define PVB_BLK 2 /* 128-channel blocks (D <= 256) */
+typedef struct {
+    uint8_t p[16][PVB_BLK][PVW_TL / 4][64] __attribute__((aligned(64))); /* P' operands */
+    int32_t corr[16][PVB_BLK][16] __attribute__((aligned(64)));          /* 8 sum(P') of lane l's cell */
+    int32_t e[4][4][16] __attribute__((aligned(64)));                    /* pass E's sums of 4 rows */
+} pvb_scratch;
+
+/* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; pass E leaves its sums in e */
+SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, const pvb_scratch *w, const float *ps, float *o, int64_t r0,
+                               int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend, const int h,
+                               int32_t (*e)[4][16]) {
+    const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
+    static const uint8_t zero[64] __attribute__((aligned(64)));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i acc[4][4];
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
+    const char *pf = (const char *)v + PF_KEYS * rb + blk * 64;
+    for (int64_t g = 0; g < ngrp; g++) {
+        __m512i z[4];
+        for (int kk = 0; kk < 4; kk++) {
+            const int64_t j = 4 * g + kk;
+            z[kk] = _mm512_loadu_si512(j < nt ? v + j * rb + blk * 64 : zero);
+        }
+        if (h == 0 && r0 == 0 && pfend && pf + 4 * rb <= pfend) /* keys 4g..4g+3, PF_KEYS ahead */
+            for (int kk = 0; kk < 4; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
+        pf += 4 * rb;
+        const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
+        const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
+        __m512i x[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
+                        _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23)};
+        for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const __m512i pv = _mm512_load_si512(w->p[r0 + rr][blk][g]);
+            for (int u = 0; u < 4; u++) SC_DPBUSD(acc[rr][u], pv, x[u]);
+        }
+    }
+    if (h == 0) {
+        for (int rr = 0; rr < 4; rr++)
+            for (int u = 0; u < 4; u++) _mm512_store_si512(e[rr][u], acc[rr][u]);
+        return;
+    }
+    for (int rr = 0; rr < 4; rr++) {
+        if (rr >= nr) break;
+        const __m512i cv = _mm512_load_si512(w->corr[r0 + rr][blk]);
+        __m512i t[4][2];
+        for (int u = 0; u < 4; u++) {
+            const __m512i ev = _mm512_sub_epi32(_mm512_load_si512(e[rr][u]), cv);
+            const __m512i ov = _mm512_sub_epi32(acc[rr][u], cv);
+            t[u][0] = _mm512_unpacklo_epi32(ev, ov); /* lane l: channels 32l + 8u + 0..3 */
+            t[u][1] = _mm512_unpackhi_epi32(ev, ov); /* 32l + 8u + 4..7 */
+        }
+        float *orow = o + (r0 + rr) * D + blk * 128;
+        const __m512 sc = _mm512_set1_ps(ps[r0 + rr]);
+        for (int a = 0; a < 2; a++) { /* lane l of q0[0], q0[1], q1[0], q1[1]: channels 32l + 16a + 0..3, 4..7, 8..11, 12..15 */
+            const __m512i *q0 = t[2 * a], *q1 = t[2 * a + 1];
+            const __m512i t0 = _mm512_shuffle_i32x4(q0[0], q0[1], _MM_SHUFFLE(1, 0, 1, 0));
+            const __m512i t1 = _mm512_shuffle_i32x4(q1[0], q1[1], _MM_SHUFFLE(1, 0, 1, 0));
+            const __m512i t2 = _mm512_shuffle_i32x4(q0[0], q0[1], _MM_SHUFFLE(3, 2, 3, 2));
+            const __m512i t3 = _mm512_shuffle_i32x4(q1[0], q1[1], _MM_SHUFFLE(3, 2, 3, 2));
+            const __m512i n[4] = {_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
+                                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
+            for (int l = 0; l < 4; l++) { /* channels 32l + 16a .. + 15 */
+                float *dst = orow + 32 * l + 16 * a;
+                _mm512_storeu_ps(dst, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n[l]), sc, _mm512_loadu_ps(dst)));
+            }
+        }
+    }
+}
+SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, const pvb_scratch *w, const float *ps, float *o, int64_t r0,
+                                int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend, int32_t (*e)[4][16]) {
+    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 0, e);
+    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 1, e);
+}
+
+SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0,
+                                                          int64_t nt, const float *p, float *o) {
+    const sc_format *f = c->a->vf;
+    const sc_store *st = c->a->v;
+    const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
+    const int64_t nblk = D / 128, nv = (nt + 15) / 16;
+    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
+    pvb_scratch w;
+    float ps[16];
+    float sT[8][PVW_TL] __attribute__((aligned(64)));
+    if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
+    else
+        for (int64_t cl = 0; cl < n32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i cellsel = _mm512_srli_epi32(lane, 2); /* dword (l, copy) <- l */
+    for (int64_t r = 0; r < R; r++) {
+        __m512 pv[PVW_TL / 16], mx = _mm512_setzero_ps();
+        for (int64_t jv = 0; jv < nv; jv++) {
+            const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
+            pv[jv] = _mm512_maskz_loadu_ps(km, p + r * TL + 16 * jv);
+            for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
+                mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
+        }
+        const float m = _mm512_reduce_max_ps(mx);
+        ps[r] = m * (1.0f / 255.0f);
+        const __m512 inv = _mm512_set1_ps(m > 0.0f ? 255.0f / m : 0.0f);
+        for (int64_t b = 0; b < nblk; b++) {
+            __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                              _mm512_setzero_si512()};
+            for (int64_t jv = 0; jv < nv; jv++) {
+                __m512i x[4];
+                for (int l = 0; l < 4; l++) { /* 0 <= x <= 255 */
+                    x[l] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[4 * b + l][16 * jv])), inv));
+                    sum[l] = _mm512_add_epi32(sum[l], x[l]);
+                }
+                /* lane g (4-key group g of these 16 keys): dwords cell 0..3 of the group */
+                const __m512i by = _mm512_packus_epi16(_mm512_packus_epi32(x[0], x[1]), _mm512_packus_epi32(x[2], x[3]));
+                for (int64_t g = 0; g < 4 && 4 * jv + g < (nt + 3) / 4; g++)
+                    _mm512_store_si512(w.p[r][b][4 * jv + g],
+                                       _mm512_permutexvar_epi32(_mm512_add_epi32(cellsel, _mm512_set1_epi32(4 * (int)g)), by));
+            }
+            int32_t cs[16];
+            for (int l = 0; l < 4; l++) {
+                const int32_t v8 = 8 * _mm512_reduce_add_epi32(sum[l]);
+                for (int k = 0; k < 4; k++) cs[4 * l + k] = v8;
+            }
+            _mm512_store_si512(w.corr[r][b], _mm512_loadu_si512(cs));
+        }
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t b = 0; b < nblk; b++) /* nr a constant in the common case: accumulators in registers */
+            if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, w.e);
+            else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, w.e);
+    }
+}
+
 SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
     const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, read in place: pvw_block4) */
-    if (c->a->precision != SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 64 || D > 256 ||
+    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 64 || D > 256 ||
         TL > PVW_TL || R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
+        return;
+    }
+    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && D % 128 == 0) { /* 8-bit P' */
+        pv4b_vnni(c, sc, kr, j0, nt, p, o);
         return;
     }
     const sc_store *st = c->a->v;

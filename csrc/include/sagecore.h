@@ -26,7 +26,7 @@
 extern "C" {
 #endif
 
-#define SC_ABI_VERSION 2 /* 2: sc_attention_args.precision */
+#define SC_ABI_VERSION 3 /* 2: sc_attention_args.precision; 3: SC_PRECISION_INT8 */
 
 /* ---------------------------------------------------------------- status */
 typedef enum sc_status {
@@ -213,12 +213,17 @@ typedef struct sc_attention_args {
      * path then takes one tile product instead of three, the avx512_vnni
      * level's prefill items take VDPBF16PS where the CPU has AVX512-BF16,
      * and AVX512-VNNI decode computes QK^T and PV on int8/int4 codes in
-     * integers. A permission, not a demand: other paths compute in fp32
-     * either way. */
+     * integers. SC_PRECISION_INT8 (includes BF16's permissions): 8-bit
+     * operands, SageAttention's precision class (int8 q' per row and token
+     * group, u8 P' per row and tile, 2^-8 of the largest element); AVX512-VNNI
+     * decode then takes VPDPBUSD over int4 codes, where the codes' own error
+     * dominates. int8 codes keep 16-bit operands: 8-bit ones miss the int8
+     * accuracy targets. A permission, not a demand: other paths compute in
+     * fp32 either way. */
     int32_t precision;
 } sc_attention_args;
 
-enum { SC_PRECISION_FP32 = 0, SC_PRECISION_BF16 = 1 };
+enum { SC_PRECISION_FP32 = 0, SC_PRECISION_BF16 = 1, SC_PRECISION_INT8 = 2 };
 
 sc_status sc_attention(const sc_attention_args *a);
 
