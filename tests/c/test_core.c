@@ -262,6 +262,15 @@ static void test_precision_case(sc_isa best, int M) {
     else EXPECT(e == 0, "precision bf16 changed the %s path, M=%d (diff %g)", sc_isa_name(best), M, e);
     if (M == 1) EXPECT(e <= 1e-3 * m, "integer decode differs from fp32 by %g (max |o| %g)", e, m);
     printf("precision bf16: max diff %.1e against fp32 (%s, M=%d)\n", e, sc_isa_name(best), M);
+    /* SC_PRECISION_INT8 allows 8-bit operands, which int8 codes never take
+     * (they would miss the int8 accuracy targets): the same result as BF16 */
+    a.precision = SC_PRECISION_INT8;
+    a.out.ptr = o0;
+    EXPECT(sc_attention(&a) == SC_OK, "int8 attention failed: %s", sc_last_error());
+    EXPECT(memcmp(o0, o1, sizeof(float) * B * Hq * M * D) == 0, "precision int8 changed an int8 cache's result (M=%d)", M);
+    a.precision = SC_PRECISION_INT8 + 1;
+    EXPECT(sc_attention(&a) == SC_ERR_INVALID_ARGUMENT && strstr(sc_last_error(), "SC_PRECISION_INT8"),
+           "precision %d was not rejected", SC_PRECISION_INT8 + 1);
     free(x); free(q); free(o0); free(o1);
     store_free(&kb);
     store_free(&vb);
