@@ -389,6 +389,7 @@ INT4_G64 = {"k": "int4.t64.g1.s16", "v": "int4.t1.g64.s16"}
     ("int4", 2, 1, 300, 128, False, True), ("int4", 8, 3, 200, 256, True, True),
     ("int4", 8, 1, 300, 64, True, False), ("int4", 8, 1, 257, 192, True, False),
     (INT4_SYM, 8, 1, 203, 64, True, False), (INT4_SYM, 8, 1, 300, 128, True, True),
+    ("int8k-int4v", 2, 1, 301, 64, False, False), (INT4_SYM, 4, 1, 150, 96, False, False),
     (INT4_G64, 8, 1, 333, 256, True, True), ("int8k-int4v", 8, 1, 300, 128, False, True),
     ("int8", 8, 1, 300, 128, False, False), ("q8_0", 8, 1, 300, 128, False, False)])
 def test_precision_int8_decode(rng, isa, pol, hq, m, n, d, qk8, pv8):
