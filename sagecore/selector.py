@@ -76,10 +76,15 @@ def overrides() -> _Overrides:
     return _env
 
 
+#: bumped by :func:`reset`: fast paths remembered before it (QuantKVCache.attend's) are dropped
+generation = [0]
+
+
 def reset() -> None:
     """Re-read the environment and drop cached plans and fast paths."""
     global _env
     _env = None
+    generation[0] += 1
     _routes.clear()
     _decisions.clear()
     from sagecore import attention
@@ -125,14 +130,17 @@ _routes: dict = {}
 _decisions: dict = {}
 
 
-def select(r: AttentionRequest, profile=None) -> Decision:
+def select(r: AttentionRequest, profile=None, kv_len=None) -> Decision:
     """Route request ``r``. Raises NoBackendError (with every backend's reason)
     or InvalidArgumentError for a bad override.
 
     Routing (backend, path, variant) is memoized per request key; the split
-    count is recomputed from ``r.kv_len`` on every call (cheap arithmetic), so
-    a growing cache gets the profile's split decision at each length."""
+    count is recomputed from ``r.kv_len`` (or ``kv_len``, which overrides it:
+    a request kept across calls on a growing cache) on every call (cheap
+    arithmetic), so a growing cache gets the profile's split decision at each
+    length."""
     env = overrides()
+    n = r.kv_len if kv_len is None else kv_len
     key = r.key()
     route = _routes.get(key) if profile is None else None
     if route is None:
@@ -156,9 +164,9 @@ def select(r: AttentionRequest, profile=None) -> Decision:
             from sagecore.backends import METAL_PARALLEL_GROUPS
             from sagecore.metal.attention import row_blocks as metal_row_blocks
             _, nrb = metal_row_blocks(r.group, r.q_len, variant)
-            split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, METAL_PARALLEL_GROUPS)
+            split, why = prof.split_k(r.batch * r.kv_heads * nrb, n, METAL_PARALLEL_GROUPS)
         else:
-            split, why = prof.split_k(r.batch * r.kv_heads * nrb, r.kv_len, _cpu.get_num_threads())
+            split, why = prof.split_k(r.batch * r.kv_heads * nrb, n, _cpu.get_num_threads())
         why = f"split-K: {why} (profile {prof.source})"
         # the reason text names kv_len: memoize decisions per split count only
         dkey = (key, split)

@@ -272,3 +272,37 @@ def test_row_blocking_follows_the_core(isa):
     assert row_blocking(4, 2048, 80) == (16, 128)   # d80: no tile path
     assert row_blocking(4, 3, 128) == (3, 1)        # 12 rows: decode-sized
     assert row_blocking(1, 300, 64) == ((256, 2) if amx else (64, 5))
+
+
+def test_cache_attend_fast_path_follows_a_decode_loop(monkeypatch):
+    """Repeated plain calls skip request building and routing but still take
+    the split decision at every length (one item: split-K past min_kv_len), see
+    appends, capacity growth and selector.reset(); results are those of the
+    full path (return_lse=True always takes it)."""
+    from sagecore import executor as ex
+    rng = np.random.default_rng(3)
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=1024)
+    c.append(*(rng.standard_normal((2, 1, 1, 1990, 64)).astype(np.float32)))
+    calls = []
+    real = ex.plan_for
+    monkeypatch.setattr(ex, "plan_for", lambda r: calls.append(r.kv_len) or real(r))
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    out = np.empty_like(q)
+    splits = set()
+    for step in range(70):  # 1990 -> 2060 keys: across split.min_kv_len 2048 and a capacity growth
+        got = c.attend(q, out=out)
+        full, _ = c.attend(q, return_lse=True)
+        np.testing.assert_array_equal(got, full)
+        splits.add(selector.select(AttentionRequest(1, 4, 1, 1, len(c), 64, k_format=c.formats[0][1].format_id,
+                                                    v_format=c.formats[0][2].format_id, kv_source="store",
+                                                    kv_dtype="packed")).split_k)
+        c.append(*(rng.standard_normal((2, 1, 1, 1, 64)).astype(np.float32)))
+    assert len(splits) > 1, splits  # the loop crossed a split decision
+    assert len(calls) == 1 + 70  # every full call built a request, of the plain calls only the first
+    with pytest.raises(errors.InvalidArgumentError, match="out"):
+        c.attend(q, out=np.empty((1, 4, 2, 64), np.float32))
+    n = len(calls)
+    monkeypatch.setenv("SAGECORE_SPLIT_K", "3")
+    selector.reset()  # drops the fast path: the next plain call routes again
+    c.attend(q, out=out)
+    assert len(calls) == n + 1

@@ -1,0 +1,45 @@
+"""Python cost of QuantKVCache.attend over the C kernel call it makes.
+
+    OPENBLAS_NUM_THREADS=1 python bench/attend_overhead.py [N ...]
+
+Decode (B=1, 32/8 heads, d128, int8 cache, precision="bf16", 1 thread):
+``cache.attend(q, out=o)`` against ``_cpu.attention`` on the same packed
+stores with the same arguments, alternated loop by loop (this machine's speed
+drifts); prints the medians and their difference per N.
+"""
+import sys
+import time
+
+import numpy as np
+
+from sagecore import _cpu
+from sagecore.cache import QuantKVCache
+
+
+def main(ns):
+    rng = np.random.default_rng(0)
+    _cpu.set_num_threads(1)
+    for n in ns:
+        c = QuantKVCache("int8", batch=1, kv_heads=8, head_dim=128, capacity=n)
+        c.append(rng.standard_normal((1, 8, n, 128), dtype=np.float32),
+                 rng.standard_normal((1, 8, n, 128), dtype=np.float32))
+        q = rng.standard_normal((1, 32, 1, 128), dtype=np.float32)
+        o = np.empty_like(q)
+        seg = c._segments[0]
+        fns = {"attend": lambda: c.attend(q, out=o, precision="bf16"),
+               "kernel": lambda: _cpu.attention(q, seg.k.packed, seg.v.packed, o, 8, n, None, 128 ** -0.5, True, 1,
+                                                None, 1)}
+        res = {k: [] for k in fns}
+        for _ in range(9):
+            for name, f in fns.items():
+                f()
+                t0 = time.perf_counter()
+                for _ in range(300):
+                    f()
+                res[name].append((time.perf_counter() - t0) / 300)
+        a, k = (float(np.median(res[x])) * 1e6 for x in ("attend", "kernel"))
+        print(f"N={n:6d}  attend {a:7.1f} us  kernel {k:7.1f} us  Python {a - k:6.1f} us")
+
+
+if __name__ == "__main__":
+    main([int(x) for x in sys.argv[1:]] or [256, 2048])
