@@ -11,6 +11,8 @@ import numpy as np
 from sagecore.errors import ArgumentTypeError, InvalidArgumentError
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+#: dtype -> its name, for requests: str(dtype) costs ~4 us in numpy 2
+DTYPE_NAMES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
 
 
 def as_array(x, name: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import as_kv_input, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_kv_input, prepare_out
 from sagecore.errors import InvalidArgumentError
 
 __all__ = ["sdpa"]
@@ -106,8 +106,8 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     if not np.isfinite(sc):
         raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
     out_arr, ret = prepare_out(out, qa.shape, layout)
-    req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=str(ka.dtype),
-                           q_dtype=str(qa.dtype), out_dtype=str(out_arr.dtype), causal=bool(is_causal),
+    req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=DTYPE_NAMES[ka.dtype],
+                           q_dtype=DTYPE_NAMES[qa.dtype], out_dtype=DTYPE_NAMES[out_arr.dtype], causal=bool(is_causal),
                            backend=backend, split_k=split_k, return_lse=bool(return_lse),
                            kv_lens=kv_lens is not None, precision=precision)
     plan = plan_for(req)

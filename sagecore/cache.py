@@ -33,15 +33,12 @@ from binascii import crc32
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import as_kv_input, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_kv_input, prepare_out
 from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
 
 __all__ = ["QuantKVCache", "TensorStore"]
-
-#: dtype -> name for requests (str(dtype) costs ~4 us in numpy 2)
-_DTYPE_NAMES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
 
 _FILE_MAGIC = b"SCKVCACH"
 _FILE_VERSION = 1
@@ -473,7 +470,7 @@ class QuantKVCache:
                 ls = np.empty((B, len(qh), M), np.float32) if lse is not None else None
                 req = AttentionRequest(B, len(qh), len(heads), M, L, D, k_format=kfid, v_format=vfid,
                                        kv_source=source, kv_dtype="float32" if source == "tensor" else "packed",
-                                       q_dtype=_DTYPE_NAMES[q.dtype], out_dtype=_DTYPE_NAMES[out_arr.dtype],
+                                       q_dtype=DTYPE_NAMES[q.dtype], out_dtype=DTYPE_NAMES[out_arr.dtype],
                                        causal=bool(is_causal), backend=backend, split_k=split_k,
                                        return_lse=lse is not None, kv_lens=kv_lens is not None, precision=precision)
                 plan = plan_for(req)
