@@ -67,16 +67,15 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
     if (kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
-            and backend == "auto" and precision == "fp32"
+            and backend == "auto"
             and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
-        if out is None:
-            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, None))
-            if run is not None:
-                return run(q, k, v, None)
-        elif type(out) is np.ndarray:
-            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, out.dtype))
-            if run is not None:
-                return run(q, k, v, out)
+        try:  # an unhashable scale or precision is not a key: the full path names the argument
+            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision,
+                             None if out is None else out.dtype)) if out is None or type(out) is np.ndarray else None
+        except TypeError:
+            run = None
+        if run is not None:
+            return run(q, k, v, out)
     return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy, precision)
 
 
@@ -100,7 +99,7 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
         raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {ka.shape[1]}")
     if ka.dtype != va.dtype:
         raise InvalidArgumentError("v", f"dtype {va.dtype} differs from k's {ka.dtype}")
-    if scale is not None and not isinstance(scale, (int, float, np.floating)):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating))):
         raise InvalidArgumentError("scale", f"expected a number or None, got {type(scale).__name__}")
     sc = float(1.0 / np.sqrt(D) if scale is None else scale)
     if not np.isfinite(sc):
@@ -114,14 +113,14 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
     if (kv_lens is None and not return_lse and not split_k and layout == "BHND" and backend == "auto"
-            and precision == "fp32" and not copy
+            and not copy
             and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
             and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
-        _remember(q, k, v, is_causal, scale, plan, sc, None if out is None else out.dtype)
+        _remember(q, k, v, is_causal, scale, precision, plan, sc, None if out is None else out.dtype)
     return (ret, lse) if return_lse else ret
 
 
-def _remember(q, k, v, is_causal, scale, plan, sc, out_dtype):
+def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype):
     from sagecore.selector import overrides
     if overrides().debug:
         return  # keep logging every decision
@@ -144,4 +143,4 @@ def _remember(q, k, v, is_causal, scale, plan, sc, out_dtype):
             o = out
         run_plan(q, k, v, o, n, sc, None, None)
         return o
-    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, out_dtype)] = run
+    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision, out_dtype)] = run

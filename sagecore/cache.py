@@ -418,7 +418,10 @@ class QuantKVCache:
         if (kv_lens is None and not return_lse and type(split_k) is int and split_k == 0 and not copy
                 and layout == "BHND" and backend == "auto" and type(q) is np.ndarray
                 and (out is None or type(out) is np.ndarray)):
-            ent = self._fast.get((q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision))
+            try:  # an unhashable scale or precision is not a key: the full path names the argument
+                ent = self._fast.get((q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision))
+            except TypeError:
+                ent = None
             if ent is not None:
                 got = self._attend_fast(ent, q, out)
                 if got is not None:
@@ -439,7 +442,11 @@ class QuantKVCache:
         if not isinstance(backend, str):
             raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
         out_arr, ret = prepare_out(out, q.shape, layout)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating))):
+            raise InvalidArgumentError("scale", f"expected a number or None, got {type(scale).__name__}")
         sc = float(1.0 / math.sqrt(D) if scale is None else scale)
+        if not math.isfinite(sc):
+            raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         group = Hq // self.kv_heads
         fast = [] if (kv_lens is None and not return_lse and split_k == 0 and not copy and layout == "BHND"

@@ -196,3 +196,28 @@ def test_repeat_calls_with_out_take_the_fast_path_and_still_check_out():
     ro.flags.writeable = False
     with pytest.raises(errors.InvalidArgumentError, match="writeable"):
         sagecore.sdpa(q, k, v, out=ro)
+
+
+def test_bad_scale_and_precision_are_typed_errors_on_the_fast_paths():
+    """After a call has remembered its fast path, a bad scale or precision
+    (unhashable, non-numeric, non-finite, unknown) is still an error naming
+    it, for sdpa and for QuantKVCache.attend; precision="bf16" calls are
+    remembered too."""
+    from sagecore.attention import _FAST
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 40, 64)).astype(np.float16)
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=256)
+    c.append(*rng.standard_normal((2, 1, 2, 256, 64)).astype(np.float32))
+    _FAST.clear()
+    for _ in range(2):
+        sagecore.sdpa(q, k, k, precision="bf16")
+        c.attend(q, precision="bf16")
+    assert any("bf16" in key for key in _FAST) and any("bf16" in key for key in c._fast)
+    for call in (lambda **kw: sagecore.sdpa(q, k, k, **kw), lambda **kw: c.attend(q, **kw)):
+        for bad in ([0.1], "0.1", float("nan"), True):
+            with pytest.raises(errors.InvalidArgumentError, match="scale"):
+                call(scale=bad, precision="bf16")
+        for bad in (["bf16"], "fp16", None):
+            with pytest.raises(errors.InvalidArgumentError, match="precision"):
+                call(precision=bad)
