@@ -330,6 +330,18 @@ def test_int8_in_place_layouts_match_portable_and_reference(pol, hq, rng, isa):
     np.testing.assert_allclose(got, sdpa_reference(q, kd, vd, is_causal=True), rtol=1e-4, atol=2e-5)
 
 
+def split_and_lens_quality(pol, hq, m, n, d, rng, precision):
+    """Quality (against float64 over the stored K/V) of a batch of 2 with key
+    lengths n and n // 3, without and with 3 key splits, at ``precision``."""
+    lens = [n, n // 3]
+    c = build(pol, 2, 2, n, d, rng)
+    q = (rng.standard_normal((2, hq, m, d)) * 2).astype(np.float32)
+    kd, vd = c.dequantize()
+    ref = sdpa_reference(q, kd, vd, is_causal=True, kv_lens=lens)
+    return [quality(c.attend(q, split_k=s, is_causal=True, kv_lens=lens, precision=precision).astype(np.float64), ref)
+            for s in (1, 3)]
+
+
 #: int8 K as in the int8 policy, V in 16-channel cells: a policy for d80
 D80 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g16.s16"}
 #: int4 K without zero points (symmetric codes), groups of 80 keys (tiles of
@@ -368,14 +380,8 @@ def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
         err = quality(fast.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))["rel_l1"]
         assert err < 2e-4  # int16 q and P: ~2^-16 of each row's max, far inside bf16's 2^-8
         # split-K and per-row key lengths take the same integer paths
-        lens = [n, n // 3]
-        c2 = build(pol, 2, 2, n, d, rng)
-        q2 = (rng.standard_normal((2, hq, m, d)) * 2).astype(np.float32)
-        kd, vd = c2.dequantize()
-        ref = sdpa_reference(q2, kd, vd, is_causal=True, kv_lens=lens)
-        for s in (1, 3):
-            got = c2.attend(q2, split_k=s, is_causal=True, kv_lens=lens, precision="bf16")
-            assert quality(got.astype(np.float64), ref)["rel_l1"] < 2e-4
+        for qual in split_and_lens_quality(pol, hq, m, n, d, rng, "bf16"):
+            assert qual["rel_l1"] < 2e-4
     else:
         np.testing.assert_array_equal(fast, exact)
 
@@ -415,12 +421,5 @@ def test_precision_int8_decode(rng, isa, pol, hq, m, n, d, qk8, pv8):
     tol = 0.08 if qk8 else 0.02  # 8-bit P' alone: ~1e-2
     assert qual["cosine"] > 0.998 and qual["rel_l1"] < tol, qual
     # split-K and per-row key lengths take the same paths
-    lens = [n, n // 3]
-    c2 = build(pol, 2, 2, n, d, rng)
-    q2 = (rng.standard_normal((2, hq, m, d)) * 2).astype(np.float32)
-    kd, vd = c2.dequantize()
-    ref = sdpa_reference(q2, kd, vd, is_causal=True, kv_lens=lens)
-    for s in (1, 3):
-        got = c2.attend(q2, split_k=s, is_causal=True, kv_lens=lens, precision="int8")
-        qual = quality(got.astype(np.float64), ref)
+    for qual in split_and_lens_quality(pol, hq, m, n, d, rng, "int8"):
         assert qual["cosine"] > 0.998 and qual["rel_l1"] < tol, qual

@@ -1332,6 +1332,25 @@ SC_T_VNNI SC_INL void scales_by_cell4(const float *sc, int64_t nt, float (*dst)[
     }
 }
 
+/* The integer PVs' per-tile head: the V scales of the tile's keys per
+ * 32-channel cell with the keys in the lanes (sT[cell][key]) ... */
+SC_T_VNNI SC_INL void cell_scales_T(const float *sc, int64_t nt, int64_t ncell, int64_t G, float (*sT)[PVW_TL]) {
+    if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
+    else
+        for (int64_t cl = 0; cl < (ncell * G) / 32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
+}
+/* ... and per row, its p in pv[] (zeros past nt) and the largest P' = p x s */
+SC_T_VNNI SC_INL float p_and_max(const float *prow, const float (*sT)[PVW_TL], int64_t nt, int64_t n32, __m512 *pv) {
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t jv = 0; jv < (nt + 15) / 16; jv++) {
+        const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
+        pv[jv] = _mm512_maskz_loadu_ps(km, prow + 16 * jv);
+        for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
+            mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
+    }
+    return _mm512_reduce_max_ps(mx);
+}
+
 /* PV with 8-bit operands (precision="int8") over symmetric int4 V read in
  * place (kind 3, stored + 8, D a multiple of 128, cells of 32k channels):
  * VPDPBUSD sums 4 keys per lane, u8 P' x the unsigned codes, 64 products per
@@ -1436,20 +1455,12 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     pvb_scratch w;
     float ps[16];
     float sT[8][PVW_TL] __attribute__((aligned(64)));
-    if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
-    else
-        for (int64_t cl = 0; cl < n32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
+    cell_scales_T(sc, nt, ncell, G, sT);
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i cellsel = _mm512_srli_epi32(lane, 2); /* dword (l, copy) <- l */
     for (int64_t r = 0; r < R; r++) {
-        __m512 pv[PVW_TL / 16], mx = _mm512_setzero_ps();
-        for (int64_t jv = 0; jv < nv; jv++) {
-            const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
-            pv[jv] = _mm512_maskz_loadu_ps(km, p + r * TL + 16 * jv);
-            for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
-                mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
-        }
-        const float m = _mm512_reduce_max_ps(mx);
+        __m512 pv[PVW_TL / 16];
+        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pv);
         ps[r] = m * (1.0f / 255.0f);
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 255.0f / m : 0.0f);
         for (int64_t b = 0; b < nblk; b++) {
@@ -1508,18 +1519,10 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
     const int64_t n32 = D / 32;                                 /* cells of 32 channels (G a multiple) */
     const int64_t nv = (nt + 15) / 16;
-    if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
-    else
-        for (int64_t cl = 0; cl < n32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
+    cell_scales_T(sc, nt, ncell, G, sT);
     for (int64_t r = 0; r < R; r++) {
-        __m512 pv[PVW_TL / 16], mx = _mm512_setzero_ps();
-        for (int64_t jv = 0; jv < nv; jv++) {
-            const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
-            pv[jv] = _mm512_maskz_loadu_ps(km, p + r * TL + 16 * jv);
-            for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
-                mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
-        }
-        const float m = _mm512_reduce_max_ps(mx);
+        __m512 pv[PVW_TL / 16];
+        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pv);
         ps[r] = m * (1.0f / 32767.0f);
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
         for (int64_t cl = 0; cl < n32; cl++) {
