@@ -50,6 +50,14 @@ def _env_backend():
     return overrides().backend
 
 
+def _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend) -> bool:
+    """A call QuantKVCache.attend's fast path may serve: numpy q/out in BHND,
+    backend "auto", no kv_lens, lse, split_k or copy."""
+    return (kv_lens is None and not return_lse and type(split_k) is int and split_k == 0 and not copy
+            and layout == "BHND" and backend == "auto" and type(q) is np.ndarray
+            and (out is None or type(out) is np.ndarray))
+
+
 def _lcm(a, b):
     return a * b // math.gcd(a, b)
 
@@ -415,9 +423,8 @@ class QuantKVCache:
             InvalidArgumentError, ArgumentTypeError: bad shapes or types.
             NoBackendError: no backend serves the cache's formats at this head_dim.
         """
-        if (kv_lens is None and not return_lse and type(split_k) is int and split_k == 0 and not copy
-                and layout == "BHND" and backend == "auto" and type(q) is np.ndarray
-                and (out is None or type(out) is np.ndarray)):
+        plain = _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend)
+        if plain:
             try:  # an unhashable scale or precision is not a key: the full path names the argument
                 ent = self._fast.get((q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision))
             except TypeError:
@@ -429,7 +436,6 @@ class QuantKVCache:
         from sagecore.executor import plan_for
         from sagecore.graph import AttentionRequest, check_precision
         check_precision(precision)
-        q0 = q
         q = as_kv_input(q, "q", layout, copy)
         B, Hq, M, D = q.shape
         if B != self.batch or D != self.head_dim:
@@ -449,9 +455,7 @@ class QuantKVCache:
             raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         group = Hq // self.kv_heads
-        fast = [] if (kv_lens is None and not return_lse and split_k == 0 and not copy and layout == "BHND"
-                      and backend == "auto" and type(q0) is np.ndarray
-                      and (out is None or type(out) is np.ndarray)) else None
+        fast = [] if plain else None
         with self._lock:
             L = self._len
             if backend == "reference" or (backend == "auto" and _env_backend() == "reference"):
@@ -491,53 +495,47 @@ class QuantKVCache:
                 if lse is not None:
                     lse[:, qh] = ls
             if fast:
-                self._remember(q0, out, is_causal, scale, precision, sc, fast)
+                self._remember(q.shape, q.dtype, out, is_causal, scale, precision, sc, fast)
         return (ret, lse) if return_lse else ret
 
     # Fast path of attend for repeated calls of one shape (a decode loop): the
     # selector's requests and the runners per split count are kept per
     # (q shape and dtype, out dtype, is_causal, scale, precision); a call then
     # costs the split decision at the current length and the kernel call, not
-    # the request building, routing and plan lookup (~30 us of Python, as much
+    # the request building, routing and plan lookup (~55 us of Python, as much
     # as the kernel of a short decode). Only for plain calls (numpy q/out in
     # BHND, backend "auto", no kv_lens / lse / split_k / copy) over the
     # quantized segments on the CPU; anything else takes the full path.
-    def _remember(self, q, out, is_causal, scale, precision, sc, segs):
+    # (Remembered only once the fp16 phase is over, which never comes back.)
+    def _remember(self, shape, dtype, out, is_causal, scale, precision, sc, segs):
         from sagecore.selector import generation, overrides
         if overrides().debug:
             return  # keep logging every decision
         if len(self._fast) > 64:
             self._fast.clear()
-        self._fast[(q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision)] = (
-            generation[0], q.shape, sc, segs)
+        self._fast[(shape, dtype, None if out is None else out.dtype, is_causal, scale, precision)] = (
+            generation[0], sc, segs)
 
     def _attend_fast(self, ent, q, out):
-        """attend through a remembered entry; None when it no longer applies
-        (selector reset, fp16 phase, segments changed)."""
+        """attend through a remembered entry; None after a selector reset."""
         from sagecore.selector import generation, select
-        gen, shape, sc, segs = ent
-        if gen != generation[0] or self._fp16 is not None or len(segs) != len(self._segments):
+        gen, sc, segs = ent
+        if gen != generation[0]:
             return None
-        if out is None:
-            o = np.empty(shape, np.float32)
-        elif out.shape != shape:
-            raise InvalidArgumentError("out", f"expected shape {shape} (BHND), got {out.shape}")
+        if out is None:  # q's shape and dtype are the entry's key
+            o = np.empty(q.shape, np.float32)
+        elif out.shape != q.shape:
+            raise InvalidArgumentError("out", f"expected shape {q.shape} (BHND), got {out.shape}")
         else:
             o = out  # the kernel entry checks its strides and writeability, as on the first call
         with self._lock:
-            if self._fp16 is not None:
-                return None
             L = self._len
             for (sl, req, runners), s in zip(segs, self._segments):
-                d = select(req, kv_len=L)
-                run = runners.get(d.split_k)
+                split = select(req, kv_len=L).split_k
+                run = runners.get(split)
                 if run is None:
-                    from sagecore.executor import executor
-                    from sagecore.graph import plan_cache
-                    plan = plan_cache.get(req, d)
-                    if plan.runner is None:
-                        executor(d.backend).prepare(plan)
-                    run = runners[d.split_k] = plan.runner
+                    from sagecore.executor import plan_for
+                    run = runners[split] = plan_for(req, kv_len=L).runner
                 run(q[:, sl], s.k.packed, s.v.packed, o[:, sl], L, sc, None, None)
         return o
 

@@ -121,11 +121,12 @@ def executor(backend: str) -> Executor:
     return ex
 
 
-def plan_for(request):
-    """Select, fetch or build the plan, and prepare it for its backend."""
+def plan_for(request, kv_len=None):
+    """Select, fetch or build the plan, and prepare it for its backend
+    (``kv_len``: see :func:`sagecore.selector.select`)."""
     from sagecore.graph import plan_cache
     from sagecore.selector import select
-    d = select(request)
+    d = select(request, kv_len=kv_len)
     plan = plan_cache.get(request, d)
     if plan.runner is None:
         executor(d.backend).prepare(plan)
