@@ -58,6 +58,11 @@ def _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend) -> 
             and (out is None or type(out) is np.ndarray))
 
 
+def _fast_key(q, out, is_causal, scale, precision) -> tuple:
+    """The key of attend's fast-path entries (TypeError if scale or precision is unhashable)."""
+    return q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision
+
+
 def _lcm(a, b):
     return a * b // math.gcd(a, b)
 
@@ -426,7 +431,7 @@ class QuantKVCache:
         plain = _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend)
         if plain:
             try:  # an unhashable scale or precision is not a key: the full path names the argument
-                ent = self._fast.get((q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision))
+                ent = self._fast.get(_fast_key(q, out, is_causal, scale, precision))
             except TypeError:
                 ent = None
             if ent is not None:
@@ -486,7 +491,8 @@ class QuantKVCache:
                                        return_lse=lse is not None, kv_lens=kv_lens is not None, precision=precision)
                 plan = plan_for(req)
                 plan.runner(qs, ks, vs, os_, L, sc, kv_lens, ls)
-                if fast is not None and contiguous and source == "store" and self._fp16 is None and plan.backend == "cpu":
+                if (fast is not None and contiguous and source == "store" and self._fp16 is None
+                        and plan.backend == "cpu"):
                     fast.append((sl, req, {plan.decision.split_k: plan.runner}))
                 else:
                     fast = None
@@ -495,7 +501,7 @@ class QuantKVCache:
                 if lse is not None:
                     lse[:, qh] = ls
             if fast:
-                self._remember(q.shape, q.dtype, out, is_causal, scale, precision, sc, fast)
+                self._remember(_fast_key(q, out, is_causal, scale, precision), sc, fast)
         return (ret, lse) if return_lse else ret
 
     # Fast path of attend for repeated calls of one shape (a decode loop): the
@@ -507,14 +513,13 @@ class QuantKVCache:
     # BHND, backend "auto", no kv_lens / lse / split_k / copy) over the
     # quantized segments on the CPU; anything else takes the full path.
     # (Remembered only once the fp16 phase is over, which never comes back.)
-    def _remember(self, shape, dtype, out, is_causal, scale, precision, sc, segs):
+    def _remember(self, key, sc, segs):
         from sagecore.selector import generation, overrides
         if overrides().debug:
             return  # keep logging every decision
         if len(self._fast) > 64:
             self._fast.clear()
-        self._fast[(shape, dtype, None if out is None else out.dtype, is_causal, scale, precision)] = (
-            generation[0], sc, segs)
+        self._fast[key] = (generation[0], sc, segs)
 
     def _attend_fast(self, ent, q, out):
         """attend through a remembered entry; None after a selector reset."""
