@@ -907,11 +907,7 @@ SC_T_VNNI SC_INL void qkw44_step(const int16_t *qw, const int8_t *k, int64_t r0,
 }
 SC_T_VNNI SC_INL void qkw44_block(const int16_t *qw, __m512 sc, const int8_t *k, float *s, int64_t r0,
                                   int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
-    if (r0 == 0 && pfend) { /* the block's rows PF_KEYS ahead, when they are all in the kv row's data */
-        const char *pf = (const char *)k + (j + PF_KEYS) * D;
-        if (pf + nk * D <= pfend)
-            for (int64_t l = 0; l < nk * D; l += 64) _mm_prefetch(pf + l, PF_HINT);
-    }
+    if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * D, nk * D, pfend); /* the block's rows, ahead */
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
     const int64_t D32 = D & ~(int64_t)31;
@@ -951,11 +947,7 @@ SC_T_VNNI SC_INL void qkw44_step4(const int16_t *qw, const uint8_t *k, int64_t r
 }
 SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *k, float *s, int64_t r0, int64_t j,
                                    int64_t nk, int64_t D, int64_t TL, int sym, const char *pfend) {
-    if (r0 == 0 && pfend) {
-        const char *pf = (const char *)k + (j + PF_KEYS) * (D / 2);
-        if (pf + nk * (D / 2) <= pfend)
-            for (int64_t l = 0; l < nk * (D / 2); l += 64) _mm_prefetch(pf + l, PF_HINT);
-    }
+    if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -978,11 +970,7 @@ SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *
 #define SC_DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, const uint8_t *k, float *s, int64_t r0,
                                    int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
-    if (r0 == 0 && pfend) {
-        const char *pf = (const char *)k + (j + PF_KEYS) * (D / 2);
-        if (pf + nk * (D / 2) <= pfend)
-            for (int64_t l = 0; l < nk * (D / 2); l += 64) _mm_prefetch(pf + l, PF_HINT);
-    }
+    if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
@@ -1373,9 +1361,9 @@ typedef struct {
 } pvb_scratch;
 
 /* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; pass E leaves its sums in e */
-SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, const pvb_scratch *w, const float *ps, float *o, int64_t r0,
-                               int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend, const int h,
-                               int32_t (*e)[4][16]) {
+SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0, int64_t nr,
+                               int64_t blk, int64_t nt, int64_t D, const char *pfend, const int h) {
+    int32_t (*e)[4][16] = w->e;
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
     static const uint8_t zero[64] __attribute__((aligned(64)));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -1437,10 +1425,10 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, const pvb_scratch *w, const flo
         }
     }
 }
-SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, const pvb_scratch *w, const float *ps, float *o, int64_t r0,
-                                int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend, int32_t (*e)[4][16]) {
-    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 0, e);
-    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 1, e);
+SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0, int64_t nr,
+                                int64_t blk, int64_t nt, int64_t D, const char *pfend) {
+    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 0);
+    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 1);
 }
 
 SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0,
@@ -1489,8 +1477,8 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t b = 0; b < nblk; b++) /* nr a constant in the common case: accumulators in registers */
-            if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, w.e);
-            else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, w.e);
+            if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend);
+            else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend);
     }
 }
 
