@@ -68,3 +68,29 @@ def prepare_out(out, shape, layout):
     if not view.flags.writeable:
         raise InvalidArgumentError("out", "must be writeable")
     return view, out
+
+
+def as_lengths(x, batch: int, kv_len: int, name: str = "kv_lens") -> np.ndarray:
+    """``x`` as a C-contiguous int64 ``[batch]`` array of key counts in
+    ``[0, kv_len]``. Integers only: a fractional, boolean or string length is
+    an error, never truncated (``np.asarray(..., dtype=int64)`` would turn
+    30.7 into 30 and True into 1)."""
+    if isinstance(x, (list, tuple)):  # checked in Python: ~1 us where numpy takes ~4 (attend's fast path)
+        for v in x:
+            if type(v) is not int and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))):
+                raise ArgumentTypeError(name, f"expected integer lengths, got {type(v).__name__} {v!r}")
+        if len(x) != batch:
+            raise InvalidArgumentError(name, f"expected {batch} lengths (one per batch item), got {len(x)}")
+        if batch and (min(x) < 0 or max(x) > kv_len):
+            raise InvalidArgumentError(name, f"expected lengths in [0, {kv_len}], got {list(x)}")
+        return np.array(x, dtype=np.int64)
+    if not (isinstance(x, np.ndarray) or hasattr(x, "__dlpack__")):
+        raise ArgumentTypeError(name, f"expected a sequence or array of {batch} integers, got {type(x).__name__}")
+    a = as_array(x, name)
+    if a.dtype.kind not in "iu":
+        raise ArgumentTypeError(name, f"expected an integer dtype, got {a.dtype}")
+    if a.shape != (batch,):
+        raise InvalidArgumentError(name, f"expected {batch} lengths (one per batch item), got shape {a.shape}")
+    if batch and (a.min() < 0 or a.max() > kv_len):
+        raise InvalidArgumentError(name, f"expected lengths in [0, {kv_len}], got {a.tolist()}")
+    return np.ascontiguousarray(a, dtype=np.int64)

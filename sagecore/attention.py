@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import DTYPE_NAMES, as_kv_input, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_kv_input, as_lengths, prepare_out
 from sagecore.errors import InvalidArgumentError
 
 __all__ = ["sdpa"]
@@ -105,6 +105,8 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     if not np.isfinite(sc):
         raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
     out_arr, ret = prepare_out(out, qa.shape, layout)
+    if kv_lens is not None:
+        kv_lens = as_lengths(kv_lens, B, ka.shape[2])
     req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=DTYPE_NAMES[ka.dtype],
                            q_dtype=DTYPE_NAMES[qa.dtype], out_dtype=DTYPE_NAMES[out_arr.dtype], causal=bool(is_causal),
                            backend=backend, split_k=split_k, return_lse=bool(return_lse),

@@ -33,7 +33,7 @@ from binascii import crc32
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import DTYPE_NAMES, as_kv_input, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_kv_input, as_lengths, prepare_out
 from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
@@ -50,17 +50,18 @@ def _env_backend():
     return overrides().backend
 
 
-def _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend) -> bool:
+def _plain_call(q, out, split_k, copy, layout, backend) -> bool:
     """A call QuantKVCache.attend's fast path may serve: numpy q/out in BHND,
-    backend "auto", no kv_lens, lse, split_k or copy."""
-    return (kv_lens is None and not return_lse and type(split_k) is int and split_k == 0 and not copy
-            and layout == "BHND" and backend == "auto" and type(q) is np.ndarray
-            and (out is None or type(out) is np.ndarray))
+    backend "auto", no split_k or copy."""
+    return (type(split_k) is int and split_k == 0 and not copy and layout == "BHND" and backend == "auto"
+            and type(q) is np.ndarray and (out is None or type(out) is np.ndarray))
 
 
-def _fast_key(q, out, is_causal, scale, precision) -> tuple:
-    """The key of attend's fast-path entries (TypeError if scale or precision is unhashable)."""
-    return q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision
+def _fast_key(q, out, is_causal, scale, precision, kv_lens, return_lse) -> tuple:
+    """The key of attend's fast-path entries (TypeError if scale or precision is
+    unhashable). kv_lens counts by presence only: its values change every step."""
+    return (q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision, kv_lens is not None,
+            bool(return_lse))
 
 
 def _lcm(a, b):
@@ -428,14 +429,14 @@ class QuantKVCache:
             InvalidArgumentError, ArgumentTypeError: bad shapes or types.
             NoBackendError: no backend serves the cache's formats at this head_dim.
         """
-        plain = _plain_call(q, out, kv_lens, return_lse, split_k, copy, layout, backend)
+        plain = _plain_call(q, out, split_k, copy, layout, backend)
         if plain:
             try:  # an unhashable scale or precision is not a key: the full path names the argument
-                ent = self._fast.get(_fast_key(q, out, is_causal, scale, precision))
+                ent = self._fast.get(_fast_key(q, out, is_causal, scale, precision, kv_lens, return_lse))
             except TypeError:
                 ent = None
             if ent is not None:
-                got = self._attend_fast(ent, q, out)
+                got = self._attend_fast(ent, q, out, kv_lens, return_lse)
                 if got is not None:
                     return got
         from sagecore.executor import plan_for
@@ -463,6 +464,8 @@ class QuantKVCache:
         fast = [] if plain else None
         with self._lock:
             L = self._len
+            if kv_lens is not None:
+                kv_lens = as_lengths(kv_lens, B, L)
             if backend == "reference" or (backend == "auto" and _env_backend() == "reference"):
                 segs = None
             elif self._fp16 is not None:
@@ -501,7 +504,7 @@ class QuantKVCache:
                 if lse is not None:
                     lse[:, qh] = ls
             if fast:
-                self._remember(_fast_key(q, out, is_causal, scale, precision), sc, fast)
+                self._remember(_fast_key(q, out, is_causal, scale, precision, kv_lens, return_lse), sc, fast)
         return (ret, lse) if return_lse else ret
 
     # Fast path of attend for repeated calls of one shape (a decode loop): the
@@ -510,7 +513,7 @@ class QuantKVCache:
     # costs the split decision at the current length and the kernel call, not
     # the request building, routing and plan lookup (~55 us of Python, as much
     # as the kernel of a short decode). Only for plain calls (numpy q/out in
-    # BHND, backend "auto", no kv_lens / lse / split_k / copy) over the
+    # BHND, backend "auto", no split_k / copy; kv_lens and lse allowed) over the
     # quantized segments on the CPU; anything else takes the full path.
     # (Remembered only once the fp16 phase is over, which never comes back.)
     def _remember(self, key, sc, segs):
@@ -521,7 +524,7 @@ class QuantKVCache:
             self._fast.clear()
         self._fast[key] = (generation[0], sc, segs)
 
-    def _attend_fast(self, ent, q, out):
+    def _attend_fast(self, ent, q, out, kv_lens, return_lse):
         """attend through a remembered entry; None after a selector reset."""
         from sagecore.selector import generation, select
         gen, sc, segs = ent
@@ -533,16 +536,24 @@ class QuantKVCache:
             raise InvalidArgumentError("out", f"expected shape {q.shape} (BHND), got {out.shape}")
         else:
             o = out  # the kernel entry checks its strides and writeability, as on the first call
+        B, Hq, M, _ = q.shape
+        lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         with self._lock:
             L = self._len
+            if kv_lens is not None:
+                kv_lens = as_lengths(kv_lens, B, L)
             for (sl, req, runners), s in zip(segs, self._segments):
                 split = select(req, kv_len=L).split_k
                 run = runners.get(split)
                 if run is None:
                     from sagecore.executor import plan_for
                     run = runners[split] = plan_for(req, kv_len=L).runner
-                run(q[:, sl], s.k.packed, s.v.packed, o[:, sl], L, sc, None, None)
-        return o
+                whole = sl.stop - sl.start == Hq  # the runner writes a C-contiguous lse of its own heads
+                ls = lse if lse is None or whole else np.empty((B, sl.stop - sl.start, M), np.float32)
+                run(q[:, sl], s.k.packed, s.v.packed, o[:, sl], L, sc, kv_lens, ls)
+                if ls is not None and not whole:
+                    lse[:, sl] = ls
+        return (o, lse) if return_lse else o
 
     def _fp16_store(self, which):
         """The fp16-phase buffer of K (0) or V (1) viewed as an fp16 store."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import as_array
+from sagecore._arrays import as_array, as_lengths
 from sagecore.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["sdpa_reference", "quality"]
@@ -76,9 +76,7 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
     if kv_lens is None:
         lens = np.full(B, N, dtype=np.int64)
     else:
-        lens = np.asarray(kv_lens, dtype=np.int64).reshape(-1)
-        if lens.shape != (B,) or (lens < 0).any() or (lens > N).any():
-            raise InvalidArgumentError("kv_lens", f"expected {B} lengths in [0, {N}], got {kv_lens!r}")
+        lens = as_lengths(kv_lens, B, N)
     group = Hq // Hkv
     Dv = v.shape[3]
     out = np.zeros((B, Hq, M, Dv), dtype=dtype)

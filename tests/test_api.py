@@ -134,6 +134,20 @@ def test_concurrent_appends_to_one_cache_are_serialized():
     (lambda q, k, v: sagecore.sdpa(q, k, v, out=np.empty((1, 8, 1, 63), np.float32)),
      errors.InvalidArgumentError, "out"),
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[1, 2]), errors.InvalidArgumentError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[97]), errors.InvalidArgumentError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[-1]), errors.InvalidArgumentError, "kv_lens"),
+    # fractional, boolean, string or untyped lengths: errors, never truncated to an int
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[40.7]), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=np.array([40.0])), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[True]), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=np.array([True])), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=["40"]), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=40), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[2 ** 70]), errors.InvalidArgumentError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=np.array([2 ** 63], np.uint64)), errors.InvalidArgumentError,
+     "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[[40]]), errors.ArgumentTypeError, "kv_lens"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=np.array([[40]])), errors.InvalidArgumentError, "kv_lens"),
     (lambda q, k, v: sagecore.sdpa("q", k, v), errors.ArgumentTypeError, "q"),
     (lambda q, k, v: sagecore.sdpa(q.astype(np.int32), k, v), errors.ArgumentTypeError, "q"),
 ])
@@ -155,6 +169,21 @@ def test_attend_bad_arguments():
     with pytest.raises(errors.InvalidArgumentError) as ei:
         c.attend(q[:, :3])
     assert ei.value.argument == "q"
+    for lens, exc in (([40.7], errors.ArgumentTypeError), ([True], errors.ArgumentTypeError),
+                      (np.array([40.5]), errors.ArgumentTypeError), ([97], errors.InvalidArgumentError)):
+        with pytest.raises(exc) as ei:
+            c.attend(q, kv_lens=lens)
+        assert ei.value.argument == "kv_lens"
+
+
+def test_integer_lengths_of_any_integer_type_are_the_same_lengths():
+    """kv_lens as a list, int32 / uint64 / int64 arrays: one answer (the
+    lengths are converted, not reinterpreted)."""
+    q, k, v = qkv(B=2)
+    ref = sagecore.sdpa(q, k, v, kv_lens=[40, 7])
+    for lens in ((40, 7), np.array([40, 7], np.int32), np.array([40, 7], np.uint64), np.array([40, 7], np.int16)):
+        np.testing.assert_array_equal(sagecore.sdpa(q, k, v, kv_lens=lens), ref)
+    assert not np.array_equal(ref, sagecore.sdpa(q, k, v, kv_lens=[41, 7]))
 
 
 def test_type_stubs_cover_the_compiled_module():

@@ -274,11 +274,46 @@ def test_row_blocking_follows_the_core(isa):
     assert row_blocking(1, 300, 64) == ((256, 2) if amx else (64, 5))
 
 
+def test_cache_attend_fast_path_with_kv_lens_and_lse(monkeypatch):
+    """A batched decode loop (per-sequence kv_lens that change every step,
+    return_lse) over a cache of two head segments in different formats takes
+    the fast path after its first call and gives the full path's outputs and
+    log-sum-exps bit for bit; its lengths are validated like the full path's."""
+    from sagecore import executor as ex
+    from sagecore.policy import policy_from_dict
+    pol = policy_from_dict({"k": {"encoding": "int8", "token_group": 32, "channel_group": 1, "smooth": True},
+                            "v": {"encoding": "int8"},
+                            "overrides": [{"layers": "*", "heads": [1], "k": {"encoding": "int4"},
+                                           "v": {"encoding": "int4"}}]})
+    rng = np.random.default_rng(4)
+    c = sagecore.QuantKVCache(pol, batch=2, kv_heads=2, head_dim=64, capacity=256)
+    assert len({(f[1].format_id, f[2].format_id) for f in c.formats}) == 2  # two segments
+    c.append(*(rng.standard_normal((2, 2, 2, 100, 64)).astype(np.float32)))
+    calls = []
+    real = ex.plan_for
+    monkeypatch.setattr(ex, "plan_for",
+                        lambda r, kv_len=None: (kv_len is None and calls.append(r.kv_len)) or real(r, kv_len))
+    q = rng.standard_normal((2, 4, 1, 64)).astype(np.float32)
+    for step in range(6):
+        lens = [len(c) - 3 * step - 5, len(c) - step - 1]
+        got, lse = c.attend(q, kv_lens=lens, return_lse=True)
+        full, full_lse = c.attend(q, kv_lens=lens, return_lse=True, copy=True)
+        np.testing.assert_array_equal(got, full)
+        np.testing.assert_array_equal(lse, full_lse)
+        assert not np.array_equal(got, c.attend(q, copy=True))  # the lengths were applied
+        c.append(*(rng.standard_normal((2, 2, 2, 1, 64)).astype(np.float32)))
+    assert len(calls) == 2 * (1 + 6 * 2)  # a request per segment; of the fast-path calls only the first's
+    for bad, exc in (([len(c) + 1, 1], errors.InvalidArgumentError), ([3.5, 1], errors.ArgumentTypeError)):
+        with pytest.raises(exc) as ei:
+            c.attend(q, kv_lens=bad, return_lse=True)
+        assert ei.value.argument == "kv_lens"
+
+
 def test_cache_attend_fast_path_follows_a_decode_loop(monkeypatch):
     """Repeated plain calls skip request building and routing but still take
     the split decision at every length (one item: split-K past min_kv_len), see
     appends, capacity growth and selector.reset(); results are those of the
-    full path (return_lse=True always takes it)."""
+    full path (copy=True always takes it)."""
     from sagecore import executor as ex
     rng = np.random.default_rng(3)
     c = sagecore.QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=1024)
@@ -293,7 +328,7 @@ def test_cache_attend_fast_path_follows_a_decode_loop(monkeypatch):
     splits = set()
     for step in range(70):  # 1990 -> 2060 keys: across split.min_kv_len 2048 and a capacity growth
         got = c.attend(q, out=out)
-        full, _ = c.attend(q, return_lse=True)
+        full = c.attend(q, copy=True)
         np.testing.assert_array_equal(got, full)
         splits.add(selector.select(AttentionRequest(1, 4, 1, 1, len(c), 64, k_format=c.formats[0][1].format_id,
                                                     v_format=c.formats[0][2].format_id, kv_source="store",
