@@ -94,3 +94,14 @@ def as_lengths(x, batch: int, kv_len: int, name: str = "kv_lens") -> np.ndarray:
     if batch and (a.min() < 0 or a.max() > kv_len):
         raise InvalidArgumentError(name, f"expected lengths in [0, {kv_len}], got {a.tolist()}")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def as_flag(x, name: str) -> bool:
+    """A yes/no argument: a bool (numpy's too) or the integers 0 and 1. Anything
+    else is an error rather than its truthiness: ``is_causal="false"`` must not
+    mean causal."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)) and x in (0, 1):
+        return bool(x)
+    raise ArgumentTypeError(name, f"expected True or False, got {type(x).__name__} {x!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import DTYPE_NAMES, as_kv_input, as_lengths, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, prepare_out
 from sagecore.errors import InvalidArgumentError
 
 __all__ = ["sdpa"]
@@ -66,8 +66,8 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
-    if (kv_lens is None and not return_lse and not split_k and not copy and layout == "BHND"
-            and backend == "auto"
+    if (kv_lens is None and return_lse is False and not split_k and not copy and layout == "BHND"
+            and backend == "auto" and (is_causal is True or is_causal is False)
             and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         try:  # an unhashable scale or precision is not a key: the full path names the argument
             run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision,
@@ -87,10 +87,13 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
         raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
     if type(split_k) is not int or split_k < 0:
         raise InvalidArgumentError("split_k", f"expected an integer >= 0, got {split_k!r}")
+    is_causal, return_lse = as_flag(is_causal, "is_causal"), as_flag(return_lse, "return_lse")
     qa = as_kv_input(q, "q", layout, copy)
     ka = as_kv_input(k, "k", layout, copy)
     va = as_kv_input(v, "v", layout, copy)
     B, Hq, M, D = qa.shape
+    if D == 0:
+        raise InvalidArgumentError("q", "expected head_dim >= 1, got 0")
     if ka.shape != va.shape:
         raise InvalidArgumentError("v", f"shape {tuple(va.shape)} differs from k's {tuple(ka.shape)} (BHND)")
     if ka.shape[0] != B or ka.shape[3] != D:
@@ -108,8 +111,8 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     if kv_lens is not None:
         kv_lens = as_lengths(kv_lens, B, ka.shape[2])
     req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=DTYPE_NAMES[ka.dtype],
-                           q_dtype=DTYPE_NAMES[qa.dtype], out_dtype=DTYPE_NAMES[out_arr.dtype], causal=bool(is_causal),
-                           backend=backend, split_k=split_k, return_lse=bool(return_lse),
+                           q_dtype=DTYPE_NAMES[qa.dtype], out_dtype=DTYPE_NAMES[out_arr.dtype], causal=is_causal,
+                           backend=backend, split_k=split_k, return_lse=return_lse,
                            kv_lens=kv_lens is not None, precision=precision)
     plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None

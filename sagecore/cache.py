@@ -33,7 +33,7 @@ from binascii import crc32
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import DTYPE_NAMES, as_kv_input, as_lengths, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, prepare_out
 from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
@@ -50,18 +50,20 @@ def _env_backend():
     return overrides().backend
 
 
-def _plain_call(q, out, split_k, copy, layout, backend) -> bool:
+def _plain_call(q, out, split_k, copy, layout, backend, is_causal, return_lse) -> bool:
     """A call QuantKVCache.attend's fast path may serve: numpy q/out in BHND,
-    backend "auto", no split_k or copy."""
+    backend "auto", no split_k or copy, flags that are bools (others are
+    validated by the full path)."""
     return (type(split_k) is int and split_k == 0 and not copy and layout == "BHND" and backend == "auto"
-            and type(q) is np.ndarray and (out is None or type(out) is np.ndarray))
+            and type(q) is np.ndarray and (out is None or type(out) is np.ndarray)
+            and (is_causal is True or is_causal is False) and (return_lse is True or return_lse is False))
 
 
 def _fast_key(q, out, is_causal, scale, precision, kv_lens, return_lse) -> tuple:
     """The key of attend's fast-path entries (TypeError if scale or precision is
     unhashable). kv_lens counts by presence only: its values change every step."""
     return (q.shape, q.dtype, None if out is None else out.dtype, is_causal, scale, precision, kv_lens is not None,
-            bool(return_lse))
+            return_lse)
 
 
 def _lcm(a, b):
@@ -429,7 +431,7 @@ class QuantKVCache:
             InvalidArgumentError, ArgumentTypeError: bad shapes or types.
             NoBackendError: no backend serves the cache's formats at this head_dim.
         """
-        plain = _plain_call(q, out, split_k, copy, layout, backend)
+        plain = _plain_call(q, out, split_k, copy, layout, backend, is_causal, return_lse)
         if plain:
             try:  # an unhashable scale or precision is not a key: the full path names the argument
                 ent = self._fast.get(_fast_key(q, out, is_causal, scale, precision, kv_lens, return_lse))
@@ -442,6 +444,7 @@ class QuantKVCache:
         from sagecore.executor import plan_for
         from sagecore.graph import AttentionRequest, check_precision
         check_precision(precision)
+        is_causal, return_lse = as_flag(is_causal, "is_causal"), as_flag(return_lse, "return_lse")
         q = as_kv_input(q, "q", layout, copy)
         B, Hq, M, D = q.shape
         if B != self.batch or D != self.head_dim:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import as_array, as_lengths
+from sagecore._arrays import as_array, as_flag, as_lengths
 from sagecore.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["sdpa_reference", "quality"]
@@ -71,6 +71,7 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
         raise InvalidArgumentError("v", f"heads/tokens {v.shape[1:3]} must equal k's {(Hkv, N)}")
     if Hkv == 0 or Hq % Hkv:
         raise InvalidArgumentError("q", f"query heads {Hq} must be a multiple of kv heads {Hkv}")
+    is_causal, return_lse = as_flag(is_causal, "is_causal"), as_flag(return_lse, "return_lse")
     if scale is None:
         scale = 1.0 / np.sqrt(D)
     if kv_lens is None:

@@ -144,6 +144,12 @@ def test_concurrent_appends_to_one_cache_are_serialized():
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=["40"]), errors.ArgumentTypeError, "kv_lens"),
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=40), errors.ArgumentTypeError, "kv_lens"),
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[2 ** 70]), errors.InvalidArgumentError, "kv_lens"),
+    # yes/no arguments: a bool or 0/1, never the truthiness of a string or None
+    (lambda q, k, v: sagecore.sdpa(q, k, v, is_causal="false"), errors.ArgumentTypeError, "is_causal"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, is_causal=None), errors.ArgumentTypeError, "is_causal"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, is_causal=2), errors.ArgumentTypeError, "is_causal"),
+    (lambda q, k, v: sagecore.sdpa(q, k, v, return_lse="no"), errors.ArgumentTypeError, "return_lse"),
+    (lambda q, k, v: sagecore.sdpa(q[..., :0], k[..., :0], v[..., :0]), errors.InvalidArgumentError, "q"),
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=np.array([2 ** 63], np.uint64)), errors.InvalidArgumentError,
      "kv_lens"),
     (lambda q, k, v: sagecore.sdpa(q, k, v, kv_lens=[[40]]), errors.ArgumentTypeError, "kv_lens"),
@@ -169,6 +175,13 @@ def test_attend_bad_arguments():
     with pytest.raises(errors.InvalidArgumentError) as ei:
         c.attend(q[:, :3])
     assert ei.value.argument == "q"
+    c.attend(q, is_causal=True)  # remembered: the fast path must not take a non-bool flag either
+    for kw in (dict(is_causal="false"), dict(is_causal=None), dict(is_causal=1.0), dict(return_lse="no")):
+        with pytest.raises(errors.ArgumentTypeError) as ei:
+            c.attend(q, **kw)
+        assert ei.value.argument == next(iter(kw))
+    np.testing.assert_array_equal(c.attend(q, is_causal=np.False_), c.attend(q, is_causal=False))
+    np.testing.assert_array_equal(c.attend(q, is_causal=1), c.attend(q, is_causal=True))
     for lens, exc in (([40.7], errors.ArgumentTypeError), ([True], errors.ArgumentTypeError),
                       (np.array([40.5]), errors.ArgumentTypeError), ([97], errors.InvalidArgumentError)):
         with pytest.raises(exc) as ei:
@@ -250,3 +263,14 @@ def test_bad_scale_and_precision_are_typed_errors_on_the_fast_paths():
         for bad in (["bf16"], "fp16", None):
             with pytest.raises(errors.InvalidArgumentError, match="precision"):
                 call(precision=bad)
+
+
+def test_sdpa_fast_path_does_not_take_a_flag_that_only_equals_a_bool():
+    """1.0 == True: after a remembered is_causal=True call, a float flag must
+    still be rejected (the fast path keys on equality)."""
+    q, k, v = qkv()
+    sagecore.sdpa(q, k, v, is_causal=True)
+    sagecore.sdpa(q, k, v, is_causal=True)
+    with pytest.raises(errors.ArgumentTypeError) as ei:
+        sagecore.sdpa(q, k, v, is_causal=1.0)
+    assert ei.value.argument == "is_causal"
