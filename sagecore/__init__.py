@@ -14,6 +14,8 @@ __all__ = [
     "load_policy",
     "sdpa",
     "sdpa_reference",
+    "set_num_threads",
+    "get_num_threads",
     "errors",
 ]
 
@@ -24,6 +26,8 @@ _LAZY = {
     "QuantKVCache": ("sagecore.cache", "QuantKVCache"),
     "sdpa": ("sagecore.attention", "sdpa"),
     "sdpa_reference": ("sagecore.reference", "sdpa_reference"),
+    "set_num_threads": ("sagecore.cpu", "set_num_threads"),
+    "get_num_threads": ("sagecore.cpu", "get_num_threads"),
     "errors": ("sagecore.errors", None),
 }
 

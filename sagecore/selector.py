@@ -61,6 +61,8 @@ class _Overrides:
         else:
             self.split_k = 0
         self.debug = environ.get("SAGECORE_DEBUG", "").strip() not in ("", "0", "false", "no")
+        from sagecore.cpu import check_isa_env
+        check_isa_env(environ)
 
 
 def overrides() -> _Overrides:

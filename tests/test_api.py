@@ -274,3 +274,42 @@ def test_sdpa_fast_path_does_not_take_a_flag_that_only_equals_a_bool():
     with pytest.raises(errors.ArgumentTypeError) as ei:
         sagecore.sdpa(q, k, v, is_causal=1.0)
     assert ei.value.argument == "is_causal"
+
+
+def test_set_num_threads_is_public_and_checked():
+    try:
+        sagecore.set_num_threads(1)
+        assert sagecore.get_num_threads() == 1
+        q, k, v = qkv()
+        one = sagecore.sdpa(q, k, v)
+        sagecore.set_num_threads(0)  # back to the default
+        assert sagecore.get_num_threads() >= 1
+        np.testing.assert_array_equal(sagecore.sdpa(q, k, v), one)
+        for bad, exc in ((-1, errors.InvalidArgumentError), (10 ** 6, errors.InvalidArgumentError),
+                         ("2", errors.ArgumentTypeError), (True, errors.ArgumentTypeError),
+                         (2.0, errors.ArgumentTypeError)):
+            with pytest.raises(exc) as ei:
+                sagecore.set_num_threads(bad)
+            assert ei.value.argument == "n"
+    finally:
+        sagecore.set_num_threads(0)  # the default, as the other tests run
+
+
+@pytest.mark.parametrize("isa,ok", [("portable", True), ("sse9", False), ("avx-512", False),
+                                    ("neon" if __import__("platform").machine() in ("x86_64", "AMD64") else "avx2",
+                                     False)])
+def test_sagecore_isa_env_names_a_level_this_cpu_runs(isa, ok):
+    """SAGECORE_ISA with a typo or another architecture's level was ignored
+    by the C core (the best level ran, silently); now the first call says so."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, sagecore\n"
+            "q = np.ones((1, 2, 1, 64), np.float32)\n"
+            "print(sagecore.sdpa(q, q, q).shape, sagecore._cpu.cpu_info()['active_isa'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "SAGECORE_ISA": isa})
+    if ok:
+        assert r.returncode == 0 and r.stdout.split()[-1] == isa, r.stderr
+    else:
+        assert r.returncode != 0 and "InvalidArgumentError: SAGECORE_ISA" in r.stderr, r.stderr[-500:]
