@@ -66,16 +66,17 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
-    if (kv_lens is None and return_lse is False and not split_k and not copy and layout == "BHND"
-            and backend == "auto" and (is_causal is True or is_causal is False)
+    if (not split_k and not copy and layout == "BHND" and backend == "auto"
+            and (is_causal is True or is_causal is False) and (return_lse is True or return_lse is False)
             and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         try:  # an unhashable scale or precision is not a key: the full path names the argument
             run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision,
-                             None if out is None else out.dtype)) if out is None or type(out) is np.ndarray else None
+                             None if out is None else out.dtype, kv_lens is not None, return_lse)
+                            ) if out is None or type(out) is np.ndarray else None
         except TypeError:
             run = None
         if run is not None:
-            return run(q, k, v, out)
+            return run(q, k, v, out, kv_lens)
     return _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, return_lse, copy, precision)
 
 
@@ -117,15 +118,15 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
-    if (kv_lens is None and not return_lse and not split_k and layout == "BHND" and backend == "auto"
-            and not copy
+    if (not split_k and layout == "BHND" and backend == "auto" and not copy
             and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
             and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
-        _remember(q, k, v, is_causal, scale, precision, plan, sc, None if out is None else out.dtype)
+        _remember(q, k, v, is_causal, scale, precision, plan, sc, None if out is None else out.dtype,
+                  kv_lens is not None, return_lse)
     return (ret, lse) if return_lse else ret
 
 
-def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype):
+def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype, has_lens, return_lse):
     from sagecore.selector import overrides
     if overrides().debug:
         return  # keep logging every decision
@@ -137,15 +138,22 @@ def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype):
     empty = np.empty
     f32 = np.float32
 
-    def run(q, k, v, out):
+    lse_shape = shape[:3]
+
+    def run(q, k, v, out, kv_lens):
         # out has the remembered dtype; the kernel entry checks its strides
-        # and writeability, as on the first call
+        # and writeability, as on the first call; kv_lens is given or not as
+        # on the first call, its values are checked at every one
         if out is None:
             o = empty(shape, f32)
         elif out.shape != shape:
             raise InvalidArgumentError("out", f"expected shape {shape} (BHND), got {out.shape}")
         else:
             o = out
-        run_plan(q, k, v, o, n, sc, None, None)
-        return o
-    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision, out_dtype)] = run
+        if kv_lens is not None:
+            kv_lens = as_lengths(kv_lens, shape[0], n)
+        lse = empty(lse_shape, f32) if return_lse else None
+        run_plan(q, k, v, o, n, sc, kv_lens, lse)
+        return (o, lse) if return_lse else o
+    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision, out_dtype, has_lens,
+           return_lse)] = run

@@ -229,7 +229,7 @@ def test_repeat_calls_with_out_take_the_fast_path_and_still_check_out():
         outs = [np.full(q.shape, np.nan, dt) for _ in range(2)]
         for o in outs:
             assert sagecore.sdpa(q, k, v, out=o) is o
-        assert any(key[-1] == np.dtype(dt) for key in _FAST)
+        assert any(key[9] == np.dtype(dt) for key in _FAST)  # the out dtype
         for o in outs:
             np.testing.assert_allclose(o.astype(np.float64), ref, atol=3e-3)
     with pytest.raises(errors.InvalidArgumentError, match="out"):
@@ -313,3 +313,32 @@ def test_sagecore_isa_env_names_a_level_this_cpu_runs(isa, ok):
         assert r.returncode == 0 and r.stdout.split()[-1] == isa, r.stderr
     else:
         assert r.returncode != 0 and "InvalidArgumentError: SAGECORE_ISA" in r.stderr, r.stderr[-500:]
+
+
+def test_sdpa_fast_path_with_kv_lens_and_lse(monkeypatch):
+    """Repeated sdpa calls with per-sequence kv_lens (new values each call)
+    and return_lse take the fast path after the first and match the full path
+    (copy=True) bit for bit; bad lengths are still typed errors there."""
+    from sagecore import executor as ex
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((3, 8, 1, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 90, 64)).astype(np.float16)
+    v = rng.standard_normal((3, 2, 90, 64)).astype(np.float16)
+    calls = []
+    real = ex.plan_for
+    monkeypatch.setattr(ex, "plan_for", lambda r, kv_len=None: calls.append(r) or real(r, kv_len))
+    for step in range(5):
+        lens = [90 - step, 60 + step, 7]
+        got, lse = sagecore.sdpa(q, k, v, is_causal=True, kv_lens=lens, return_lse=True)
+        full, full_lse = sagecore.sdpa(q, k, v, is_causal=True, kv_lens=lens, return_lse=True, copy=True)
+        np.testing.assert_array_equal(got, full)
+        np.testing.assert_array_equal(lse, full_lse)
+        assert not np.array_equal(got, sagecore.sdpa(q, k, v, is_causal=True, copy=True))
+    assert len(calls) == 1 + 5 * 2  # the fast-path calls built one request, the first
+    for bad, exc in (([91, 1, 1], errors.InvalidArgumentError), ([1.5, 1, 1], errors.ArgumentTypeError),
+                     ([1, 1], errors.InvalidArgumentError)):
+        with pytest.raises(exc) as ei:
+            sagecore.sdpa(q, k, v, is_causal=True, kv_lens=bad, return_lse=True)
+        assert ei.value.argument == "kv_lens"
+    out = sagecore.sdpa(q, k, v, is_causal=True, kv_lens=[5, 5, 5])  # lse not asked: another entry
+    assert isinstance(out, np.ndarray)
