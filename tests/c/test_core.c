@@ -257,7 +257,9 @@ static void test_precision_case(sc_isa best, int M) {
     EXPECT(e <= 3e-2 * m, "precision bf16 differs from fp32 by %g (max |o| %g)", e, m);
     /* prefill items: AMX tiles, or VDPBF16PS on avx512_vnni with AVX512-BF16; decode: the VNNI integer paths */
     const int bf16dp = best == SC_ISA_AVX512_VNNI && strstr(sc_cpu_features(), "avx512bf16") != NULL;
-    const int uses = M > 1 ? (best == SC_ISA_AMX || bf16dp) : (best == SC_ISA_AMX || best == SC_ISA_AVX512_VNNI);
+    /* decode over int8 K: VNNI int16 q', or dotprod's q split in two int8 parts instead of three */
+    const int uses = M > 1 ? (best == SC_ISA_AMX || bf16dp)
+                           : (best == SC_ISA_AMX || best == SC_ISA_AVX512_VNNI || best == SC_ISA_NEON_DOTPROD);
     if (uses) EXPECT(e > 1e-7 * m, "precision bf16 had no effect on the %s path, M=%d (diff %g)", sc_isa_name(best), M, e);
     else EXPECT(e == 0, "precision bf16 changed the %s path, M=%d (diff %g)", sc_isa_name(best), M, e);
     if (M == 1) EXPECT(e <= 1e-3 * m, "integer decode differs from fp32 by %g (max |o| %g)", e, m);
