@@ -274,12 +274,22 @@ def test_row_blocking_follows_the_core(isa):
     assert row_blocking(1, 300, 64) == ((256, 2) if amx else (64, 5))
 
 
+def built_requests(monkeypatch) -> list:
+    """The kv_len of every request built for a call, from now on (a fast-path
+    miss on a new split count passes the kept request with kv_len: not counted)."""
+    from sagecore import executor as ex
+    calls = []
+    real = ex.plan_for
+    monkeypatch.setattr(ex, "plan_for",
+                        lambda r, kv_len=None: (kv_len is None and calls.append(r.kv_len)) or real(r, kv_len))
+    return calls
+
+
 def test_cache_attend_fast_path_with_kv_lens_and_lse(monkeypatch):
     """A batched decode loop (per-sequence kv_lens that change every step,
     return_lse) over a cache of two head segments in different formats takes
     the fast path after its first call and gives the full path's outputs and
     log-sum-exps bit for bit; its lengths are validated like the full path's."""
-    from sagecore import executor as ex
     from sagecore.policy import policy_from_dict
     pol = policy_from_dict({"k": {"encoding": "int8", "token_group": 32, "channel_group": 1, "smooth": True},
                             "v": {"encoding": "int8"},
@@ -289,10 +299,7 @@ def test_cache_attend_fast_path_with_kv_lens_and_lse(monkeypatch):
     c = sagecore.QuantKVCache(pol, batch=2, kv_heads=2, head_dim=64, capacity=256)
     assert len({(f[1].format_id, f[2].format_id) for f in c.formats}) == 2  # two segments
     c.append(*(rng.standard_normal((2, 2, 2, 100, 64)).astype(np.float32)))
-    calls = []
-    real = ex.plan_for
-    monkeypatch.setattr(ex, "plan_for",
-                        lambda r, kv_len=None: (kv_len is None and calls.append(r.kv_len)) or real(r, kv_len))
+    calls = built_requests(monkeypatch)
     q = rng.standard_normal((2, 4, 1, 64)).astype(np.float32)
     for step in range(6):
         lens = [len(c) - 3 * step - 5, len(c) - step - 1]
@@ -314,15 +321,10 @@ def test_cache_attend_fast_path_follows_a_decode_loop(monkeypatch):
     the split decision at every length (one item: split-K past min_kv_len), see
     appends, capacity growth and selector.reset(); results are those of the
     full path (copy=True always takes it)."""
-    from sagecore import executor as ex
     rng = np.random.default_rng(3)
     c = sagecore.QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=1024)
     c.append(*(rng.standard_normal((2, 1, 1, 1990, 64)).astype(np.float32)))
-    calls = []
-    real = ex.plan_for
-    # requests built for a call (a fast-path miss on a new split count passes the kept request with kv_len)
-    monkeypatch.setattr(ex, "plan_for",
-                        lambda r, kv_len=None: (kv_len is None and calls.append(r.kv_len)) or real(r, kv_len))
+    calls = built_requests(monkeypatch)
     q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
     out = np.empty_like(q)
     splits = set()
