@@ -66,13 +66,9 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
     """
-    if (not split_k and not copy and layout == "BHND" and backend == "auto"
-            and (is_causal is True or is_causal is False) and (return_lse is True or return_lse is False)
-            and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+    if _plain_call(q, k, v, out, split_k, copy, layout, backend, is_causal, return_lse):
         try:  # an unhashable scale or precision is not a key: the full path names the argument
-            run = _FAST.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision,
-                             None if out is None else out.dtype, kv_lens is not None, return_lse)
-                            ) if out is None or type(out) is np.ndarray else None
+            run = _FAST.get(_fast_key(q, k, v, out, is_causal, scale, precision, kv_lens, return_lse))
         except TypeError:
             run = None
         if run is not None:
@@ -118,15 +114,30 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     plan = plan_for(req)
     lse = np.empty((B, Hq, M), np.float32) if return_lse else None
     plan.runner(qa, ka, va, out_arr, ka.shape[2], sc, kv_lens, lse)
-    if (not split_k and layout == "BHND" and backend == "auto" and not copy
-            and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
-            and (out is None or type(out) is np.ndarray) and plan.backend == "cpu"):
-        _remember(q, k, v, is_causal, scale, precision, plan, sc, None if out is None else out.dtype,
-                  kv_lens is not None, return_lse)
+    if plan.backend == "cpu" and _plain_call(q, k, v, out, split_k, copy, layout, backend, is_causal, return_lse):
+        _remember(_fast_key(q, k, v, out, is_causal, scale, precision, kv_lens, return_lse), q, k, plan, sc,
+                  return_lse)
     return (ret, lse) if return_lse else ret
 
 
-def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype, has_lens, return_lse):
+def _plain_call(q, k, v, out, split_k, copy, layout, backend, is_causal, return_lse) -> bool:
+    """A call sdpa's fast path may serve: numpy arrays in BHND, backend
+    "auto", no split_k or copy, flags that are bools (others are validated by
+    the full path: the keys compare by equality, and 1.0 == True)."""
+    return (not split_k and not copy and layout == "BHND" and backend == "auto"
+            and (is_causal is True or is_causal is False) and (return_lse is True or return_lse is False)
+            and type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
+            and (out is None or type(out) is np.ndarray))
+
+
+def _fast_key(q, k, v, out, is_causal, scale, precision, kv_lens, return_lse) -> tuple:
+    """The key of sdpa's fast-path entries (TypeError if scale or precision is
+    unhashable); kv_lens counts by presence only."""
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision,
+            None if out is None else out.dtype, kv_lens is not None, return_lse)
+
+
+def _remember(key, q, k, plan, sc, return_lse):
     from sagecore.selector import overrides
     if overrides().debug:
         return  # keep logging every decision
@@ -137,7 +148,6 @@ def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype, has_len
     n = k.shape[2]
     empty = np.empty
     f32 = np.float32
-
     lse_shape = shape[:3]
 
     def run(q, k, v, out, kv_lens):
@@ -155,5 +165,4 @@ def _remember(q, k, v, is_causal, scale, precision, plan, sc, out_dtype, has_len
         lse = empty(lse_shape, f32) if return_lse else None
         run_plan(q, k, v, o, n, sc, kv_lens, lse)
         return (o, lse) if return_lse else o
-    _FAST[(q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, is_causal, scale, precision, out_dtype, has_lens,
-           return_lse)] = run
+    _FAST[key] = run

@@ -11,6 +11,7 @@ the first attention call, not a silent run of another path.
 
 from __future__ import annotations
 
+import numbers
 import os
 
 from sagecore.errors import ArgumentTypeError, InvalidArgumentError
@@ -21,10 +22,8 @@ __all__ = ["set_num_threads", "get_num_threads", "check_isa_env"]
 def set_num_threads(n: int) -> None:
     """Threads the CPU kernels use from the next call on; 0 restores the
     default (OpenMP's, normally all cores; ``OMP_NUM_THREADS`` sets it)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        import numpy as np
-        if not isinstance(n, np.integer):
-            raise ArgumentTypeError("n", f"expected an integer, got {type(n).__name__}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # numpy integers are Integral
+        raise ArgumentTypeError("n", f"expected an integer, got {type(n).__name__}")
     if n < 0 or n > 4096:
         raise InvalidArgumentError("n", f"expected 0 (the default) to 4096 threads, got {n}")
     from sagecore import _cpu

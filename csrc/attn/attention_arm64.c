@@ -121,10 +121,9 @@ void sc_attn_item_neon(const attn_ctx *c, int64_t i, attn_ws *w) { attn_item_bod
  * (attention_x86.c), one sdot in three fewer. */
 #define SC_T_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 
-static void split3(const float *x, int64_t D, int8_t *p, float *a, int nparts) {
+static void split_q(const float *x, int64_t D, int8_t *p, float *a, int nparts) {
     float r[512];
     memcpy(r, x, (size_t)D * sizeof(float));
-    a[2] = 0.0f;
     for (int part = 0; part < nparts; part++) {
         float mx = 0.0f;
         for (int64_t ch = 0; ch < D; ch++) mx = fabsf(r[ch]) > mx ? fabsf(r[ch]) : mx;
@@ -140,27 +139,18 @@ static void split3(const float *x, int64_t D, int8_t *p, float *a, int nparts) {
     }
 }
 
-/* the partial dots of one query row's three (or two) parts with 16*n codes */
-SC_T_DOTPROD static inline float dot3(const int8_t *pq, int64_t D, const float *a, const int8_t *k, int64_t n16) {
+/* the partial dots of one query row's np (3 or 2) parts with 16*n codes */
+SC_T_DOTPROD static inline __attribute__((always_inline)) float dotn(const int8_t *pq, int64_t D, const float *a,
+                                                                     const int8_t *k, int64_t n16, const int np) {
     int32x4_t h0 = vdupq_n_s32(0), h1 = vdupq_n_s32(0), h2 = vdupq_n_s32(0);
     for (int64_t i = 0; i < n16; i++) {
         const int8x16_t kv = vld1q_s8(k + 16 * i);
         h0 = vdotq_s32(h0, vld1q_s8(pq + 16 * i), kv);
         h1 = vdotq_s32(h1, vld1q_s8(pq + D + 16 * i), kv);
-        h2 = vdotq_s32(h2, vld1q_s8(pq + 2 * D + 16 * i), kv);
+        if (np == 3) h2 = vdotq_s32(h2, vld1q_s8(pq + 2 * D + 16 * i), kv);
     }
-    return a[0] * (float)vaddvq_s32(h0) + a[1] * (float)vaddvq_s32(h1) + a[2] * (float)vaddvq_s32(h2);
+    return a[0] * (float)vaddvq_s32(h0) + a[1] * (float)vaddvq_s32(h1) + (np == 3 ? a[2] * (float)vaddvq_s32(h2) : 0.0f);
 }
-SC_T_DOTPROD static inline float dot2(const int8_t *pq, int64_t D, const float *a, const int8_t *k, int64_t n16) {
-    int32x4_t h0 = vdupq_n_s32(0), h1 = vdupq_n_s32(0);
-    for (int64_t i = 0; i < n16; i++) {
-        const int8x16_t kv = vld1q_s8(k + 16 * i);
-        h0 = vdotq_s32(h0, vld1q_s8(pq + 16 * i), kv);
-        h1 = vdotq_s32(h1, vld1q_s8(pq + D + 16 * i), kv);
-    }
-    return a[0] * (float)vaddvq_s32(h0) + a[1] * (float)vaddvq_s32(h1);
-}
-#define DOTN(np, pq, D, a, k, n16) ((np) == 3 ? dot3(pq, D, a, k, n16) : dot2(pq, D, a, k, n16))
 
 SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                      int64_t j0, int64_t nt, float *s) {
@@ -178,13 +168,13 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
             const int64_t at = (kr * st->capacity + j0) * ncell + i;
             sc[i] = sf32 ? ((const float *)st->scales)[at] : sc_h2f(((const uint16_t *)st->scales)[at]);
         }
-        for (int64_t r = 0; r < R; r++) split3(q + r * D, D, parts + r * 3 * D, pa + 3 * r, np);
+        for (int64_t r = 0; r < R; r++) split_q(q + r * D, D, parts + r * 3 * D, pa + 3 * r, np);
         for (int64_t r = 0; r < R; r++)
             for (int64_t j = 0; j < nt; j++) {
                 float acc = 0.0f;
                 for (int64_t cell = 0; cell < ncell; cell++)
                     acc += sc[j * ncell + cell] *
-                           DOTN(np, parts + r * 3 * D + cell * G, D, pa + 3 * r, codes + j * D + cell * G, G / 16);
+                           dotn(parts + r * 3 * D + cell * G, D, pa + 3 * r, codes + j * D + cell * G, G / 16, np);
                 s[r * TL + j] = acc;
             }
         return;
@@ -198,11 +188,11 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
             for (int64_t ch = 0; ch < D; ch++)
                 xr[ch] = q[r * D + ch] *
                          (sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]));
-            split3(xr, D, parts + r * 3 * D, pa + 3 * r, np);
+            split_q(xr, D, parts + r * 3 * D, pa + 3 * r, np);
         }
         for (int64_t r = 0; r < R; r++)
             for (int64_t j = 0; j < n; j++)
-                s[r * TL + t + j] = DOTN(np, parts + r * 3 * D, D, pa + 3 * r, codes + (t + j) * D, D / 16);
+                s[r * TL + t + j] = dotn(parts + r * 3 * D, D, pa + 3 * r, codes + (t + j) * D, D / 16, np);
         t += n;
     }
 }
