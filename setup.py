@@ -100,7 +100,10 @@ def _build_metallibs(metal_dir):
     for src in glob.glob(os.path.join(metal_dir, "*.metal")):
         base = os.path.splitext(src)[0]
         try:
-            subprocess.run(["xcrun", "-sdk", "macosx", "metal", "-c", "-I", metal_dir, src, "-o", base + ".air"],
+            # -fno-fast-math: the CLI's default is fast math, which may fold the
+            # kernels' NaN/Inf tests away; runtime compiles use MTLMathModeSafe
+            subprocess.run(["xcrun", "-sdk", "macosx", "metal", "-c", "-fno-fast-math", "-I", metal_dir, src, "-o",
+                            base + ".air"],
                            check=True, capture_output=True, timeout=600)
             subprocess.run(["xcrun", "-sdk", "macosx", "metallib", base + ".air", "-o", base + ".metallib"],
                            check=True, capture_output=True, timeout=600)

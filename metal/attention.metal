@@ -44,10 +44,12 @@ static void finish_row(constant sc_attn_args &a, device void *out, device const 
                        float L) {
     const int D = a.head_dim, mb = a.rows_per_head;
     const int g = r / mb, ii = r % mb;
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    // L == 0: no visible key (zeros); a NaN L (a non-finite score) stays NaN
+    const bool live = L != 0.0f;
+    const float inv = live ? 1.0f / L : 0.0f;
     for (int ci = 0; ci < NCH; ci++) {
         const int c = int(lane) + 32 * ci;
-        if (c < D) tmp[c] = L > 0.0f ? o[ci] * inv : 0.0f;
+        if (c < D) tmp[c] = live ? o[ci] * inv : 0.0f;
     }
     if (fc_v_rot) sc::hadamard_simd(tmp, lane, D, a.rot_block, a.rot_norm);
     simdgroup_barrier(mem_flags::mem_threadgroup);
@@ -57,7 +59,7 @@ static void finish_row(constant sc_attn_args &a, device void *out, device const 
         const int c = int(lane) + 32 * ci;
         if (c >= D) continue;
         float v = tmp[c];
-        if (fc_v_smooth && L > 0.0f) v = v + v_mean[long(kr) * D + c];
+        if (fc_v_smooth && live) v = v + v_mean[long(kr) * D + c];
         if (fc_o_f16) ((device half *)out)[base + c] = half(v);
         else ((device float *)out)[base + c] = v;
     }
@@ -119,10 +121,13 @@ kernel void sc_attn_vec(device const void *q [[buffer(0)]], device void *out [[b
         for (int r = 0; r < R; r++) {
             const int ii = r % mb;
             const bool vis = j < hi && ii < mrows && (!a.causal || j <= n_b - M + i0 + ii);
-            const float sr = vis ? s[r] : -INFINITY;
+            // a visible non-finite score (NaN/Inf in K, or overflow) becomes a NaN p,
+            // so the row's output is NaN, which the host reports as an error; max()
+            // alone would drop a NaN and -inf would read as a masked key
+            const float sr = vis ? (isfinite(s[r]) ? s[r] : NAN) : -INFINITY;
             const float tmax = simd_max(sr);
             const float mnew = max(m[r], tmax);
-            const float p = (mnew == -INFINITY || sr == -INFINITY) ? 0.0f : exp2(sr - mnew);
+            const float p = isnan(sr) ? sr : (mnew == -INFINITY || sr == -INFINITY) ? 0.0f : exp2(sr - mnew);
             const float alpha = (mnew == -INFINITY || m[r] == -INFINITY) ? (m[r] == mnew ? 1.0f : 0.0f)
                                                                        : exp2(m[r] - mnew);
             l[r] = l[r] * alpha + p;
@@ -179,18 +184,18 @@ kernel void sc_attn_reduce(device void *out [[buffer(1)]], device const float *v
         float o[NCH];
         for (int ci = 0; ci < NCH; ci++) o[ci] = 0.0f;
         float L = 0.0f;
-        if (mx != -INFINITY)
-            for (int s = 0; s < S; s++) {
-                const long base = (item * S + s) * R + r;
-                const float ms = part_ml[base * 2], ls = part_ml[base * 2 + 1];
-                if (ms == -INFINITY) continue;
-                const float f = exp2(ms - mx);
-                L += ls * f;
-                for (int ci = 0; ci < NCH; ci++) {
-                    const int c = int(lane) + 32 * ci;
-                    if (c < D) o[ci] += part_o[base * D + c] * f;
-                }
+        for (int s = 0; s < S; s++) {
+            const long base = (item * S + s) * R + r;
+            const float ms = part_ml[base * 2], ls = part_ml[base * 2 + 1];
+            if (isnan(ls)) L = NAN; // a split saw a non-finite score: the row is NaN
+            if (ms == -INFINITY) continue;
+            const float f = exp2(ms - mx);
+            L += ls * f;
+            for (int ci = 0; ci < NCH; ci++) {
+                const int c = int(lane) + 32 * ci;
+                if (c < D) o[ci] += part_o[base * D + c] * f;
             }
+        }
         finish_row(a, out, v_mean, tmp, lane, b, hk, r, i0, o, L);
     }
 }
@@ -291,7 +296,8 @@ kernel void sc_attn_mma(device const void *q [[buffer(0)]], device void *out [[b
         for (int t = 0; t < 4; t++) {
             const int j = j0 + kq + t;
             const bool vis = row_ok && kq + t < nk && (!a.causal || j <= n_b - M + i0 + sg_ii);
-            sv[t] = vis ? st[srow * MMA_BK + kq + t] : -INFINITY;
+            const float x = st[srow * MMA_BK + kq + t];
+            sv[t] = vis ? (isfinite(x) ? x : NAN) : -INFINITY; // non-finite: a NaN p (see sc_attn_vec)
             mx = max(mx, sv[t]);
         }
         mx = max(mx, simd_shuffle_xor(mx, 1));
@@ -300,7 +306,7 @@ kernel void sc_attn_mma(device const void *q [[buffer(0)]], device void *out [[b
         const float mnew = max(mold, mx);
         float psum = 0.0f;
         for (int t = 0; t < 4; t++) {
-            const float p = (mnew == -INFINITY || sv[t] == -INFINITY) ? 0.0f : exp2(sv[t] - mnew);
+            const float p = isnan(sv[t]) ? sv[t] : (mnew == -INFINITY || sv[t] == -INFINITY) ? 0.0f : exp2(sv[t] - mnew);
             st[srow * MMA_BK + kq + t] = p;
             psum += p;
         }

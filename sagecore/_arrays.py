@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore.errors import ArgumentTypeError, InvalidArgumentError
+from sagecore.errors import ArgumentTypeError, InvalidArgumentError, NonFiniteError
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 #: dtype -> its name, for requests: str(dtype) costs ~4 us in numpy 2
@@ -105,3 +105,30 @@ def as_flag(x, name: str) -> bool:
     if isinstance(x, (int, np.integer)) and x in (0, 1):
         return bool(x)
     raise ArgumentTypeError(name, f"expected True or False, got {type(x).__name__} {x!r}")
+
+
+# What a non-finite element of each argument is, in the errors below (the C
+# core words its SC_ERR_NONFINITE messages the same way: csrc/attn/attention.c).
+_WHAT = {"q": "(queries must be finite)", "k": "of a visible key (keys must be finite)",
+         "v": "of a visible value (values must be finite)"}
+
+
+def first_nonfinite(a: np.ndarray, lens=None):
+    """``(b, h, t, c, value)`` of the first non-finite element of the BHND
+    array ``a`` among tokens ``< lens[b]`` (all tokens if ``lens`` is None),
+    in (batch, head, token, channel) order; None if there is none."""
+    for b in range(a.shape[0]):
+        x = a[b] if lens is None else a[b, :, :int(lens[b])]
+        bad = ~np.isfinite(x)
+        if bad.any():
+            h, t, c = (int(i) for i in np.argwhere(bad)[0])
+            return b, h, t, c, float(x[h, t, c])
+    return None
+
+
+def raise_nonfinite(name: str, a: np.ndarray, lens=None) -> None:
+    """NonFiniteError naming ``name`` and its first non-finite element, if any."""
+    hit = first_nonfinite(a, lens)
+    if hit is not None:
+        b, h, t, c, x = hit
+        raise NonFiniteError(name, f"element [batch {b}, head {h}, token {t}, channel {c}] = {x} {_WHAT[name]}")

@@ -26,6 +26,10 @@ cdef int check(sc_status status) except -1 nogil:
     with gil:
         msg = sc_last_error().decode("utf-8", "replace")
         if status == SC_ERR_NONFINITE:
+            # sc_attention names the argument first ("q: ...", "k: ...", "v: ...")
+            arg, sep, rest = msg.partition(": ")
+            if sep and arg in ("q", "k", "v"):
+                raise errors.NonFiniteError(arg, rest)
             raise errors.NonFiniteError("values", msg)
         if status == SC_ERR_UNSUPPORTED:
             raise errors.UnsupportedError(msg)

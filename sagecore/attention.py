@@ -65,6 +65,10 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
     Raises:
         ArgumentTypeError, InvalidArgumentError: bad types, shapes or layout.
         NoBackendError: no backend accepts the request (lists each one's reason).
+        NonFiniteError: a NaN/Inf in ``q``, or in ``k``/``v`` at a token below
+            ``kv_lens`` (tokens past it are never read), or scores/outputs
+            beyond float32 (float16 for a float16 ``out``); ``argument`` is
+            ``"q"``, ``"k"`` or ``"v"``, and the message names the element.
     """
     if _plain_call(q, k, v, out, split_k, copy, layout, backend, is_causal, return_lse):
         try:  # an unhashable scale or precision is not a key: the full path names the argument

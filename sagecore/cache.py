@@ -430,6 +430,8 @@ class QuantKVCache:
         Raises:
             InvalidArgumentError, ArgumentTypeError: bad shapes or types.
             NoBackendError: no backend serves the cache's formats at this head_dim.
+            NonFiniteError: a NaN/Inf in ``q`` (``argument`` "q"), or scores /
+                outputs beyond float32 (float16 for a float16 ``out``).
         """
         plain = _plain_call(q, out, split_k, copy, layout, backend, is_causal, return_lse)
         if plain:

@@ -96,7 +96,12 @@ class ReferenceExecutor(Executor):
         def run(q, k, v, out, kv_len, scale, kv_lens, lse):
             o, ls = sdpa_reference(q, k[:, :, :kv_len], v[:, :, :kv_len], scale=scale, is_causal=causal,
                                    kv_lens=kv_lens, return_lse=True)
-            np.copyto(out, o, casting="unsafe")
+            with np.errstate(over="ignore"):
+                cast = o.astype(out.dtype)
+            if not np.isfinite(cast).all():  # as the CPU's check of a float16 out
+                from sagecore.errors import NonFiniteError
+                raise NonFiniteError("v", f"the output overflows the {out.dtype} out (inputs are finite)")
+            np.copyto(out, cast)
             if lse is not None:
                 np.copyto(lse, ls, casting="unsafe")
         return run

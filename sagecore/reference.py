@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import as_array, as_flag, as_lengths
-from sagecore.errors import ArgumentTypeError, InvalidArgumentError
+from sagecore._arrays import as_array, as_flag, as_lengths, raise_nonfinite
+from sagecore.errors import ArgumentTypeError, InvalidArgumentError, NonFiniteError
 
 __all__ = ["sdpa_reference", "quality"]
 
@@ -52,6 +52,11 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
     Returns:
         The output ``[B, Hq, M, Dv]`` (or BNHD), in ``dtype``; with
         ``return_lse`` a tuple ``(out, lse)``.
+
+    Raises:
+        NonFiniteError: a NaN/Inf in ``q``, or in ``k``/``v`` at a key some
+            query sees (tokens below ``kv_lens``), or scores/outputs beyond
+            ``dtype``'s range; ``argument`` names q, k or v.
     """
     if layout not in ("BHND", "BNHD"):
         raise InvalidArgumentError("layout", f"expected 'BHND' or 'BNHD', got {layout!r}")
@@ -78,6 +83,12 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
         lens = np.full(B, N, dtype=np.int64)
     else:
         lens = as_lengths(kv_lens, B, N)
+    # Non-finite inputs raise (as on the CPU and Metal backends) rather than
+    # give NaN rows or, where a NaN score loses every comparison, rows that
+    # silently ignore a key: q entirely, K/V where a query can see them.
+    raise_nonfinite("q", q)
+    raise_nonfinite("k", k, lens)
+    raise_nonfinite("v", v, lens)
     group = Hq // Hkv
     Dv = v.shape[3]
     out = np.zeros((B, Hq, M, Dv), dtype=dtype)
@@ -92,14 +103,15 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
         mask = np.broadcast_to(mask, (M, N))
         if not mask.any():
             continue
+        mask = mask[:, :n_b]  # tokens past n_b are never read (they may hold anything)
         for hk in range(Hkv):
-            kb = k[b, hk].astype(dtype)
-            vb = v[b, hk].astype(dtype)
+            kb = k[b, hk, :n_b].astype(dtype)
+            vb = v[b, hk, :n_b].astype(dtype)
             qb = q[b, hk * group:(hk + 1) * group].astype(dtype)  # [group, M, D]
             s = (qb @ kb.T) * dtype.type(scale)  # [group, M, N]
             s = np.where(mask[None], s, -np.inf)
             mx = s.max(axis=-1, keepdims=True)
-            live = np.isfinite(mx)
+            live = np.broadcast_to(mask.any(axis=-1)[None, :, None], mx.shape)  # rows that see a key
             mx = np.where(live, mx, 0)
             p = np.exp(s - mx)
             l = p.sum(axis=-1, keepdims=True)
@@ -107,6 +119,12 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
                 o = np.where(live, (p @ vb) / np.where(l > 0, l, 1), 0)
                 lse[b, hk * group:(hk + 1) * group] = np.where(live[..., 0], (mx + np.log(l))[..., 0], -np.inf)
             out[b, hk * group:(hk + 1) * group] = o
+    scores_bad = bool((np.isnan(lse) | np.isposinf(lse)).any())
+    if scores_bad or not np.isfinite(out).all():
+        # finite inputs, yet scores or sums beyond the dtype's range
+        name = "k" if scores_bad else "v"
+        raise NonFiniteError(name, f"the attention {'output' if name == 'v' else 'scores'} overflow {dtype} "
+                                   f"(inputs are finite)")
     if layout == "BNHD":
         out = out.transpose(0, 2, 1, 3)
         lse = lse.transpose(0, 2, 1)

@@ -19,6 +19,8 @@
  * Results agree across ISAs to rounding (not bitwise: vector widths change the
  * summation order of dot products).
  */
+#include <stdio.h>
+
 #include "attn_body.h"
 
 /* ---------------------------------------------------------- workspaces */
@@ -101,6 +103,53 @@ int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_head
     int64_t by_len = kv_len / 1024;
     s = s < by_len ? s : by_len;
     return (int32_t)(s < 1 ? 1 : (s > 64 ? 64 : s));
+}
+
+/* The first non-finite element of t's rows [0, n_b) per batch item (n_b:
+ * lens[b], or n), written to pos as "[batch b, head h, token t, channel c]
+ * = nan" (named: the caller's layout may order the axes otherwise); 0 if none. */
+static int first_nonfinite(const sc_tensor *t, const int64_t *lens, int64_t n, char *pos, size_t size) {
+    const size_t es = t->dtype == SC_DTYPE_F16 ? 2 : 4;
+    for (int64_t b = 0; b < t->batch; b++)
+        for (int64_t h = 0; h < t->heads; h++)
+            for (int64_t i = 0; i < (lens ? lens[b] : n); i++) {
+                const char *row = (const char *)t->ptr + (size_t)(b * t->stride_b + h * t->stride_h + i * t->stride_t) * es;
+                for (int64_t d = 0; d < t->dim; d++) {
+                    float x;
+                    if (es == 2) sc_f16_to_f32((const uint16_t *)row + d, &x, 1);
+                    else memcpy(&x, row + 4 * d, 4);
+                    if (!(fabsf(x) <= FLT_MAX)) {
+                        snprintf(pos, size, "[batch %lld, head %lld, token %lld, channel %lld] = %s", (long long)b, (long long)h, (long long)i,
+                                 (long long)d, x != x ? "nan" : (x > 0 ? "inf" : "-inf"));
+                        return 1;
+                    }
+                }
+            }
+    return 0;
+}
+
+/* SC_ERR_NONFINITE for the NF_* bits a call saw, naming the argument first
+ * ("q: ...", "k: ...", "v: ..."; the Python layer raises NonFiniteError with
+ * that argument) and, where the input is a tensor, the first offending element
+ * (found by a scan that runs on this error path only). */
+static sc_status nonfinite_error(const sc_attention_args *a, int nf) {
+    char pos[128];
+    if (nf & NF_Q) {
+        if (first_nonfinite(&a->q, NULL, a->q.tokens, pos, sizeof pos))
+            return sc_fail(SC_ERR_NONFINITE, "q: element %s (queries must be finite)", pos);
+        return sc_fail(SC_ERR_NONFINITE, "q: a non-finite element (queries must be finite)");
+    }
+    if (nf & NF_S) {
+        if (a->k_tensor && first_nonfinite(a->k_tensor, a->kv_lens, a->kv_len, pos, sizeof pos))
+            return sc_fail(SC_ERR_NONFINITE, "k: element %s of a visible key (keys must be finite)", pos);
+        return sc_fail(SC_ERR_NONFINITE, "k: attention scores are not finite: a NaN/Inf in the keys%s, or q.k x scale "
+                       "beyond float32", a->k_tensor ? "" : " (their store or its scales/means)");
+    }
+    if (a->v_tensor && first_nonfinite(a->v_tensor, a->kv_lens, a->kv_len, pos, sizeof pos))
+        return sc_fail(SC_ERR_NONFINITE, "v: element %s of a visible value (values must be finite)", pos);
+    return sc_fail(SC_ERR_NONFINITE, "v: the output is not finite: a NaN/Inf in the values%s, or sums beyond "
+                   "float32%s", a->v_tensor ? "" : " (their store or its scales/means)",
+                   a->out.dtype == SC_DTYPE_F16 ? " (float16 for this float16 out)" : "");
 }
 
 static int head_dim_ok(int64_t d) {
@@ -266,6 +315,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     }
 #endif
     volatile int failed = 0;
+    int nf = 0; /* NF_* bits of every thread */
     int nth = threads < items ? threads : (int)items;
     /* Tiny calls run on the calling thread: waking the OpenMP team costs
      * 2-3 us, more than splitting < ~8 us of work saves (measured: decode of
@@ -279,6 +329,7 @@ sc_status sc_attention(const sc_attention_args *a) {
         for (int64_t it = 0; it < items && !failed; it++) item(&c, it, &w);
         if (S > 1)
             for (int64_t blk = 0; blk < B * Hkv * c.nrb && !failed; blk++) reduce(&c, blk, &w);
+        nf = w.nf;
         ws_free(&w);
     } else
 #pragma omp parallel num_threads(nth)
@@ -298,6 +349,7 @@ sc_status sc_attention(const sc_attention_args *a) {
             for (int64_t blk = 0; blk < B * Hkv * c.nrb; blk++)
                 if (!failed) reduce(&c, blk, &w);
         }
+        if (w.nf) __atomic_fetch_or(&nf, w.nf, __ATOMIC_RELAXED);
         ws_free(&w);
     }
     free(c.part_o);
@@ -305,5 +357,6 @@ sc_status sc_attention(const sc_attention_args *a) {
     free(c.mxpk);
     free(c.mxpv);
     if (failed) return sc_fail(SC_ERR_NO_MEMORY, "out of memory for attention workspaces");
+    if (nf) return nonfinite_error(a, nf);
     return SC_OK;
 }

@@ -1901,6 +1901,7 @@ SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t
         /* four independent chains (one max chain per key was latency-bound);
          * keys past nt are padding, masked off by vis <= nt */
         __m512 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+        __mmask16 nfm = 0;
         const int64_t n4 = (nt + 3) / 4 * 4;
         for (int64_t j = 0; j < n4; j += 4) {
             const __m512i jv = _mm512_set1_epi32((int32_t)j);
@@ -1908,11 +1909,17 @@ SC_T_AMX static int mx_sm(attn_ws *w, int64_t R, int64_t j0, int64_t nt, int64_t
             const __mmask16 k1 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(1)));
             const __mmask16 k2 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(2)));
             const __mmask16 k3 = _mm512_cmpgt_epi32_mask(vis, _mm512_add_epi32(jv, _mm512_set1_epi32(3)));
-            m0 = _mm512_mask_max_ps(m0, k0, m0, _mm512_load_ps(st + j * 16));
-            m1 = _mm512_mask_max_ps(m1, k1, m1, _mm512_load_ps(st + (j + 1) * 16));
-            m2 = _mm512_mask_max_ps(m2, k2, m2, _mm512_load_ps(st + (j + 2) * 16));
-            m3 = _mm512_mask_max_ps(m3, k3, m3, _mm512_load_ps(st + (j + 3) * 16));
+            const __m512 x0 = _mm512_load_ps(st + j * 16), x1 = _mm512_load_ps(st + (j + 1) * 16);
+            const __m512 x2 = _mm512_load_ps(st + (j + 2) * 16), x3 = _mm512_load_ps(st + (j + 3) * 16);
+            m0 = _mm512_mask_max_ps(m0, k0, m0, x0);
+            m1 = _mm512_mask_max_ps(m1, k1, m1, x1);
+            m2 = _mm512_mask_max_ps(m2, k2, m2, x2);
+            m3 = _mm512_mask_max_ps(m3, k3, m3, x3);
+            /* visible NaN / +-Inf scores (fpclass 0x99: QNaN, SNaN, +Inf, -Inf): NF_S */
+            nfm |= _mm512_mask_fpclass_ps_mask(k0, x0, 0x99) | _mm512_mask_fpclass_ps_mask(k1, x1, 0x99) |
+                   _mm512_mask_fpclass_ps_mask(k2, x2, 0x99) | _mm512_mask_fpclass_ps_mask(k3, x3, 0x99);
         }
+        if (nfm) w->nf |= NF_S;
         const __m512 mx = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
         const __m512 mold = _mm512_loadu_ps(w->m + rb * 16);
         /* move the reference where the tile's max exceeds it by > SM_LAZY (or there was none) */

@@ -70,6 +70,21 @@ static inline float exp2_neg(float x) {
     return x <= -127.0f ? 0.0f : p * sc_bits_f32(bits);
 }
 
+/* Non-finite values that reached a call's arithmetic (attn_ws.nf bits):
+ * sc_attention reports them as SC_ERR_NONFINITE instead of a result in which
+ * softmax silently dropped them (a NaN score compares false everywhere) */
+#define NF_Q 1   /* a query element */
+#define NF_S 2   /* a visible score: NaN/Inf in K, or q.k beyond float32 */
+#define NF_O 4   /* an output element: NaN/Inf in V, or beyond float32 */
+/* 1 if |x[0..n)| <= lim (so none is NaN); branch-free so the loop vectorises */
+static inline int all_within(const float *x, int64_t n, float lim) {
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) ok &= fabsf(x[i]) <= lim; /* false for NaN */
+    return ok;
+}
+static inline int all_finite(const float *x, int64_t n) { return all_within(x, n, FLT_MAX); }
+#define F16_LIMIT 65519.99f /* below 65520: rounds to a finite float16 */
+
 static inline float dot(const float *a, const float *b, int64_t n) {
     float acc[16] = {0};
     for (int64_t d = 0; d < n; d += 16)
@@ -239,6 +254,7 @@ typedef struct attn_ws {
     uint16_t *mxc; /* column staging for the V^T transposes */
     int32_t *mxvis; /* per row: keys visible from key 0 (causal limit; < 0: padding row) */
     int64_t mxs; /* c->mx, for the hooks (which see only the workspace) */
+    int nf;      /* NF_* bits seen by this thread (merged by sc_attention) */
 } attn_ws;
 
 #define MX_RP(R) (((R) + 31) / 32 * 32)  /* rows padded for pairs of 16-row tiles */
@@ -267,17 +283,19 @@ static inline void load_tile(const sc_row_kernels *rk, const sc_tensor *t, sc_de
 }
 
 /* Output of one row: o = O/l (then V's inverse rotation and mean), or zeros. */
-static inline __attribute__((always_inline)) void finish_row(const attn_ctx *c, int64_t b, int64_t hk,
-                                                             int64_t g, int64_t i, const float *O, float m,
-                                                             float l, const float *q0, float *tmp) {
+static inline __attribute__((always_inline)) int finish_row(const attn_ctx *c, int64_t b, int64_t hk,
+                                                            int64_t g, int64_t i, const float *O, float m,
+                                                            float l, const float *q0, float *tmp) {
     const sc_attention_args *a = c->a;
     const int64_t D = c->D, h = hk * c->group + g, kr = b * c->Hkv + hk;
+    int bad = 0;
     if (l > 0.0f) {
         const float inv = 1.0f / l;
         for (int64_t d = 0; d < D; d++) tmp[d] = O[d] * inv;
         if (c->v_rotate) sc_rotate_f32(tmp, 1, D, (int32_t)D);
         if (c->v_smooth)
             for (int64_t d = 0; d < D; d++) tmp[d] += a->v->mean[kr * D + d];
+        bad = all_within(tmp, D, a->out.dtype == SC_DTYPE_F16 ? F16_LIMIT : FLT_MAX) ? 0 : NF_O;
     } else {
         for (int64_t d = 0; d < D; d++) tmp[d] = 0.0f;
     }
@@ -293,6 +311,7 @@ static inline __attribute__((always_inline)) void finish_row(const attn_ctx *c, 
         }
         a->lse[(b * c->Hq + h) * c->M + i] = v;
     }
+    return bad;
 }
 
 /* --------------------------------------------------------------- the item */
@@ -334,6 +353,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             }
             for (int64_t d = 0; d < D; d++) qr[d] = q0[d] * qscale;
         row_init:
+            if (!all_finite(q0, D)) w->nf |= NF_Q;
             wm[r] = -INFINITY;
             wl[r] = 0.0f;
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
@@ -385,7 +405,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             float *orow = w->qf + r * D;
             if (c->S > 1) memcpy(c->part_o + (base * R + r) * D, orow, (size_t)D * sizeof(float));
             if (c->S == 1) {
-                finish_row(c, b, hk, r / mb, i0 + r % mb, orow, wm[r], wl[r], wq0 + r * D, wkt);
+                w->nf |= finish_row(c, b, hk, r / mb, i0 + r % mb, orow, wm[r], wl[r], wq0 + r * D, wkt);
             } else {
                 c->part_ml[(base * R + r) * 2] = wm[r];
                 c->part_ml[(base * R + r) * 2 + 1] = wl[r];
@@ -432,6 +452,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
             int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
             vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
+            if (!all_finite(sr, vis)) w->nf |= NF_S;
             const float alpha = sm(sr, vis, nt, &wm[r], &wl[r]);
             if (alpha < 0.0f) continue; /* no visible key: p = 0 */
             any = 1;
@@ -454,7 +475,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         for (int64_t g = 0; g < c->group; g++)
             for (int64_t ii = 0; ii < mrows; ii++) {
                 const int64_t r = g * mb + ii;
-                finish_row(c, b, hk, g, i0 + ii, wo + r * D, wm[r], wl[r], wq0 + r * D, wkt);
+                w->nf |= finish_row(c, b, hk, g, i0 + ii, wo + r * D, wm[r], wl[r], wq0 + r * D, wkt);
             }
     } else {
         const int64_t base = (item / c->S) * c->S + s_idx;
@@ -500,7 +521,7 @@ static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ct
                 if (a->q.dtype == SC_DTYPE_F16) c->rk->load_f16((const uint16_t *)src, NULL, q0, D);
                 else memcpy(q0, src, (size_t)D * sizeof(float));
             }
-            finish_row(c, b, hk, g, i0 + ii, O, mx, L, q0, w->kt);
+            w->nf |= finish_row(c, b, hk, g, i0 + ii, O, mx, L, q0, w->kt);
         }
 }
 

@@ -225,6 +225,11 @@ typedef struct sc_attention_args {
 
 enum { SC_PRECISION_FP32 = 0, SC_PRECISION_BF16 = 1, SC_PRECISION_INT8 = 2 };
 
+/* SC_ERR_NONFINITE when a NaN/Inf in q, or in K/V at a token below the
+ * batch item's key count, or a score / output beyond float32 (float16 for an
+ * f16 out) reached the arithmetic; the message starts with the argument ("q: ",
+ * "k: ", "v: ") and, for tensors, names the first such element. out is then
+ * unspecified. Tokens at or past kv_len / kv_lens[b] are never read. */
 sc_status sc_attention(const sc_attention_args *a);
 
 /* The split count sc_attention uses for split_k = 0. */

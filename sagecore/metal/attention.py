@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from sagecore import errors
+from sagecore._arrays import raise_nonfinite
 from sagecore.formats import KVFormat
 from sagecore.metal.kernels import rotation
 
@@ -108,6 +109,11 @@ def make_runner(plan):
         if lse is not None:
             raise errors.UnsupportedError("the Metal attention kernels do not return the log-sum-exp yet")
         N = int(kv_len)
+        # Non-finite inputs raise, as on the CPU (docs/architecture.md): q is
+        # checked here; a NaN/Inf in K or V, or an overflow, reaches the output
+        # (p = 2^(NaN - m) is NaN), which is checked after the run.
+        if not np.isfinite(q).all():
+            raise_nonfinite("q", q)
         c = dev.command_buffer()
         if RACE_CHECK and emulated:
             c.set_race_check(True)
@@ -185,5 +191,12 @@ def make_runner(plan):
         if ob.copied:  # pragma: no cover - Metal refused the wrap (never under emulation)
             src = np.lib.stride_tricks.as_strided(np.frombuffer(ob, out.dtype), out.shape, out.strides)
             np.copyto(out, src)
+        if not np.isfinite(out).all():
+            lens = np.full(B, N) if kv_lens is None else kv_lens
+            if r.kv_source == "tensor":
+                raise_nonfinite("k", k[:, :, :N], lens)
+                raise_nonfinite("v", v[:, :, :N], lens)
+            raise errors.NonFiniteError("v", "the output is not finite: a NaN/Inf in the keys or values (their "
+                                             "store or its scales/means), or scores/sums beyond float32")
 
     return run

@@ -387,6 +387,54 @@ static void test_golden(const char *path, sc_isa best) {
     fclose(f);
 }
 
+/* A NaN/Inf in q or in a visible key/value is SC_ERR_NONFINITE naming the
+ * argument, on every ISA level up to best (decode and multi-row items, split
+ * or not); the same values past kv_len are never read. */
+static void test_nonfinite(sc_isa best) {
+    const int B = 1, Hkv = 2, Hq = 8, N = 200, D = 64;
+    float *q = malloc(sizeof(float) * B * Hq * 40 * D), *o = malloc(sizeof(float) * B * Hq * 40 * D);
+    float *kx = malloc(sizeof(float) * B * Hkv * (N + 8) * D), *vx = malloc(sizeof(float) * B * Hkv * (N + 8) * D);
+    const sc_isa levels[] = {SC_ISA_PORTABLE, SC_ISA_AVX2, SC_ISA_AVX512, SC_ISA_AVX512_VNNI, SC_ISA_AMX,
+                             SC_ISA_NEON, SC_ISA_NEON_DOTPROD};
+    int checked = 0;
+    for (int li = 0; li < 7; li++) {
+        if (sc_cpu_set_isa(levels[li]) != SC_OK) continue;
+        for (int M = 1; M <= 40; M += 39)
+            for (int split = 1; split <= 2; split++)
+                for (int which = 0; which < 4; which++) { /* 0 clean, 1 q, 2 k, 3 v (4: past kv_len below) */
+                    for (int i = 0; i < B * Hq * M * D; i++) q[i] = frand();
+                    for (int i = 0; i < B * Hkv * (N + 8) * D; i++) { kx[i] = frand(); vx[i] = frand(); }
+                    for (int h = 0; h < Hkv; h++) /* tokens N..N+7: garbage never read */
+                        for (int i = N * D; i < (N + 8) * D; i++) kx[(h * (N + 8)) * D + i] = vx[(h * (N + 8)) * D + i] = NAN;
+                    if (which == 1) q[(3 * M + M - 1) * D + 5] = INFINITY;
+                    if (which == 2) kx[((N + 8) + N - 1) * D + 9] = NAN;
+                    if (which == 3) vx[17 * D + 2] = -INFINITY;
+                    sc_tensor kt = {kx, SC_DTYPE_F32, B, Hkv, N + 8, D, (int64_t)Hkv * (N + 8) * D, (int64_t)(N + 8) * D, D};
+                    sc_tensor vt = kt;
+                    vt.ptr = vx;
+                    sc_attention_args a = {
+                        .q = {q, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
+                        .out = {o, SC_DTYPE_F32, B, Hq, M, D, (int64_t)Hq * M * D, (int64_t)M * D, D},
+                        .kv_heads = Hkv, .kv_len = N, .scale = 0.125f, .causal = 1, .split_k = split,
+                        .k_tensor = &kt, .v_tensor = &vt};
+                    const sc_status st = sc_attention(&a);
+                    const char *want = which == 1 ? "q: " : which == 2 ? "k: " : "v: ";
+                    if (which == 0)
+                        EXPECT(st == SC_OK, "%s M %d: clean inputs failed: %s", sc_isa_name(levels[li]), M,
+                               sc_last_error());
+                    else
+                        EXPECT(st == SC_ERR_NONFINITE && strncmp(sc_last_error(), want, 3) == 0,
+                               "%s M %d split %d: a non-finite %s gave status %d (%s)", sc_isa_name(levels[li]), M,
+                               split, want, (int)st, sc_last_error());
+                    checked++;
+                }
+    }
+    sc_cpu_set_isa(best);
+    printf("non-finite inputs: %d cases up to %s raise SC_ERR_NONFINITE naming q/k/v\n", checked,
+           sc_isa_name(best));
+    free(q); free(o); free(kx); free(vx);
+}
+
 int main(int argc, char **argv) {
     const sc_isa best = sc_cpu_best_isa();
     printf("sagecore core test: best isa %s (%s), %d threads\n", sc_isa_name(best), sc_cpu_features(),
@@ -394,6 +442,7 @@ int main(int argc, char **argv) {
     test_packing(best);
     test_attention(best);
     test_precision(best);
+    test_nonfinite(best);
     if (argc > 1) {
         test_golden(argv[1], best);
         test_golden(argv[1], SC_ISA_PORTABLE);
