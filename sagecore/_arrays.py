@@ -70,6 +70,35 @@ def prepare_out(out, shape, layout):
     return view, out
 
 
+def _overlap(a, b) -> bool:
+    """Whether two arrays share memory: a bounds test first (~0.5 us), then,
+    for interleaved views of one buffer, the exact one (a conservative True
+    if numpy finds that too hard)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=100000))
+    except getattr(np, "exceptions", np).TooHardError:  # numpy < 1.25: np.TooHardError
+        return True
+
+
+def check_out_overlap(out: np.ndarray, q: np.ndarray, *kv) -> None:
+    """``out`` may be ``q`` itself (each query row is read before its output
+    row is written, by the same work item) or disjoint from the inputs; any
+    other overlap would let one item overwrite what another still reads, a
+    silently wrong result, so it is an InvalidArgumentError. ``kv``: (name,
+    array) pairs."""
+    for name, a in kv:
+        if _overlap(out, a):
+            raise InvalidArgumentError("out", f"overlaps {name}'s memory, which the kernels read while writing "
+                                              f"out; pass a separate array")
+    if _overlap(out, q) and not (
+            out.__array_interface__["data"][0] == q.__array_interface__["data"][0]
+            and out.strides == q.strides and out.shape == q.shape and out.dtype == q.dtype):
+        raise InvalidArgumentError("out", "overlaps q's memory without being q itself (same data, strides and "
+                                          "dtype); pass q itself or a separate array")
+
+
 def as_lengths(x, batch: int, kv_len: int, name: str = "kv_lens") -> np.ndarray:
     """``x`` as a C-contiguous int64 ``[batch]`` array of key counts in
     ``[0, kv_len]``. Integers only: a fractional, boolean or string length is

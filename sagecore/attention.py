@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, check_out_overlap, prepare_out
 from sagecore.errors import InvalidArgumentError
 
 __all__ = ["sdpa"]
@@ -41,7 +41,8 @@ def sdpa(q, k, v, *, scale=None, is_causal=False, layout="BHND", backend="auto",
         is_causal: right-aligned causal mask (row i of M sees keys ``j <= N - M + i``).
         layout: ``"BHND"`` or ``"BNHD"`` for q, k, v and the output.
         backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
-        out: optional float32/float16 array shaped like q (in ``layout``).
+        out: optional float32/float16 array shaped like q (in ``layout``); it
+            may be ``q`` itself, otherwise it must not overlap q, k or v.
         kv_lens: optional per-batch valid key counts.
         split_k: 0 lets the selector decide, 1 disables, n forces n key splits.
         return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
@@ -109,6 +110,8 @@ def _sdpa(q, k, v, scale, is_causal, layout, backend, out, kv_lens, split_k, ret
     if not np.isfinite(sc):
         raise InvalidArgumentError("scale", f"expected a finite number, got {scale!r}")
     out_arr, ret = prepare_out(out, qa.shape, layout)
+    if out is not None:
+        check_out_overlap(out_arr, qa, ("k", ka), ("v", va))
     if kv_lens is not None:
         kv_lens = as_lengths(kv_lens, B, ka.shape[2])
     req = AttentionRequest(B, Hq, ka.shape[1], M, ka.shape[2], D, kv_source="tensor", kv_dtype=DTYPE_NAMES[ka.dtype],
@@ -164,6 +167,7 @@ def _remember(key, q, k, plan, sc, return_lse):
             raise InvalidArgumentError("out", f"expected shape {shape} (BHND), got {out.shape}")
         else:
             o = out
+            check_out_overlap(o, q, ("k", k), ("v", v))
         if kv_lens is not None:
             kv_lens = as_lengths(kv_lens, shape[0], n)
         lse = empty(lse_shape, f32) if return_lse else None

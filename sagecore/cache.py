@@ -33,7 +33,7 @@ from binascii import crc32
 import numpy as np
 
 from sagecore import _cpu
-from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, prepare_out
+from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, check_out_overlap, prepare_out
 from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
@@ -459,6 +459,8 @@ class QuantKVCache:
         if not isinstance(backend, str):
             raise InvalidArgumentError("backend", f"expected a string, got {type(backend).__name__}")
         out_arr, ret = prepare_out(out, q.shape, layout)
+        if out is not None:
+            check_out_overlap(out_arr, q)
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating))):
             raise InvalidArgumentError("scale", f"expected a number or None, got {type(scale).__name__}")
         sc = float(1.0 / math.sqrt(D) if scale is None else scale)
@@ -541,6 +543,7 @@ class QuantKVCache:
             raise InvalidArgumentError("out", f"expected shape {q.shape} (BHND), got {out.shape}")
         else:
             o = out  # the kernel entry checks its strides and writeability, as on the first call
+            check_out_overlap(o, q)
         B, Hq, M, _ = q.shape
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         with self._lock:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sagecore import QuantKVCache, _cpu, sdpa, sdpa_reference
-from sagecore.errors import NonFiniteError
+from sagecore.errors import InvalidArgumentError, NonFiniteError
 
 BACKENDS = ["cpu", "metal", "reference"]  # metal: the host emulation on Linux
 
@@ -116,3 +116,50 @@ def test_c_core_reports_the_first_offending_element(rng):
     out = np.empty_like(q)
     with pytest.raises(NonFiniteError, match=r"^v: element \[batch 0, head 1, token 3, channel 2\] = nan"):
         _cpu.attention_tensors(q, k, _poke(v, 1, 3, 2, np.nan), out, None, 0.125, False, 1, None, 0)
+
+
+# ------------------------------------------------------------ out overlaps
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,split_k", [(1, 3000, 4), (200, 300, 1), (64, 3000, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_out_may_be_q_itself(rng, backend, M, N, split_k, dtype):
+    """Each query row is read before its output row is written, by the same
+    work item (split-K: the reduce pass writes after every part ran)."""
+    q, k, v = _inputs(rng, M, N, dtype)
+    kw = {} if backend == "reference" else {"split_k": split_k}
+    want = sdpa(q, k, v, is_causal=True, backend=backend, out=np.empty_like(q), **kw)
+    qq = q.copy()
+    got = sdpa(qq, k, v, is_causal=True, backend=backend, out=qq, **kw)
+    assert got is qq
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_overlapping_an_input_is_an_error(rng, backend):
+    """Before, such calls ran and returned a silently wrong result."""
+    buf = rng.standard_normal((1, 4, 40, 64)).astype(np.float32)
+    q = buf[:, :, :3]                                  # [1, 4, 3, 64]
+    k, v = buf[:, :2, 10:27], buf[:, 2:, 10:27]        # [1, 2, 17, 64] each
+    with pytest.raises(InvalidArgumentError, match="out: overlaps q's memory without being q"):
+        sdpa(q, k, v, out=buf[:, :, 1:4], backend=backend)
+    with pytest.raises(InvalidArgumentError, match="out: overlaps k's memory"):
+        sdpa(q.copy(), k, v, out=buf[:, :, 12:15], backend=backend)
+    with pytest.raises(InvalidArgumentError, match="out: overlaps v's memory"):
+        sdpa(q.copy(), k.copy(), v, out=buf[:, :, 12:15], backend=backend)
+    want = sdpa(q, k, v, backend=backend)
+    got = sdpa(q, k, v, out=buf[:, :, 30:33], backend=backend)  # interleaved but disjoint views: fine
+    np.testing.assert_array_equal(got, want)
+
+
+def test_cache_attend_out_overlapping_q_is_an_error(rng):
+    c = QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=300)
+    c.append(rng.standard_normal((1, 2, 200, 64)).astype(np.float16),
+             rng.standard_normal((1, 2, 200, 64)).astype(np.float16))
+    buf = rng.standard_normal((1, 8, 3, 64)).astype(np.float32)
+    q = buf[:, :, :2]
+    want = c.attend(q)
+    for _ in range(2):  # the full path, then the fast path
+        with pytest.raises(InvalidArgumentError, match="out: overlaps q"):
+            c.attend(q, out=buf[:, :, 1:3])
+    qq = q.copy()
+    np.testing.assert_array_equal(c.attend(qq, out=qq), want)
