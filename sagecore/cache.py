@@ -34,7 +34,7 @@ import numpy as np
 
 from sagecore import _cpu
 from sagecore._arrays import DTYPE_NAMES, as_flag, as_kv_input, as_lengths, check_out_overlap, prepare_out
-from sagecore.errors import CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
+from sagecore.errors import ArgumentTypeError, CorruptFileError, FormatError, InvalidArgumentError, NonFiniteError
 from sagecore.formats import HEADER_SIZE, KVFormat
 from sagecore.policy import Policy, load_policy, policy_from_dict
 
@@ -166,7 +166,8 @@ class TensorStore:
             take = min(n, T - r)
             grp = np.empty((self.batch, self.heads, r + take, self.head_dim), np.float16)
             grp[:, :, :r] = self.arrays["stage"][:, :, :r]
-            grp[:, :, r:] = x[:, :, :take]
+            with np.errstate(over="ignore"):  # out-of-range values: NonFiniteError from quantize
+                grp[:, :, r:] = x[:, :, :take]
             self.packed.quantize(grp, length - r)
             if r + take < T:
                 self.arrays["stage"][:, :, r:r + take] = grp[:, :, r:]
@@ -186,6 +187,13 @@ class TensorStore:
 
     def dequantize_into(self, out: np.ndarray, length: int):
         self.packed.dequantize(out[:, :, :length], 0)
+
+
+def _as_path(path) -> str:
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise ArgumentTypeError("path", f"expected a str or os.PathLike, got {type(path).__name__}")
+    p = os.fspath(path)
+    return os.fsdecode(p)
 
 
 class _Segment:
@@ -612,7 +620,7 @@ class QuantKVCache:
                 "arrays": [[name, str(a.dtype), list(a.shape)] for name, a in state],
             }
             blob = json.dumps(meta, sort_keys=True).encode()
-            path = os.fspath(path)
+            path = _as_path(path)
             tmp = f"{path}.tmp{os.getpid()}"
             try:
                 with open(tmp, "wb") as f:
@@ -628,6 +636,8 @@ class QuantKVCache:
                         crc = crc32(mv, crc)
                         f.write(mv)
                     f.write(struct.pack("<I", crc))
+                    f.flush()
+                    os.fsync(f.fileno())  # the content is on disk before the rename can be
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -640,8 +650,10 @@ class QuantKVCache:
         Raises:
             CorruptFileError: truncated, corrupted, or not a sagecore cache.
             FormatVersionError: written by a newer sagecore.
+            ArgumentTypeError: ``path`` is not a str or os.PathLike.
+            OSError: the file cannot be opened (missing, a directory, ...).
         """
-        path = os.fspath(path)
+        path = _as_path(path)
         with open(path, "rb") as f:
             head = f.read(2 * HEADER_SIZE + _FILE_HEAD.size)
             if len(head) < 2 * HEADER_SIZE + _FILE_HEAD.size:

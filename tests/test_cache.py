@@ -245,3 +245,33 @@ def test_dlpack_inputs(rng):
     assert all(np.array_equal(x, y) for x, y in zip(state(a), state(b)))
     from sagecore._arrays import as_array
     assert as_array(DLPackOnly(k), "k").ctypes.data == k.ctypes.data  # zero-copy
+
+
+def test_failed_append_into_an_open_group_is_silent_and_changes_nothing(rng):
+    """Out-of-range float32 values entering a partial token group: the error
+    names k, numpy emits no overflow warning on the way, and the cache answers
+    as before."""
+    import warnings
+    c = QuantKVCache("int8", batch=1, kv_heads=2, head_dim=64, capacity=256)
+    c.append(rng.standard_normal((1, 2, 100, 64)).astype(np.float16),
+             rng.standard_normal((1, 2, 100, 64)).astype(np.float16))  # 100 = an open 64-token group
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    before = c.attend(q)
+    bad = np.full((1, 2, 5, 64), 1e5, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError, match="^k: "):
+            c.append(bad, bad)
+    assert len(c) == 100
+    np.testing.assert_array_equal(c.attend(q), before)
+
+
+def test_save_and_load_check_the_path_type(tmp_path):
+    c = QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=64)
+    for bad in (3, None, True, ["a"]):
+        with pytest.raises(ArgumentTypeError, match="^path: "):
+            c.save(bad)
+        with pytest.raises(ArgumentTypeError, match="^path: "):
+            QuantKVCache.load(bad)
+    c.save(tmp_path / "c.sc")  # os.PathLike
+    assert len(QuantKVCache.load(str(tmp_path / "c.sc"))) == 0
