@@ -1,6 +1,7 @@
-"""The A/B tool for builds of the C kernels (bench/build_ab.py) still runs:
-it loads the extension of each given tree into one process and times them
-round-robin. Here the same tree twice, a tiny cache, so that it stays cheap."""
+"""The A/B tools still run: bench/build_ab.py loads the extension of each
+given tree into one process and times them round-robin (here the same tree
+twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
+same for policies."""
 import pathlib
 import subprocess
 import sys
@@ -9,8 +10,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "bench" / "build_ab.py"
 
 
-def run(*args):
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=300)
+def run(*args, tool=TOOL):
+    return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_build_ab_times_each_build():
@@ -25,3 +27,11 @@ def test_build_ab_rejects_a_tree_without_a_build(tmp_path):
     r = run(str(ROOT), str(tmp_path), "--n", "64", "--rounds", "1")
     assert r.returncode != 0
     assert "expected one sagecore/_cpu" in r.stderr
+
+
+def test_policy_ab_times_each_policy():
+    r = run("int8.t32.g1.s16+smooth:int8.t1.g32.s16", "int8", "--n", "256", "--rounds", "2", "--threads", "1",
+            tool=ROOT / "bench" / "policy_ab.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if "first/this" in line]
+    assert len(rows) == 2 and "(8.500 bits)" in rows[0] and "(8.375 bits)" in rows[1], r.stdout

@@ -40,10 +40,12 @@ def test_nonfinite_input_raises_naming_it(rng, backend, M, N, split_k, which, va
     args = {"q": q, "k": k, "v": v}
     args[which] = _poke(args[which], h, t, c, value)
     kw = {} if backend == "reference" else {"split_k": split_k}
-    with pytest.raises(NonFiniteError) as ei:
-        sdpa(args["q"], args["k"], args["v"], is_causal=True, backend=backend, **kw)
-    assert ei.value.argument == which
-    assert f"[batch 0, head {h}, token {t}, channel {c}]" in str(ei.value)
+    # bf16: other CPU paths (AVX512-BF16 / AMX prefill items, VNNI decode), bf16 operands
+    for precision in ("fp32", "bf16"):
+        with pytest.raises(NonFiniteError) as ei:
+            sdpa(args["q"], args["k"], args["v"], is_causal=True, backend=backend, precision=precision, **kw)
+        assert ei.value.argument == which
+        assert f"[batch 0, head {h}, token {t}, channel {c}]" in str(ei.value)
 
 
 def test_every_isa_path_reports_nonfinite_keys_and_queries(rng, isa):
@@ -102,12 +104,13 @@ def test_cache_attend_rejects_nonfinite_queries(rng, policy, precision):
     c = QuantKVCache(policy, batch=1, kv_heads=2, head_dim=64, capacity=300)
     c.append(rng.standard_normal((1, 2, 200, 64)).astype(np.float16),
              rng.standard_normal((1, 2, 200, 64)).astype(np.float16))
-    q = rng.standard_normal((1, 8, 1, 64)).astype(np.float32)
-    good = c.attend(q, precision=precision)
-    with pytest.raises(NonFiniteError, match=r"head 5, token 0, channel 9") as ei:
-        c.attend(_poke(q, 5, 0, 9, np.inf), precision=precision)
-    assert ei.value.argument == "q"
-    np.testing.assert_array_equal(c.attend(q, precision=precision), good)  # the fast path is unharmed
+    for M in (1, 40):  # decode items (codes read in place), prefill items (decoded tiles)
+        q = rng.standard_normal((1, 8, M, 64)).astype(np.float32)
+        good = c.attend(q, precision=precision)
+        with pytest.raises(NonFiniteError, match=rf"head 5, token {M - 1}, channel 9") as ei:
+            c.attend(_poke(q, 5, M - 1, 9, np.inf), precision=precision)
+        assert ei.value.argument == "q"
+        np.testing.assert_array_equal(c.attend(q, precision=precision), good)  # the fast path is unharmed
 
 
 def test_c_core_reports_the_first_offending_element(rng):

@@ -1,0 +1,74 @@
+"""Decode time of two or more *policies*, alternated in one process (the
+companion of build_ab.py, which compares builds of the kernels).
+
+    OPENBLAS_NUM_THREADS=1 python bench/policy_ab.py K:V [K:V ...] [--n 32768] [--threads 2]
+        [--cold] [--rounds 30] [--precision bf16]
+
+Each K:V is a pair of format ids, e.g. ``int8.t32.g1.s16+smooth:int8.t1.g32.s16``,
+or a built-in policy name. Every policy gets caches over the same random fp16
+K/V (d128, 32/8 heads); each round times every policy once in turn through
+``QuantKVCache.attend``, so the machine's drift hits all of them alike.
+``--cold`` rotates through enough caches to exceed 4x the last-level cache.
+Prints best and median per call and the median ratio against the first policy.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import sagecore
+from sagecore import QuantKVCache
+from sagecore.bench import llc_bytes
+
+
+def policy(spec: str):
+    if ":" not in spec:
+        return spec
+    k, v = spec.split(":", 1)
+    return {"name": spec, "k": k, "v": v}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("policies", nargs="+")
+    ap.add_argument("--n", type=int, default=32768)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--precision", default="bf16")
+    args = ap.parse_args()
+    sagecore.set_num_threads(args.threads)
+    hq, hkv, d, n = 32, 8, 128, args.n
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
+    v = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
+    q = rng.standard_normal((1, hq, 1, d), dtype=np.float32).astype(np.float16)
+    caches = {}
+    for spec in args.policies:
+        first = QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
+        count = max(2, int(4 * llc_bytes() // max(1, first.nbytes)) + 1) if args.cold else 1
+        cs = [first] + [QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
+                        for _ in range(count - 1)]
+        for c in cs:
+            c.append(k, v)
+        caches[spec] = cs
+    reps = 1 if args.cold else max(3, 400000 // (n * hkv))
+    times = {spec: [] for spec in caches}
+    for _ in range(args.rounds):
+        for spec, cs in caches.items():
+            calls = reps * len(cs)
+            t0 = time.perf_counter()
+            for i in range(calls):
+                cs[i % len(cs)].attend(q, precision=args.precision)
+            times[spec].append((time.perf_counter() - t0) / calls)
+    print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision}, "
+          f"{args.rounds} rounds, isa {sagecore._cpu.cpu_info()['active_isa']}")
+    base = float(np.median(times[args.policies[0]]))
+    for spec, ts in times.items():
+        ts = np.asarray(ts)
+        print(f"  {spec:60s} best {ts.min() * 1e3:7.3f} ms  median {np.median(ts) * 1e3:7.3f} ms  "
+              f"first/this {base / np.median(ts):.3f}x  ({caches[spec][0].bits_per_element():.3f} bits)")
+
+
+if __name__ == "__main__":
+    main()
