@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagecore.errors import UnsupportedError
+from sagecore.errors import NonFiniteError, UnsupportedError
 from sagecore.graph import PRECISION_CODES
 
 __all__ = ["Executor", "CpuExecutor", "MetalExecutor", "ReferenceExecutor", "executor"]
@@ -99,7 +99,6 @@ class ReferenceExecutor(Executor):
             with np.errstate(over="ignore"):
                 cast = o.astype(out.dtype)
             if not np.isfinite(cast).all():  # as the CPU's check of a float16 out
-                from sagecore.errors import NonFiniteError
                 raise NonFiniteError("v", f"the output overflows the {out.dtype} out (inputs are finite)")
             np.copyto(out, cast)
             if lse is not None:

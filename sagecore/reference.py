@@ -93,17 +93,15 @@ def sdpa_reference(q, k, v, *, scale=None, is_causal=False, layout="BHND", kv_le
     Dv = v.shape[3]
     out = np.zeros((B, Hq, M, Dv), dtype=dtype)
     lse = np.full((B, Hq, M), -np.inf, dtype=dtype)
-    jj = np.arange(N)
     ii = np.arange(M)
     for b in range(B):
-        n_b = int(lens[b])
-        mask = jj[None, :] < n_b
+        n_b = int(lens[b])  # tokens past n_b are never read (they may hold anything)
+        jj = np.arange(n_b)
+        mask = np.ones((M, n_b), bool)
         if is_causal:
-            mask = mask & (jj[None, :] <= (n_b - M + ii)[:, None])
-        mask = np.broadcast_to(mask, (M, N))
+            mask = jj[None, :] <= (n_b - M + ii)[:, None]
         if not mask.any():
             continue
-        mask = mask[:, :n_b]  # tokens past n_b are never read (they may hold anything)
         for hk in range(Hkv):
             kb = k[b, hk, :n_b].astype(dtype)
             vb = v[b, hk, :n_b].astype(dtype)

@@ -192,10 +192,9 @@ def make_runner(plan):
             src = np.lib.stride_tricks.as_strided(np.frombuffer(ob, out.dtype), out.shape, out.strides)
             np.copyto(out, src)
         if not np.isfinite(out).all():
-            lens = np.full(B, N) if kv_lens is None else kv_lens
             if r.kv_source == "tensor":
-                raise_nonfinite("k", k[:, :, :N], lens)
-                raise_nonfinite("v", v[:, :, :N], lens)
+                raise_nonfinite("k", k[:, :, :N], kv_lens)
+                raise_nonfinite("v", v[:, :, :N], kv_lens)
             raise errors.NonFiniteError("v", "the output is not finite: a NaN/Inf in the keys or values (their "
                                              "store or its scales/means), or scores/sums beyond float32")
 

@@ -1,12 +1,15 @@
-"""Non-finite inputs to attention raise NonFiniteError naming q, k or v.
+"""Two input contracts of attention that used to give silently wrong results.
 
-Before, a NaN score lost every comparison of the softmax's running max and a
--inf score read as a masked key, so a NaN/Inf in q or K gave rows of zeros or
-rows that silently ignored a key (CPU and Metal), and the reference took rows
-whose max was not finite for rows without keys. The contract now, on every
-backend: a NaN/Inf in q, or in K/V at a token some query sees (below
-kv_lens), or scores/outputs beyond the output's range, raise; values past
-kv_lens are never read and may be anything.
+Non-finite inputs raise NonFiniteError naming q, k or v. Before, a NaN score
+lost every comparison of the softmax's running max and a -inf score read as
+a masked key, so a NaN/Inf in q or K gave rows of zeros or rows that silently
+ignored a key (CPU and Metal), and the reference took rows whose max was not
+finite for rows without keys. Now, on every backend: a NaN/Inf in q, or in
+K/V at a token some query sees (below kv_lens), or scores/outputs beyond the
+output's range, raise; values past kv_lens are never read and may be anything.
+
+An ``out`` overlapping the inputs (other than being q itself) is an
+InvalidArgumentError; before, one work item overwrote what another still read.
 """
 import numpy as np
 import pytest
