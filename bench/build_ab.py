@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from sagecore import QuantKVCache
-from sagecore.bench import llc_bytes
+from sagecore.bench import cold_count
 from sagecore.graph import PRECISION_CODES
 
 
@@ -82,7 +82,7 @@ def main():
 
     first = make()
     nbytes = first.k.nbytes + first.v.nbytes
-    segs = [first] + ([make() for _ in range(int(np.ceil(4 * llc_bytes() / nbytes)) - 1)] if args.cold else [])
+    segs = [first] + ([make() for _ in range(cold_count(nbytes) - 1)] if args.cold else [])
     q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
     outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
     prec = PRECISION_CODES[args.precision]

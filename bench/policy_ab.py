@@ -18,7 +18,7 @@ import numpy as np
 
 import sagecore
 from sagecore import QuantKVCache
-from sagecore.bench import llc_bytes
+from sagecore.bench import cold_count, kv_bytes
 
 
 def policy(spec: str):
@@ -43,15 +43,16 @@ def main():
     k = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
     v = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
     q = rng.standard_normal((1, hq, 1, d), dtype=np.float32).astype(np.float16)
+    def make(spec):
+        c = QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
+        c.append(k, v)
+        return c
+
     caches = {}
     for spec in args.policies:
-        first = QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
-        count = max(2, int(4 * llc_bytes() // max(1, first.nbytes)) + 1) if args.cold else 1
-        cs = [first] + [QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
-                        for _ in range(count - 1)]
-        for c in cs:
-            c.append(k, v)
-        caches[spec] = cs
+        first = make(spec)
+        count = cold_count(kv_bytes(first)) if args.cold else 1
+        caches[spec] = [first] + [make(spec) for _ in range(count - 1)]
     reps = 1 if args.cold else max(3, 400000 // (n * hkv))
     times = {spec: [] for spec in caches}
     for _ in range(args.rounds):

@@ -39,6 +39,12 @@ def llc_bytes():
         return 64 << 20
 
 
+def cold_count(nbytes, factor=4.0):
+    """How many copies of an nbytes working set a cold run rotates through:
+    factor x the LLC in total (at least 2), so every call reads from DRAM."""
+    return max(2, int(np.ceil(factor * llc_bytes() / max(1, nbytes))))
+
+
 def probe_buffer(nbytes=None):
     """A buffer for sc_read_probe that cannot stay in the caches: nbytes
     (default: 2x the LLC, at least 1 GiB), written once."""
@@ -223,7 +229,7 @@ def main(argv=None):
             if args.no_cold:
                 del one
                 continue
-            ncache = max(2, int(np.ceil(args.cold_factor * llc / nb)))
+            ncache = cold_count(nb, args.cold_factor)
             caches = [one]
             for _ in range(ncache - 1):
                 c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
@@ -245,7 +251,7 @@ def main(argv=None):
             step += 1
             for dt in (torch.bfloat16, torch.float32):
                 nb = 2 * B * HKV * N * D * (2 if dt == torch.bfloat16 else 4)
-                ncache = max(2, int(np.ceil(args.cold_factor * llc / nb)))
+                ncache = cold_count(nb, args.cold_factor)
                 kt = [torch.from_numpy(k.astype(np.float32)).to(dt) for _ in range(ncache)]
                 vt = [torch.from_numpy(v.astype(np.float32)).to(dt) for _ in range(ncache)]
                 qt = torch.from_numpy(q).to(dt)
@@ -387,7 +393,6 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     every round as well (best of 3 reads): on a shared machine it moves too
     (28-54 GB/s seen on one machine), so each round's fraction uses that
     round's probe."""
-    llc = llc_bytes()
     probe = probe_buffer(probe_bytes)
     rng = np.random.default_rng(0)
     k = rng.standard_normal((B, HKV, n, D)).astype(np.float16)
@@ -396,7 +401,7 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     o = np.empty_like(q)
 
     def rotation(make, nbytes, call):
-        items = [make() for _ in range(max(2, int(np.ceil(cold_factor * llc / nbytes))))]
+        items = [make() for _ in range(cold_count(nbytes, cold_factor))]
         return lambda: [call(x) for x in items], len(items), nbytes
 
     def cache(pol):
