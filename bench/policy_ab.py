@@ -1,11 +1,12 @@
 """Decode time of two or more *policies*, alternated in one process (the
 companion of build_ab.py, which compares builds of the kernels).
 
-    OPENBLAS_NUM_THREADS=1 python bench/policy_ab.py K:V [K:V ...] [--n 32768] [--threads 2]
+    OPENBLAS_NUM_THREADS=1 python bench/policy_ab.py K:V[@PRECISION] [K:V ...] [--n 32768] [--threads 2]
         [--cold] [--rounds 30] [--precision bf16]
 
 Each K:V is a pair of format ids, e.g. ``int8.t32.g1.s16+smooth:int8.t1.g32.s16``,
-or a built-in policy name. Every policy gets caches over the same random fp16
+or a built-in policy name; ``@int8`` etc. after it sets that entry's precision
+(default: ``--precision``), so ``int8@bf16 int8@int8`` compares precisions. Every policy gets caches over the same random fp16
 K/V (d128, 32/8 heads); each round times every policy once in turn through
 ``QuantKVCache.attend``, so the machine's drift hits all of them alike.
 ``--cold`` rotates through enough caches to exceed 4x the last-level cache.
@@ -19,6 +20,13 @@ import numpy as np
 import sagecore
 from sagecore import QuantKVCache
 from sagecore.bench import cold_count, kv_bytes
+from sagecore.graph import check_precision
+
+
+def split(spec: str, default: str):
+    """'POLICY[@PRECISION]' -> (policy, precision)"""
+    pol, _, prec = spec.partition("@")
+    return pol, prec or default
 
 
 def policy(spec: str):
@@ -44,12 +52,13 @@ def main():
     v = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
     q = rng.standard_normal((1, hq, 1, d), dtype=np.float32).astype(np.float16)
     def make(spec):
-        c = QuantKVCache(policy(spec), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
+        c = QuantKVCache(policy(split(spec, args.precision)[0]), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
         c.append(k, v)
         return c
 
     caches = {}
     for spec in args.policies:
+        check_precision(split(spec, args.precision)[1])
         first = make(spec)
         count = cold_count(kv_bytes(first)) if args.cold else 1
         caches[spec] = [first] + [make(spec) for _ in range(count - 1)]
@@ -60,7 +69,7 @@ def main():
             calls = reps * len(cs)
             t0 = time.perf_counter()
             for i in range(calls):
-                cs[i % len(cs)].attend(q, precision=args.precision)
+                cs[i % len(cs)].attend(q, precision=split(spec, args.precision)[1])
             times[spec].append((time.perf_counter() - t0) / calls)
     print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision}, "
           f"{args.rounds} rounds, isa {sagecore._cpu.cpu_info()['active_isa']}")

@@ -35,3 +35,13 @@ def test_policy_ab_times_each_policy():
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if "first/this" in line]
     assert len(rows) == 2 and "(8.500 bits)" in rows[0] and "(8.375 bits)" in rows[1], r.stdout
+
+
+def test_policy_ab_takes_a_precision_per_entry():
+    tool = ROOT / "bench" / "policy_ab.py"
+    r = run("int8@fp32", "int8@bf16", "--n", "256", "--rounds", "2", "--threads", "1", tool=tool)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if "first/this" in line]
+    assert [row.split()[0] for row in rows] == ["int8@fp32", "int8@bf16"], r.stdout
+    bad = run("int8@int3", "--n", "256", "--rounds", "1", "--threads", "1", tool=tool)
+    assert bad.returncode != 0 and "precision" in bad.stderr and "int3" in bad.stderr
