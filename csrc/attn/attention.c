@@ -27,24 +27,29 @@
 static int ws_init(attn_ws *w, const attn_ctx *c) {
     /* the matrix engine stores whole O tiles: its rows are padded */
     const int64_t R = c->mx ? MX_RP(c->rows) : c->rows, D = c->D, TL = c->tile;
-    size_t nf = (size_t)(4 * R * D + R * TL + 2 * TL * D + 2 * R + TL * (D / 16 + 1));
+    /* every part starts on a 64-byte line, so the kernels' 16-float rows of
+     * o, s, qf ... never straddle two lines (a split load or store costs two) */
+#define WS_A16(n) ((size_t)((n) + 15) / 16 * 16)
+    const size_t a_q = WS_A16(R * D), a_s = WS_A16(R * TL), a_t = WS_A16(TL * D), a_r = WS_A16(R);
+    const size_t nf = 4 * a_q + a_s + 2 * a_t + 2 * a_r + WS_A16(TL * (D / 16 + 1));
     memset(w, 0, sizeof *w);
-    w->q = (float *)malloc(nf * sizeof(float));
+    w->q = (float *)aligned_alloc(64, nf * sizeof(float));
     if (!c->a->k_tensor) {
         w->kd = sc_decoder_new(c->a->kf, c->a->k);
         w->vd = sc_decoder_new(c->a->vf, c->a->v);
         if (!w->kd || !w->vd) return 0;
     }
     if (!w->q) return 0;
-    w->q0 = w->q + R * D;
-    w->o = w->q0 + R * D;
-    w->s = w->o + R * D;
-    w->kt = w->s + R * TL;
-    w->vt = w->kt + TL * D;
-    w->m = w->vt + TL * D;
-    w->l = w->m + R;
-    w->qf = w->l + R;
-    w->sc = w->qf + R * D;
+    w->q0 = w->q + a_q;
+    w->o = w->q0 + a_q;
+    w->s = w->o + a_q;
+    w->kt = w->s + a_s;
+    w->vt = w->kt + a_t;
+    w->m = w->vt + a_t;
+    w->l = w->m + a_r;
+    w->qf = w->l + a_r;
+    w->sc = w->qf + a_q;
+#undef WS_A16
     if (c->mx) {
         w->mxs = c->mx;
         const int64_t TP = MX_TP(TL);
