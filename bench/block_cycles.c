@@ -21,7 +21,9 @@ void sc_rotate_f32(float *x, int64_t n, int64_t stride, int32_t d) { (void)x, (v
 #define KEYS 128
 #define DIM 128
 #define TILES 64
-#define REPS 20000
+#ifndef REPS
+#define REPS 20000 /* -DREPS=... for a quick run */
+#endif
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

@@ -45,3 +45,26 @@ def test_policy_ab_takes_a_precision_per_entry():
     assert [row.split()[0] for row in rows] == ["int8@fp32", "int8@bf16"], r.stdout
     bad = run("int8@int3", "--n", "256", "--rounds", "1", "--threads", "1", tool=tool)
     assert bad.returncode != 0 and "precision" in bad.stderr and "int3" in bad.stderr
+
+
+def test_block_cycles_builds_and_runs(tmp_path):
+    """bench/block_cycles.c includes the x86 kernels and calls their blocks:
+    it must keep compiling as their signatures change."""
+    import platform
+    import shutil
+    if platform.machine() not in ("x86_64", "AMD64"):
+        __import__("pytest").skip("bench/block_cycles.c times the x86-64 kernels")
+    cc = shutil.which(__import__("os").environ.get("CC", "cc"))
+    assert cc, "a C compiler is a build requirement"
+    exe = tmp_path / "block_cycles"
+    b = subprocess.run([cc, "-O2", "-DREPS=20", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",
+                        str(ROOT / "bench" / "block_cycles.c"), "-o", str(exe), "-lm"],
+                       capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stderr[-3000:]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    from sagecore import _cpu
+    if "avx512vnni" in _cpu.cpu_info()["features"].split():
+        assert r.returncode == 0, r.stderr
+        assert len([line for line in r.stdout.splitlines() if "cycles per key" in line]) == 6, r.stdout
+    else:
+        assert r.returncode == 1 and "needs AVX512-VNNI" in r.stderr
