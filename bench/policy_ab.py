@@ -6,8 +6,8 @@ companion of build_ab.py, which compares builds of the kernels).
 
 Each K:V is a pair of format ids, e.g. ``int8.t32.g1.s16+smooth:int8.t1.g32.s16``,
 or a built-in policy name; ``@int8`` etc. after it sets that entry's precision
-(default: ``--precision``), so ``int8@bf16 int8@int8`` compares precisions. Every policy gets caches over the same random fp16
-K/V (d128, 32/8 heads); each round times every policy once in turn through
+(default: ``--precision``), so ``int8@bf16 int8@int8`` compares precisions.
+Every policy gets caches over the same random fp16 K/V (d128, 32/8 heads); each round times every policy once in turn through
 ``QuantKVCache.attend``, so the machine's drift hits all of them alike.
 ``--cold`` rotates through enough caches to exceed 4x the last-level cache.
 Prints best and median per call and the median ratio against the first policy.
@@ -24,9 +24,9 @@ from sagecore.graph import check_precision
 
 
 def split(spec: str, default: str):
-    """'POLICY[@PRECISION]' -> (policy, precision)"""
+    """'POLICY[@PRECISION]' -> (policy, checked precision)"""
     pol, _, prec = spec.partition("@")
-    return pol, prec or default
+    return pol, check_precision(prec or default)
 
 
 def policy(spec: str):
@@ -51,14 +51,15 @@ def main():
     k = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
     v = rng.standard_normal((1, hkv, n, d), dtype=np.float32).astype(np.float16)
     q = rng.standard_normal((1, hq, 1, d), dtype=np.float32).astype(np.float16)
+    entries = {spec: split(spec, args.precision) for spec in args.policies}  # spec -> (policy, precision)
+
     def make(spec):
-        c = QuantKVCache(policy(split(spec, args.precision)[0]), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
+        c = QuantKVCache(policy(entries[spec][0]), batch=1, kv_heads=hkv, head_dim=d, capacity=n)
         c.append(k, v)
         return c
 
     caches = {}
     for spec in args.policies:
-        check_precision(split(spec, args.precision)[1])
         first = make(spec)
         count = cold_count(kv_bytes(first)) if args.cold else 1
         caches[spec] = [first] + [make(spec) for _ in range(count - 1)]
@@ -66,12 +67,13 @@ def main():
     times = {spec: [] for spec in caches}
     for _ in range(args.rounds):
         for spec, cs in caches.items():
+            precision = entries[spec][1]
             calls = reps * len(cs)
             t0 = time.perf_counter()
             for i in range(calls):
-                cs[i % len(cs)].attend(q, precision=split(spec, args.precision)[1])
+                cs[i % len(cs)].attend(q, precision=precision)
             times[spec].append((time.perf_counter() - t0) / calls)
-    print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision}, "
+    print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision} (unless @), "
           f"{args.rounds} rounds, isa {sagecore._cpu.cpu_info()['active_isa']}")
     base = float(np.median(times[args.policies[0]]))
     for spec, ts in times.items():

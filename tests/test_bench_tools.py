@@ -2,9 +2,14 @@
 given tree into one process and times them round-robin (here the same tree
 twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
 same for policies."""
+import os
 import pathlib
+import platform
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "bench" / "build_ab.py"
@@ -12,7 +17,7 @@ TOOL = ROOT / "bench" / "build_ab.py"
 
 def run(*args, tool=TOOL):
     return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_build_ab_times_each_build():
@@ -50,11 +55,9 @@ def test_policy_ab_takes_a_precision_per_entry():
 def test_block_cycles_builds_and_runs(tmp_path):
     """bench/block_cycles.c includes the x86 kernels and calls their blocks:
     it must keep compiling as their signatures change."""
-    import platform
-    import shutil
     if platform.machine() not in ("x86_64", "AMD64"):
-        __import__("pytest").skip("bench/block_cycles.c times the x86-64 kernels")
-    cc = shutil.which(__import__("os").environ.get("CC", "cc"))
+        pytest.skip("bench/block_cycles.c times the x86-64 kernels")
+    cc = shutil.which(os.environ.get("CC", "cc"))
     assert cc, "a C compiler is a build requirement"
     exe = tmp_path / "block_cycles"
     b = subprocess.run([cc, "-O2", "-DREPS=20", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",

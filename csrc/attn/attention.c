@@ -24,14 +24,15 @@
 #include "attn_body.h"
 
 /* ---------------------------------------------------------- workspaces */
+/* n floats rounded up to whole 64-byte lines */
+static inline size_t ws_lines(int64_t n) { return (size_t)(n + 15) / 16 * 16; }
 static int ws_init(attn_ws *w, const attn_ctx *c) {
     /* the matrix engine stores whole O tiles: its rows are padded */
     const int64_t R = c->mx ? MX_RP(c->rows) : c->rows, D = c->D, TL = c->tile;
     /* every part starts on a 64-byte line, so the kernels' 16-float rows of
      * o, s, qf ... never straddle two lines (a split load or store costs two) */
-#define WS_A16(n) ((size_t)((n) + 15) / 16 * 16)
-    const size_t a_q = WS_A16(R * D), a_s = WS_A16(R * TL), a_t = WS_A16(TL * D), a_r = WS_A16(R);
-    const size_t nf = 4 * a_q + a_s + 2 * a_t + 2 * a_r + WS_A16(TL * (D / 16 + 1));
+    const size_t a_q = ws_lines(R * D), a_s = ws_lines(R * TL), a_t = ws_lines(TL * D), a_r = ws_lines(R);
+    const size_t nf = 4 * a_q + a_s + 2 * a_t + 2 * a_r + ws_lines(TL * (D / 16 + 1));
     memset(w, 0, sizeof *w);
     w->q = (float *)aligned_alloc(64, nf * sizeof(float));
     if (!c->a->k_tensor) {
@@ -49,7 +50,6 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     w->l = w->m + a_r;
     w->qf = w->l + a_r;
     w->sc = w->qf + a_q;
-#undef WS_A16
     if (c->mx) {
         w->mxs = c->mx;
         const int64_t TP = MX_TP(TL);
