@@ -1,9 +1,13 @@
 /* What one microkernel block of the integer decode costs on its own: the
  * block is called in a loop over one 128-key tile (d128, 4 query rows),
  * outside the kernel, so its cost can be set against what removing it from
- * the kernel saves (bench/build_ab.py ablations). Session 12 found the two
- * apart by ~2x for the int4 scores (docs/benchmarks.md); this is the
- * harness that measured the "alone" side. Needs AVX512-VNNI.
+ * the kernel saves (bench/build_ab.py ablations). Compare nanoseconds: the
+ * cycle column divides by a dependent-add loop timed once per run, and on
+ * the shared VM that loop read 0.27-0.52 ns within one hour (session 13), so
+ * cycles from two runs do not compare. Session 12's "in the kernel a block
+ * costs twice what it costs alone" came from setting such cycles against
+ * ns; in ns the two agree (docs/benchmarks.md, session 13). Needs
+ * AVX512-VNNI.
  *
  *     gcc -O3 -Icsrc -Icsrc/include bench/block_cycles.c -o /tmp/block_cycles -lm && /tmp/block_cycles
  *
@@ -49,7 +53,7 @@ SC_T_VNNI __attribute__((noinline)) static void qk_int8(const int8_t *k) { /* in
 SC_T_VNNI __attribute__((noinline)) static void qk_int4(const int8_t *k) { /* int4 K, 8-bit q' (int8 setting) */
     const __m512 sc = _mm512_set1_ps(1e-6f);
     for (int64_t j = 0; j < KEYS; j += 4)
-        qkb44_block4(qb, sc, _mm512_setzero_si512(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL);
+        qkb44_block4(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL);
 }
 SC_T_VNNI __attribute__((noinline)) static void pv_int8(const int8_t *v) { /* int8 V, 16-bit P' (bf16 setting) */
     static const float ps[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};

@@ -968,8 +968,8 @@ SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *
  * in tests/test_accuracy.py); for int8 codes it would not (cosine 0.9991
  * against the 0.9999 target), so int8 K keeps 16-bit q' at every precision. */
 #define SC_DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
-SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, const uint8_t *k, float *s, int64_t r0,
-                                   int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
+SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __m512 fbias, const uint8_t *k, float *s,
+                                   int64_t r0, int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
     if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i acc[16];
@@ -990,7 +990,7 @@ SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, co
             for (int kk = 0; kk < 4; kk++) SC_DPBUSD(acc[rr * 4 + kk], kv[kk], qv);
         }
     }
-    store44(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc), s, r0, j, nk, TL);
+    store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
 }
 /* q' of one row (y: q x s per 16 channels) as int8, [even 32 | odd 32] per
  * 64-channel block; returns sum(q') */
@@ -1051,6 +1051,11 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const int b8 = in4 && c->a->precision >= SC_PRECISION_INT8;
     int8_t *qb = (int8_t *)qf; /* [R][D] when b8 */
     int32_t qsum[Q8_MAX_ROWS + 16] = {0};
+    /* asymmetric int4 K at precision="int8": each row's q . m[g] (zero points,
+     * zp_bias) computed beside q' and added by the score stores' FMA */
+    const int zfold = b8 && kind == 4;
+    float zf[256] __attribute__((aligned(64)));
+    float fb[Q8_MAX_ROWS + 16] = {0};
     __m512i even = _mm512_setzero_si512(), odd = even;
     if (in4) {
         int16_t ie[32], io[32];
@@ -1064,6 +1069,10 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         store_scales(c, st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+        if (zfold) {
+            const sc_store zs = {.scales = st->zeros};
+            store_scales(c, &zs, sf32, (kr * (st->capacity / T) + g) * D, D, zf);
+        }
         for (int64_t r = 0; r < R; r++) {
             __m512 y[16], mx = _mm512_setzero_ps();
             for (int64_t ch = 0; ch < D; ch += 16) { /* vrangeps 0x0B: the larger magnitude, sign cleared */
@@ -1072,6 +1081,12 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
             }
             const float m = _mm512_reduce_max_ps(mx);
             if (b8) {
+                if (zfold) {
+                    __m512 bz = _mm512_setzero_ps();
+                    for (int64_t ch = 0; ch < D; ch += 16)
+                        bz = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_load_ps(zf + ch), bz);
+                    fb[r] = _mm512_reduce_add_ps(bz);
+                }
                 ar[r] = m * (1.0f / 127.0f);
                 qsum[r] = round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D);
                 continue;
@@ -1100,8 +1115,9 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                     const __m512i bias = kind == 3 ? _mm512_slli_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(lane, 2),
                                                                                               _mm512_loadu_si512(qsum + r0)), 3)
                                                    : _mm512_setzero_si512();
+                    const __m512 fb4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(fb + r0));
                     for (int64_t j = 0; j < n; j += 4)
-                        qkb44_block4(qb, sc4, bias, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                        qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
                 } else
                     for (int64_t j = 0; j < n; j += 4)
                         qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
@@ -1130,7 +1146,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                               r0 == 0 ? pe : NULL); /* fewer than 4 rows: prefetch here */
             off += m;
         }
-        if (kind == 4) zp_bias(c, q, sc, kr, g, t, n, s);
+        if (kind == 4 && !zfold) zp_bias(c, q, sc, kr, g, t, n, s);
         t += n;
     }
 }
