@@ -1,5 +1,7 @@
 """Per-key decode cost of two or more *builds* of the C kernels, alternated in
-one process (ns per key per kv head, one thread, split-K off).
+one process (ns per key per kv head, one thread, split-K off; the order
+rotates every round, and the ratio to the first build is the median of the
+per-round ratios).
 
     OPENBLAS_NUM_THREADS=1 python bench/build_ab.py DIR [DIR ...] [--policy int8]
         [--precision bf16|int8] [--n 4096] [--rounds 20] [--cold] [--threads 2] [--isa avx2]
@@ -27,7 +29,7 @@ import time
 import numpy as np
 
 from sagecore import QuantKVCache
-from sagecore.bench import cold_count
+from sagecore.bench import alternate, cold_count, paired_ratio
 from sagecore.graph import PRECISION_CODES
 
 
@@ -102,19 +104,14 @@ def main():
         if i and not np.allclose(outs[i], outs[0], rtol=1e-2, atol=1e-3):
             print(f"note: {args.dirs[i]} differs from {args.dirs[0]} "
                   f"(max |diff| {np.abs(outs[i] - outs[0]).max():.3g}): an experiment that changes results")
-    res = [[] for _ in mods]
-    for _ in range(args.rounds):
-        for i in range(len(mods)):
-            res[i].append(run(i))
+    res = alternate([lambda i=i: run(i) for i in range(len(mods))], args.rounds)
     per = n * hkv / args.threads
     print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, N {n}{' cold' if args.cold else ''}, "
           f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, ns per key per kv head (per thread)")
-    base = sorted(res[0])[len(res[0]) // 2]
     for dname, r in zip(args.dirs, res):
-        r = sorted(r)
-        med = r[len(r) // 2]
-        print(f"  {dname:32s} best {r[0] * 1e9 / per:6.1f}  median {med * 1e9 / per:6.1f}  "
-              f"median vs first {base / med:5.3f}x")
+        s = sorted(r)
+        print(f"  {dname:32s} best {s[0] * 1e9 / per:6.1f}  median {s[len(s) // 2] * 1e9 / per:6.1f}  "
+              f"vs first, paired by round {paired_ratio(res[0], r):5.3f}x")
 
 
 if __name__ == "__main__":

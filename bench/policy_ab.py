@@ -10,7 +10,8 @@ or a built-in policy name; ``@int8`` etc. after it sets that entry's precision
 Every policy gets caches over the same random fp16 K/V (d128, 32/8 heads); each round times every policy once in turn through
 ``QuantKVCache.attend``, so the machine's drift hits all of them alike.
 ``--cold`` rotates through enough caches to exceed 4x the last-level cache.
-Prints best and median per call and the median ratio against the first policy.
+Prints best and median per call and the ratio against the first policy: the
+median of the per-round ratios (the order rotates every round).
 """
 import argparse
 import time
@@ -19,7 +20,7 @@ import numpy as np
 
 import sagecore
 from sagecore import QuantKVCache
-from sagecore.bench import cold_count, kv_bytes
+from sagecore.bench import alternate, cold_count, kv_bytes, paired_ratio
 from sagecore.graph import check_precision
 
 
@@ -64,22 +65,25 @@ def main():
         count = cold_count(kv_bytes(first)) if args.cold else 1
         caches[spec] = [first] + [make(spec) for _ in range(count - 1)]
     reps = 1 if args.cold else max(3, 400000 // (n * hkv))
-    times = {spec: [] for spec in caches}
-    for _ in range(args.rounds):
-        for spec, cs in caches.items():
-            precision = entries[spec][1]
-            calls = reps * len(cs)
+    def timed(spec):
+        cs, precision = caches[spec], entries[spec][1]
+        calls = reps * len(cs)
+
+        def run():
             t0 = time.perf_counter()
             for i in range(calls):
                 cs[i % len(cs)].attend(q, precision=precision)
-            times[spec].append((time.perf_counter() - t0) / calls)
+            return (time.perf_counter() - t0) / calls
+        return run
+
+    times = dict(zip(caches, alternate([timed(spec) for spec in caches], args.rounds)))
     print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision} (unless @), "
           f"{args.rounds} rounds, isa {sagecore._cpu.cpu_info()['active_isa']}")
-    base = float(np.median(times[args.policies[0]]))
+    base = times[args.policies[0]]
     for spec, ts in times.items():
-        ts = np.asarray(ts)
-        print(f"  {spec:60s} best {ts.min() * 1e3:7.3f} ms  median {np.median(ts) * 1e3:7.3f} ms  "
-              f"first/this {base / np.median(ts):.3f}x  ({caches[spec][0].bits_per_element():.3f} bits)")
+        a = np.asarray(ts)
+        print(f"  {spec:60s} best {a.min() * 1e3:7.3f} ms  median {np.median(a) * 1e3:7.3f} ms  "
+              f"first/this {paired_ratio(base, ts):.3f}x  ({caches[spec][0].bits_per_element():.3f} bits)")
 
 
 if __name__ == "__main__":

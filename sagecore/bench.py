@@ -80,19 +80,42 @@ def _progress(done, total, what):
         sys.stderr.write("\n")
 
 
+def alternate(fns, rounds):
+    """Time each of fns (each returns its own time per call) once per round,
+    the order rotated by one every round so that no fn always runs first or
+    right after the same neighbour (a position effect of up to 1.3x was seen
+    on the shared machine, session 13). Returns one list of times per fn,
+    index r of each list from round r."""
+    times = [[] for _ in fns]
+    for r in range(rounds):
+        for k in range(len(fns)):
+            i = (r + k) % len(fns)
+            times[i].append(fns[i]())
+    return times
+
+
+def paired_ratio(base, other):
+    """Median over rounds of base[r] / other[r]: a speed-up of `other` over
+    `base` from times taken in the same rounds, so a drift of the machine
+    between rounds cancels (the ratio of two medians does not pair them)."""
+    return float(np.median(np.asarray(base, float) / np.asarray(other, float)))
+
+
 def round_robin(fns, rounds, reps=1):
     """Best time per call of each fn, measured round-robin (after one warm-up
     call each) so that a burst of machine noise hits every path alike."""
     for fn in fns:
         fn()
-    best = [1e9] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
+
+    def timed(fn):
+        def t():
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()
-            best[i] = min(best[i], (time.perf_counter() - t0) / reps)
-    return best
+            return (time.perf_counter() - t0) / reps
+        return t
+
+    return [min(ts) for ts in alternate([timed(fn) for fn in fns], rounds)]
 
 
 def main(argv=None):

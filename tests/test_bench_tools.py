@@ -23,9 +23,39 @@ def run(*args, tool=TOOL):
 def test_build_ab_times_each_build():
     r = run(str(ROOT), str(ROOT), "--n", "64", "--rounds", "2", "--precision", "bf16")
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = [line for line in r.stdout.splitlines() if "median vs first" in line]
+    rows = [line for line in r.stdout.splitlines() if "vs first, paired by round" in line]
     assert len(rows) == 2, r.stdout
     assert "precision bf16" in r.stdout and "N 64" in r.stdout
+
+
+def test_alternate_rotates_the_order_and_pairs_rounds():
+    """Each round times every fn once, starting one later each round; the
+    paired ratio compares times of the same round, so a drift of the whole
+    machine between rounds (x10 here) does not move it."""
+    from sagecore.bench import alternate, paired_ratio
+    calls, clock = [], [1.0]
+
+    def fn(i, cost):
+        def f():
+            calls.append(i)
+            return cost * clock[0]
+        return f
+    fns = [fn(0, 2.0), fn(1, 1.0), fn(2, 4.0)]
+
+    def drifting(i):  # the machine gets 10x slower after every round
+        def f():
+            t = fns[i]()
+            clock[0] *= 10 if len(calls) % 3 == 0 else 1
+            return t
+        return f
+    times = alternate([drifting(i) for i in range(3)], 3)
+    assert calls == [0, 1, 2, 1, 2, 0, 2, 0, 1]
+    assert [len(t) for t in times] == [3, 3, 3]
+    assert paired_ratio(times[0], times[1]) == pytest.approx(2.0)
+    assert paired_ratio(times[0], times[2]) == pytest.approx(0.5)
+    assert paired_ratio(times[0], times[0]) == 1.0
+    # not the ratio of the medians (100 / 50 = 2): rounds are compared one by one
+    assert paired_ratio([1.0, 100.0, 100.0], [2.0, 50.0, 300.0]) == pytest.approx(0.5)
 
 
 def test_build_ab_rejects_a_tree_without_a_build(tmp_path):
