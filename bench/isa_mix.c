@@ -7,7 +7,9 @@
  *
  * Prints ns per group (one instruction of each kind named); divide by the
  * ns of one cycle (a dependent scalar add: ~0.29 ns on the Zen 4 machine of
- * docs/benchmarks.md). Results: docs/benchmarks.md, session 10. */
+ * docs/benchmarks.md). Results: docs/benchmarks.md, sessions 10 and 13
+ * (13: FMA, vmulps and vscalefps take the product instruction's pipe --
+ * a pair costs two cycles -- while vmaxps and vcvtps2dq issue beside it). */
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>
