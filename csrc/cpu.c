@@ -250,6 +250,76 @@ __attribute__((target("avx2"))) static uint64_t probe_avx2(const void *p, size_t
 }
 #endif
 
+/* ========================================================= compute probe */
+/* n multiply-adds of the widest float vector of the active ISA per thread,
+ * in 12 independent chains (throughput, not latency), on sc_num_threads()
+ * threads. Benchmarks time it with one thread and with all: on the shared
+ * VMs the second vCPU sometimes lands on the first one's SMT sibling and
+ * the vector throughput of two threads is then that of one (docs/
+ * benchmarks.md, session 13). Returns a checksum. */
+#define SC_CPROBE_BODY(VEC, SET1, FMA, ADD, STORE, LANES)                        \
+    {                                                                           \
+        const VEC a = SET1(1.0000001f), b = SET1(1e-7f);                        \
+        VEC x[12];                                                              \
+        for (int c = 0; c < 12; c++) x[c] = SET1((float)c);                     \
+        for (int64_t i = 0; i < n / 12; i++)                                    \
+            for (int c = 0; c < 12; c++) x[c] = FMA(x[c], a, b);                \
+        for (int c = 1; c < 12; c++) x[0] = ADD(x[0], x[c]);                    \
+        float l[LANES];                                                         \
+        STORE(l, x[0]);                                                         \
+        sum = l[0];                                                             \
+    }
+#if defined(SC_X86)
+__attribute__((target("avx512f"))) static float cprobe_avx512(int64_t n) {
+    float sum;
+    SC_CPROBE_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps, 16)
+    return sum;
+}
+__attribute__((target("avx2,fma"))) static float cprobe_avx2(int64_t n) {
+    float sum;
+    SC_CPROBE_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps, 8)
+    return sum;
+}
+#endif
+#if defined(SC_ARM64)
+#include <arm_neon.h>
+static float cprobe_neon(int64_t n) {
+    float sum;
+#define SC_VFMA(x, a, b) vfmaq_f32(b, x, a)
+    SC_CPROBE_BODY(float32x4_t, vdupq_n_f32, SC_VFMA, vaddq_f32, vst1q_f32, 4)
+#undef SC_VFMA
+    return sum;
+}
+#endif
+static float cprobe_portable(int64_t n) {
+    float x[12], sum = 0.0f;
+    for (int c = 0; c < 12; c++) x[c] = (float)c;
+    for (int64_t i = 0; i < n / 12; i++)
+        for (int c = 0; c < 12; c++) x[c] = x[c] * 1.0000001f + 1e-7f;
+    for (int c = 0; c < 12; c++) sum += x[c];
+    return sum;
+}
+
+double sc_compute_probe(int64_t n) {
+    double total = 0.0;
+    const sc_isa isa = sc_cpu_active_isa();
+    (void)isa;
+#pragma omp parallel reduction(+ : total) num_threads(sc_num_threads())
+    {
+#if defined(SC_X86)
+        if (sc_isa_avx512_family(isa)) total += cprobe_avx512(n);
+        else if (isa == SC_ISA_AVX2) total += cprobe_avx2(n);
+        else total += cprobe_portable(n);
+#elif defined(SC_ARM64)
+        if (isa != SC_ISA_PORTABLE) total += cprobe_neon(n);
+        else total += cprobe_portable(n);
+#else
+        total += cprobe_portable(n);
+#endif
+    }
+    return total;
+}
+
 uint64_t sc_read_probe(const void *p, size_t n) {
 #if defined(SC_X86)
     sc_isa isa = sc_cpu_active_isa();

@@ -296,6 +296,23 @@ def read_probe(cnp.ndarray a):
     return time.perf_counter() - t0
 
 
+def compute_probe(int64_t n):
+    """n float multiply-adds (widest vectors of the active ISA, independent
+    chains) on each of the kernels' threads; returns the seconds taken (C:
+    sc_compute_probe). For reports of how much vector throughput the threads
+    add (sagecore.bench.compute_scaling). Returns (seconds, checksum); the
+    checksum is the sum of every thread's result, so it is the thread count
+    times one thread's."""
+    import time
+    if n < 12:
+        raise errors.InvalidArgumentError("n", f"expected at least 12 multiply-adds, got {n}")
+    cdef double r
+    t0 = time.perf_counter()
+    with nogil:
+        r = sc_compute_probe(n)
+    return time.perf_counter() - t0, r
+
+
 def set_num_threads(int n):
     sc_set_num_threads(n)
 

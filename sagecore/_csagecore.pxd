@@ -101,5 +101,6 @@ cdef extern from "sagecore.h" nogil:
                                      int64_t kv_len, int32_t threads)
 
     uint64_t sc_read_probe(const void *p, size_t n)
+    double sc_compute_probe(int64_t n)
     int sc_num_threads()
     void sc_set_num_threads(int n)

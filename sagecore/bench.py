@@ -10,7 +10,10 @@ Reported: best time over repeats, KV bytes read per second (codes + scales of
 the attended keys) and that as a fraction of the machine's read bandwidth
 measured in the same run (sc_read_probe over a buffer larger than the LLC);
 torch.nn.functional.scaled_dot_product_attention (bf16 and fp32,
-enable_gqa=True) in the same run when torch is installed.
+enable_gqa=True) in the same run when torch is installed; and how much vector
+throughput the threads deliver together (compute_scaling: on the shared VMs
+two vCPUs sometimes share one core's vector units, which slows the
+compute-bound paths -- int8/int4 at the integer settings -- and not fp16).
 
     OPENBLAS_NUM_THREADS=1 python -m sagecore bench [--full] [--json out.json]
 """
@@ -56,6 +59,25 @@ def read_bandwidth(nbytes=None):
     a probe_buffer by sc_read_probe on the kernels' threads."""
     probe = probe_buffer(nbytes)
     return probe.nbytes / min(_cpu.read_probe(probe) for _ in range(5))
+
+
+def compute_scaling(n=30_000_000):
+    """How many single threads' worth of vector throughput the kernels'
+    threads deliver together now: threads x t(1 thread) / t(all threads)
+    for the same multiply-adds per thread (sc_compute_probe; best of 3
+    each). 2.0 on two free cores; ~1.0 when this VM's two vCPUs share one
+    core's vector units, which on the shared development machines comes and
+    goes within minutes (docs/benchmarks.md, session 13)."""
+    th = _cpu.get_num_threads()
+    if th <= 1:
+        return 1.0
+    try:
+        _cpu.set_num_threads(1)
+        one = min(_cpu.compute_probe(n)[0] for _ in range(3))
+    finally:
+        _cpu.set_num_threads(th)
+    every = min(_cpu.compute_probe(n)[0] for _ in range(3))
+    return th * one / every
 
 
 def kv_bytes(cache):
@@ -136,6 +158,7 @@ def main(argv=None):
                     help="only cold decode at N keys (default 32768): fp16, int8 and int4 (each also with "
                          "precision='bf16') and torch bf16, timed round-robin in one process (rotating through caches "
                          "totalling --cold-factor x the LLC per path)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --decode-ab (default 5)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "metal"],
                     help="backend to measure (metal: only on a Mac with the Metal backend built)")
     args = ap.parse_args(argv)
@@ -163,12 +186,17 @@ def main(argv=None):
     if args.prefill_ab:
         return _prefill_ab(torch)
     if args.decode_ab:
-        return _decode_ab(torch, args.decode_ab, cold_factor=args.cold_factor)
+        if args.rounds < 1:
+            print(f"error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+            return 2
+        return _decode_ab(torch, args.decode_ab, rounds=args.rounds, cold_factor=args.cold_factor)
     rng = np.random.default_rng(0)
     llc = llc_bytes()
     bw = read_bandwidth()
+    scal = compute_scaling()
     print(f"threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, LLC {llc >> 20} MiB, "
-          f"read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s")
+          f"read bandwidth (sc_read_probe, same run) {bw / 1e9:.1f} GB/s, vector throughput of the threads "
+          f"together {scal:.2f}x one thread (compute_scaling, at the start)")
     rows = []
 
     def report(name, path, t, nbytes, extra=""):
@@ -340,7 +368,7 @@ def main(argv=None):
     _print_targets(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(read_bw=bw, rows=rows), f, indent=1)
+            json.dump(dict(read_bw=bw, compute_scaling=scal, rows=rows), f, indent=1)
     return 0
 
 
@@ -448,18 +476,20 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
         for fn, _, _ in paths.values():  # touch once
             fn()
-        bws = []
+        bws, scal = [], []
         for _ in range(rounds):
             # best of 3: other load on the machine can only lower a probe (one
             # single probe read 15.9 GB/s beside rounds of 60), never raise it
             bws.append(max(probe.nbytes / _cpu.read_probe(probe) for _ in range(3)))
+            scal.append(compute_scaling())
             for name, (fn, count, _) in paths.items():
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) / count)
     print(f"decode N={n} cold, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
           f"round-robin over {rounds} rounds; read bandwidth (sc_read_probe, every round) "
-          f"{min(bws) / 1e9:.1f}-{max(bws) / 1e9:.1f} GB/s")
+          f"{min(bws) / 1e9:.1f}-{max(bws) / 1e9:.1f} GB/s; vector throughput of the threads together "
+          f"(compute_scaling, every round) {min(scal):.2f}-{max(scal):.2f}x one thread")
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     for name, t in times.items():
         parts = [f"  {name:16s} best {min(t) * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms"]
@@ -474,6 +504,19 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
         frac = sorted(nb / ti / b for ti, b in zip(t, bws))  # each round against its own probe
         parts.append(f"KV/read bw: best {frac[-1]:.3g} median {frac[len(frac) // 2]:.3g}")
         print("   ".join(parts))
+    # The compute-bound paths need the threads' vector units: report the
+    # rounds in which the machine gave them (near) all of it separately.
+    th = _cpu.get_num_threads()
+    full = [r for r, x in enumerate(scal) if x >= 0.9 * th]
+    if th > 1:
+        print(f"rounds with the threads at >= {0.9 * th:.1f}x one thread's vector throughput: {len(full)} of {rounds}")
+    if th > 1 and full:
+        fm = {name: float(np.median([t[r] for r in full])) for name, t in times.items()}
+        for name in ("int8-bf16", "int4-int8"):
+            fr = float(np.median([paths[name][2] / times[name][r] / bws[r] for r in full]))
+            extra = (f", fp16 / this {fm['fp16'] / fm[name]:.2f}x" if name == "int8-bf16"
+                     else f", int8-bf16 / this {fm['int8-bf16'] / fm[name]:.2f}x")
+            print(f"  in them: {name:10s} median {fm[name] * 1e3:6.2f} ms, KV/read bw {fr:.3g}{extra}")
     return 0
 
 

@@ -68,17 +68,48 @@ def test_bench_prefill_ab_smoke(capsys):
 
 
 def test_bench_decode_ab_smoke(capsys):
-    from sagecore import bench
+    from sagecore import _cpu, bench
     assert bench._decode_ab(None, n=64, rounds=1, cold_factor=0.0, probe_bytes=1 << 24) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("decode N=64 cold") and "over 1 rounds" in lines[0]
     assert float(lines[0].split("every round) ")[1].split("-")[0]) > 0  # GB/s
-    fracs = [float(ln.split("KV/read bw: best ")[1].split()[0]) for ln in lines[1:]]
+    scal = lines[0].split("(compute_scaling, every round) ")[1].split("x one thread")[0].split("-")
+    assert all(0 < float(x) <= 2 * _cpu.get_num_threads() for x in scal), lines[0]
+    paths, rest = lines[1:7], lines[7:]
+    fracs = [float(ln.split("KV/read bw: best ")[1].split()[0]) for ln in paths]
     assert all(f > 0 for f in fracs), fracs
-    assert [ln.split()[0] for ln in lines[1:]] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16", "int4-int8"]
-    assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in lines[1:])
-    assert all("fp16 / this" in ln for ln in lines[2:])
-    assert "int8 / this" in lines[4] and "int8-bf16 / this" in lines[5] and "int8-bf16 / this" in lines[6]
+    assert [ln.split()[0] for ln in paths] == ["fp16", "int8", "int8-bf16", "int4", "int4-bf16", "int4-int8"]
+    assert all(float(ln.split()[2]) > 0 and float(ln.split()[5]) > 0 for ln in paths)
+    assert all("fp16 / this" in ln for ln in paths[1:])
+    assert "int8 / this" in paths[3] and "int8-bf16 / this" in paths[4] and "int8-bf16 / this" in paths[5]
+    if _cpu.get_num_threads() > 1:  # the rounds in which the threads had their vector units, and the targets in them
+        n_full = int(rest[0].split(": ")[1].split(" of ")[0])
+        assert rest[0].endswith("of 1") and len(rest) == 1 + 2 * n_full, rest
+    else:
+        assert rest == []
+
+
+def test_compute_probe_runs_on_every_thread():
+    """sc_compute_probe: every thread does the same chains, so the checksum
+    is the thread count times one thread's; bad sizes raise, naming n."""
+    from sagecore import _cpu, bench, errors
+    th = _cpu.get_num_threads()
+    try:
+        _cpu.set_num_threads(1)
+        t1, c1 = _cpu.compute_probe(12000)
+        _cpu.set_num_threads(2)
+        t2, c2 = _cpu.compute_probe(12000)
+    finally:
+        _cpu.set_num_threads(th)
+    assert t1 > 0 and t2 > 0 and c1 > 0
+    assert c2 == 2 * c1
+    with pytest.raises(errors.InvalidArgumentError, match="n"):
+        _cpu.compute_probe(5)
+    try:
+        _cpu.set_num_threads(1)
+        assert bench.compute_scaling(12000) == 1.0
+    finally:
+        _cpu.set_num_threads(th)
 
 
 def test_bench_backend_metal_refuses_the_emulation():

@@ -240,6 +240,11 @@ int32_t sc_attention_auto_splits(int64_t batch, int64_t kv_heads, int64_t q_head
 /* Reads n bytes with sc_num_threads() threads and returns a checksum; the
  * benchmarks time it as the machine's read bandwidth. */
 uint64_t sc_read_probe(const void *p, size_t n);
+/* n float multiply-adds (widest vectors of the active ISA, 12 independent
+ * chains) on each of sc_num_threads() threads; returns a checksum. Timed
+ * with one thread and with all, it shows how much vector throughput the
+ * threads really add (SMT siblings, shared hosts). */
+double sc_compute_probe(int64_t n);
 
 /* Threads used by the core's parallel loops (default: all available cores). */
 int sc_num_threads(void);
