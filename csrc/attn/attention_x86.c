@@ -992,20 +992,54 @@ SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __
     }
     store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
 }
-/* q' of one row (y: q x s per 16 channels) as int8, [even 32 | odd 32] per
- * 64-channel block; returns sum(q') */
-SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D) {
+/* The same with a whole 128-channel row of codes (64 bytes) per load, for D a
+ * multiple of 128: low nibbles = the 64 even channels, high = the 64 odd
+ * ones, against q' stored [even 64 | odd 64] per 128 channels (round8_row,
+ * blk = 128). No broadcast and no masked shift: in the loop above those were
+ * 2 of the 4 non-product operations per key and 64 channels, and the shuffle
+ * port, not the products, bounds this block (bench/block_cycles.c). */
+SC_T_VNNI SC_INL void qkb44_block4r(const int8_t *qb, __m512 sc, __m512i bias, __m512 fbias, const uint8_t *k,
+                                    float *s, int64_t r0, int64_t j, int64_t nk, int64_t D, int64_t TL,
+                                    const char *pfend) {
+    if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i acc[16];
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int64_t ch = 0; ch < D; ch += 128) {
+        __m512i lo[4], hi[4];
+        for (int kk = 0; kk < 4; kk++) {
+            const __m512i w = kk < nk ? _mm512_loadu_si512(k + (j + kk) * (D / 2) + ch / 2) : _mm512_setzero_si512();
+            lo[kk] = _mm512_and_si512(w, m4);
+            hi[kk] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+        }
+        for (int rr = 0; rr < 4; rr++) {
+            const __m512i qe = _mm512_loadu_si512(qb + (r0 + rr) * D + ch);
+            const __m512i qo = _mm512_loadu_si512(qb + (r0 + rr) * D + ch + 64);
+            for (int kk = 0; kk < 4; kk++) {
+                SC_DPBUSD(acc[rr * 4 + kk], lo[kk], qe);
+                SC_DPBUSD(acc[rr * 4 + kk], hi[kk], qo);
+            }
+        }
+    }
+    store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
+}
+/* q' of one row (y: q x s per 16 channels) as int8, [even | odd] per block of
+ * blk (64 or 128) channels; returns sum(q') */
+SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D, const int blk) {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
     __m512i sum = _mm512_setzero_si512();
-    for (int64_t ch = 0; ch < D; ch += 64) {
+    for (int64_t ch = 0; ch < D; ch += blk) {
         const __m512 *b = y + ch / 16;
-        const __m512 v[4] = {_mm512_permutex2var_ps(b[0], ie, b[1]), _mm512_permutex2var_ps(b[2], ie, b[3]),
-                             _mm512_permutex2var_ps(b[0], io, b[1]), _mm512_permutex2var_ps(b[2], io, b[3])};
-        for (int u = 0; u < 4; u++) {
-            const __m512i x = _mm512_cvtps_epi32(_mm512_mul_ps(v[u], inv)); /* |x| <= 127 */
-            sum = _mm512_add_epi32(sum, x);
-            _mm_storeu_si128((__m128i *)(dst + ch + 16 * u), _mm512_cvtepi32_epi8(x));
+        for (int h = 0; h < blk / 32; h++) { /* 32 channels: 16 even to the first half, 16 odd to the second */
+            const __m512 v[2] = {_mm512_permutex2var_ps(b[2 * h], ie, b[2 * h + 1]),
+                                 _mm512_permutex2var_ps(b[2 * h], io, b[2 * h + 1])};
+            for (int u = 0; u < 2; u++) {
+                const __m512i x = _mm512_cvtps_epi32(_mm512_mul_ps(v[u], inv)); /* |x| <= 127 */
+                sum = _mm512_add_epi32(sum, x);
+                _mm_storeu_si128((__m128i *)(dst + ch + u * (blk / 2) + 16 * h), _mm512_cvtepi32_epi8(x));
+            }
         }
     }
     return _mm512_reduce_add_epi32(sum);
@@ -1088,7 +1122,8 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                     fb[r] = _mm512_reduce_add_ps(bz);
                 }
                 ar[r] = m * (1.0f / 127.0f);
-                qsum[r] = round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D);
+                qsum[r] = D % 128 == 0 ? round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D, 128)
+                                       : round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D, 64);
                 continue;
             }
             ar[r] = m * (1.0f / 32767.0f);
@@ -1116,8 +1151,12 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                                                                                               _mm512_loadu_si512(qsum + r0)), 3)
                                                    : _mm512_setzero_si512();
                     const __m512 fb4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(fb + r0));
-                    for (int64_t j = 0; j < n; j += 4)
-                        qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                    if (D % 128 == 0)
+                        for (int64_t j = 0; j < n; j += 4)
+                            qkb44_block4r(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                    else
+                        for (int64_t j = 0; j < n; j += 4)
+                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
                 } else
                     for (int64_t j = 0; j < n; j += 4)
                         qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
