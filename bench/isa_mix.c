@@ -28,6 +28,9 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 #define MU(a) __asm__ volatile("vmulps %%zmm29, %%zmm28, %%" #a ::: #a)
 #define MX(a) __asm__ volatile("vmaxps %%zmm29, %%zmm28, %%" #a ::: #a)
 #define SF(a) __asm__ volatile("vscalefps %%zmm29, %%zmm28, %%" #a ::: #a)
+#define SR(a) __asm__ volatile("vpsraw $8, %%zmm29, %%" #a ::: #a)
+#define AN(a) __asm__ volatile("vpandd %%zmm29, %%zmm28, %%" #a ::: #a)
+#define BU(a) __asm__ volatile("vpdpbusd %%zmm29, %%zmm28, %%" #a ::: #a)
 static int buf[64];
 T double dp_only(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);DP(zmm1);DP(zmm2);DP(zmm3);DP(zmm4);DP(zmm5);DP(zmm6);DP(zmm7);DP(zmm8);DP(zmm9);DP(zmm10);DP(zmm11);}return (now()-t)/N*1e9;}
 T double add_only(){double t=now();for(long i=0;i<N/12;i++){AD(zmm12);AD(zmm13);AD(zmm14);AD(zmm15);AD(zmm16);AD(zmm17);AD(zmm18);AD(zmm19);AD(zmm20);AD(zmm21);AD(zmm22);AD(zmm23);}return (now()-t)/N*1e9;}
@@ -49,6 +52,9 @@ T double dp_cvt(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);CV(zmm12);DP(
 PAIR(dp_mul, MU)
 PAIR(dp_max, MX)
 PAIR(dp_scalef, SF)
+PAIR(dp_sra, SR)
+PAIR(dp_and, AN)
+PAIR(dp_busd, BU)
 int main(void) {
     for (int r = 0; r < 2; r++)
         printf("ns per group: dp %.3f add %.3f unpck %.3f sx %.3f shufi %.3f | dp+add %.3f dp+unpck %.3f dp+sx %.3f "
@@ -59,6 +65,7 @@ int main(void) {
         printf("ns per group: dp %.3f fma %.3f cvtps2dq %.3f | dp+fma %.3f dp+cvtps2dq %.3f\n", dp_only(), fma_only(),
                cvt_only(), dp_fma(), dp_cvt());
     for (int r = 0; r < 2; r++)
-        printf("ns per group: dp+mulps %.3f dp+maxps %.3f dp+scalefps %.3f\n", dp_mul(), dp_max(), dp_scalef());
+        printf("ns per group: dp+mulps %.3f dp+maxps %.3f dp+scalefps %.3f dp+vpsraw %.3f dp+vpandd %.3f dp+vpdpbusd %.3f\n",
+               dp_mul(), dp_max(), dp_scalef(), dp_sra(), dp_and(), dp_busd());
     return 0;
 }

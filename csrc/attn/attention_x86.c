@@ -1413,11 +1413,12 @@ typedef struct {
     uint8_t p[16][PVB_BLK][PVW_TL / 4][64] __attribute__((aligned(64))); /* P' operands */
     int32_t corr[16][PVB_BLK][16] __attribute__((aligned(64)));          /* 8 sum(P') of lane l's cell */
     int32_t e[4][4][16] __attribute__((aligned(64)));                    /* pass E's sums of 4 rows */
+    int32_t od[4][4][16] __attribute__((aligned(64)));                   /* pass O's */
 } pvb_scratch;
 
-/* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; pass E leaves its sums in e */
-SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0, int64_t nr,
-                               int64_t blk, int64_t nt, int64_t D, const char *pfend, const int h) {
+/* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O) */
+SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
+                               int64_t D, const char *pfend, const int h) {
     int32_t (*e)[4][16] = w->e;
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
     static const uint8_t zero[64] __attribute__((aligned(64)));
@@ -1446,18 +1447,22 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, const float *ps
             for (int u = 0; u < 4; u++) SC_DPBUSD(acc[rr][u], pv, x[u]);
         }
     }
-    if (h == 0) {
-        for (int rr = 0; rr < 4; rr++)
-            for (int u = 0; u < 4; u++) _mm512_store_si512(e[rr][u], acc[rr][u]);
-        return;
-    }
+    /* both passes leave their sums in the scratch: with the flush below in
+     * the same function GCC kept pass O's 16 accumulators on the stack (a
+     * load and a store around every product) */
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : e[rr][u], acc[rr][u]);
+}
+/* O += the two passes' sums of rows r0..r0+nr over block blk, in channel order */
+SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, const float *ps, float *o, int64_t r0,
+                                                          int64_t nr, int64_t blk, int64_t D) {
     for (int rr = 0; rr < 4; rr++) {
         if (rr >= nr) break;
         const __m512i cv = _mm512_load_si512(w->corr[r0 + rr][blk]);
         __m512i t[4][2];
         for (int u = 0; u < 4; u++) {
-            const __m512i ev = _mm512_sub_epi32(_mm512_load_si512(e[rr][u]), cv);
-            const __m512i ov = _mm512_sub_epi32(acc[rr][u], cv);
+            const __m512i ev = _mm512_sub_epi32(_mm512_load_si512(w->e[rr][u]), cv);
+            const __m512i ov = _mm512_sub_epi32(_mm512_load_si512(w->od[rr][u]), cv);
             t[u][0] = _mm512_unpacklo_epi32(ev, ov); /* lane l: channels 32l + 8u + 0..3 */
             t[u][1] = _mm512_unpackhi_epi32(ev, ov); /* 32l + 8u + 4..7 */
         }
@@ -1482,8 +1487,9 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, const float *ps
 }
 SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0, int64_t nr,
                                 int64_t blk, int64_t nt, int64_t D, const char *pfend) {
-    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 0);
-    pvb_pass(v, w, ps, o, r0, nr, blk, nt, D, pfend, 1);
+    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 0);
+    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 1);
+    pvb_flush(w, ps, o, r0, nr, blk, D);
 }
 
 SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0,
