@@ -101,3 +101,16 @@ def test_block_cycles_builds_and_runs(tmp_path):
         assert len([line for line in r.stdout.splitlines() if "cycles per key" in line]) == 8, r.stdout
     else:
         assert r.returncode == 1 and "needs AVX512-VNNI" in r.stderr
+
+
+def test_spill_scan_lists_the_integer_kernels():
+    """bench/spill_scan.py disassembles the built extension and counts, per
+    function, the integer products and those next to a zmm stack store."""
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which("objdump") is None:
+        pytest.skip("bench/spill_scan.py reads x86-64 code with objdump")
+    r = run(tool=ROOT / "bench" / "spill_scan.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[1:]}
+    for fn in ("qk8_vnni", "pv8_vnni", "pv4b_vnni"):
+        assert fn in rows and int(rows[fn][2]) >= 16, r.stdout
+        assert 0 <= int(rows[fn][-1]) <= int(rows[fn][2])
