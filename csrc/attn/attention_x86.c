@@ -1202,7 +1202,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
  * [8-15,24-31] [40-47,56-63] (each vector inside one cell), restored by one
  * permute per vector at the flush. */
 #ifndef PVW_TL
-#define PVW_TL 128 /* keys per tile at most (TILE_KEYS_INPLACE): 36 KB of stack below */
+#define PVW_TL 256 /* keys per tile at most (TILE_KEYS_INT4B8): ~72 KB of stack below */
 #endif
 SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
                                 int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp,
@@ -1558,7 +1558,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
         return;
     }
     const sc_store *st = c->a->v;
-    const int64_t ncell = D / G, TLp = PVW_TL, npair = (nt + 1) / 2;
+    /* P' rows 128 keys apart for tiles of up to 128 keys (the int8 layout measured) */
+    const int64_t ncell = D / G, TLp = TL <= 128 ? 128 : PVW_TL, npair = (nt + 1) / 2;
     store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;

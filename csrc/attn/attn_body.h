@@ -49,6 +49,9 @@
 #ifndef TILE_KEYS_INPLACE
 #define TILE_KEYS_INPLACE 128 /* keys per tile of few-row items reading K and V in place (attention.c) */
 #endif
+#ifndef TILE_KEYS_INT4B8
+#define TILE_KEYS_INT4B8 256 /* the same for int4 K and V at precision="int8" (attention.c) */
+#endif
 
 /* ---------------------------------------------------------------- helpers */
 /* 2^x for x <= 0 (scores minus the running max), ~1e-7 relative error;
