@@ -65,6 +65,16 @@ SC_T_VNNI __attribute__((noinline)) static void qk_int4r(const int8_t *k) { /* t
     for (int64_t j = 0; j < KEYS; j += 4)
         qkb44_block4r(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL);
 }
+/* P' operands and corrections: whatever the bytes are (the block is timed,
+ * not checked). Passed by pointer, blocks in a loop, as in pv4b_vnni: with a
+ * static scratch GCC kept the accumulators on the stack (bench/spill_scan.py) */
+static pvb_scratch *pvb_w;
+static volatile int64_t pvb_nblk = DIM / 128;
+SC_T_VNNI __attribute__((noinline)) static void pvb_blocks(const uint8_t *v, pvb_scratch *w, int64_t nblk) {
+    static const float ps[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
+    for (int64_t b = 0; b < nblk; b++) pvb_block(v, w, ps, o, 0, 4, b, KEYS, DIM, NULL);
+}
+static void pv_int4(const int8_t *v) { pvb_blocks((const uint8_t *)v, pvb_w, pvb_nblk); } /* int4 V, 8-bit P' (int8 setting) */
 SC_T_VNNI __attribute__((noinline)) static void pv_int8(const int8_t *v) { /* int8 V, 16-bit P' (bf16 setting) */
     static const float ps[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
     for (int64_t c0 = 0; c0 < DIM; c0 += 64) pvw_block(v, pq, ps, o, 0, 4, c0, KEYS / 2, KEYS, DIM, DIM / 32, PVW_TL, NULL);
@@ -90,6 +100,9 @@ int main(void) {
         fprintf(stderr, "needs AVX512-VNNI\n");
         return 1;
     }
+    pvb_w = aligned_alloc(64, sizeof(pvb_scratch));
+    if (!pvb_w) return 1;
+    memset(pvb_w, 1, sizeof *pvb_w);
     for (int t = 0; t < TILES; t++)
         for (int i = 0; i < KEYS * DIM; i++) codes[t][i] = (int8_t)((i * 37 + t) % 255 - 127);
     for (int i = 0; i < 4 * DIM; i++) qw[i] = (int16_t)(i * 97 % 65535 - 32767), qb[i] = (int8_t)(i * 13 % 255 - 127);
@@ -98,5 +111,6 @@ int main(void) {
     run("QK int4 codes, 8-bit q' (qkb44_4)", qk_int4);
     run("QK int4, whole rows (qkb44_4r)", qk_int4r);
     run("PV int8 codes, 16-bit P' (pvw)", pv_int8);
+    run("PV int4 codes, 8-bit P' (pvb)", pv_int4);
     return s[3] == 1.25f && o[5] == 1.5f; /* keep the results live */
 }
