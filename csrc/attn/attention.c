@@ -258,8 +258,9 @@ sc_status sc_attention(const sc_attention_args *a) {
         tile_keys = TILE_KEYS_INPLACE;
     /* int4 K and V with 8-bit operands (precision="int8" on AVX512-VNNI: the
      * products per key halve, so the per-tile work weighs twice as much):
-     * 256 keys. build_ab, int4 at "int8": 1.069x warm, 1.046x cold; the int8
-     * decode at "bf16" gains nothing cold from 256 (0.97-1.0x), so it keeps 128. */
+     * 256 keys. build_ab, int4 at "int8": 1.01-1.04x warm, 1.0-1.02x cold on
+     * two threads, 1.09-1.10x cold on one; the int8 decode at "bf16" gains
+     * nothing cold from 256 (0.97-1.0x), so it keeps 128. */
     if (tile_keys == TILE_KEYS_INPLACE && (isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) &&
         a->precision >= SC_PRECISION_INT8 && c.k_q8 && c.v_q8 && a->kf->encoding == SC_ENC_INT4 &&
         a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point && D % 128 == 0 && c.rows % 4 == 0)
