@@ -1593,8 +1593,13 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t c0 = 0; c0 < D; c0 += 64)
             if (kind == 3) pvw_block4((const uint8_t *)codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend);
+            /* the row count a constant in each call: with it a variable, the
+             * accumulators of the last 1-3 rows (GQA 3, 6, 7...) lived on the
+             * stack (bench/spill_scan.py) */
             else if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend);
-            else pvw_block(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend);
+            else if (nr == 3) pvw_block(codes, pq, ps, o, r0, 3, c0, npair, nt, D, n32, TLp, pfend);
+            else if (nr == 2) pvw_block(codes, pq, ps, o, r0, 2, c0, npair, nt, D, n32, TLp, pfend);
+            else pvw_block(codes, pq, ps, o, r0, 1, c0, npair, nt, D, n32, TLp, pfend);
     }
 }
 
