@@ -58,12 +58,12 @@ SC_T_VNNI __attribute__((noinline)) static void qk_int8(const int8_t *k) { /* in
 SC_T_VNNI __attribute__((noinline)) static void qk_int4(const int8_t *k) { /* int4 K, 8-bit q' (int8 setting) */
     const __m512 sc = _mm512_set1_ps(1e-6f);
     for (int64_t j = 0; j < KEYS; j += 4)
-        qkb44_block4(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL);
+        qkb44_block4(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL, 64);
 }
 SC_T_VNNI __attribute__((noinline)) static void qk_int4r(const int8_t *k) { /* the same, whole 64-byte rows (D % 128 == 0) */
     const __m512 sc = _mm512_set1_ps(1e-6f);
     for (int64_t j = 0; j < KEYS; j += 4)
-        qkb44_block4r(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL);
+        qkb44_block4(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL, 128);
 }
 /* P' operands and corrections: whatever the bytes are (the block is timed,
  * not checked). Passed by pointer, blocks in a loop, as in pv4b_vnni: with a
@@ -109,7 +109,7 @@ int main(void) {
     for (int i = 0; i < 4 * 4 * PVW_TL; i++) pq[i] = (int16_t)(i * 31 % 32767);
     run("QK int8 codes, 16-bit q' (qkw44)", qk_int8);
     run("QK int4 codes, 8-bit q' (qkb44_4)", qk_int4);
-    run("QK int4, whole rows (qkb44_4r)", qk_int4r);
+    run("QK int4, whole rows (qkb44_4 blk 128)", qk_int4r);
     run("PV int8 codes, 16-bit P' (pvw)", pv_int8);
     run("PV int4 codes, 8-bit P' (pvb)", pv_int4);
     return s[3] == 1.25f && o[5] == 1.5f; /* keep the results live */

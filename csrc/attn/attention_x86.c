@@ -968,58 +968,42 @@ SC_T_VNNI SC_INL void qkw44_block4(const int16_t *qw, __m512 sc, const uint8_t *
  * in tests/test_accuracy.py); for int8 codes it would not (cosine 0.9991
  * against the 0.9999 target), so int8 K keeps 16-bit q' at every precision. */
 #define SC_DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+/* blk (a constant: 64 or 128) is the channel block q' is stored in, [even |
+ * odd] (round8_row). blk 64: 32 packed bytes broadcast to both halves of a
+ * vector and the upper half shifted right by 4 under a mask. blk 128 (D a
+ * multiple of 128): a whole 64-byte row per load, low nibbles = the 64 even
+ * channels, high = the 64 odd ones -- no broadcast, no masked shift (2 of
+ * the 4 non-product operations per key and 64 channels; the block runs at
+ * ~2 cycles per product, so the work around the products sets its speed:
+ * alone 4.8-5.0 -> 4.4 ns per key, bench/block_cycles.c). */
 SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __m512 fbias, const uint8_t *k, float *s,
-                                   int64_t r0, int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend) {
+                                   int64_t r0, int64_t j, int64_t nk, int64_t D, int64_t TL, const char *pfend,
+                                   const int blk) {
     if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
 #pragma GCC unroll 4
-    for (int64_t ch = 0; ch < D; ch += 64) {
-        __m512i kv[4];
+    for (int64_t ch = 0; ch < D; ch += blk) {
+        __m512i lo[4], hi[4];
         for (int kk = 0; kk < 4; kk++) {
-            if (kk < nk) {
-                const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(k + (j + kk) * (D / 2) + ch / 2)));
-                kv[kk] = _mm512_and_si512(_mm512_mask_srli_epi16(w, (__mmask32)0xFFFF0000u, w, 4), m4);
+            if (kk >= nk) {
+                lo[kk] = hi[kk] = _mm512_setzero_si512();
+            } else if (blk == 128) {
+                const __m512i w = _mm512_loadu_si512(k + (j + kk) * (D / 2) + ch / 2);
+                lo[kk] = _mm512_and_si512(w, m4);
+                hi[kk] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
             } else {
-                kv[kk] = _mm512_setzero_si512();
+                const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(k + (j + kk) * (D / 2) + ch / 2)));
+                lo[kk] = _mm512_and_si512(_mm512_mask_srli_epi16(w, (__mmask32)0xFFFF0000u, w, 4), m4);
             }
         }
         for (int rr = 0; rr < 4; rr++) {
-            const __m512i qv = _mm512_loadu_si512(qb + (r0 + rr) * D + ch);
-            for (int kk = 0; kk < 4; kk++) SC_DPBUSD(acc[rr * 4 + kk], kv[kk], qv);
-        }
-    }
-    store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
-}
-/* The same with a whole 128-channel row of codes (64 bytes) per load, for D a
- * multiple of 128: low nibbles = the 64 even channels, high = the 64 odd
- * ones, against q' stored [even 64 | odd 64] per 128 channels (round8_row,
- * blk = 128). No broadcast and no masked shift: in the loop above those were
- * 2 of the 4 non-product operations per key and 64 channels. The block runs
- * at ~2 cycles per product, so the work around the products sets its speed:
- * alone 4.8-5.0 -> 4.4 ns per key (bench/block_cycles.c). */
-SC_T_VNNI SC_INL void qkb44_block4r(const int8_t *qb, __m512 sc, __m512i bias, __m512 fbias, const uint8_t *k,
-                                    float *s, int64_t r0, int64_t j, int64_t nk, int64_t D, int64_t TL,
-                                    const char *pfend) {
-    if (r0 == 0 && pfend) pf_span((const char *)k + (j + PF_KEYS) * (D / 2), nk * (D / 2), pfend);
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i acc[16];
-    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
-#pragma GCC unroll 2
-    for (int64_t ch = 0; ch < D; ch += 128) {
-        __m512i lo[4], hi[4];
-        for (int kk = 0; kk < 4; kk++) {
-            const __m512i w = kk < nk ? _mm512_loadu_si512(k + (j + kk) * (D / 2) + ch / 2) : _mm512_setzero_si512();
-            lo[kk] = _mm512_and_si512(w, m4);
-            hi[kk] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
-        }
-        for (int rr = 0; rr < 4; rr++) {
             const __m512i qe = _mm512_loadu_si512(qb + (r0 + rr) * D + ch);
-            const __m512i qo = _mm512_loadu_si512(qb + (r0 + rr) * D + ch + 64);
-            for (int kk = 0; kk < 4; kk++) {
-                SC_DPBUSD(acc[rr * 4 + kk], lo[kk], qe);
-                SC_DPBUSD(acc[rr * 4 + kk], hi[kk], qo);
+            for (int kk = 0; kk < 4; kk++) SC_DPBUSD(acc[rr * 4 + kk], lo[kk], qe);
+            if (blk == 128) {
+                const __m512i qo = _mm512_loadu_si512(qb + (r0 + rr) * D + ch + 64);
+                for (int kk = 0; kk < 4; kk++) SC_DPBUSD(acc[rr * 4 + kk], hi[kk], qo);
             }
         }
     }
@@ -1084,6 +1068,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const int in4 = kind != 2 && D % 64 == 0 && R % 4 == 0;
     /* int4 codes with 8-bit q' (qkb44_block4) at precision="int8" */
     const int b8 = in4 && c->a->precision >= SC_PRECISION_INT8;
+    const int qblk = D % 128 == 0 ? 128 : 64; /* b8: q' [even | odd] per qblk channels (qkb44_block4) */
     int8_t *qb = (int8_t *)qf; /* [R][D] when b8 */
     int32_t qsum[Q8_MAX_ROWS + 16] = {0};
     /* asymmetric int4 K at precision="int8": each row's q . m[g] (zero points,
@@ -1123,8 +1108,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                     fb[r] = _mm512_reduce_add_ps(bz);
                 }
                 ar[r] = m * (1.0f / 127.0f);
-                qsum[r] = D % 128 == 0 ? round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D, 128)
-                                       : round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D, 64);
+                qsum[r] = round8_row(y, _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f), qb + r * D, D, qblk);
                 continue;
             }
             ar[r] = m * (1.0f / 32767.0f);
@@ -1152,12 +1136,12 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                                                                                               _mm512_loadu_si512(qsum + r0)), 3)
                                                    : _mm512_setzero_si512();
                     const __m512 fb4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(fb + r0));
-                    if (D % 128 == 0)
+                    if (qblk == 128) /* the block width a constant in each instance */
                         for (int64_t j = 0; j < n; j += 4)
-                            qkb44_block4r(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 128);
                     else
                         for (int64_t j = 0; j < n; j += 4)
-                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend);
+                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 64);
                 } else
                     for (int64_t j = 0; j < n; j += 4)
                         qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
@@ -1420,7 +1404,6 @@ typedef struct {
 /* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O) */
 SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
                                int64_t D, const char *pfend, const int h) {
-    int32_t (*e)[4][16] = w->e;
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
     static const uint8_t zero[64] __attribute__((aligned(64)));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -1452,7 +1435,7 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
      * the same function GCC kept pass O's 16 accumulators on the stack (a
      * load and a store around every product) */
     for (int rr = 0; rr < 4; rr++)
-        for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : e[rr][u], acc[rr][u]);
+        for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : w->e[rr][u], acc[rr][u]);
 }
 /* O += the two passes' sums of rows r0..r0+nr over block blk, in channel order */
 SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, const float *ps, float *o, int64_t r0,
