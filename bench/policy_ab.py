@@ -14,13 +14,12 @@ Prints best and median per call and the ratio against the first policy: the
 median of the per-round ratios (the order rotates every round).
 """
 import argparse
-import time
 
 import numpy as np
 
 import sagecore
 from sagecore import QuantKVCache
-from sagecore.bench import alternate, cold_count, kv_bytes, paired_ratio
+from sagecore.bench import alternate, cold_count, kv_bytes, paired_ratio, timer
 from sagecore.graph import check_precision
 
 
@@ -65,16 +64,9 @@ def main():
         count = cold_count(kv_bytes(first)) if args.cold else 1
         caches[spec] = [first] + [make(spec) for _ in range(count - 1)]
     reps = 1 if args.cold else max(3, 400000 // (n * hkv))
-    def timed(spec):
+    def timed(spec):  # one call = one attend; each round visits every cache reps times
         cs, precision = caches[spec], entries[spec][1]
-        calls = reps * len(cs)
-
-        def run():
-            t0 = time.perf_counter()
-            for i in range(calls):
-                cs[i % len(cs)].attend(q, precision=precision)
-            return (time.perf_counter() - t0) / calls
-        return run
+        return timer(lambda: [c.attend(q, precision=precision) for c in cs], reps, reps * len(cs))
 
     times = dict(zip(caches, alternate([timed(spec) for spec in caches], args.rounds)))
     print(f"decode N {n}{' cold' if args.cold else ''}, {args.threads} thread(s), precision {args.precision} (unless @), "

@@ -102,14 +102,17 @@ def _progress(done, total, what):
         sys.stderr.write("\n")
 
 
-def alternate(fns, rounds):
+def alternate(fns, rounds, before_round=None):
     """Time each of fns (each returns its own time per call) once per round,
     the order rotated by one every round so that no fn always runs first or
     right after the same neighbour (a position effect of up to 1.3x was seen
-    on the shared machine, session 13). Returns one list of times per fn,
-    index r of each list from round r."""
+    on the shared machine, session 13); before_round() runs at the start of
+    every round (probes). Returns one list of times per fn, index r of each
+    list from round r."""
     times = [[] for _ in fns]
     for r in range(rounds):
+        if before_round is not None:
+            before_round()
         for k in range(len(fns)):
             i = (r + k) % len(fns)
             times[i].append(fns[i]())
@@ -123,21 +126,23 @@ def paired_ratio(base, other):
     return float(np.median(np.asarray(base, float) / np.asarray(other, float)))
 
 
+def timer(fn, reps=1, per=None):
+    """A callable for alternate(): runs fn reps times, returns the seconds
+    divided by per (default reps), i.e. per call of whatever fn stands for."""
+    def t():
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / (per or reps)
+    return t
+
+
 def round_robin(fns, rounds, reps=1):
     """Best time per call of each fn, measured round-robin (after one warm-up
     call each) so that a burst of machine noise hits every path alike."""
     for fn in fns:
         fn()
-
-    def timed(fn):
-        def t():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            return (time.perf_counter() - t0) / reps
-        return t
-
-    return [min(ts) for ts in alternate([timed(fn) for fn in fns], rounds)]
+    return [min(ts) for ts in alternate([timer(fn, reps) for fn in fns], rounds)]
 
 
 def main(argv=None):
@@ -472,20 +477,19 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
         paths["torch-bfloat16"] = rotation(
             lambda: (torch.from_numpy(k.astype(np.float32)).bfloat16(), torch.from_numpy(v.astype(np.float32)).bfloat16()),
             2 * k.size * 2, lambda kv: F.scaled_dot_product_attention(tq, kv[0], kv[1], enable_gqa=True))
-    times = {name: [] for name in paths}
     with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
         for fn, _, _ in paths.values():  # touch once
             fn()
         bws, scal = [], []
-        for _ in range(rounds):
+
+        def probes():
             # best of 3: other load on the machine can only lower a probe (one
             # single probe read 15.9 GB/s beside rounds of 60), never raise it
             bws.append(max(probe.nbytes / _cpu.read_probe(probe) for _ in range(3)))
             scal.append(compute_scaling())
-            for name, (fn, count, _) in paths.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) / count)
+
+        # each fn runs a path over all its caches: time per call = / count
+        times = dict(zip(paths, alternate([timer(fn, per=count) for fn, count, _ in paths.values()], rounds, probes)))
     print(f"decode N={n} cold, threads {_cpu.get_num_threads()}, isa {_cpu.cpu_info()['active_isa']}, "
           f"round-robin over {rounds} rounds; read bandwidth (sc_read_probe, every round) "
           f"{min(bws) / 1e9:.1f}-{max(bws) / 1e9:.1f} GB/s; vector throughput of the threads together "
