@@ -18,7 +18,7 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 #define N 100000000L
 #define T __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl"),noinline))
 #define DP(a) __asm__ volatile("vpdpwssd %%zmm30, %%zmm31, %%" #a ::: #a)
-#define SH(a,b) __asm__ volatile("vpunpckldq %%zmm29, %%zmm28, %%" #a ::: #a)
+#define SH(a) __asm__ volatile("vpunpckldq %%zmm29, %%zmm28, %%" #a ::: #a)
 #define AD(a) __asm__ volatile("vpaddd %%zmm29, %%zmm28, %%" #a ::: #a)
 #define SX(a) __asm__ volatile("vpmovsxbw %%ymm27, %%" #a ::: #a)
 #define PS(a) __asm__ volatile("vshufi32x4 $0x88, %%zmm29, %%zmm28, %%" #a ::: #a)
@@ -32,29 +32,42 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 #define AN(a) __asm__ volatile("vpandd %%zmm29, %%zmm28, %%" #a ::: #a)
 #define BU(a) __asm__ volatile("vpdpbusd %%zmm29, %%zmm28, %%" #a ::: #a)
 static int buf[64];
-T double dp_only(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);DP(zmm1);DP(zmm2);DP(zmm3);DP(zmm4);DP(zmm5);DP(zmm6);DP(zmm7);DP(zmm8);DP(zmm9);DP(zmm10);DP(zmm11);}return (now()-t)/N*1e9;}
-T double add_only(){double t=now();for(long i=0;i<N/12;i++){AD(zmm12);AD(zmm13);AD(zmm14);AD(zmm15);AD(zmm16);AD(zmm17);AD(zmm18);AD(zmm19);AD(zmm20);AD(zmm21);AD(zmm22);AD(zmm23);}return (now()-t)/N*1e9;}
-T double sh_only(){double t=now();for(long i=0;i<N/12;i++){SH(zmm12,0);SH(zmm13,0);SH(zmm14,0);SH(zmm15,0);SH(zmm16,0);SH(zmm17,0);SH(zmm18,0);SH(zmm19,0);SH(zmm20,0);SH(zmm21,0);SH(zmm22,0);SH(zmm23,0);}return (now()-t)/N*1e9;}
-T double sx_only(){double t=now();for(long i=0;i<N/12;i++){SX(zmm12);SX(zmm13);SX(zmm14);SX(zmm15);SX(zmm16);SX(zmm17);SX(zmm18);SX(zmm19);SX(zmm20);SX(zmm21);SX(zmm22);SX(zmm23);}return (now()-t)/N*1e9;}
-T double ps_only(){double t=now();for(long i=0;i<N/12;i++){PS(zmm12);PS(zmm13);PS(zmm14);PS(zmm15);PS(zmm16);PS(zmm17);PS(zmm18);PS(zmm19);PS(zmm20);PS(zmm21);PS(zmm22);PS(zmm23);}return (now()-t)/N*1e9;}
-T double dp_add(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);AD(zmm12);DP(zmm1);AD(zmm13);DP(zmm2);AD(zmm14);DP(zmm3);AD(zmm15);DP(zmm4);AD(zmm16);DP(zmm5);AD(zmm17);DP(zmm6);AD(zmm18);DP(zmm7);AD(zmm19);DP(zmm8);AD(zmm20);DP(zmm9);AD(zmm21);DP(zmm10);AD(zmm22);DP(zmm11);AD(zmm23);}return (now()-t)/N*1e9;}
-T double dp_sh(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);SH(zmm12,0);DP(zmm1);SH(zmm13,0);DP(zmm2);SH(zmm14,0);DP(zmm3);SH(zmm15,0);DP(zmm4);SH(zmm16,0);DP(zmm5);SH(zmm17,0);DP(zmm6);SH(zmm18,0);DP(zmm7);SH(zmm19,0);DP(zmm8);SH(zmm20,0);DP(zmm9);SH(zmm21,0);DP(zmm10);SH(zmm22,0);DP(zmm11);SH(zmm23,0);}return (now()-t)/N*1e9;}
-T double dp_sx(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);SX(zmm12);DP(zmm1);SX(zmm13);DP(zmm2);SX(zmm14);DP(zmm3);SX(zmm15);DP(zmm4);SX(zmm16);DP(zmm5);SX(zmm17);DP(zmm6);SX(zmm18);DP(zmm7);SX(zmm19);DP(zmm8);SX(zmm20);DP(zmm9);SX(zmm21);DP(zmm10);SX(zmm22);DP(zmm11);SX(zmm23);}return (now()-t)/N*1e9;}
-T double dp_ps(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);PS(zmm12);DP(zmm1);PS(zmm13);DP(zmm2);PS(zmm14);DP(zmm3);PS(zmm15);DP(zmm4);PS(zmm16);DP(zmm5);PS(zmm17);DP(zmm6);PS(zmm18);DP(zmm7);PS(zmm19);DP(zmm8);PS(zmm20);DP(zmm9);PS(zmm21);DP(zmm10);PS(zmm22);DP(zmm11);PS(zmm23);}return (now()-t)/N*1e9;}
-T double dp_bc(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);BC(zmm12);DP(zmm1);BC(zmm13);DP(zmm2);BC(zmm14);DP(zmm3);BC(zmm15);DP(zmm4);BC(zmm16);DP(zmm5);BC(zmm17);DP(zmm6);BC(zmm18);DP(zmm7);BC(zmm19);DP(zmm8);BC(zmm20);DP(zmm9);BC(zmm21);DP(zmm10);BC(zmm22);DP(zmm11);BC(zmm23);}return (now()-t)/N*1e9;}
-T double dp_add_sh(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);AD(zmm12);SH(zmm24,0);DP(zmm1);AD(zmm13);SH(zmm25,0);DP(zmm2);AD(zmm14);SH(zmm26,0);DP(zmm3);AD(zmm15);SH(zmm24,0);DP(zmm4);AD(zmm16);SH(zmm25,0);DP(zmm5);AD(zmm17);SH(zmm26,0);DP(zmm6);AD(zmm18);SH(zmm24,0);DP(zmm7);AD(zmm19);SH(zmm25,0);DP(zmm8);AD(zmm20);SH(zmm26,0);DP(zmm9);AD(zmm21);SH(zmm24,0);DP(zmm10);AD(zmm22);SH(zmm25,0);DP(zmm11);AD(zmm23);SH(zmm26,0);}return (now()-t)/N*1e9;}
-#define X12(M, r0) M(zmm12); M(zmm13); M(zmm14); M(zmm15); M(zmm16); M(zmm17); M(zmm18); M(zmm19); M(zmm20); M(zmm21); M(zmm22); M(zmm23)
-T double fma_only(){double t=now();for(long i=0;i<N/12;i++){X12(FM,0);}return (now()-t)/N*1e9;}
-T double cvt_only(){double t=now();for(long i=0;i<N/12;i++){X12(CV,0);}return (now()-t)/N*1e9;}
-T double dp_fma(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);FM(zmm12);DP(zmm1);FM(zmm13);DP(zmm2);FM(zmm14);DP(zmm3);FM(zmm15);DP(zmm4);FM(zmm16);DP(zmm5);FM(zmm17);DP(zmm6);FM(zmm18);DP(zmm7);FM(zmm19);DP(zmm8);FM(zmm20);DP(zmm9);FM(zmm21);DP(zmm10);FM(zmm22);DP(zmm11);FM(zmm23);}return (now()-t)/N*1e9;}
-T double dp_cvt(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);CV(zmm12);DP(zmm1);CV(zmm13);DP(zmm2);CV(zmm14);DP(zmm3);CV(zmm15);DP(zmm4);CV(zmm16);DP(zmm5);CV(zmm17);DP(zmm6);CV(zmm18);DP(zmm7);CV(zmm19);DP(zmm8);CV(zmm20);DP(zmm9);CV(zmm21);DP(zmm10);CV(zmm22);DP(zmm11);CV(zmm23);}return (now()-t)/N*1e9;}
-#define PAIR(NAME, M) T double NAME(){double t=now();for(long i=0;i<N/12;i++){DP(zmm0);M(zmm12);DP(zmm1);M(zmm13);DP(zmm2);M(zmm14);DP(zmm3);M(zmm15);DP(zmm4);M(zmm16);DP(zmm5);M(zmm17);DP(zmm6);M(zmm18);DP(zmm7);M(zmm19);DP(zmm8);M(zmm20);DP(zmm9);M(zmm21);DP(zmm10);M(zmm22);DP(zmm11);M(zmm23);}return (now()-t)/N*1e9;}
+/* ns per group of 12 independent instructions of kind M alone (zmm12-23), or
+ * each paired with a VPDPWSSD (zmm0-11) */
+#define LOOP(BODY) { double t = now(); for (long i = 0; i < N / 12; i++) { BODY } return (now() - t) / N * 1e9; }
+#define ALONE(NAME, M) T double NAME() LOOP(M(zmm12); M(zmm13); M(zmm14); M(zmm15); M(zmm16); M(zmm17); \
+                                            M(zmm18); M(zmm19); M(zmm20); M(zmm21); M(zmm22); M(zmm23);)
+#define PAIR(NAME, M) T double NAME() LOOP(DP(zmm0); M(zmm12); DP(zmm1); M(zmm13); DP(zmm2); M(zmm14); \
+                                           DP(zmm3); M(zmm15); DP(zmm4); M(zmm16); DP(zmm5); M(zmm17); \
+                                           DP(zmm6); M(zmm18); DP(zmm7); M(zmm19); DP(zmm8); M(zmm20); \
+                                           DP(zmm9); M(zmm21); DP(zmm10); M(zmm22); DP(zmm11); M(zmm23);)
+T double dp_only() LOOP(DP(zmm0); DP(zmm1); DP(zmm2); DP(zmm3); DP(zmm4); DP(zmm5); DP(zmm6); DP(zmm7); DP(zmm8);
+                        DP(zmm9); DP(zmm10); DP(zmm11);)
+ALONE(add_only, AD)
+ALONE(sh_only, SH)
+ALONE(sx_only, SX)
+ALONE(ps_only, PS)
+ALONE(fma_only, FM)
+ALONE(cvt_only, CV)
+PAIR(dp_add, AD)
+PAIR(dp_sh, SH)
+PAIR(dp_sx, SX)
+PAIR(dp_ps, PS)
+PAIR(dp_bc, BC)
+PAIR(dp_fma, FM)
+PAIR(dp_cvt, CV)
 PAIR(dp_mul, MU)
 PAIR(dp_max, MX)
 PAIR(dp_scalef, SF)
 PAIR(dp_sra, SR)
 PAIR(dp_and, AN)
 PAIR(dp_busd, BU)
+/* three kinds: a product, an add and an unpack per step */
+T double dp_add_sh() LOOP(DP(zmm0); AD(zmm12); SH(zmm24); DP(zmm1); AD(zmm13); SH(zmm25); DP(zmm2); AD(zmm14);
+                          SH(zmm26); DP(zmm3); AD(zmm15); SH(zmm24); DP(zmm4); AD(zmm16); SH(zmm25); DP(zmm5);
+                          AD(zmm17); SH(zmm26); DP(zmm6); AD(zmm18); SH(zmm24); DP(zmm7); AD(zmm19); SH(zmm25);
+                          DP(zmm8); AD(zmm20); SH(zmm26); DP(zmm9); AD(zmm21); SH(zmm24); DP(zmm10); AD(zmm22);
+                          SH(zmm25); DP(zmm11); AD(zmm23); SH(zmm26);)
 int main(void) {
     for (int r = 0; r < 2; r++)
         printf("ns per group: dp %.3f add %.3f unpck %.3f sx %.3f shufi %.3f | dp+add %.3f dp+unpck %.3f dp+sx %.3f "
