@@ -18,6 +18,11 @@ in one process does not.
 
 ``--cold`` rotates through enough caches to exceed 4x the last-level cache
 (every call reads from DRAM) instead of reusing one cache that fits in L2/L3.
+
+``--against POLICY@PRECISION`` (e.g. ``int8@bf16``) also times that path in
+every build, in the same rounds, and prints per build the paired ratio of its
+time to the main path's: how a build moves a target such as issue 3's "int4
+at the int8 setting vs int8 at bf16" rather than one path alone.
 """
 import argparse
 import glob
@@ -64,7 +69,16 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--isa", default=None, help="force this ISA level in every build (default: the best)")
+    ap.add_argument("--against", default=None, metavar="POLICY@PRECISION",
+                    help="also time this path in every build; print its time / the main path's, paired by round")
     args = ap.parse_args()
+    against = None
+    if args.against:
+        pol, _, prec = args.against.partition("@")
+        if prec not in PRECISION_CODES:
+            raise SystemExit(f"--against: expected POLICY@PRECISION with a precision in {list(PRECISION_CODES)}, "
+                             f"got {args.against!r}")
+        against = (pol, PRECISION_CODES[prec])
     mods = [load_build(d, i) for i, d in enumerate(args.dirs)]
     for m in mods:
         m.set_num_threads(args.threads)
@@ -75,27 +89,30 @@ def main():
     k = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
     v = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
 
-    def make():
-        c = QuantKVCache(args.policy, batch=b, kv_heads=hkv, head_dim=d, capacity=n)
+    def make(policy):
+        c = QuantKVCache(policy, batch=b, kv_heads=hkv, head_dim=d, capacity=n)
         c.append(k, v)
         if len(c._segments) != 1:
-            raise SystemExit("--policy: one segment (the same format for every head) expected")
+            raise SystemExit(f"{policy}: one segment (the same format for every head) expected")
         return c._segments[0]
 
-    first = make()
-    nbytes = first.k.nbytes + first.v.nbytes
-    segs = [first] + ([make() for _ in range(cold_count(nbytes) - 1)] if args.cold else [])
-    q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
-    outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
-    prec = PRECISION_CODES[args.precision]
-    stores = [[(wrap(m, s.k), wrap(m, s.v)) for s in segs] for m in mods]
-    calls = len(segs) if args.cold else max(10, 1_000_000 // (n * hkv))
+    def caches(policy):
+        first = make(policy)
+        nbytes = first.k.nbytes + first.v.nbytes
+        return [first] + ([make(policy) for _ in range(cold_count(nbytes) - 1)] if args.cold else [])
 
-    def run(i):
-        m, o = mods[i], outs[i]
+    q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
+    paths = [(args.policy, PRECISION_CODES[args.precision])] + ([against] if against else [])
+    segs = [caches(pol) for pol, _ in paths]
+    outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
+    stores = [[[(wrap(m, s.k), wrap(m, s.v)) for s in sg] for sg in segs] for m in mods]
+
+    def run(i, p=0):
+        m, o, st, prec = mods[i], outs[i], stores[i][p], paths[p][1]
+        calls = len(st) if args.cold else max(10, 1_000_000 // (n * hkv))
         t0 = time.perf_counter()
         for c in range(calls):
-            ks, vs = stores[i][c % len(segs)]
+            ks, vs = st[c % len(st)]
             m.attention(q, ks, vs, o, hkv, n, None, d ** -0.5, False, 1, None, prec)
         return (time.perf_counter() - t0) / calls
 
@@ -104,14 +121,21 @@ def main():
         if i and not np.allclose(outs[i], outs[0], rtol=1e-2, atol=1e-3):
             print(f"note: {args.dirs[i]} differs from {args.dirs[0]} "
                   f"(max |diff| {np.abs(outs[i] - outs[0]).max():.3g}): an experiment that changes results")
-    res = alternate([lambda i=i: run(i) for i in range(len(mods))], args.rounds)
+    jobs = [(i, p) for i in range(len(mods)) for p in range(len(paths))]
+    res = alternate([lambda i=i, p=p: run(i, p) for i, p in jobs], args.rounds)
+    main = [r for (i, p), r in zip(jobs, res) if p == 0]
+    other = [r for (i, p), r in zip(jobs, res) if p == 1]
     per = n * hkv / args.threads
     print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, N {n}{' cold' if args.cold else ''}, "
           f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, ns per key per kv head (per thread)")
-    for dname, r in zip(args.dirs, res):
+    for j, (dname, r) in enumerate(zip(args.dirs, main)):
         s = sorted(r)
-        print(f"  {dname:32s} best {s[0] * 1e9 / per:6.1f}  median {s[len(s) // 2] * 1e9 / per:6.1f}  "
-              f"vs first, paired by round {paired_ratio(res[0], r):5.3f}x")
+        line = (f"  {dname:32s} best {s[0] * 1e9 / per:6.1f}  median {s[len(s) // 2] * 1e9 / per:6.1f}  "
+                f"vs first, paired by round {paired_ratio(main[0], r):5.3f}x")
+        if against:
+            line += (f"  {args.against} {np.median(other[j]) * 1e9 / per:6.1f}, "
+                     f"{args.against} / this, paired {paired_ratio(other[j], r):5.3f}x")
+        print(line)
 
 
 if __name__ == "__main__":

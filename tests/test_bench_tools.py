@@ -114,3 +114,19 @@ def test_spill_scan_lists_the_integer_kernels():
     for fn in ("qk8_vnni", "pv8_vnni", "pv4b_vnni"):
         assert fn in rows and int(rows[fn][2]) >= 16, r.stdout
         assert 0 <= int(rows[fn][-1]) <= int(rows[fn][2])
+
+
+def test_build_ab_against_times_a_second_path_in_each_build():
+    r = run(str(ROOT), "--n", "64", "--rounds", "2", "--policy", "int4", "--precision", "int8",
+            "--against", "int8@bf16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if "int8@bf16 / this, paired" in line]
+    assert len(rows) == 1, r.stdout
+    ratio = float(rows[0].split("paired")[-1].strip().rstrip("x"))
+    assert 0.05 < ratio < 20
+
+
+def test_build_ab_against_rejects_a_bad_path():
+    r = run(str(ROOT), "--n", "64", "--rounds", "1", "--against", "int8@fast")
+    assert r.returncode != 0
+    assert "--against: expected POLICY@PRECISION" in r.stderr

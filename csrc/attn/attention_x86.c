@@ -43,6 +43,17 @@ SC_INL void pf_span(const char *p, int64_t n, const char *end) {
     for (int64_t l = 0; l < n; l += 64)
         if (p + l < end) _mm_prefetch(p + l, PF_HINT);
 }
+/* Software prefetch of the scale (or zero-point) elements [i0, i0 + n) of
+ * the array a, clipped at element iend (the kv row's end). The scale streams
+ * run beside the codes (int4: 16 of 144 bytes per key) and were left to the
+ * hardware prefetcher until session 14; prefetched PF_KEYS keys ahead with
+ * the codes, cold int4 decode (int8 setting) gained 1.03-1.05x
+ * (docs/benchmarks.md, session 14). */
+SC_INL void pf_scales(const void *a, int f32, int64_t i0, int64_t n, int64_t iend) {
+    if (!a || i0 >= iend) return;
+    const int64_t eb = f32 ? 4 : 2;
+    pf_span((const char *)a + i0 * eb, n * eb, (const char *)a + iend * eb);
+}
 
 /* ---- int8/int4 stores read in place: the driver shared by the ISA levels ----
  * (q8 modes: see q8_mode() in attn_body.h). Each level supplies its scale
@@ -91,6 +102,8 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
     if (mode == 2) { /* k = code * s[j][cell] */
         store_scales(c, st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+        pf_scales(st->scales, sf32, (kr * st->capacity + j0 + PF_KEYS) * (D / G), nt * (D / G),
+                  (kr + 1) * st->capacity * (D / G));
         if (kind == 2) {
             body(q, codes, 2, s, R, nt, D, TL, sc, G, pfend);
             return;
@@ -105,8 +118,10 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = (kr * (st->capacity / T) + g) * D;
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D, cend = (kr + 1) * (st->capacity / T) * D;
         store_scales(c, st, sf32, cell0, D, sc);
+        pf_scales(st->scales, sf32, cell0 + PF_KEYS / T * D, D, cend);
+        pf_scales(st->zeros, sf32, cell0 + PF_KEYS / T * D, D, cend);
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const uint8_t *ct = codes + t * rb;
@@ -129,6 +144,8 @@ SC_INL void pv8_driver(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int
     const int64_t D = c->D, G = f->channel_group;
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
     store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
+    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * (D / G),
+              nt * (D / G), (kr + 1) * st->capacity * (D / G));
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     if (code_kind(f) == 2) {
@@ -1088,10 +1105,13 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     }
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        store_scales(c, st, sf32, (kr * (st->capacity / T) + g) * D, D, sc);
+        const int64_t cell0 = (kr * (st->capacity / T) + g) * D, cend = (kr + 1) * (st->capacity / T) * D;
+        store_scales(c, st, sf32, cell0, D, sc);
+        pf_scales(st->scales, sf32, cell0 + PF_KEYS / T * D, D, cend);
+        pf_scales(st->zeros, sf32, cell0 + PF_KEYS / T * D, D, cend);
         if (zfold) {
             const sc_store zs = {.scales = st->zeros};
-            store_scales(c, &zs, sf32, (kr * (st->capacity / T) + g) * D, D, zf);
+            store_scales(c, &zs, sf32, cell0, D, zf);
         }
         for (int64_t r = 0; r < R; r++) {
             __m512 y[16], mx = _mm512_setzero_ps();
@@ -1483,6 +1503,8 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
     store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
+    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * ncell, nt * ncell,
+              (kr + 1) * st->capacity * ncell);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
     pvb_scratch w;
@@ -1545,6 +1567,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     /* P' rows 128 keys apart for tiles of up to 128 keys (the int8 layout measured) */
     const int64_t ncell = D / G, TLp = TL <= 128 ? 128 : PVW_TL, npair = (nt + 1) / 2;
     store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
+    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * ncell, nt * ncell,
+              (kr + 1) * st->capacity * ncell);
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
