@@ -123,15 +123,15 @@ def main():
                   f"(max |diff| {np.abs(outs[i] - outs[0]).max():.3g}): an experiment that changes results")
     jobs = [(i, p) for i in range(len(mods)) for p in range(len(paths))]
     res = alternate([lambda i=i, p=p: run(i, p) for i, p in jobs], args.rounds)
-    main = [r for (i, p), r in zip(jobs, res) if p == 0]
+    own = [r for (i, p), r in zip(jobs, res) if p == 0]  # the main path's times, per build
     other = [r for (i, p), r in zip(jobs, res) if p == 1]
     per = n * hkv / args.threads
     print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, N {n}{' cold' if args.cold else ''}, "
           f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, ns per key per kv head (per thread)")
-    for j, (dname, r) in enumerate(zip(args.dirs, main)):
+    for j, (dname, r) in enumerate(zip(args.dirs, own)):
         s = sorted(r)
         line = (f"  {dname:32s} best {s[0] * 1e9 / per:6.1f}  median {s[len(s) // 2] * 1e9 / per:6.1f}  "
-                f"vs first, paired by round {paired_ratio(main[0], r):5.3f}x")
+                f"vs first, paired by round {paired_ratio(own[0], r):5.3f}x")
         if against:
             line += (f"  {args.against} {np.median(other[j]) * 1e9 / per:6.1f}, "
                      f"{args.against} / this, paired {paired_ratio(other[j], r):5.3f}x")

@@ -71,6 +71,25 @@ SC_INL void store_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t
     if (f32) memcpy(dst, (const float *)st->scales + i0, (size_t)n * sizeof(float));
     else c->rk->load_f16((const uint16_t *)st->scales + i0, NULL, dst, n);
 }
+/* the per-token scales (ncell per key) of keys j0..j0+nt of kv row kr, as
+ * fp32 into dst; the same span PF_KEYS keys ahead prefetched */
+SC_INL void token_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t kr, int64_t j0, int64_t nt,
+                         int64_t ncell, float *dst) {
+    const int64_t row = kr * st->capacity;
+    store_scales(c, st, f32, (row + j0) * ncell, nt * ncell, dst);
+    pf_scales(st->scales, f32, (row + j0 + PF_KEYS) * ncell, nt * ncell, (row + st->capacity) * ncell);
+}
+/* token group g's per-channel scales (D) of kv row kr, as fp32 into dst;
+ * the scales and zero points PF_KEYS keys ahead prefetched. Returns the
+ * group's first element (for its zero points). */
+SC_INL int64_t group_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t kr, int64_t g, int64_t T,
+                            int64_t D, float *dst) {
+    const int64_t ng = st->capacity / T, cell0 = (kr * ng + g) * D, cend = (kr + 1) * ng * D;
+    store_scales(c, st, f32, cell0, D, dst);
+    pf_scales(st->scales, f32, cell0 + PF_KEYS / T * D, D, cend);
+    pf_scales(st->zeros, f32, cell0 + PF_KEYS / T * D, D, cend);
+    return cell0;
+}
 typedef void (*unpack_fn)(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes, const char *pfend);
 /* scores / O += P V over n rows of codes of kind 2 or 5 (row stride D) */
 typedef void (*codes_fn)(const float *x, const uint8_t *codes, int kind, float *y, int64_t R, int64_t n, int64_t D,
@@ -101,9 +120,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
     if (mode == 2) { /* k = code * s[j][cell] */
-        store_scales(c, st, sf32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-        pf_scales(st->scales, sf32, (kr * st->capacity + j0 + PF_KEYS) * (D / G), nt * (D / G),
-                  (kr + 1) * st->capacity * (D / G));
+        token_scales(c, st, sf32, kr, j0, nt, D / G, sc);
         if (kind == 2) {
             body(q, codes, 2, s, R, nt, D, TL, sc, G, pfend);
             return;
@@ -118,10 +135,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = (kr * (st->capacity / T) + g) * D, cend = (kr + 1) * (st->capacity / T) * D;
-        store_scales(c, st, sf32, cell0, D, sc);
-        pf_scales(st->scales, sf32, cell0 + PF_KEYS / T * D, D, cend);
-        pf_scales(st->zeros, sf32, cell0 + PF_KEYS / T * D, D, cend);
+        group_scales(c, st, sf32, kr, g, T, D, sc);
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const uint8_t *ct = codes + t * rb;
@@ -143,9 +157,7 @@ SC_INL void pv8_driver(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int
     const sc_store *st = c->a->v;
     const int64_t D = c->D, G = f->channel_group;
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * (D / G), nt * (D / G), sc);
-    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * (D / G),
-              nt * (D / G), (kr + 1) * st->capacity * (D / G));
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, D / G, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     if (code_kind(f) == 2) {
@@ -1105,10 +1117,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     }
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = (kr * (st->capacity / T) + g) * D, cend = (kr + 1) * (st->capacity / T) * D;
-        store_scales(c, st, sf32, cell0, D, sc);
-        pf_scales(st->scales, sf32, cell0 + PF_KEYS / T * D, D, cend);
-        pf_scales(st->zeros, sf32, cell0 + PF_KEYS / T * D, D, cend);
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
         if (zfold) {
             const sc_store zs = {.scales = st->zeros};
             store_scales(c, &zs, sf32, cell0, D, zf);
@@ -1502,9 +1511,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const sc_store *st = c->a->v;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
-    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
-    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * ncell, nt * ncell,
-              (kr + 1) * st->capacity * ncell);
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
     pvb_scratch w;
@@ -1566,9 +1573,7 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const sc_store *st = c->a->v;
     /* P' rows 128 keys apart for tiles of up to 128 keys (the int8 layout measured) */
     const int64_t ncell = D / G, TLp = TL <= 128 ? 128 : PVW_TL, npair = (nt + 1) / 2;
-    store_scales(c, st, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0) * ncell, nt * ncell, sc);
-    pf_scales(st->scales, f->scale_dtype == SC_DTYPE_F32, (kr * st->capacity + j0 + PF_KEYS) * ncell, nt * ncell,
-              (kr + 1) * st->capacity * ncell);
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
