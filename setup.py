@@ -29,7 +29,13 @@ CORE_SOURCES = [
     "csrc/attn/attention_arm64.c",
 ]
 
-BASE_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno"]
+# -fno-wrapv: CPython's own CFLAGS (sysconfig, prepended by setuptools) carry
+# -fwrapv, which made GCC keep the int8/int4 score kernel's index arithmetic
+# in a form with 830 instead of 574 product instructions and 23 instead of 15
+# next to zmm stack stores (bench/spill_scan.py); every A/B build and the C
+# core's Makefile compile without it. The C sources rely on no signed wrap.
+# docs/benchmarks.md, session 14.
+BASE_FLAGS = ["-std=c11", "-O3", "-fno-wrapv", "-ffp-contract=off", "-fno-math-errno"]
 
 
 def _compiler_accepts(cc, flags, code="int main(void){return 0;}\n"):
