@@ -19,7 +19,8 @@ in one process does not.
 ``--cold`` rotates through enough caches to exceed 4x the last-level cache
 (every call reads from DRAM) instead of reusing one cache that fits in L2/L3.
 
-``--against POLICY@PRECISION`` (e.g. ``int8@bf16``) also times that path in
+``--against POLICY[@PRECISION]`` (e.g. ``int8@bf16``; the precision defaults
+to ``--precision``) also times that path in
 every build, in the same rounds, and prints per build the paired ratio of its
 time to the main path's: how a build moves a target such as issue 3's "int4
 at the int8 setting vs int8 at bf16" rather than one path alone.
@@ -35,7 +36,10 @@ import numpy as np
 
 from sagecore import QuantKVCache
 from sagecore.bench import alternate, cold_count, paired_ratio
+from sagecore.errors import InvalidArgumentError
 from sagecore.graph import PRECISION_CODES
+
+from policy_ab import split  # POLICY[@PRECISION], as policy_ab.py takes its policies
 
 
 def load_build(root: str, tag: int):
@@ -69,15 +73,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--isa", default=None, help="force this ISA level in every build (default: the best)")
-    ap.add_argument("--against", default=None, metavar="POLICY@PRECISION",
+    ap.add_argument("--against", default=None, metavar="POLICY[@PRECISION]",
                     help="also time this path in every build; print its time / the main path's, paired by round")
     args = ap.parse_args()
     against = None
     if args.against:
-        pol, _, prec = args.against.partition("@")
-        if prec not in PRECISION_CODES:
-            raise SystemExit(f"--against: expected POLICY@PRECISION with a precision in {list(PRECISION_CODES)}, "
-                             f"got {args.against!r}")
+        try:
+            pol, prec = split(args.against, args.precision)
+        except InvalidArgumentError as e:
+            raise SystemExit(f"--against: expected POLICY@PRECISION ({e})") from None
         against = (pol, PRECISION_CODES[prec])
     mods = [load_build(d, i) for i, d in enumerate(args.dirs)]
     for m in mods:
