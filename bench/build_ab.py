@@ -20,10 +20,10 @@ in one process does not.
 (every call reads from DRAM) instead of reusing one cache that fits in L2/L3.
 
 ``--against POLICY[@PRECISION]`` (e.g. ``int8@bf16``; the precision defaults
-to ``--precision``) also times that path in
-every build, in the same rounds, and prints per build the paired ratio of its
-time to the main path's: how a build moves a target such as issue 3's "int4
-at the int8 setting vs int8 at bf16" rather than one path alone.
+to ``--precision``) also times that path in every build, in the same rounds,
+and prints per build the paired ratio of its time to the main path's: how a
+build moves a target such as issue 3's "int4 at the int8 setting vs int8 at
+bf16" rather than one path alone.
 """
 import argparse
 import glob
