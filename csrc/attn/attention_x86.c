@@ -1396,14 +1396,20 @@ SC_T_VNNI SC_INL void cell_scales_T(const float *sc, int64_t nt, int64_t ncell, 
     else
         for (int64_t cl = 0; cl < (ncell * G) / 32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
 }
-/* ... and per row, its p in pv[] (zeros past nt) and the largest P' = p x s */
-SC_T_VNNI SC_INL float p_and_max(const float *prow, const float (*sT)[PVW_TL], int64_t nt, int64_t n32, __m512 *pv) {
+/* ... and per row, every P' = p x s (zeros past nt) in ps[cell][16 keys],
+ * kept for the rounding (one multiply per P' instead of two), and the
+ * largest */
+#define PVW_NV (PVW_TL / 16)
+SC_T_VNNI SC_INL float p_and_max(const float *prow, const float (*sT)[PVW_TL], int64_t nt, int64_t n32,
+                                 __m512 (*ps)[PVW_NV]) {
     __m512 mx = _mm512_setzero_ps();
     for (int64_t jv = 0; jv < (nt + 15) / 16; jv++) {
         const __mmask16 km = (__mmask16)(nt - 16 * jv >= 16 ? 0xFFFF : (1u << (nt - 16 * jv)) - 1);
-        pv[jv] = _mm512_maskz_loadu_ps(km, prow + 16 * jv);
-        for (int64_t cl = 0; cl < n32; cl++) /* p, s >= 0 */
-            mx = _mm512_max_ps(mx, _mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])));
+        const __m512 pv = _mm512_maskz_loadu_ps(km, prow + 16 * jv);
+        for (int64_t cl = 0; cl < n32; cl++) { /* p, s >= 0 */
+            ps[cl][jv] = _mm512_mul_ps(pv, _mm512_load_ps(&sT[cl][16 * jv]));
+            mx = _mm512_max_ps(mx, ps[cl][jv]);
+        }
     }
     return _mm512_reduce_max_ps(mx);
 }
@@ -1521,8 +1527,8 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i cellsel = _mm512_srli_epi32(lane, 2); /* dword (l, copy) <- l */
     for (int64_t r = 0; r < R; r++) {
-        __m512 pv[PVW_TL / 16];
-        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pv);
+        __m512 pp[8][PVW_NV];
+        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pp);
         ps[r] = m * (1.0f / 255.0f);
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 255.0f / m : 0.0f);
         for (int64_t b = 0; b < nblk; b++) {
@@ -1531,7 +1537,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
             for (int64_t jv = 0; jv < nv; jv++) {
                 __m512i x[4];
                 for (int l = 0; l < 4; l++) { /* 0 <= x <= 255 */
-                    x[l] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[4 * b + l][16 * jv])), inv));
+                    x[l] = _mm512_cvtps_epi32(_mm512_mul_ps(pp[4 * b + l][jv], inv));
                     sum[l] = _mm512_add_epi32(sum[l], x[l]);
                 }
                 /* lane g (4-key group g of these 16 keys): dwords cell 0..3 of the group */
@@ -1584,21 +1590,18 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const int64_t nv = (nt + 15) / 16;
     cell_scales_T(sc, nt, ncell, G, sT);
     for (int64_t r = 0; r < R; r++) {
-        __m512 pv[PVW_TL / 16];
-        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pv);
+        __m512 pp[8][PVW_NV];
+        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pp);
         ps[r] = m * (1.0f / 32767.0f);
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
         for (int64_t cl = 0; cl < n32; cl++) {
             int16_t *dst = pq + (r * n32 + cl) * TLp;
             int64_t jv = 0;
             for (; jv + 2 <= nv; jv += 2)
-                _mm512_store_si512(dst + 16 * jv, round16x2(_mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])),
-                                                            _mm512_mul_ps(pv[jv + 1], _mm512_load_ps(&sT[cl][16 * jv + 16])),
-                                                            inv));
+                _mm512_store_si512(dst + 16 * jv, round16x2(pp[cl][jv], pp[cl][jv + 1], inv));
             if (jv < nv)
                 _mm256_store_si256((__m256i *)(dst + 16 * jv),
-                                   _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(
-                                       _mm512_mul_ps(_mm512_mul_ps(pv[jv], _mm512_load_ps(&sT[cl][16 * jv])), inv))));
+                                   _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(pp[cl][jv], inv))));
         }
     }
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
