@@ -26,6 +26,29 @@ sc_status sc_fail(sc_status status, const char *fmt, ...)
 #endif
     ;
 
+/* ======================================================= code layouts */
+/* SC_LAYOUT_K16 (sagecore.h): tokens [t0, t0 + n) of a kv row whose codes
+ * start at `data`, to / from token-major rows of rb bytes (rb a multiple of
+ * 4). The decoders and the readers without a k16 kernel go through these. */
+static inline void sc_k16_gather(const uint8_t *data, int64_t t0, int64_t n, int64_t rb, uint8_t *rows) {
+    for (int64_t t = 0; t < n; t++) {
+        const int64_t tt = t0 + t;
+        const uint8_t *src = data + (tt & ~(int64_t)15) * rb + (tt & 15) * 4;
+        for (int64_t w = 0; w < rb / 4; w++) memcpy(rows + t * rb + 4 * w, src + 64 * w, 4);
+    }
+}
+/* The inverse; when t0 + n is not a multiple of 16, the rest of its block
+ * is written as zero words (so a block's bytes depend only on its tokens). */
+static inline void sc_k16_scatter(const uint8_t *rows, int64_t t0, int64_t n, int64_t rb, uint8_t *data) {
+    const int64_t end = (t0 + n + 15) & ~(int64_t)15;
+    static const uint8_t zero[4] = {0, 0, 0, 0};
+    for (int64_t tt = t0; tt < end; tt++) {
+        uint8_t *dst = data + (tt & ~(int64_t)15) * rb + (tt & 15) * 4;
+        const uint8_t *src = tt < t0 + n ? rows + (tt - t0) * rb : NULL;
+        for (int64_t w = 0; w < rb / 4; w++) memcpy(dst + 64 * w, src ? src + 4 * w : zero, 4);
+    }
+}
+
 /* ================================================================ fp16 */
 /* Bit-exact IEEE binary16 conversions (round to nearest even), matching
  * F16C's vcvtps2ph/vcvtph2ps and numpy's astype. After M. Dukhan's FP16. */

@@ -13,8 +13,9 @@
 namespace sc {
 
 // One stored element (token j of kv row kr, channel c), in the stored domain
-// (still rotated and smoothed). enc: 0 tensor, 1 fp16 store, 2 int8, 3 int4.
-inline float kv_elem(int enc, bool zp, bool sf32, int nout, bool f32, device const void *data,
+// (still rotated and smoothed). enc: 0 tensor, 1 fp16 store, 2 int8, 3 int4;
+// layout: the byte order of a store's codes (sc_code_offset).
+inline float kv_elem(int enc, int layout, bool zp, bool sf32, int nout, bool f32, device const void *data,
                      device const void *scales, device const void *zeros, device const ushort *oidx,
                      device const ushort *oval, long sb, long sh, long st, int T, int G, int cap, int row_bytes,
                      int D, int Hkv, int kr, int j, int c) {
@@ -27,13 +28,13 @@ inline float kv_elem(int enc, bool zp, bool sf32, int nout, bool f32, device con
     const float s = sf32 ? ((device const float *)scales)[cb] : h2f_bits(((device const ushort *)scales)[cb]);
     const float m = zp ? (sf32 ? ((device const float *)zeros)[cb] : h2f_bits(((device const ushort *)zeros)[cb]))
                        : (enc == 3 ? -8.0f * s : 0.0f);
-    device const uchar *row = (device const uchar *)data + (long(kr) * cap + j) * row_bytes;
+    device const uchar *row0 = (device const uchar *)data + long(kr) * cap * row_bytes;
     float code;
     if (enc == 2) {
-        const uchar u = row[c];
+        const uchar u = row0[sc_code_offset(layout, j, c, row_bytes)];
         code = zp ? float(u) : float(as_type<char>(u));
     } else {
-        const uchar u = row[c / 2];
+        const uchar u = row0[sc_code_offset(layout, j, c / 2, row_bytes)];
         code = float((c & 1) ? (u >> 4) : (u & 0xF));
     }
     float v = code * s;

@@ -33,6 +33,8 @@ constant bool fc_kv_f32 [[function_constant(SC_FC_KV_F32)]];
 constant bool fc_q_f16 [[function_constant(SC_FC_Q_F16)]];
 constant bool fc_o_f16 [[function_constant(SC_FC_O_F16)]];
 constant bool fc_partial [[function_constant(SC_FC_PARTIAL)]];
+constant int fc_k_layout [[function_constant(SC_FC_K_LAYOUT)]];
+constant int fc_v_layout [[function_constant(SC_FC_V_LAYOUT)]];
 
 #include "attention.h"
 
@@ -113,7 +115,7 @@ kernel void sc_attn_vec(device const void *q [[buffer(0)]], device void *out [[b
         for (int r = 0; r < R; r++) s[r] = 0.0f;
         if (j < hi)
             for (int c = 0; c < D; c++) {
-                const float kv = sc::kv_elem(fc_k_enc, fc_k_zp, fc_k_sf32, fc_k_out, fc_kv_f32, k_data, k_scales,
+                const float kv = sc::kv_elem(fc_k_enc, fc_k_layout, fc_k_zp, fc_k_sf32, fc_k_out, fc_kv_f32, k_data, k_scales,
                                              k_zeros, k_oidx, k_oval, a.k_sb, a.k_sh, a.k_st, a.k_T, a.k_G,
                                              a.k_cap, a.k_row_bytes, D, Hkv, kr, j, c);
                 for (int r = 0; r < R; r++) s[r] += qs[r * D + c] * kv;
@@ -141,7 +143,7 @@ kernel void sc_attn_vec(device const void *q [[buffer(0)]], device void *out [[b
             const int c = int(lane) + 32 * ci;
             if (c >= D) continue;
             for (int jj = 0; jj < nk; jj++) {
-                const float v = sc::kv_elem(fc_v_enc, fc_v_zp, fc_v_sf32, fc_v_out, fc_kv_f32, v_data, v_scales,
+                const float v = sc::kv_elem(fc_v_enc, fc_v_layout, fc_v_zp, fc_v_sf32, fc_v_out, fc_kv_f32, v_data, v_scales,
                                             v_zeros, v_oidx, v_oval, a.v_sb, a.v_sh, a.v_st, a.v_T, a.v_G, a.v_cap,
                                             a.v_row_bytes, D, Hkv, kr, j0 + jj, c);
                 for (int r = 0; r < R; r++) o[r][ci] += ps[r * 32 + jj] * v;
@@ -273,7 +275,7 @@ kernel void sc_attn_mma(device const void *q [[buffer(0)]], device void *out [[b
         // tile-load stage: K[j0 .. j0+16) dequantized, fp32
         for (int e = int(tid); e < MMA_BK * D; e += 32 * MMA_SG) {
             const int kk = e / D, c = e % D;
-            tile[e] = kk < nk ? sc::kv_elem(fc_k_enc, fc_k_zp, fc_k_sf32, fc_k_out, fc_kv_f32, k_data, k_scales,
+            tile[e] = kk < nk ? sc::kv_elem(fc_k_enc, fc_k_layout, fc_k_zp, fc_k_sf32, fc_k_out, fc_kv_f32, k_data, k_scales,
                                             k_zeros, k_oidx, k_oval, a.k_sb, a.k_sh, a.k_st, a.k_T, a.k_G, a.k_cap,
                                             a.k_row_bytes, D, Hkv, kr, j0 + kk, c)
                               : 0.0f;
@@ -323,7 +325,7 @@ kernel void sc_attn_mma(device const void *q [[buffer(0)]], device void *out [[b
         // tile-load stage: V[j0 .. j0+16), into the same buffer
         for (int e = int(tid); e < MMA_BK * D; e += 32 * MMA_SG) {
             const int kk = e / D, c = e % D;
-            tile[e] = kk < nk ? sc::kv_elem(fc_v_enc, fc_v_zp, fc_v_sf32, fc_v_out, fc_kv_f32, v_data, v_scales,
+            tile[e] = kk < nk ? sc::kv_elem(fc_v_enc, fc_v_layout, fc_v_zp, fc_v_sf32, fc_v_out, fc_kv_f32, v_data, v_scales,
                                             v_zeros, v_oidx, v_oval, a.v_sb, a.v_sh, a.v_st, a.v_T, a.v_G, a.v_cap,
                                             a.v_row_bytes, D, Hkv, kr, j0 + kk, c)
                               : 0.0f;

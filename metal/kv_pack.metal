@@ -22,6 +22,7 @@ constant bool fc_rotate [[function_constant(SC_FC_ROTATE)]];
 constant bool fc_smooth [[function_constant(SC_FC_SMOOTH)]];
 constant int fc_outliers [[function_constant(SC_FC_OUTLIERS)]];
 constant bool fc_io_f16 [[function_constant(SC_FC_IO_F16)]];
+constant int fc_layout [[function_constant(SC_FC_LAYOUT)]];
 
 #include "kv_pack.h"
 
@@ -126,22 +127,28 @@ kernel void sc_kv_encode(device float *xt [[buffer(0)]], device uchar *data [[bu
 
     const float inv = sinv[cell], m = smin_cell[cell];
     const float flo = float(sc::code_lo()), fhi = float(sc::code_hi());
-    device uchar *dst = data + (long(row) * a.capacity + a.t0 + tok0) * a.row_bytes;
+    device uchar *row0 = data + long(row) * a.capacity * a.row_bytes; // codes: sc_code_offset
+    const long tg0 = long(a.t0) + tok0;
     for (int t = 0; t < nt; t++) {
         float v = (x[t * D + int(c)] - (fc_zero_point ? m : 0.0f)) * inv;
         v = v < flo ? flo : v;
         v = v > fhi ? fhi : v;
         const int code = int(rint(v));
         if (fc_encoding == 2) {
-            dst[t * a.row_bytes + int(c)] = uchar(code & 0xFF);
+            row0[sc_code_offset(fc_layout, tg0 + t, int(c), a.row_bytes)] = uchar(code & 0xFF);
         } else {
             codes[c] = code + (fc_zero_point ? 0 : 8);
             threadgroup_barrier(mem_flags::mem_threadgroup);
             if ((c & 1u) == 0)
-                dst[t * a.row_bytes + int(c) / 2] = uchar((codes[c] & 0xF) | ((codes[c + 1] & 0xF) << 4));
+                row0[sc_code_offset(fc_layout, tg0 + t, int(c) / 2, a.row_bytes)] =
+                    uchar((codes[c] & 0xF) | ((codes[c + 1] & 0xF) << 4));
             threadgroup_barrier(mem_flags::mem_threadgroup);
         }
     }
+    // k16: the rest of a partial group's last 16-token block is zero words,
+    // as the C core writes it (a block's bytes depend only on its tokens)
+    if (fc_layout == 1 && (c & 1u) == 0)
+        for (int t = nt; t < ((nt + 15) & ~15); t++) row0[sc_code_offset(fc_layout, tg0 + t, int(c) / 2, a.row_bytes)] = 0;
 }
 
 kernel void sc_kv_decode(device const uchar *data [[buffer(0)]], device const void *scales [[buffer(1)]],
@@ -158,14 +165,15 @@ kernel void sc_kv_decode(device const uchar *data [[buffer(0)]], device const vo
     const float s = sc::load_scale(scales, cb + cell);
     const float m = fc_zero_point ? sc::load_scale(zeros, cb + cell) : (fc_encoding == 3 ? -8.0f * s : 0.0f);
     const bool has_m = fc_zero_point || fc_encoding == 3;
-    device const uchar *src = data + (long(row) * a.capacity + a.t0 + tok0) * a.row_bytes;
+    device const uchar *row0 = data + long(row) * a.capacity * a.row_bytes; // codes: sc_code_offset
+    const long tg0 = long(a.t0) + tok0;
     for (int t = 0; t < nt; t++) {
         float code;
         if (fc_encoding == 2) {
-            const uchar u = src[t * a.row_bytes + int(c)];
+            const uchar u = row0[sc_code_offset(fc_layout, tg0 + t, int(c), a.row_bytes)];
             code = fc_zero_point ? float(u) : float(as_type<char>(u));
         } else {
-            const uchar u = src[t * a.row_bytes + int(c) / 2];
+            const uchar u = row0[sc_code_offset(fc_layout, tg0 + t, int(c) / 2, a.row_bytes)];
             code = float((c & 1u) ? (u >> 4) : (u & 0xF));
         }
         float v = code * s;

@@ -29,6 +29,20 @@ typedef float sc_f32;
 #define SC_FC_SMOOTH 4      /* bool: subtract / add back the row mean */
 #define SC_FC_OUTLIERS 5    /* int: k values per cell kept in fp16 (0..16) */
 #define SC_FC_IO_F16 6      /* bool: the plain tensor (source or destination) is fp16, else fp32 */
+#define SC_FC_LAYOUT 7      /* int: byte order of the codes (sc_format.layout: 0 rows, 1 k16) */
+
+/* Byte b of token t (counted from the kv row's first token) of a store's
+ * codes, from the row's first byte, for a layout (sagecore.h, sc_layout):
+ * 0 token rows of rb bytes; 1 k16, the 4-byte words of 16 tokens
+ * interleaved -- the C core's sc_k16_gather/scatter. */
+#if defined(__METAL_VERSION__) || defined(__cplusplus)
+inline
+#else
+static inline
+#endif
+sc_i64 sc_code_offset(sc_i32 layout, sc_i64 t, sc_i32 b, sc_i32 rb) {
+    return layout == 1 ? (t - t % 16) * rb + ((b / 4) * 16 + t % 16) * 4 + b % 4 : t * rb + b;
+}
 
 /* ---------------------------------------------------------- KV packing
  * The store is the C core's sc_store (docs/formats.md): data
@@ -71,6 +85,8 @@ typedef struct sc_kv_pack_args {
 #define SC_FC_Q_F16 22     /* bool: q is fp16 (else fp32) */
 #define SC_FC_O_F16 23     /* bool: out is fp16 (else fp32) */
 #define SC_FC_PARTIAL 24   /* bool: write split-K partials instead of the output */
+#define SC_FC_K_LAYOUT 25  /* int: byte order of a K store's codes (SC_FC_LAYOUT) */
+#define SC_FC_V_LAYOUT 26  /* int: the same for V */
 
 typedef struct sc_attn_args {
     sc_i64 q_sb, q_sh, q_st;  /* q strides (elements): batch, head, token */

@@ -91,7 +91,7 @@ cdef class PackedStore:
                   int64_t rows, int64_t capacity):
         (self.fmt.encoding, self.fmt.head_dim, self.fmt.token_group, self.fmt.channel_group,
          self.fmt.scale_dtype, self.fmt.zero_point, self.fmt.outliers, self.fmt.rotate,
-         self.fmt.smooth) = fmt
+         self.fmt.smooth, self.fmt.layout) = fmt
         check(sc_format_check(&self.fmt))
         for name, arr in (("data", data), ("scales", scales), ("zeros", zeros),
                           ("out_idx", out_idx), ("out_val", out_val), ("mean", mean)):
@@ -244,7 +244,7 @@ def rotation_block(int head_dim):
 def row_bytes(tuple fmt):
     cdef sc_format f
     (f.encoding, f.head_dim, f.token_group, f.channel_group, f.scale_dtype, f.zero_point,
-     f.outliers, f.rotate, f.smooth) = fmt
+     f.outliers, f.rotate, f.smooth, f.layout) = fmt
     return sc_format_row_bytes(&f)
 
 

@@ -47,6 +47,7 @@ cdef extern from "sagecore.h" nogil:
         int32_t outliers
         int32_t rotate
         int32_t smooth
+        int32_t layout
 
     ctypedef struct sc_store:
         void *data

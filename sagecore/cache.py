@@ -137,8 +137,8 @@ class TensorStore:
         for name, arr in self.arrays.items():
             if arr is None:
                 continue
-            if name == "data":
-                new[name][:, :used] = arr[:, :used]
+            if name == "data":  # whole token groups: a k16 block interleaves its tokens' bytes
+                new[name][:, :groups * self.T] = arr[:, :groups * self.T]
             elif name in ("scales", "zeros", "out_idx", "out_val"):
                 new[name][:, :groups] = arr[:, :groups]
             else:
@@ -593,8 +593,8 @@ class QuantKVCache:
                 for name, arr in store.arrays.items():
                     if arr is None:
                         continue
-                    if name == "data":
-                        arr = arr[:, :L]
+                    if name == "data":  # k16: whole 16-token blocks (their bytes interleave the tokens')
+                        arr = arr[:, :_round_up(L, 16) if store.fmt.layout == "k16" else L]
                     elif name in ("scales", "zeros", "out_idx", "out_val"):
                         arr = arr[:, :g]
                     elif name == "stage":

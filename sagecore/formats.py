@@ -27,9 +27,24 @@ Options (quantized encodings only):
 * ``outliers``: per cell, the k largest-magnitude values are kept verbatim in
   fp16 with their positions; the rest is quantized with a tighter range.
 
+Byte layout of the codes (``layout``):
+
+* ``"rows"`` (default): token-major, each token's codes one row of
+  ``row_bytes`` bytes.
+* ``"k16"`` (int4, token_group a multiple of 16; format version 2): within
+  every block of 16 tokens, the rows' 4-byte words are interleaved,
+  ``[word w][token t][4 bytes]``, so one 64-byte load holds the same 8
+  channels of 16 keys. Decode kernels then put the keys in the vector lanes
+  and need no horizontal sums. Same codes, scales and accuracy as ``"rows"``;
+  only the byte order differs.
+
 Serialisation: :meth:`KVFormat.to_bytes` gives a 20-byte header (magic, version,
 parameters, CRC-32) and :meth:`KVFormat.to_json` a JSON object with the same
 content; both round-trip exactly and reject unknown or newer versions.
+
+Versions: a descriptor is written with the lowest version that can express it
+(1, or 2 for ``layout="k16"``), so readers of version 1 keep reading every
+format they can decode; they reject a k16 descriptor rather than misread it.
 """
 
 from __future__ import annotations
@@ -44,11 +59,16 @@ __all__ = [
     "KVFormat",
     "ENCODINGS",
     "HEADER_SIZE",
+    "LAYOUTS",
     "FP16",
 ]
 
-#: Current descriptor version. Readers accept versions <= this one.
-FORMAT_VERSION = 1
+#: Current descriptor version. Readers accept versions <= this one. Version 2
+#: added ``layout="k16"``; a descriptor takes the lowest version that expresses it.
+FORMAT_VERSION = 2
+#: Byte layouts of the codes: name -> (id in sc_format.layout, first version).
+LAYOUTS = {"rows": (0, 1), "k16": (1, 2)}
+_LAYOUT_BY_ID = {v[0]: k for k, v in LAYOUTS.items()}
 
 #: Encoding name -> (stable integer id, bits per code). Ids match sc_encoding.
 ENCODINGS = {"fp16": (1, 16), "int8": (2, 8), "int4": (3, 4)}
@@ -62,7 +82,7 @@ _CRC = struct.Struct("<I")
 #: Size of the binary header in bytes.
 HEADER_SIZE = _BODY.size + _CRC.size
 
-_F_ZERO_POINT, _F_SMOOTH, _F_ROTATE, _F_SCALE_F32 = 1, 2, 4, 8
+_F_ZERO_POINT, _F_SMOOTH, _F_ROTATE, _F_SCALE_F32, _F_K16 = 1, 2, 4, 8, 16
 _MAX_TOKEN_GROUP = 1024
 _MAX_OUTLIERS = 16
 
@@ -79,17 +99,19 @@ class KVFormat:
         smooth: subtract a per-(batch, head) channel mean before quantizing.
         rotate: block-Hadamard rotation along head_dim before quantizing.
         outliers: values per cell kept verbatim in fp16 (0..16).
+        layout: ``"rows"`` or ``"k16"`` (see the module docstring).
+        version: descriptor version; default the lowest that expresses the format.
 
     Raises:
         InvalidArgumentError: a parameter is out of range (names the parameter).
     """
 
     __slots__ = ("encoding", "token_group", "channel_group", "scale_dtype", "zero_point",
-                 "smooth", "rotate", "outliers", "version", "_key")
+                 "smooth", "rotate", "outliers", "layout", "version", "_key")
 
     def __init__(self, encoding: str, *, token_group: int = 1, channel_group: int = 32,
                  scale_dtype: str = "fp16", zero_point: bool = False, smooth: bool = False,
-                 rotate: bool = False, outliers: int = 0, version: int = FORMAT_VERSION):
+                 rotate: bool = False, outliers: int = 0, layout: str = "rows", version: int | None = None):
         if encoding not in ENCODINGS:
             raise InvalidArgumentError("encoding", f"expected one of {sorted(ENCODINGS)}, got {encoding!r}")
         if encoding == "fp16":
@@ -99,6 +121,11 @@ class KVFormat:
                     "encoding", "fp16 stores values verbatim; smooth/rotate/outliers/zero_point "
                     "apply to quantized encodings (int8, int4)")
             token_group, channel_group, scale_dtype = 1, 0, "fp16"
+        if layout not in LAYOUTS:
+            raise InvalidArgumentError("layout", f"expected one of {sorted(LAYOUTS)}, got {layout!r}")
+        min_version = LAYOUTS[layout][1]
+        if version is None:
+            version = min_version
         for name, val in (("token_group", token_group), ("channel_group", channel_group),
                           ("outliers", outliers), ("version", version)):
             if isinstance(val, bool) or not isinstance(val, int):
@@ -116,6 +143,14 @@ class KVFormat:
         if not 1 <= version <= FORMAT_VERSION:
             raise FormatVersionError(
                 f"format version {version} is not supported (this sagecore reads versions 1..{FORMAT_VERSION})")
+        if layout == "k16":
+            if encoding != "int4":
+                raise InvalidArgumentError("layout", f"'k16' interleaves int4 codes; got encoding {encoding!r}")
+            if token_group % 16:
+                raise InvalidArgumentError("layout", f"'k16' needs token_group a multiple of 16, got {token_group}")
+        if version < min_version:
+            raise InvalidArgumentError(
+                "version", f"layout {layout!r} needs format version >= {min_version}, got {version}")
         s = object.__setattr__
         s(self, "encoding", encoding)
         s(self, "token_group", token_group)
@@ -125,9 +160,10 @@ class KVFormat:
         s(self, "smooth", bool(smooth))
         s(self, "rotate", bool(rotate))
         s(self, "outliers", outliers)
+        s(self, "layout", layout)
         s(self, "version", version)
         s(self, "_key", (encoding, token_group, channel_group, scale_dtype, bool(zero_point),
-                         bool(smooth), bool(rotate), outliers, version))
+                         bool(smooth), bool(rotate), outliers, layout, version))
 
     # ------------------------------------------------------------ value type
     def __setattr__(self, name, value):
@@ -151,12 +187,19 @@ class KVFormat:
     def replace(self, **changes) -> "KVFormat":
         """A copy with some fields changed."""
         kw = {k: getattr(self, k) for k in ("token_group", "channel_group", "scale_dtype", "zero_point",
-                                            "smooth", "rotate", "outliers", "version")}
+                                            "smooth", "rotate", "outliers", "layout", "version")}
         enc = changes.pop("encoding", self.encoding)
+        if "layout" in changes and "version" not in changes and self.version == self.min_version:
+            kw["version"] = None  # follow the new layout's lowest version
         kw.update(changes)
         return KVFormat(enc, **kw)
 
     # ------------------------------------------------------------ properties
+    @property
+    def min_version(self) -> int:
+        """The lowest descriptor version that expresses this format."""
+        return LAYOUTS[self.layout][1]
+
     @property
     def is_quantized(self) -> bool:
         return self.encoding != "fp16"
@@ -185,7 +228,9 @@ class KVFormat:
             s += "+rot"
         if self.outliers:
             s += f"+out{self.outliers}"
-        if self.version != FORMAT_VERSION:
+        if self.layout != "rows":
+            s += f"+{self.layout}"
+        if self.version != self.min_version:
             s += f"+v{self.version}"
         return s
 
@@ -199,7 +244,8 @@ class KVFormat:
         head, *flags = text.split("+")
         parts = head.split(".")
         err = InvalidArgumentError(
-            "format_id", f"expected '<int8|int4>.t<T>.g<G|D>.s<16|32>[+zp][+smooth][+rot][+out<k>]', got {text!r}")
+            "format_id", f"expected '<int8|int4>.t<T>.g<G|D>.s<16|32>[+zp][+smooth][+rot][+out<k>][+k16]', "
+                         f"got {text!r}")
         if len(parts) != 4 or not parts[1].startswith("t") or not parts[2].startswith("g") \
                 or parts[3] not in ("s16", "s32"):
             raise err
@@ -216,6 +262,8 @@ class KVFormat:
                     kw["rotate"] = True
                 elif fl.startswith("out"):
                     kw["outliers"] = int(fl[3:])
+                elif fl in LAYOUTS and fl != "rows":
+                    kw["layout"] = fl
                 elif fl.startswith("v"):
                     kw["version"] = int(fl[1:])
                 else:
@@ -246,7 +294,7 @@ class KVFormat:
         self.check_head_dim(head_dim)
         return (self.encoding_id, head_dim, self.token_group, self.resolved_channel_group(head_dim),
                 _SCALE_DTYPES[self.scale_dtype], int(self.zero_point), self.outliers,
-                int(self.rotate), int(self.smooth))
+                int(self.rotate), int(self.smooth), LAYOUTS[self.layout][0])
 
     def bits_per_element(self, head_dim: int) -> float:
         """Stored bits per K/V element, scales, minimums and outlier tables included
@@ -263,7 +311,8 @@ class KVFormat:
     def to_bytes(self) -> bytes:
         """The 20-byte binary header: magic, version, parameters, CRC-32."""
         flags = ((_F_ZERO_POINT if self.zero_point else 0) | (_F_SMOOTH if self.smooth else 0)
-                 | (_F_ROTATE if self.rotate else 0) | (_F_SCALE_F32 if self.scale_dtype == "fp32" else 0))
+                 | (_F_ROTATE if self.rotate else 0) | (_F_SCALE_F32 if self.scale_dtype == "fp32" else 0)
+                 | (_F_K16 if self.layout == "k16" else 0))
         body = _BODY.pack(_MAGIC, self.version, self.encoding_id, flags, self.token_group,
                           self.channel_group, self.outliers, 0, 0)
         return body + _CRC.pack(crc32(body))
@@ -290,12 +339,17 @@ class KVFormat:
             raise FormatError("format header checksum mismatch (corrupted)")
         if enc not in _ENC_BY_ID:
             raise FormatError(f"unknown encoding id {enc}")
-        if flags & ~0xF or r1 or r2:
+        known_flags = 0x1F if version >= 2 else 0xF
+        if flags & ~known_flags or r1 or r2:
             raise FormatError("format header has reserved bits set")
-        return cls(_ENC_BY_ID[enc], token_group=tg, channel_group=cg,
-                   scale_dtype="fp32" if flags & _F_SCALE_F32 else "fp16",
-                   zero_point=bool(flags & _F_ZERO_POINT), smooth=bool(flags & _F_SMOOTH),
-                   rotate=bool(flags & _F_ROTATE), outliers=k, version=version)
+        try:
+            return cls(_ENC_BY_ID[enc], token_group=tg, channel_group=cg,
+                       scale_dtype="fp32" if flags & _F_SCALE_F32 else "fp16",
+                       zero_point=bool(flags & _F_ZERO_POINT), smooth=bool(flags & _F_SMOOTH),
+                       rotate=bool(flags & _F_ROTATE), outliers=k,
+                       layout="k16" if flags & _F_K16 else "rows", version=version)
+        except InvalidArgumentError as e:
+            raise FormatError(f"format header field {e}") from None
 
     def to_dict(self) -> dict:
         return {
@@ -304,6 +358,7 @@ class KVFormat:
             "channel_group": self.channel_group, "scale_dtype": self.scale_dtype,
             "zero_point": self.zero_point, "smooth": self.smooth, "rotate": self.rotate,
             "outliers": self.outliers, "crc32": crc32(self.to_bytes()[:_BODY.size]),
+            **({"layout": self.layout} if self.version >= 2 else {}),
         }
 
     def to_json(self) -> str:
@@ -323,13 +378,16 @@ class KVFormat:
                 f"descriptor version {version} is not supported (this sagecore reads 1..{FORMAT_VERSION})")
         known = {"magic", "version", "format_id", "encoding", "token_group", "channel_group",
                  "scale_dtype", "zero_point", "smooth", "rotate", "outliers", "crc32"}
+        if version >= 2:
+            known.add("layout")
         unknown = sorted(set(d) - known)
         if unknown:
             raise FormatError(f"descriptor has unknown fields {unknown}")
         try:
             fmt = cls(d["encoding"], token_group=d["token_group"], channel_group=d["channel_group"],
                       scale_dtype=d["scale_dtype"], zero_point=d["zero_point"], smooth=d["smooth"],
-                      rotate=d["rotate"], outliers=d["outliers"], version=version)
+                      rotate=d["rotate"], outliers=d["outliers"], layout=d.get("layout", "rows"),
+                      version=version)
         except KeyError as e:
             raise FormatError(f"descriptor is missing field {e.args[0]!r}") from None
         except InvalidArgumentError as e:

@@ -17,6 +17,8 @@ A policy is a TOML or JSON file, a dict, or a built-in name. Its schema::
     smooth = true
     rotate = false
     outliers = 0
+    layout = "rows"             # or "k16" (int4, token_group a multiple of 16): the
+                                # codes of 16 tokens interleaved by 4-byte words
 
     [v]
     encoding = "int8"
@@ -46,7 +48,7 @@ POLICY_VERSION = 1
 _TOP_KEYS = {"version", "name", "description", "head_dim", "min_kv_len", "smooth_window", "k", "v",
              "overrides"}
 _FMT_KEYS = {"encoding", "bits", "token_group", "channel_group", "scale_dtype", "zero_point", "smooth",
-             "rotate", "outliers"}
+             "rotate", "outliers", "layout"}
 _OVR_KEYS = {"layers", "heads", "k", "v"}
 _BITS = {16: "fp16", 8: "int8", 4: "int4"}
 # Defaults per encoding for format tables that leave fields out.
@@ -208,7 +210,8 @@ def _parse_format(source, key, spec):
     if enc not in _FMT_DEFAULTS:
         _fail(source, f"{key}.encoding", f"no backend consumes {enc!r}; expected 'fp16', 'int8' or 'int4'")
     kw = dict(_FMT_DEFAULTS[enc])
-    for name in ("token_group", "channel_group", "scale_dtype", "zero_point", "smooth", "rotate", "outliers"):
+    for name in ("token_group", "channel_group", "scale_dtype", "zero_point", "smooth", "rotate", "outliers",
+                 "layout"):
         if name in spec:
             kw[name] = spec[name]
     if kw.get("channel_group") == "head":
@@ -327,9 +330,12 @@ _BUILTINS = {
     # cosine, and the integer decode re-rounds q once per block: 1.085x faster
     # cold; docs/accuracy.md, docs/benchmarks.md.)
     "int8": {"k": "int8.t64.g1.s16+smooth", "v": "int8.t1.g32.s16"},
-    # K: smoothing + per-channel scale and minimum over 64 tokens; V: rotated,
-    # per token in 32-channel groups. 4.5 bits per element.
-    "int4": {"k": "int4.t64.g1.s16+smooth+zp", "v": "int4.t1.g32.s16+rot"},
+    # K: smoothing + per-channel scale and minimum over 64 tokens, the codes
+    # of 16 tokens interleaved (k16: the decode scores at precision="int8" put
+    # the keys in the vector lanes, 1.17x cold / 1.21-1.26x warm; the fp32 and
+    # bf16 settings gather rows back, 0.94-0.96x; docs/benchmarks.md session
+    # 15); V: rotated, per token in 32-channel groups. 4.5 bits per element.
+    "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot"},
     "int8k-int4v": {"k": "int8.t64.g1.s16+smooth", "v": "int4.t1.g32.s16+rot"},
     # llama.cpp's q8_0 scheme for both, a baseline for comparisons.
     "q8_0": {"k": "int8.t1.g32.s16", "v": "int8.t1.g32.s16"},

@@ -51,7 +51,8 @@ def test_sdpa_matches_the_reference(shape, kv_dtype, rng):
 
 POLICIES = ["int8", "int4", "int8k-int4v", "q8_0", "fp16",
             {"k": "int8.t4.g16.s32+zp+out2", "v": "int4.t1.g16.s16+out1"},
-            {"k": "int4.t1.g32.s16+rot", "v": "int8.t16.g1.s16+zp+smooth"}]
+            {"k": "int4.t1.g32.s16+rot", "v": "int8.t16.g1.s16+zp+smooth"},
+            {"k": "int4.t16.g1.s16+zp+k16", "v": "int4.t16.g32.s32+out1+k16"}]
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p if isinstance(p, str) else p["k"] + "/" + p["v"])

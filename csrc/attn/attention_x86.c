@@ -90,6 +90,21 @@ SC_INL int64_t group_scales(const attn_ctx *c, const sc_store *st, int f32, int6
     pf_scales(st->zeros, f32, cell0 + PF_KEYS / T * D, D, cend);
     return cell0;
 }
+/* int4 codes of keys [j, j + m) of kv row kr as token rows: in place for
+ * SC_LAYOUT_ROWS; for SC_LAYOUT_K16 (no kernel here reads it but the
+ * int8-setting scores, qkb16_block) gathered into buf (m * rb bytes), the
+ * same span PF_KEYS keys ahead prefetched and *pfend cleared (buf is in L1).
+ * A k16 block occupies the bytes of its 16 rows, so the prefetch is the same. */
+typedef void (*k16_fn)(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows);
+SC_INL const uint8_t *code_rows(const sc_format *f, const sc_store *st, int64_t kr, int64_t j, int64_t m,
+                                int64_t rb, uint8_t *buf, const char **pfend, k16_fn gather) {
+    const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+    if (f->layout != SC_LAYOUT_K16) return row0 + j * rb;
+    if (*pfend) pf_span((const char *)row0 + (j + PF_KEYS) * rb, m * rb, *pfend);
+    *pfend = NULL;
+    gather(row0, j, m, rb, buf);
+    return buf;
+}
 typedef void (*unpack_fn)(const uint8_t *src, int8_t *dst, int64_t n, int sym, int64_t row_bytes, const char *pfend);
 /* scores / O += P V over n rows of codes of kind 2 or 5 (row stride D) */
 typedef void (*codes_fn)(const float *x, const uint8_t *codes, int kind, float *y, int64_t R, int64_t n, int64_t D,
@@ -110,7 +125,7 @@ SC_INL void zp_bias(const attn_ctx *c, const float *q, float *sc, int64_t kr, in
 }
 
 SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
-                       int64_t nt, float *s, unpack_fn unpack, codes_fn body) {
+                       int64_t nt, float *s, unpack_fn unpack, codes_fn body, k16_fn gather) {
     const sc_format *f = c->a->kf;
     const sc_store *st = c->a->k;
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
@@ -119,6 +134,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
+    uint8_t k16r[U4_KEYS * 128] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
     if (mode == 2) { /* k = code * s[j][cell] */
         token_scales(c, st, sf32, kr, j0, nt, D / G, sc);
         if (kind == 2) {
@@ -143,7 +159,9 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
         else
             for (int64_t off = 0; off < n; off += U4_KEYS) {
                 const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
-                unpack(ct + off * rb, u4, m * D, kind == 3, rb, pfend);
+                const char *pe = pfend;
+                const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, gather);
+                unpack(cr, u4, m * D, kind == 3, rb, pe);
                 body(qf, (const uint8_t *)u4, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
             }
         if (f->zero_point) zp_bias(c, q, sc, kr, g, t, n, s);
@@ -396,6 +414,51 @@ SC_T_AVX2 static void unpack4_avx2(const uint8_t *src, int8_t *dst, int64_t n, i
     }
 }
 
+/* sc_k16_gather (keys [j, j + m) of a k16 row to rows; j a multiple of 16)
+ * by 8 x 8 dword transposes: per 8 keys and 8 words, 24 shuffles instead of
+ * 64 four-byte copies. Lanes past the last key are neither read nor written. */
+SC_T_AVX2 static void k16_gather_avx2(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows) {
+    const int64_t W = rb / 4;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t b = 0; b < m; b += 8) {
+        const int64_t nk = m - b < 8 ? m - b : 8; /* keys of this half block */
+        const uint8_t *blk = row0 + (j + (b & ~(int64_t)15)) * rb + (b & 8) * 4;
+        const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nk), lane);
+        for (int64_t w0 = 0; w0 < W; w0 += 8) {
+            const int64_t nw = W - w0 < 8 ? W - w0 : 8;
+            __m256i r[8], t[8];
+            for (int i = 0; i < 8; i++) /* masked loads and stores only at the ends (vpmaskmovd is slow on AMD) */
+                r[i] = i >= nw ? _mm256_setzero_si256()
+                       : nk == 8 ? _mm256_loadu_si256((const __m256i *)(blk + 64 * (w0 + i)))
+                                 : _mm256_maskload_epi32((const int *)(blk + 64 * (w0 + i)), km);
+            for (int i = 0; i < 4; i++) {
+                t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            for (int i = 0; i < 2; i++) {
+                r[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+                r[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+                r[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+                r[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+            }
+            /* r[e] (e < 4): keys e, 4 + e of words w0..w0+3 | w0+4..w0+7 in r[4 + e] */
+            const __m256i wm = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nw), lane);
+            for (int e = 0; e < 4; e++) {
+                const __m256i k0 = _mm256_permute2x128_si256(r[e], r[4 + e], 0x20);
+                const __m256i k1 = _mm256_permute2x128_si256(r[e], r[4 + e], 0x31);
+                int *d0 = (int *)(rows + (b + e) * rb + 4 * w0), *d1 = (int *)(rows + (b + 4 + e) * rb + 4 * w0);
+                if (nw == 8) {
+                    if (e < nk) _mm256_storeu_si256((__m256i *)d0, k0);
+                    if (4 + e < nk) _mm256_storeu_si256((__m256i *)d1, k1);
+                } else {
+                    if (e < nk) _mm256_maskstore_epi32(d0, wm, k0);
+                    if (4 + e < nk) _mm256_maskstore_epi32(d1, wm, k1);
+                }
+            }
+        }
+    }
+}
+
 /* int8/int4 codes read in place: the shared driver with this level's pieces */
 SC_T_AVX2 static void qk_codes_avx2(const float *q, const uint8_t *codes, int kind, float *s, int64_t R, int64_t n,
                                     int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
@@ -409,7 +472,7 @@ SC_T_AVX2 static void pv_codes_avx2(const float *p, const uint8_t *codes, int ki
 }
 SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4_avx2, qk_codes_avx2);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4_avx2, qk_codes_avx2, k16_gather_avx2);
 }
 SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                float *o) {
@@ -792,9 +855,48 @@ SC_T_AVX512 static void pv_codes_avx512(const float *p, const uint8_t *codes, in
     (void)kind; /* 2 (see pv_codes_avx2) */
     pv_body(p, codes, D, 2, o, R, n, D, TL, sc, G, pfend);
 }
+/* sc_k16_gather by 16 x 16 dword transposes (64 shuffles per 16 keys and
+ * 16 words); lanes past the last key are neither read nor written */
+SC_T_AVX512 static void k16_gather_avx512(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows) {
+    const int64_t W = rb / 4;
+    for (int64_t b = 0; b < m; b += 16) {
+        const int64_t nk = m - b < 16 ? m - b : 16;
+        const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
+        const uint8_t *blk = row0 + (j + b) * rb;
+        for (int64_t w0 = 0; w0 < W; w0 += 16) {
+            const int64_t nw = W - w0 < 16 ? W - w0 : 16;
+            const __mmask16 wm = (__mmask16)(nw >= 16 ? 0xFFFF : (1u << nw) - 1);
+            __m512i r[16], t[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < nw ? _mm512_maskz_loadu_epi32(km, blk + 64 * (w0 + i)) : _mm512_setzero_si512();
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            for (int g = 0; g < 4; g++) { /* r[4g + e], 128-bit lane L: words 4g..4g+3 of key 4L + e */
+                r[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+                r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+                r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+                r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+            }
+            for (int e = 0; e < 4; e++) {
+                const __m512i x0 = _mm512_shuffle_i32x4(r[e], r[4 + e], _MM_SHUFFLE(1, 0, 1, 0));
+                const __m512i x1 = _mm512_shuffle_i32x4(r[e], r[4 + e], _MM_SHUFFLE(3, 2, 3, 2));
+                const __m512i y0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(1, 0, 1, 0));
+                const __m512i y1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(3, 2, 3, 2));
+                const __m512i o[4] = {_mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1)),
+                                      _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1))};
+                for (int L = 0; L < 4; L++) /* key 4L + e */
+                    if (4 * L + e < nk) _mm512_mask_storeu_epi32(rows + (b + 4 * L + e) * rb + 4 * w0, wm, o[L]);
+            }
+        }
+    }
+}
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4, qk_codes_avx512);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4, qk_codes_avx512, k16_gather_avx512);
 }
 SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                    float *o) {
@@ -1038,6 +1140,49 @@ SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __
     }
     store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
 }
+/* acc += a (u8) . the int8 quadruple at p broadcast to every lane */
+#define SC_DPBUSD_B(acc, a, p) \
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const int32_t *)(p)))
+/* int4 K in the k16 layout (SC_LAYOUT_K16) at precision="int8": 4 rows x 16
+ * keys, the keys in the lanes. Word w of a 16-key block is one 64-byte
+ * vector holding packed bytes 4w..4w+3 of every key: its low nibbles are
+ * channels 8w, 8w+2, 8w+4, 8w+6 -- bytes 4w'..4w'+3 of the even half of q'
+ * ([even | odd] per blk channels, round8_row; w' = w within its block) --
+ * and its high nibbles the odd ones. Each VPDPBUSD takes one broadcast q'
+ * quadruple and yields 16 partial scores: no reduction tree (qkb44_block4
+ * spends 45 operations per 16 scores on it), 3 operations per word for the
+ * nibbles. Two accumulators per row (even, odd). blk0: the kv row's codes;
+ * jt: the block's first key (a multiple of 16) counted in the kv row; nk <=
+ * 16 keys, loaded under a mask (no byte past the last key is read). */
+SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32_t *bias, const float *fb,
+                                  const uint8_t *row0, int64_t jt, int64_t nk, float *s, int64_t r0, int64_t D,
+                                  int64_t TL, const char *pfend, const int blk) {
+    const int64_t rb = D / 2;
+    const uint8_t *k = row0 + jt * rb;
+    if (r0 == 0 && pfend) pf_span((const char *)k + PF_KEYS * rb, 16 * rb, pfend);
+    const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int64_t w = 0; w < rb / 4; w++) {
+        const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
+        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        const int64_t cb = (8 * w) / blk, wq = 4 * w - cb * (blk / 2); /* q' block, byte in its even half */
+        for (int rr = 0; rr < 4; rr++) {
+            const int8_t *qe = qb + (r0 + rr) * D + cb * blk + wq;
+            SC_DPBUSD_B(ae[rr], lo, qe);
+            SC_DPBUSD_B(ao[rr], hi, qe + blk / 2);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++) {
+        const __m512i acc = _mm512_sub_epi32(_mm512_add_epi32(ae[rr], ao[rr]), _mm512_set1_epi32(bias[r0 + rr]));
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
+                              _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ar[r0 + rr]),
+                                              _mm512_set1_ps(fb[r0 + rr])));
+    }
+}
+
 /* q' of one row (y: q x s per 16 channels) as int8, [even | odd] per block of
  * blk (64 or 128) channels; returns sum(q') */
 SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D, const int blk) {
@@ -1089,6 +1234,8 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
+    uint8_t k16r[U4_KEYS * 128] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
+    const int k16 = f->layout == SC_LAYOUT_K16;
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS + 16] = {0}; /* + 16: read as a vector from any row */
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -1156,32 +1303,49 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                 _mm256_storeu_si256((__m256i *)(qw + r * D + ch),
                                     _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(y[ch / 16], inv))));
         }
-        if (in4) {
-            const uint8_t *ct = codes + t * rb;
+        if (in4 && b8 && k16) { /* keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
+            const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+            int32_t bias8[Q8_MAX_ROWS];
+            for (int64_t r = 0; r < R; r++) bias8[r] = kind == 3 ? 8 * qsum[r] : 0;
+            for (int64_t r0 = 0; r0 < R; r0 += 4)
+                for (int64_t j = 0; j < n; j += 16)
+                    if (qblk == 128)
+                        qkb16_block(qb, ar, bias8, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D,
+                                    TL, pfend, 128);
+                    else
+                        qkb16_block(qb, ar, bias8, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D,
+                                    TL, pfend, 64);
+        } else if (in4)
+            for (int64_t off = 0; off < n; off += k16 ? U4_KEYS : n) { /* k16: U4_KEYS keys at a time as rows */
+            const int64_t nc = k16 && n - off > U4_KEYS ? U4_KEYS : n - off;
+            const char *pfe = pfend;
+            const uint8_t *ct = code_rows(f, st, kr, j0 + t + off, nc, rb, (uint8_t *)u4, &pfe, k16_gather_avx512);
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
                 const __m512 sc4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(ar + r0));
+                float *so = s + t + off;
                 if (b8) { /* symmetric codes are stored + 8: 8 sum(q') off each sum */
                     const __m512i bias = kind == 3 ? _mm512_slli_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(lane, 2),
                                                                                               _mm512_loadu_si512(qsum + r0)), 3)
                                                    : _mm512_setzero_si512();
                     const __m512 fb4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(fb + r0));
                     if (qblk == 128) /* the block width a constant in each instance */
-                        for (int64_t j = 0; j < n; j += 4)
-                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 128);
+                        for (int64_t j = 0; j < nc; j += 4)
+                            qkb44_block4(qb, sc4, bias, fb4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, pfe, 128);
                     else
-                        for (int64_t j = 0; j < n; j += 4)
-                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 64);
+                        for (int64_t j = 0; j < nc; j += 4)
+                            qkb44_block4(qb, sc4, bias, fb4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, pfe, 64);
                 } else
-                    for (int64_t j = 0; j < n; j += 4)
-                        qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
+                    for (int64_t j = 0; j < nc; j += 4)
+                        qkw44_block4(qw, sc4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, kind == 3, pfe);
             }
-        }
+            }
         for (int64_t off = 0; off < n && !in4;) { /* int4: U4_KEYS keys at a time through the byte scratch */
             const int64_t m = kind == 2 || n - off < U4_KEYS ? n - off : U4_KEYS;
             const int8_t *ct = (const int8_t *)codes + (t + off) * D;
             const char *pe = pfend;
             if (kind != 2) {
-                unpack4(codes + (t + off) * rb, u4, m * D, kind == 3, rb, pfend);
+                const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, k16_gather_avx512);
+                unpack4(cr, u4, m * D, kind == 3, rb, pe);
                 ct = u4;
                 pe = NULL;
             }

@@ -98,12 +98,26 @@ typedef struct sc_format {
     int32_t outliers;      /* k: values per cell kept verbatim in fp16 (0..16)  */
     int32_t rotate;        /* 1: block-Hadamard rotation along D, see below     */
     int32_t smooth;        /* 1: subtract the row's mean vector before quantizing */
+    int32_t layout;        /* sc_layout: byte order of `data` (0: token rows)       */
 } sc_format;
+
+/* Byte order of a store's codes (sc_format.layout).
+ * SC_LAYOUT_ROWS: token-major, data[row][token][row_bytes].
+ * SC_LAYOUT_K16 (int4, token_group a multiple of 16; descriptor version 2):
+ *   within each block of 16 tokens, the rows' 4-byte words are interleaved:
+ *   byte b of token t (t counted from the kv row's first token) is at
+ *     (t - t % 16) * row_bytes + ((b / 4) * 16 + t % 16) * 4 + b % 4,
+ *   so 64 consecutive bytes hold the same 8 channels of 16 tokens (decode
+ *   kernels put the keys in the vector lanes). A block occupies the same
+ *   16 * row_bytes bytes as in SC_LAYOUT_ROWS. Quantizing a partial token
+ *   group writes zero words for the rest of its last block. */
+enum { SC_LAYOUT_ROWS = 0, SC_LAYOUT_K16 = 1 };
 
 /*
  * One tensor's storage for `rows` rows of `capacity` tokens (capacity is a
  * multiple of token_group). All arrays are C-contiguous; NULL where unused.
- *   data     [rows][capacity][row_bytes]  row_bytes = D*2 (fp16), D (int8), D/2 (int4)
+ *   data     [rows][capacity][row_bytes]  row_bytes = D*2 (fp16), D (int8), D/2 (int4);
+ *                                         bytes within 16-token blocks permuted for SC_LAYOUT_K16
  *   scales   [rows][capacity/T][D/G]      of scale_dtype
  *   zeros    [rows][capacity/T][D/G]      of scale_dtype (zero_point only): the cell minimum
  *   out_idx  [rows][capacity/T][D/G][k]   uint16 position t*G + c inside the cell

@@ -133,7 +133,10 @@ sc_status sc_format_check(const sc_format *f) {
     if (f->head_dim < 16 || f->head_dim > 512 || f->head_dim % 16)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "head_dim %d must be a multiple of 16 in [16, 512]",
                        f->head_dim);
-    if (f->encoding == SC_ENC_FP16) return SC_OK;
+    if (f->encoding == SC_ENC_FP16)
+        return f->layout == SC_LAYOUT_ROWS ? SC_OK
+                                           : sc_fail(SC_ERR_INVALID_ARGUMENT, "layout %d: fp16 stores are token rows",
+                                                     f->layout);
     if (f->token_group < 1 || f->token_group > 1024)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "token_group %d must be in [1, 1024]", f->token_group);
     if (f->channel_group < 1 || f->head_dim % f->channel_group)
@@ -148,6 +151,12 @@ sc_status sc_format_check(const sc_format *f) {
                        f->outliers, f->token_group * f->channel_group);
     if ((int64_t)f->token_group * f->channel_group > 65535 && f->outliers)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "cells with outliers hold at most 65535 values");
+    if (f->layout != SC_LAYOUT_ROWS && f->layout != SC_LAYOUT_K16)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "layout %d is not one of rows(0), k16(1)", f->layout);
+    if (f->layout == SC_LAYOUT_K16 && (f->encoding != SC_ENC_INT4 || f->token_group % 16))
+        return sc_fail(SC_ERR_INVALID_ARGUMENT,
+                       "layout k16 needs int4 codes and token_group a multiple of 16 (encoding %d, token_group %d)",
+                       f->encoding, f->token_group);
     return SC_OK;
 }
 
@@ -163,6 +172,7 @@ typedef struct group_ctx {
     float *inv, *m, *s;        /* [D]  */
     int8_t *codes;             /* [D]  */
     const void **rows;         /* [T] source row pointers of a group */
+    uint8_t *krows;            /* [T][rb] a group's codes as token rows (SC_LAYOUT_K16), else NULL */
     int64_t chunk;             /* tokens the scratch holds: max(T, 64) */
 } group_ctx;
 
@@ -197,10 +207,14 @@ static int ctx_init(group_ctx *c, const sc_format *f, const sc_store *st) {
     c->codes = (int8_t *)(c->s + c->D);
     c->rows = (const void **)malloc((size_t)c->T * sizeof(void *));
     if (!c->rows) { free(c->x); return 0; }
+    if (f->layout == SC_LAYOUT_K16) {
+        c->krows = (uint8_t *)malloc((size_t)(c->T * c->rb));
+        if (!c->krows) { free(c->x); free((void *)c->rows); return 0; }
+    }
     return 1;
 }
 
-static void ctx_free(group_ctx *c) { free(c->x); free((void *)c->rows); }
+static void ctx_free(group_ctx *c) { free(c->x); free((void *)c->rows); free(c->krows); }
 
 /* Address of token `tok` of `row` (= b * heads + h). Hot loops call
  * tensor_row0 once per row and step by token_bytes(). */
@@ -317,8 +331,9 @@ static sc_status encode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) 
         for (int64_t j = 0; j < G; j++) { c->inv[cell * G + j] = inv; c->m[cell * G + j] = minv; }
     }
 
-    /* encode rows */
-    uint8_t *data = (uint8_t *)st->data + (row * st->capacity + g * T) * c->rb;
+    /* encode rows (k16: as rows into krows, then interleaved into place) */
+    uint8_t *const dst0 = (uint8_t *)st->data + (row * st->capacity + g * T) * c->rb;
+    uint8_t *data = c->krows ? c->krows : dst0;
     for (int64_t t = 0; t < nt; t++) {
         const float *xr = c->x + t * D;
         uint8_t *dst = data + t * c->rb;
@@ -333,6 +348,7 @@ static sc_status encode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt) 
                 dst[i / 2] = (uint8_t)(((c->codes[i] + bias) & 0xF) | (((c->codes[i + 1] + bias) & 0xF) << 4));
         }
     }
+    if (c->krows) sc_k16_scatter(c->krows, 0, nt, c->rb, dst0);
     return SC_OK;
 }
 
@@ -350,6 +366,10 @@ static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt, float
     }
     const int has_m = f->zero_point || f->encoding == SC_ENC_INT4;
     const uint8_t *data = (const uint8_t *)st->data + (row * st->capacity + g * T) * c->rb;
+    if (c->krows) {
+        sc_k16_gather(data, 0, nt, c->rb, c->krows);
+        data = c->krows;
+    }
     for (int64_t t = 0; t < nt; t++) {
         const uint8_t *src = data + t * c->rb;
         float *xr = xo + t * D;
@@ -516,9 +536,10 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
                     for (int64_t t = 0; t < nt; t++) c.rows[t] = sbase + (tok + t) * stok;
                     const int64_t cell0 = (row * (st->capacity / T) + g) * c.ncell;
                     const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
+                    uint8_t *gdst = (uint8_t *)st->data + (row * st->capacity + g * T) * c.rb;
                     if (c.k->quant_chan(c.rows, src->dtype == SC_DTYPE_F16, mean, nt, D,
                                         f->encoding == SC_ENC_INT4, f->zero_point, f->scale_dtype == SC_DTYPE_F32,
-                                        c.x, (uint8_t *)st->data + (row * st->capacity + g * T) * c.rb, c.rb,
+                                        c.x, c.krows ? c.krows : gdst, c.rb,
                                         (char *)st->scales + cell0 * sb,
                                         f->zero_point ? (char *)st->zeros + cell0 * sb : NULL)) {
 #pragma omp critical
@@ -528,6 +549,7 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
                                                   (long long)row, (long long)g); failed = 1; } }
                         break;
                     }
+                    if (c.krows) sc_k16_scatter(c.krows, 0, nt, c.rb, gdst);
                     continue;
                 }
                 for (int64_t t = 0; t < nt; t++) {

@@ -395,6 +395,19 @@ SC_AVX512 static inline __m512 codes16(const uint8_t *row, int64_t c, int is_int
     return _mm512_cvtepi32_ps(u);
 }
 
+/* codes16 for int4 in SC_LAYOUT_K16: channels c..c+15 of token tt are words
+ * c/8 and c/8 + 1 of its 16-token block (row0: the kv row's first byte) */
+SC_AVX512 static inline __m512 codes16_k16(const uint8_t *row0, int64_t tt, int64_t c, int64_t rb) {
+    const uint8_t *p = row0 + (tt & ~(int64_t)15) * rb + ((c / 8) * 16 + (tt & 15)) * 4;
+    uint32_t w0, w1;
+    memcpy(&w0, p, 4);
+    memcpy(&w1, p + 64, 4);
+    const __m128i w = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)((uint64_t)w0 | (uint64_t)w1 << 32)));
+    const __m128i t = _mm_or_si128(_mm_and_si128(w, _mm_set1_epi16(0x000F)),
+                                   _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x00F0)), 4));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(t));
+}
+
 SC_AVX512 static inline __m512 load_scales16(const sc_format *f, const void *base, int64_t i) {
     return f->scale_dtype == SC_DTYPE_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
                                           : _mm512_loadu_ps((const float *)base + i);
@@ -409,6 +422,9 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
     const int is_int4 = f->encoding == SC_ENC_INT4, zp = f->zero_point;
     const int64_t rb = is_int4 ? D / 2 : D, ncell = D / G, groups = st->capacity / T;
     const uint8_t *data = (const uint8_t *)st->data + (row * st->capacity + t0) * rb;
+    const uint8_t *row0 = (const uint8_t *)st->data + row * st->capacity * rb;
+    const int k16 = f->layout == SC_LAYOUT_K16;
+    if (k16 && G != 1) return 0;
     if (G == 1) {
         /* per-channel cells: one scale vector per token group */
         for (int64_t t = 0; t < n;) {
@@ -419,7 +435,7 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
                 const __m512 m = zp ? load_scales16(f, st->zeros, cell0 + c)
                                     : (is_int4 ? _mm512_mul_ps(_mm512_set1_ps(-8.0f), s) : _mm512_setzero_ps());
                 for (int64_t tt = t; tt < end; tt++) {
-                    __m512 x = _mm512_mul_ps(codes16(data + tt * rb, c, is_int4, zp), s);
+                    __m512 x = _mm512_mul_ps(k16 ? codes16_k16(row0, t0 + tt, c, rb) : codes16(data + tt * rb, c, is_int4, zp), s);
                     _mm512_storeu_ps(dst + tt * D + c, (zp || is_int4) ? _mm512_add_ps(x, m) : x);
                 }
             }

@@ -14,7 +14,7 @@ import numpy as np
 
 from sagecore import errors
 from sagecore._arrays import raise_nonfinite
-from sagecore.formats import KVFormat
+from sagecore.formats import LAYOUTS, KVFormat
 from sagecore.metal.kernels import rotation
 
 __all__ = ["ATTN_ARGS", "MAX_ROWS", "make_runner", "row_blocks"]
@@ -37,7 +37,7 @@ RACE_CHECK = False
 LAST_GPU_TIME = 0.0
 LOG2E = 1.4426950408889634
 _FC = dict(k_enc=10, k_zp=11, k_sf32=12, k_out=13, k_rot=14, v_enc=15, v_zp=16, v_sf32=17, v_out=18, v_rot=19,
-           v_smooth=20, kv_f32=21, q_f16=22, o_f16=23, partial=24)
+           v_smooth=20, kv_f32=21, q_f16=22, o_f16=23, partial=24, k_layout=25, v_layout=26)
 
 
 MMA_ROWS = 32  # rows of the simdgroup-matrix kernel (4 simdgroups x 8)
@@ -54,14 +54,14 @@ def row_blocks(group: int, q_len: int, variant: str = "decode") -> tuple[int, in
 
 
 def _side(fid: str, source: str, D: int):
-    """(encoding, zp, scale f32, outliers, rotate, smooth, T, G) of one side."""
+    """(encoding, zp, scale f32, outliers, rotate, smooth, T, G, layout) of one side."""
     if source == "tensor":
-        return 0, False, False, 0, False, False, 1, D
+        return 0, False, False, 0, False, False, 1, D, 0
     f = KVFormat.parse(fid)
     if not f.is_quantized:
-        return 1, False, False, 0, False, False, 1, D
+        return 1, False, False, 0, False, False, 1, D, 0
     return (int(f.encoding_id), bool(f.zero_point), f.scale_dtype == "fp32", int(f.outliers), bool(f.rotate),
-            bool(f.smooth), int(f.token_group), int(f.resolved_channel_group(D)))
+            bool(f.smooth), int(f.token_group), int(f.resolved_channel_group(D)), LAYOUTS[f.layout][0])
 
 
 def make_runner(plan):
@@ -86,6 +86,7 @@ def make_runner(plan):
     base = {_FC["k_enc"]: ks[0], _FC["k_zp"]: ks[1], _FC["k_sf32"]: ks[2], _FC["k_out"]: ks[3],
             _FC["k_rot"]: ks[4], _FC["v_enc"]: vs[0], _FC["v_zp"]: vs[1], _FC["v_sf32"]: vs[2],
             _FC["v_out"]: vs[3], _FC["v_rot"]: vs[4], _FC["v_smooth"]: vs[5],
+            _FC["k_layout"]: ks[8], _FC["v_layout"]: vs[8],
             _FC["kv_f32"]: r.kv_source == "tensor" and r.kv_dtype == "float32",
             _FC["q_f16"]: r.q_dtype == "float16", _FC["o_f16"]: r.out_dtype == "float16"}
     kname = "sc_attn_mma" if mma else "sc_attn_vec"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from sagecore import errors
+from sagecore.formats import LAYOUTS
 from sagecore.metal import device, library
 
 __all__ = ["ARGS_DTYPE", "quantize", "dequantize", "args_for"]
@@ -27,7 +28,7 @@ ARGS_DTYPE = np.dtype([
 ])
 
 # function-constant indices (SC_FC_* in sc_metal_args.h)
-FC_ENCODING, FC_ZERO_POINT, FC_SCALE_F32, FC_ROTATE, FC_SMOOTH, FC_OUTLIERS, FC_IO_F16 = range(7)
+FC_ENCODING, FC_ZERO_POINT, FC_SCALE_F32, FC_ROTATE, FC_SMOOTH, FC_OUTLIERS, FC_IO_F16, FC_LAYOUT = range(8)
 _ERR_NONFINITE, _ERR_RANGE = 0, 1
 
 
@@ -52,7 +53,7 @@ def args_for(store, x_shape, strides_elems, t0: int, n: int) -> np.ndarray:
 def _constants(fmt, io_f16: bool) -> dict:
     return {FC_ENCODING: int(fmt.encoding_id), FC_ZERO_POINT: bool(fmt.zero_point),
             FC_SCALE_F32: fmt.scale_dtype == "fp32", FC_ROTATE: bool(fmt.rotate), FC_SMOOTH: bool(fmt.smooth),
-            FC_OUTLIERS: int(fmt.outliers), FC_IO_F16: bool(io_f16)}
+            FC_OUTLIERS: int(fmt.outliers), FC_IO_F16: bool(io_f16), FC_LAYOUT: LAYOUTS[fmt.layout][0]}
 
 
 def _check(store, x, t0, name):

@@ -84,15 +84,15 @@ static int stores_equal(const store_buf *a, const store_buf *b) {
 /* ------------------------------------------------------------ packing */
 static void test_packing(sc_isa best) {
     const sc_format fmts[] = {
-        {SC_ENC_FP16, 128, 1, 128, SC_DTYPE_F16, 0, 0, 0, 0},
-        {SC_ENC_INT8, 128, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0},   /* q8_0-like */
-        {SC_ENC_INT8, 128, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1},   /* built-in int8 K */
-        {SC_ENC_INT8, 64, 64, 64, SC_DTYPE_F32, 0, 0, 0, 1},   /* SageAttention K */
-        {SC_ENC_INT8, 96, 16, 1, SC_DTYPE_F32, 1, 0, 0, 0},    /* zero point, per channel */
-        {SC_ENC_INT4, 128, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1},   /* built-in int4 K */
-        {SC_ENC_INT4, 128, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0},   /* built-in int4 V (rotated) */
-        {SC_ENC_INT4, 256, 1, 16, SC_DTYPE_F16, 0, 2, 0, 0},   /* outliers */
-        {SC_ENC_INT8, 80, 4, 16, SC_DTYPE_F16, 0, 3, 1, 1},    /* everything */
+        {SC_ENC_FP16, 128, 1, 128, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS},
+        {SC_ENC_INT8, 128, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS},   /* q8_0-like */
+        {SC_ENC_INT8, 128, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1, SC_LAYOUT_ROWS},   /* built-in int8 K */
+        {SC_ENC_INT8, 64, 64, 64, SC_DTYPE_F32, 0, 0, 0, 1, SC_LAYOUT_ROWS},   /* SageAttention K */
+        {SC_ENC_INT8, 96, 16, 1, SC_DTYPE_F32, 1, 0, 0, 0, SC_LAYOUT_ROWS},    /* zero point, per channel */
+        {SC_ENC_INT4, 128, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_ROWS},   /* built-in int4 K */
+        {SC_ENC_INT4, 128, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS},   /* built-in int4 V (rotated) */
+        {SC_ENC_INT4, 256, 1, 16, SC_DTYPE_F16, 0, 2, 0, 0, SC_LAYOUT_ROWS},   /* outliers */
+        {SC_ENC_INT8, 80, 4, 16, SC_DTYPE_F16, 0, 3, 1, 1, SC_LAYOUT_ROWS},    /* everything */
     };
     const int B = 2, H = 2, N = 100;
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
@@ -175,9 +175,9 @@ static void test_attention(sc_isa best) {
         for (int si = 0; si < 4; si++) {
             const int D = dims[di], M = shapes[si][0], N = shapes[si][1], group = shapes[si][2];
             const int causal = shapes[si][3], B = 2, Hkv = 2, Hq = Hkv * group;
-            const sc_format kf = ki ? (sc_format){SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0}
-                                    : (sc_format){SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1};
-            const sc_format vf = {SC_ENC_INT4, D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0};
+            const sc_format kf = ki ? (sc_format){SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS}
+                                    : (sc_format){SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1, SC_LAYOUT_ROWS};
+            const sc_format vf = {SC_ENC_INT4, D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS};
             const int64_t cap = ((N + 63) / 64) * 64;
             store_buf kb, vb;
             store_alloc(&kb, &kf, B * Hkv, cap);
@@ -223,9 +223,9 @@ static void test_attention(sc_isa best) {
  * per-channel scales and V in 32-channel cells runs QK and PV in integers */
 static void test_precision_case(sc_isa best, int M) {
     const int B = 1, Hkv = 2, Hq = 8, N = 320, D = 128;
-    const sc_format f = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+    const sc_format f = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
     /* K: per-channel scales over 32 tokens at decode (the int8 policy's K), per token for prefill */
-    const sc_format fk = M == 1 ? (sc_format){SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 0} : f;
+    const sc_format fk = M == 1 ? (sc_format){SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS} : f;
     store_buf kb, vb;
     store_alloc(&kb, &fk, B * Hkv, N);
     store_alloc(&vb, &f, B * Hkv, N);
@@ -328,14 +328,14 @@ static void test_golden(const char *path, sc_isa best) {
             }
             sc_format kf, vf;
             if (hdr[0] == 0) {
-                kf = (sc_format){SC_ENC_FP16, (int32_t)D, 1, (int32_t)D, SC_DTYPE_F16, 0, 0, 0, 0};
+                kf = (sc_format){SC_ENC_FP16, (int32_t)D, 1, (int32_t)D, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
                 vf = kf;
             } else if (hdr[0] == 1) {
-                kf = (sc_format){SC_ENC_INT8, (int32_t)D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1};
-                vf = (sc_format){SC_ENC_INT8, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+                kf = (sc_format){SC_ENC_INT8, (int32_t)D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 1, SC_LAYOUT_ROWS};
+                vf = (sc_format){SC_ENC_INT8, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
             } else {
-                kf = (sc_format){SC_ENC_INT4, (int32_t)D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1};
-                vf = (sc_format){SC_ENC_INT4, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0};
+                kf = (sc_format){SC_ENC_INT4, (int32_t)D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_ROWS};
+                vf = (sc_format){SC_ENC_INT4, (int32_t)D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS};
             }
             sc_cpu_set_isa(best);
             store_buf kb, vb;
@@ -385,6 +385,88 @@ static void test_golden(const char *path, sc_isa best) {
         free(q); free(k); free(v);
     }
     fclose(f);
+}
+
+/* SC_LAYOUT_K16: the same codes as token rows, bytes permuted by the
+ * documented formula (checked here independently of the library's helpers),
+ * the rest of a partial block zero; dequantized values and attention outputs
+ * (every precision, decode and 3 rows, split or not) bitwise those of the
+ * rows layout, on every ISA level up to best. */
+static void test_k16(sc_isa best) {
+    enum { HKV = 2, HQ = 8, N = 150, CAP = 192, D = 128 };
+    const sc_format fr = {SC_ENC_INT4, D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_ROWS};
+    sc_format fk = fr;
+    fk.layout = SC_LAYOUT_K16;
+    sc_format bad = fk;
+    bad.token_group = 8;
+    EXPECT(sc_format_check(&bad) == SC_ERR_INVALID_ARGUMENT, "k16 with token_group 8 accepted");
+    bad = fk;
+    bad.encoding = SC_ENC_INT8;
+    EXPECT(sc_format_check(&bad) == SC_ERR_INVALID_ARGUMENT, "k16 with int8 codes accepted");
+    const sc_format vf = {SC_ENC_INT4, D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS};
+    float *kx = malloc(sizeof(float) * HKV * N * D), *vx = malloc(sizeof(float) * HKV * N * D);
+    float *q = malloc(sizeof(float) * HQ * 3 * D), *o1 = malloc(sizeof(float) * HQ * 3 * D),
+          *o2 = malloc(sizeof(float) * HQ * 3 * D), *d1 = malloc(sizeof(float) * HKV * N * D),
+          *d2 = malloc(sizeof(float) * HKV * N * D);
+    for (int i = 0; i < HKV * N * D; i++) kx[i] = frand(), vx[i] = frand();
+    for (int i = 0; i < HQ * 3 * D; i++) q[i] = frand();
+    const sc_isa levels[] = {SC_ISA_PORTABLE, SC_ISA_AVX2, SC_ISA_AVX512, SC_ISA_AVX512_VNNI, SC_ISA_AMX,
+                             SC_ISA_NEON, SC_ISA_NEON_DOTPROD};
+    for (int li = 0; li < 7; li++) {
+        if (sc_cpu_set_isa(levels[li]) != SC_OK || levels[li] > best) continue;
+        store_buf br, bk, bv;
+        store_alloc(&br, &fr, HKV, CAP);
+        store_alloc(&bk, &fk, HKV, CAP);
+        store_alloc(&bv, &vf, HKV, CAP);
+        memset(bk.st.data, 0xAB, bk.data_n); /* the partial block's rest must come out zero */
+        sc_tensor kt = {kx, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D};
+        sc_tensor vt = kt;
+        vt.ptr = vx;
+        EXPECT(sc_quantize(&fr, &br.st, &kt, 0) == SC_OK && sc_quantize(&fk, &bk.st, &kt, 0) == SC_OK &&
+               sc_quantize(&vf, &bv.st, &vt, 0) == SC_OK, "k16 quantize failed: %s", sc_last_error());
+        const uint8_t *r = br.st.data, *k = bk.st.data;
+        const int rb = D / 2;
+        int perm_ok = 1;
+        for (int row = 0; row < HKV; row++)
+            for (int t = 0; t < 160; t++) /* N = 150: tokens 150..159 are the partial block's zero rest */
+                for (int b = 0; b < rb; b++) {
+                    const uint8_t got = k[(size_t)row * CAP * rb + (size_t)(t / 16 * 16) * rb + (b / 4 * 16 + t % 16) * 4 + b % 4];
+                    perm_ok &= got == (t < N ? r[((size_t)row * CAP + t) * rb + b] : 0);
+                }
+        EXPECT(perm_ok, "k16 bytes are not the rows' bytes permuted as documented (%s)", sc_isa_name(levels[li]));
+        EXPECT(!memcmp(br.st.scales, bk.st.scales, br.scale_n) && !memcmp(br.st.zeros, bk.st.zeros, br.scale_n),
+               "k16 scales differ (%s)", sc_isa_name(levels[li]));
+        sc_tensor dt = {d1, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D};
+        EXPECT(sc_dequantize(&fr, &br.st, &dt, 0) == SC_OK, "dequantize: %s", sc_last_error());
+        dt.ptr = d2;
+        EXPECT(sc_dequantize(&fk, &bk.st, &dt, 0) == SC_OK, "dequantize: %s", sc_last_error());
+        EXPECT(!memcmp(d1, d2, sizeof(float) * HKV * N * D), "k16 dequantizes differently (%s)",
+               sc_isa_name(levels[li]));
+        for (int M = 1; M <= 3; M += 2)
+            for (int prec = 0; prec <= 2; prec++)
+                for (int split = 1; split <= 2; split++) {
+                    sc_attention_args a = {.q = {q, SC_DTYPE_F32, 1, HQ, M, D, (int64_t)HQ * M * D, (int64_t)M * D, D},
+                                           .out = {o1, SC_DTYPE_F32, 1, HQ, M, D, (int64_t)HQ * M * D, (int64_t)M * D, D},
+                                           .kf = &fr, .vf = &vf, .k = &br.st, .v = &bv.st, .kv_heads = HKV,
+                                           .kv_len = N, .scale = 0.088f, .causal = 1, .split_k = split,
+                                           .precision = prec};
+                    EXPECT(sc_attention(&a) == SC_OK, "attention: %s", sc_last_error());
+                    a.out.ptr = o2;
+                    a.kf = &fk;
+                    a.k = &bk.st;
+                    EXPECT(sc_attention(&a) == SC_OK, "attention: %s", sc_last_error());
+                    EXPECT(!memcmp(o1, o2, sizeof(float) * HQ * M * D),
+                           "k16 attention differs from rows (M %d, precision %d, split %d, %s)", M, prec, split,
+                           sc_isa_name(levels[li]));
+                }
+        printf("k16 layout: bytes as documented, values and attention identical to rows (%s)\n",
+               sc_isa_name(levels[li]));
+        store_free(&br);
+        store_free(&bk);
+        store_free(&bv);
+    }
+    sc_cpu_set_isa(best);
+    free(kx); free(vx); free(q); free(o1); free(o2); free(d1); free(d2);
 }
 
 /* A NaN/Inf in q or in a visible key/value is SC_ERR_NONFINITE naming the
@@ -443,6 +525,7 @@ int main(int argc, char **argv) {
     test_attention(best);
     test_precision(best);
     test_nonfinite(best);
+    test_k16(best);
     if (argc > 1) {
         test_golden(argv[1], best);
         test_golden(argv[1], SC_ISA_PORTABLE);

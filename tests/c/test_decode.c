@@ -48,8 +48,8 @@ int main(void) {
     for (int i = 0; i < B * HQ * D; i++) q[i] = frand(&seed);
 
     /* int8 K: one scale per channel over 32 tokens; int8 V: per token, 32-channel groups */
-    sc_format kf = {SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 0};
-    sc_format vf = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0};
+    sc_format kf = {SC_ENC_INT8, D, 32, 1, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
+    sc_format vf = {SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
     int8_t *kdata = calloc(B * HKV * CAP * D, 1), *vdata = calloc(B * HKV * CAP * D, 1);
     uint16_t *ks = calloc(B * HKV * (CAP / 32) * D, 2), *vs = calloc(B * HKV * CAP * (D / 32), 2);
     sc_store kst = {kdata, ks, NULL, NULL, NULL, NULL, B * HKV, CAP};
