@@ -31,12 +31,12 @@ Byte layout of the codes (``layout``):
 
 * ``"rows"`` (default): token-major, each token's codes one row of
   ``row_bytes`` bytes.
-* ``"k16"`` (int4, token_group a multiple of 16; format version 2): within
-  every block of 16 tokens, the rows' 4-byte words are interleaved,
-  ``[word w][token t][4 bytes]``, so one 64-byte load holds the same 8
-  channels of 16 keys. Decode kernels then put the keys in the vector lanes
-  and need no horizontal sums. Same codes, scales and accuracy as ``"rows"``;
-  only the byte order differs.
+* ``"k16"`` (int8/int4, token_group a multiple of 16; format version 2):
+  within every block of 16 tokens, the rows' 4-byte words are interleaved,
+  ``[word w][token t][4 bytes]``, so one 64-byte load holds the same 4 (int8)
+  or 8 (int4) channels of 16 keys. Decode kernels then put the keys in the
+  vector lanes and need no horizontal sums. Same codes, scales and accuracy
+  as ``"rows"``; only the byte order differs.
 
 Serialisation: :meth:`KVFormat.to_bytes` gives a 20-byte header (magic, version,
 parameters, CRC-32) and :meth:`KVFormat.to_json` a JSON object with the same
@@ -144,8 +144,8 @@ class KVFormat:
             raise FormatVersionError(
                 f"format version {version} is not supported (this sagecore reads versions 1..{FORMAT_VERSION})")
         if layout == "k16":
-            if encoding != "int4":
-                raise InvalidArgumentError("layout", f"'k16' interleaves int4 codes; got encoding {encoding!r}")
+            if encoding == "fp16":
+                raise InvalidArgumentError("layout", "'k16' interleaves int8/int4 codes; fp16 stores are token rows")
             if token_group % 16:
                 raise InvalidArgumentError("layout", f"'k16' needs token_group a multiple of 16, got {token_group}")
         if version < min_version:

@@ -17,7 +17,7 @@ A policy is a TOML or JSON file, a dict, or a built-in name. Its schema::
     smooth = true
     rotate = false
     outliers = 0
-    layout = "rows"             # or "k16" (int4, token_group a multiple of 16): the
+    layout = "rows"             # or "k16" (int8/int4, token_group a multiple of 16): the
                                 # codes of 16 tokens interleaved by 4-byte words
 
     [v]

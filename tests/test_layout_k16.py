@@ -36,7 +36,7 @@ def test_descriptor_round_trips_and_version():
     assert FORMAT_VERSION >= 2
 
 
-@pytest.mark.parametrize("kw, arg", [(dict(encoding="int8", token_group=64, channel_group=1), "layout"),
+@pytest.mark.parametrize("kw, arg", [(dict(encoding="fp16"), "layout"),
                                      (dict(encoding="int4", token_group=8, channel_group=1), "layout"),
                                      (dict(encoding="int4", token_group=64, channel_group=1, version=1), "version")])
 def test_bad_k16_descriptors_name_the_argument(kw, arg):
@@ -52,7 +52,7 @@ def test_a_version_1_header_with_the_k16_bit_is_refused():
     body = struct.pack("<4sHBBHHBBH", b"SCKF", 1, 3, 16 | 1, 64, 1, 0, 0, 0)
     with pytest.raises(errors.FormatError, match="reserved"):
         KVFormat.from_bytes(body + struct.pack("<I", crc32(body)))
-    body = struct.pack("<4sHBBHHBBH", b"SCKF", 2, 2, 16, 64, 1, 0, 0, 0)  # k16 on int8 codes
+    body = struct.pack("<4sHBBHHBBH", b"SCKF", 2, 3, 16, 8, 1, 0, 0, 0)  # k16 with 8-token groups
     with pytest.raises(errors.FormatError, match="layout"):
         KVFormat.from_bytes(body + struct.pack("<I", crc32(body)))
     assert len(KVFormat.parse(K16_K).to_bytes()) == HEADER_SIZE
@@ -62,7 +62,7 @@ def test_policy_tables_take_a_layout_and_the_builtin_int4_uses_k16():
     p = policy_from_dict({"k": {"bits": 4, "token_group": 32, "channel_group": 1, "layout": "k16"}, "v": V})
     assert p.formats(0, 0)[0].layout == "k16"
     with pytest.raises(errors.PolicyError, match="layout"):
-        policy_from_dict({"k": {"bits": 8, "token_group": 32, "layout": "k16"}, "v": V})
+        policy_from_dict({"k": {"bits": 8, "token_group": 8, "layout": "k16"}, "v": V})
     assert builtin_policies()["int4"].formats(0, 0)[0].format_id == K16_K
 
 
@@ -89,7 +89,8 @@ def test_the_bytes_are_the_rows_bytes_permuted(rng):
                                    (1, 16, 2, 3, 200, 96), (1, 8, 2, 1, 90, 256), (1, 6, 2, 1, 64, 128),
                                    (1, 8, 2, 40, 100, 128)],
                          ids=lambda s: "B{}Hq{}Hkv{}M{}N{}D{}".format(*s))
-@pytest.mark.parametrize("kid", [ROWS_K, "int4.t16.g1.s32"])  # zero points / symmetric codes (+8)
+# int4 with zero points / symmetric (+8); int8 per channel (the bf16 setting's keys-in-lanes scores) / with zero points
+@pytest.mark.parametrize("kid", [ROWS_K, "int4.t16.g1.s32", "int8.t64.g1.s16+smooth", "int8.t16.g1.s16+zp"])
 def test_attention_is_bitwise_the_rows_layouts(isa, precision, shape, kid, rng):
     B, Hq, Hkv, M, N, D = shape
     k = rng.standard_normal((B, Hkv, N, D)).astype(np.float16)

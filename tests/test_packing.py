@@ -13,7 +13,8 @@ FORMATS = ["int8.t1.g32.s16", "int8.t1.g16.s32", "int8.t32.g1.s16+smooth", "int8
            "int8.t8.g16.s16+zp", "int8.t4.g16.s16+out3", "int4.t1.g32.s16", "int4.t64.g1.s16+zp+smooth",
            "int4.t1.g16.s16+out2", "int4.t16.gD.s32+zp+out1", "int8.t1.g32.s16+rot",
            "int4.t1.g32.s16+rot", "int8.t32.g1.s16+smooth+rot", "int8.t16.g1.s32+zp", "int4.t1.g16.s16",
-           "int4.t64.g1.s16+zp+smooth+k16", "int4.t16.g32.s16+out2+k16"]
+           "int4.t64.g1.s16+zp+smooth+k16", "int4.t16.g32.s16+out2+k16", "int8.t32.g1.s16+smooth+k16",
+           "int8.t16.g16.s32+zp+k16"]
 
 
 def pack(fid, x, mean=None):

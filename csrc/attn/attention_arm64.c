@@ -181,6 +181,7 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
     }
     /* mode 1: k = code * s[g][c]; fold s into q per token group, then split */
     float xr[512];
+    int8_t rows[64 * 256];
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         const int64_t at = (kr * (st->capacity / T) + g) * D;
@@ -190,9 +191,17 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
                          (sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]));
             split_q(xr, D, parts + r * 3 * D, pa + 3 * r, np);
         }
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t j = 0; j < n; j++)
-                s[r * TL + t + j] = dotn(parts + r * 3 * D, D, pa + 3 * r, codes + (t + j) * D, D / 16, np);
+        for (int64_t off = 0; off < n; off += 64) { /* SC_LAYOUT_K16: 64 keys at a time gathered as rows */
+            const int64_t m = n - off < 64 ? n - off : 64;
+            const int8_t *cr = codes + (t + off) * D;
+            if (f->layout == SC_LAYOUT_K16) {
+                sc_k16_gather((const uint8_t *)st->data + kr * st->capacity * D, j0 + t + off, m, D, (uint8_t *)rows);
+                cr = rows;
+            }
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t j = 0; j < m; j++)
+                    s[r * TL + t + off + j] = dotn(parts + r * 3 * D, D, pa + 3 * r, cr + j * D, D / 16, np);
+        }
         t += n;
     }
 }

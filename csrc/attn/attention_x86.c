@@ -134,7 +134,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
-    uint8_t k16r[U4_KEYS * 128] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
+    uint8_t k16r[U4_KEYS * 256] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
     if (mode == 2) { /* k = code * s[j][cell] */
         token_scales(c, st, sf32, kr, j0, nt, D / G, sc);
         if (kind == 2) {
@@ -155,7 +155,14 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const uint8_t *ct = codes + t * rb;
-        if (kind == 2 || kind == 5) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
+        if ((kind == 2 || kind == 5) && f->layout != SC_LAYOUT_K16) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
+        else if (kind == 2 || kind == 5)
+            for (int64_t off = 0; off < n; off += U4_KEYS) { /* k16: U4_KEYS keys at a time as rows */
+                const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
+                const char *pe = pfend;
+                const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, gather);
+                body(qf, cr, kind, s + t + off, R, m, D, TL, NULL, 1, pe);
+            }
         else
             for (int64_t off = 0; off < n; off += U4_KEYS) {
                 const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
@@ -1183,6 +1190,38 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
     }
 }
 
+/* acc += a . the int16 pair at p broadcast to every lane */
+#define SC_DPWSSD_B(acc, a, p) \
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const int32_t *)(p)))
+/* int8 K in the k16 layout at precision="bf16": 4 rows x 16 keys, the keys
+ * in the lanes. Word w of a 16-key block holds channels 4w..4w+3 of every
+ * key; its even bytes sign-extended to words (two shifts) are channels 4w,
+ * 4w + 2, its odd bytes (one shift) 4w + 1, 4w + 3, against q' stored with
+ * each 4 channels as [0, 2, 1, 3] (qw, see qk8_vnni): one broadcast pair
+ * each, no reduction tree (hsum16i: 45 operations per 16 scores). */
+SC_T_VNNI SC_INL void qkw16_block(const int16_t *qw, const float *ar, const uint8_t *row0, int64_t jt, int64_t nk,
+                                  float *s, int64_t r0, int64_t D, int64_t TL, const char *pfend) {
+    const uint8_t *k = row0 + jt * D;
+    if (r0 == 0 && pfend) pf_span((const char *)k + PF_KEYS * D, 16 * D, pfend);
+    const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
+    __m512i ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int64_t w = 0; w < D / 4; w++) {
+        const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
+        const __m512i lo = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8), hi = _mm512_srai_epi16(v, 8);
+        for (int rr = 0; rr < 4; rr++) {
+            const int16_t *qe = qw + (r0 + rr) * D + 4 * w;
+            SC_DPWSSD_B(ae[rr], lo, qe);
+            SC_DPWSSD_B(ao[rr], hi, qe + 2);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++)
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
+                              _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ae[rr], ao[rr])),
+                                            _mm512_set1_ps(ar[r0 + rr])));
+}
+
 /* q' of one row (y: q x s per 16 channels) as int8, [even | odd] per block of
  * blk (64 or 128) channels; returns sum(q') */
 SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D, const int blk) {
@@ -1234,8 +1273,11 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64)));
-    uint8_t k16r[U4_KEYS * 128] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
+    uint8_t k16r[U4_KEYS * 256] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
     const int k16 = f->layout == SC_LAYOUT_K16;
+    /* int8 k16 codes with 4-row blocks: keys in the lanes (qkw16_block), q' [0, 2, 1, 3] per 4 channels */
+    const int w16 = k16 && kind == 2 && R % 4 == 0;
+    const __m512i p0213 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS + 16] = {0}; /* + 16: read as a vector from any row */
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -1297,13 +1339,22 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                     _mm512_storeu_si512(qw + r * D + ch, _mm512_permutex2var_epi16(a, even, b));
                     _mm512_storeu_si512(qw + r * D + ch + 32, _mm512_permutex2var_epi16(a, odd, b));
                 }
-            for (; ch + 32 <= D; ch += 32)
-                _mm512_storeu_si512(qw + r * D + ch, round16x2(y[ch / 16], y[ch / 16 + 1], inv));
-            if (ch < D) /* a last 16 channels (d80 etc.) */
+            for (; ch + 32 <= D; ch += 32) {
+                const __m512i x = round16x2(y[ch / 16], y[ch / 16 + 1], inv);
+                _mm512_storeu_si512(qw + r * D + ch, w16 ? _mm512_shuffle_epi8(x, p0213) : x);
+            }
+            if (ch < D) { /* a last 16 channels (d80 etc.) */
+                const __m256i x = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(y[ch / 16], inv)));
                 _mm256_storeu_si256((__m256i *)(qw + r * D + ch),
-                                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(y[ch / 16], inv))));
+                                    w16 ? _mm256_shuffle_epi8(x, _mm512_castsi512_si256(p0213)) : x);
+            }
         }
-        if (in4 && b8 && k16) { /* keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
+        if (w16) { /* int8: keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
+            const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+            for (int64_t r0 = 0; r0 < R; r0 += 4)
+                for (int64_t j = 0; j < n; j += 16)
+                    qkw16_block(qw, ar, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D, TL, pfend);
+        } else if (in4 && b8 && k16) { /* keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
             const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
             int32_t bias8[Q8_MAX_ROWS];
             for (int64_t r = 0; r < R; r++) bias8[r] = kind == 3 ? 8 * qsum[r] : 0;
@@ -1339,11 +1390,13 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                         qkw44_block4(qw, sc4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, kind == 3, pfe);
             }
             }
-        for (int64_t off = 0; off < n && !in4;) { /* int4: U4_KEYS keys at a time through the byte scratch */
-            const int64_t m = kind == 2 || n - off < U4_KEYS ? n - off : U4_KEYS;
+        for (int64_t off = 0; off < n && !in4 && !w16;) { /* int4 (and k16): U4_KEYS keys at a time through a scratch */
+            const int64_t m = (kind == 2 && !k16) || n - off < U4_KEYS ? n - off : U4_KEYS;
             const int8_t *ct = (const int8_t *)codes + (t + off) * D;
             const char *pe = pfend;
-            if (kind != 2) {
+            if (kind == 2 && k16) {
+                ct = (const int8_t *)code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, k16_gather_avx512);
+            } else if (kind != 2) {
                 const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, k16_gather_avx512);
                 unpack4(cr, u4, m * D, kind == 3, rb, pe);
                 ct = u4;

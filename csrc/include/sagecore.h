@@ -103,11 +103,11 @@ typedef struct sc_format {
 
 /* Byte order of a store's codes (sc_format.layout).
  * SC_LAYOUT_ROWS: token-major, data[row][token][row_bytes].
- * SC_LAYOUT_K16 (int4, token_group a multiple of 16; descriptor version 2):
+ * SC_LAYOUT_K16 (int8/int4, token_group a multiple of 16; descriptor version 2):
  *   within each block of 16 tokens, the rows' 4-byte words are interleaved:
  *   byte b of token t (t counted from the kv row's first token) is at
  *     (t - t % 16) * row_bytes + ((b / 4) * 16 + t % 16) * 4 + b % 4,
- *   so 64 consecutive bytes hold the same 8 channels of 16 tokens (decode
+ *   so 64 consecutive bytes hold the same 8 (int4) or 4 (int8) channels of 16 tokens (decode
  *   kernels put the keys in the vector lanes). A block occupies the same
  *   16 * row_bytes bytes as in SC_LAYOUT_ROWS. Quantizing a partial token
  *   group writes zero words for the rest of its last block. */

@@ -153,10 +153,9 @@ sc_status sc_format_check(const sc_format *f) {
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "cells with outliers hold at most 65535 values");
     if (f->layout != SC_LAYOUT_ROWS && f->layout != SC_LAYOUT_K16)
         return sc_fail(SC_ERR_INVALID_ARGUMENT, "layout %d is not one of rows(0), k16(1)", f->layout);
-    if (f->layout == SC_LAYOUT_K16 && (f->encoding != SC_ENC_INT4 || f->token_group % 16))
-        return sc_fail(SC_ERR_INVALID_ARGUMENT,
-                       "layout k16 needs int4 codes and token_group a multiple of 16 (encoding %d, token_group %d)",
-                       f->encoding, f->token_group);
+    if (f->layout == SC_LAYOUT_K16 && f->token_group % 16)
+        return sc_fail(SC_ERR_INVALID_ARGUMENT, "layout k16 needs token_group a multiple of 16, got %d",
+                       f->token_group);
     return SC_OK;
 }
 

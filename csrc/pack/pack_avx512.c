@@ -408,6 +408,15 @@ SC_AVX512 static inline __m512 codes16_k16(const uint8_t *row0, int64_t tt, int6
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(t));
 }
 
+/* the same for int8 codes: channels c..c+15 are words c/4 .. c/4 + 3 */
+SC_AVX512 static inline __m512 codes16_k16_i8(const uint8_t *row0, int64_t tt, int64_t c, int64_t rb, int is_u8) {
+    const uint8_t *p = row0 + (tt & ~(int64_t)15) * rb + ((c / 4) * 16 + (tt & 15)) * 4;
+    int32_t w[4];
+    for (int i = 0; i < 4; i++) memcpy(&w[i], p + 64 * i, 4);
+    const __m128i b = _mm_loadu_si128((const __m128i *)w);
+    return _mm512_cvtepi32_ps(is_u8 ? _mm512_cvtepu8_epi32(b) : _mm512_cvtepi8_epi32(b));
+}
+
 SC_AVX512 static inline __m512 load_scales16(const sc_format *f, const void *base, int64_t i) {
     return f->scale_dtype == SC_DTYPE_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
                                           : _mm512_loadu_ps((const float *)base + i);
@@ -435,7 +444,10 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
                 const __m512 m = zp ? load_scales16(f, st->zeros, cell0 + c)
                                     : (is_int4 ? _mm512_mul_ps(_mm512_set1_ps(-8.0f), s) : _mm512_setzero_ps());
                 for (int64_t tt = t; tt < end; tt++) {
-                    __m512 x = _mm512_mul_ps(k16 ? codes16_k16(row0, t0 + tt, c, rb) : codes16(data + tt * rb, c, is_int4, zp), s);
+                    const __m512 cv = !k16 ? codes16(data + tt * rb, c, is_int4, zp)
+                                      : is_int4 ? codes16_k16(row0, t0 + tt, c, rb)
+                                                : codes16_k16_i8(row0, t0 + tt, c, rb, zp);
+                    __m512 x = _mm512_mul_ps(cv, s);
                     _mm512_storeu_ps(dst + tt * D + c, (zp || is_int4) ? _mm512_add_ps(x, m) : x);
                 }
             }
