@@ -331,10 +331,10 @@ _BUILTINS = {
     # cold; docs/accuracy.md, docs/benchmarks.md.)
     "int8": {"k": "int8.t64.g1.s16+smooth", "v": "int8.t1.g32.s16"},
     # K: smoothing + per-channel scale and minimum over 64 tokens, the codes
-    # of 16 tokens interleaved (k16: the decode scores at precision="int8" put
-    # the keys in the vector lanes, 1.17x cold / 1.21-1.26x warm; the fp32 and
-    # bf16 settings gather rows back, 0.94-0.96x; docs/benchmarks.md session
-    # 15); V: rotated, per token in 32-channel groups. 4.5 bits per element.
+    # of 16 tokens interleaved (k16: the x86 decode scores put the keys in the
+    # vector lanes, 1.12-1.26x at every precision setting; docs/formats.md,
+    # docs/benchmarks.md session 15); V: rotated, per token in 32-channel
+    # groups. 4.5 bits per element.
     "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot"},
     "int8k-int4v": {"k": "int8.t64.g1.s16+smooth", "v": "int4.t1.g32.s16+rot"},
     # llama.cpp's q8_0 scheme for both, a baseline for comparisons.

@@ -1,8 +1,9 @@
-"""The k16 code layout (format version 2): int4 codes of 16 tokens
+"""The k16 code layout (format version 2): int8/int4 codes of 16 tokens
 interleaved by 4-byte words so the decode scores put the keys in the vector
-lanes. Only the byte order differs from the token rows, so everything a
-cache computes must be bitwise the rows layout's result, on every ISA path,
-and a reader of version-1 descriptors must refuse it rather than misread it.
+lanes. Only the byte order differs from the token rows, so a cache must
+store the same values and compute the rows layout's result (bitwise where
+the arithmetic is integer or the tiles are decoded) on every ISA path, and a
+reader of version-1 descriptors must refuse it rather than misread it.
 """
 import struct
 from binascii import crc32
@@ -91,7 +92,10 @@ def test_the_bytes_are_the_rows_bytes_permuted(rng):
                          ids=lambda s: "B{}Hq{}Hkv{}M{}N{}D{}".format(*s))
 # int4 with zero points / symmetric (+8); int8 per channel (the bf16 setting's keys-in-lanes scores) / with zero points
 @pytest.mark.parametrize("kid", [ROWS_K, "int4.t16.g1.s32", "int8.t64.g1.s16+smooth", "int8.t16.g1.s16+zp"])
-def test_attention_is_bitwise_the_rows_layouts(isa, precision, shape, kid, rng):
+def test_attention_matches_the_rows_layout(isa, precision, shape, kid, rng):
+    """Bitwise where the scores are integer sums (AVX512-VNNI at the bf16/int8
+    settings) or the tiles are decoded (portable); the fp32 scores read in
+    place sum in another order, so there within fp32 rounding."""
     B, Hq, Hkv, M, N, D = shape
     k = rng.standard_normal((B, Hkv, N, D)).astype(np.float16)
     v = rng.standard_normal((B, Hkv, N, D)).astype(np.float16)
@@ -103,8 +107,16 @@ def test_attention_is_bitwise_the_rows_layouts(isa, precision, shape, kid, rng):
         c.append(k, v)
         outs.append([c.attend(q, is_causal=True, precision=precision, kv_lens=kv_lens, split_k=s) for s in (1, 3)])
         outs[-1].append(c.dequantize()[0])
+    integer = isa in ("avx512_vnni", "amx") and precision != "fp32" and not (kid.startswith("int8") and "zp" in kid)
+    exact = isa == "portable" or integer
     for a, b in zip(*outs):
-        np.testing.assert_array_equal(b, a)
+        if exact:
+            np.testing.assert_array_equal(b, a)
+        else:
+            # fp32 scores: fp32 rounding; at bf16/int8 a score's last bit can move a P' rounding (2^-16)
+            tol = 4e-6 if precision == "fp32" else 1e-4
+            np.testing.assert_allclose(b, a, rtol=0, atol=tol * np.abs(a).max())
+    np.testing.assert_array_equal(outs[1][-1], outs[0][-1])  # the stored values: always the same
 
 
 def test_cache_growth_and_save_load_keep_partial_blocks(tmp_path, rng):
@@ -117,7 +129,9 @@ def test_cache_growth_and_save_load_keep_partial_blocks(tmp_path, rng):
     for lo, hi in ((0, 5), (5, 37), (37, 70), (70, 90)):  # partial groups and blocks, re-quantized as they fill
         a.append(k[:, :, lo:hi], v[:, :, lo:hi])
         b.append(k[:, :, lo:hi], v[:, :, lo:hi])
-        np.testing.assert_array_equal(a.attend(q), b.attend(q))
+        np.testing.assert_array_equal(a.dequantize()[0], b.dequantize()[0])
+        want = b.attend(q)
+        np.testing.assert_allclose(a.attend(q), want, rtol=0, atol=4e-6 * np.abs(want).max())
     a.save(tmp_path / "c.sck")
     r = QuantKVCache.load(tmp_path / "c.sck")
     assert r.formats == a.formats and r.formats[0][1].layout == "k16"

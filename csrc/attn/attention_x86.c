@@ -96,6 +96,11 @@ SC_INL int64_t group_scales(const attn_ctx *c, const sc_store *st, int f32, int6
  * same span PF_KEYS keys ahead prefetched and *pfend cleared (buf is in L1).
  * A k16 block occupies the bytes of its 16 rows, so the prefetch is the same. */
 typedef void (*k16_fn)(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows);
+/* fp32 scores of R rows (qf: q x the group's scales) over keys [jt, jt + n) of
+ * a k16 store of codes of this kind, read in place; returns 0 when it does
+ * not take this kind (the driver then gathers rows) */
+typedef int (*k16_body_fn)(const float *qf, const uint8_t *row0, int64_t jt, int64_t n, int kind, float *s,
+                            int64_t R, int64_t D, int64_t TL, const char *pfend);
 SC_INL const uint8_t *code_rows(const sc_format *f, const sc_store *st, int64_t kr, int64_t j, int64_t m,
                                 int64_t rb, uint8_t *buf, const char **pfend, k16_fn gather) {
     const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
@@ -125,7 +130,7 @@ SC_INL void zp_bias(const attn_ctx *c, const float *q, float *sc, int64_t kr, in
 }
 
 SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
-                       int64_t nt, float *s, unpack_fn unpack, codes_fn body, k16_fn gather) {
+                       int64_t nt, float *s, unpack_fn unpack, codes_fn body, k16_fn gather, k16_body_fn k16_body) {
     const sc_format *f = c->a->kf;
     const sc_store *st = c->a->k;
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
@@ -155,7 +160,10 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const uint8_t *ct = codes + t * rb;
-        if ((kind == 2 || kind == 5) && f->layout != SC_LAYOUT_K16) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
+        if (f->layout == SC_LAYOUT_K16 &&
+            k16_body(qf, (const uint8_t *)st->data + kr * st->capacity * rb, j0 + t, n, kind, s + t, R, D, TL, pfend))
+            ;
+        else if ((kind == 2 || kind == 5) && f->layout != SC_LAYOUT_K16) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
         else if (kind == 2 || kind == 5)
             for (int64_t off = 0; off < n; off += U4_KEYS) { /* k16: U4_KEYS keys at a time as rows */
                 const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
@@ -466,6 +474,62 @@ SC_T_AVX2 static void k16_gather_avx2(const uint8_t *row0, int64_t j, int64_t m,
     }
 }
 
+/* qk16_f32 (AVX-512 section) for int4 codes on 8 lanes: each 16-key block
+ * as two halves of 8 keys (bytes 32h.. of every word vector), the codes of
+ * a pair of channels at a time into 8 accumulators (4 rows x even/odd) */
+SC_T_AVX2 SC_INL void qkf8_block(const float *qf, const uint8_t *k, __m256i km, int full, float *s, int64_t r0,
+                                 const int nr, int64_t D, int64_t TL, const float *bias) {
+    __m256 ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi32(0xF);
+    for (int64_t w = 0; w < D / 8; w++) {
+        const __m256i v = full ? _mm256_loadu_si256((const __m256i *)(k + 64 * w))
+                               : _mm256_maskload_epi32((const int *)(k + 64 * w), km);
+        for (int i = 0; i < 8; i += 2) { /* channel 8w + c: byte c / 2, nibble c % 2 */
+            __m256 x[2];
+            for (int u = 0; u < 2; u++)
+                x[u] = _mm256_cvtepi32_ps(_mm256_and_si256(i + u ? _mm256_srli_epi32(v, 4 * (i + u)) : v, m4));
+            for (int rr = 0; rr < nr; rr++) {
+                const float *qr = qf + (r0 + rr) * D + 8 * w + i;
+                ae[rr] = _mm256_fmadd_ps(x[0], _mm256_broadcast_ss(qr), ae[rr]);
+                ao[rr] = _mm256_fmadd_ps(x[1], _mm256_broadcast_ss(qr + 1), ao[rr]);
+            }
+        }
+    }
+    for (int rr = 0; rr < nr; rr++) {
+        const __m256 r = _mm256_sub_ps(_mm256_add_ps(ae[rr], ao[rr]), _mm256_set1_ps(bias[r0 + rr]));
+        if (full) _mm256_storeu_ps(s + (r0 + rr) * TL, r);
+        else _mm256_maskstore_ps(s + (r0 + rr) * TL, km, r);
+    }
+}
+/* int4 only: for int8 codes, extracting each channel of 8 keys (3
+ * operations per 8 codes) costs more than widening a key's 8 codes (2), and
+ * the rows gathered back measured faster (0.92x against 0.89x of the rows
+ * layout; int4 1.09x against 0.96x) */
+SC_T_AVX2 static int qk16_f32_avx2(const float *qf, const uint8_t *row0, int64_t jt, int64_t n, int kind, float *s,
+                                   int64_t R, int64_t D, int64_t TL, const char *pfend) {
+    if (kind == 2 || kind == 5) return 0;
+    const int64_t rb = D / 2;
+    float bias[Q8_MAX_ROWS] = {0};
+    if (kind == 3)
+        for (int64_t r = 0; r < R; r++) {
+            float a = 0.0f;
+            for (int64_t d = 0; d < D; d++) a += qf[r * D + d];
+            bias[r] = 8.0f * a;
+        }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t j = 0; j < n; j += 8) { /* keys jt + j .. : half h = (jt + j) / 8 % 2 of their block */
+        const int64_t nk = n - j < 8 ? n - j : 8, jj = jt + j;
+        const uint8_t *k = row0 + (jj & ~(int64_t)15) * rb + (jj & 8) * 4;
+        if (pfend && !(jj & 8)) pf_span((const char *)row0 + (jj + PF_KEYS) * rb, 16 * rb, pfend);
+        const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nk), lane);
+        int64_t r0 = 0;
+        for (; r0 + 4 <= R; r0 += 4) qkf8_block(qf, k, km, nk == 8, s + j, r0, 4, D, TL, bias);
+        if (r0 < R) qkf8_block(qf, k, km, nk == 8, s + j, r0, (int)(R - r0), D, TL, bias);
+    }
+    return 1;
+}
+
 /* int8/int4 codes read in place: the shared driver with this level's pieces */
 SC_T_AVX2 static void qk_codes_avx2(const float *q, const uint8_t *codes, int kind, float *s, int64_t R, int64_t n,
                                     int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
@@ -479,7 +543,7 @@ SC_T_AVX2 static void pv_codes_avx2(const float *p, const uint8_t *codes, int ki
 }
 SC_T_AVX2 static void qk8_avx2(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4_avx2, qk_codes_avx2, k16_gather_avx2);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4_avx2, qk_codes_avx2, k16_gather_avx2, qk16_f32_avx2);
 }
 SC_T_AVX2 static void pv8_avx2(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                float *o) {
@@ -852,6 +916,77 @@ SC_T_AVX512 static void unpack4(const uint8_t *src, int8_t *dst, int64_t n, int 
     }
 }
 
+/* fp32 scores over k16 codes (SC_LAYOUT_K16) read in place: nr (<= 4) rows x
+ * 16 keys, the keys in the lanes. Each code of a word is shifted into the
+ * low bits of its lane (int8: sign- or zero-extended by two shifts; int4: a
+ * shift and a mask), converted and multiplied by the broadcast q'x s of its
+ * channel: no reduction tree, no row gather. Symmetric int4 codes (stored
+ * + 8) take the 8 x sum(qf) off at the end (the rows path subtracts per code:
+ * the scores agree to fp32 rounding, not bitwise). */
+SC_T_AVX512 SC_INL void qkf16_block(const float *qf, const uint8_t *k, __mmask16 km, int kind, float *s, int64_t r0,
+                                    const int nr, int64_t D, int64_t TL, const float *bias) {
+    __m512 ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm512_setzero_ps();
+    if (kind == 2 || kind == 5) {
+#pragma GCC unroll 2
+        for (int64_t w = 0; w < D / 4; w++) {
+            const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
+            __m512 x[4];
+            for (int i = 0; i < 4; i++) {
+                const __m512i u = i == 3 ? v : _mm512_slli_epi32(v, 24 - 8 * i);
+                x[i] = _mm512_cvtepi32_ps(kind == 2 ? _mm512_srai_epi32(u, 24) : _mm512_srli_epi32(u, 24));
+            }
+            for (int rr = 0; rr < nr; rr++) {
+                const float *qr = qf + (r0 + rr) * D + 4 * w;
+                ae[rr] = _mm512_fmadd_ps(x[0], _mm512_set1_ps(qr[0]), ae[rr]);
+                ao[rr] = _mm512_fmadd_ps(x[1], _mm512_set1_ps(qr[1]), ao[rr]);
+                ae[rr] = _mm512_fmadd_ps(x[2], _mm512_set1_ps(qr[2]), ae[rr]);
+                ao[rr] = _mm512_fmadd_ps(x[3], _mm512_set1_ps(qr[3]), ao[rr]);
+            }
+        }
+    } else {
+        const __m512i m4 = _mm512_set1_epi32(0xF);
+#pragma GCC unroll 2
+        for (int64_t w = 0; w < D / 8; w++) {
+            const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
+            __m512 x[8];
+            for (int i = 0; i < 8; i++) /* channel 8w + i: byte i / 2, nibble i % 2 */
+                x[i] = _mm512_cvtepi32_ps(_mm512_and_si512(i ? _mm512_srli_epi32(v, 4 * i) : v, m4));
+            for (int rr = 0; rr < nr; rr++) {
+                const float *qr = qf + (r0 + rr) * D + 8 * w;
+                for (int i = 0; i < 8; i += 2) {
+                    ae[rr] = _mm512_fmadd_ps(x[i], _mm512_set1_ps(qr[i]), ae[rr]);
+                    ao[rr] = _mm512_fmadd_ps(x[i + 1], _mm512_set1_ps(qr[i + 1]), ao[rr]);
+                }
+            }
+        }
+    }
+    for (int rr = 0; rr < nr; rr++)
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
+                              _mm512_sub_ps(_mm512_add_ps(ae[rr], ao[rr]), _mm512_set1_ps(bias[r0 + rr])));
+}
+SC_T_AVX512 static int qk16_f32(const float *qf, const uint8_t *row0, int64_t jt, int64_t n, int kind, float *s,
+                                int64_t R, int64_t D, int64_t TL, const char *pfend) {
+    const int64_t rb = kind == 2 || kind == 5 ? D : D / 2;
+    float bias[Q8_MAX_ROWS] = {0};
+    if (kind == 3)
+        for (int64_t r = 0; r < R; r++) {
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) a = _mm512_add_ps(a, _mm512_loadu_ps(qf + r * D + d));
+            bias[r] = 8.0f * _mm512_reduce_add_ps(a);
+        }
+    for (int64_t j = 0; j < n; j += 16) {
+        const int64_t nk = n - j < 16 ? n - j : 16;
+        const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
+        const uint8_t *k = row0 + (jt + j) * rb;
+        if (pfend) pf_span((const char *)k + PF_KEYS * rb, 16 * rb, pfend);
+        int64_t r0 = 0;
+        for (; r0 + 4 <= R; r0 += 4) qkf16_block(qf, k, km, kind, s + j, r0, 4, D, TL, bias);
+        if (r0 < R) qkf16_block(qf, k, km, kind, s + j, r0, (int)(R - r0), D, TL, bias);
+    }
+    return 1;
+}
+
 SC_T_AVX512 static void qk_codes_avx512(const float *q, const uint8_t *codes, int kind, float *s, int64_t R,
                                       int64_t n, int64_t D, int64_t TL, const float *sc, int64_t G, const char *pfend) {
     if (kind == 5) qk44_body(q, codes, D, 5, s, R, n, D, TL, sc, G, pfend);
@@ -903,7 +1038,7 @@ SC_T_AVX512 static void k16_gather_avx512(const uint8_t *row0, int64_t j, int64_
 }
 SC_T_AVX512 static void qk8_avx512(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                    int64_t j0, int64_t nt, float *s) {
-    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4, qk_codes_avx512, k16_gather_avx512);
+    qk8_driver(c, mode, q, qf, sc, kr, j0, nt, s, unpack4, qk_codes_avx512, k16_gather_avx512, qk16_f32);
 }
 SC_T_AVX512 static void pv8_avx512(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p,
                                    float *o) {
@@ -1222,6 +1357,41 @@ SC_T_VNNI SC_INL void qkw16_block(const int16_t *qw, const float *ar, const uint
                                             _mm512_set1_ps(ar[r0 + rr])));
 }
 
+/* int4 K in the k16 layout at precision="bf16": 4 rows x 16 keys, the keys
+ * in the lanes. Word w (8 channels of 16 keys) gives four vectors of int16
+ * pairs by shifts and one mask each: channels (8w, 8w+4), (8w+2, 8w+6),
+ * (8w+1, 8w+5), (8w+3, 8w+7), against q' stored as [0, 4, 2, 6, 1, 5, 3, 7]
+ * per 8 channels (qk8_vnni); symmetric codes (stored + 8) minus 8. */
+SC_T_VNNI SC_INL void qkw16_block4(const int16_t *qw, const float *ar, const uint8_t *row0, int64_t jt, int64_t nk,
+                                   float *s, int64_t r0, int64_t D, int64_t TL, int sym, const char *pfend) {
+    const int64_t rb = D / 2;
+    const uint8_t *k = row0 + jt * rb;
+    if (r0 == 0 && pfend) pf_span((const char *)k + PF_KEYS * rb, 16 * rb, pfend);
+    const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
+    const __m512i m = _mm512_set1_epi32(0x000F000F), off = _mm512_set1_epi16(sym ? 8 : 0);
+    __m512i ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int64_t w = 0; w < rb / 4; w++) {
+        const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
+        const __m512i x[4] = {_mm512_sub_epi16(_mm512_and_si512(v, m), off),
+                              _mm512_sub_epi16(_mm512_and_si512(_mm512_srli_epi16(v, 8), m), off),
+                              _mm512_sub_epi16(_mm512_and_si512(_mm512_srli_epi32(v, 4), m), off),
+                              _mm512_sub_epi16(_mm512_and_si512(_mm512_srli_epi32(v, 12), m), off)};
+        for (int rr = 0; rr < 4; rr++) {
+            const int16_t *qe = qw + (r0 + rr) * D + 8 * w;
+            SC_DPWSSD_B(ae[rr], x[0], qe);
+            SC_DPWSSD_B(ae[rr], x[1], qe + 2);
+            SC_DPWSSD_B(ao[rr], x[2], qe + 4);
+            SC_DPWSSD_B(ao[rr], x[3], qe + 6);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++)
+        _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
+                              _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ae[rr], ao[rr])),
+                                            _mm512_set1_ps(ar[r0 + rr])));
+}
+
 /* q' of one row (y: q x s per 16 channels) as int8, [even | odd] per block of
  * blk (64 or 128) channels; returns sum(q') */
 SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, int64_t D, const int blk) {
@@ -1278,6 +1448,8 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     /* int8 k16 codes with 4-row blocks: keys in the lanes (qkw16_block), q' [0, 2, 1, 3] per 4 channels */
     const int w16 = k16 && kind == 2 && R % 4 == 0;
     const __m512i p0213 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
+    /* int4 k16 codes at "bf16" with 4-row blocks: keys in the lanes (qkw16_block4), q' [0,4,2,6,1,5,3,7] per 8 */
+    const __m512i p8 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15));
     int16_t *qw = (int16_t *)qf; /* [R][D] */
     float ar[Q8_MAX_ROWS + 16] = {0}; /* + 16: read as a vector from any row */
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -1292,6 +1464,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     /* asymmetric int4 K at precision="int8": each row's q . m[g] (zero points,
      * zp_bias) computed beside q' and added by the score stores' FMA */
     const int zfold = b8 && kind == 4;
+    const int w16b4 = in4 && k16 && !b8;
     float zf[256] __attribute__((aligned(64)));
     float fb[Q8_MAX_ROWS + 16] = {0};
     __m512i even = _mm512_setzero_si512(), odd = even;
@@ -1332,7 +1505,10 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
             ar[r] = m * (1.0f / 32767.0f);
             const __m512 inv = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
             int64_t ch = 0;
-            if (in4) /* per 64 channels: [even 32 | odd 32] (qkw44_step4) */
+            if (w16b4) /* per 8 channels: [0, 4, 2, 6, 1, 5, 3, 7] (qkw16_block4) */
+                for (; ch < D; ch += 32)
+                    _mm512_storeu_si512(qw + r * D + ch, _mm512_shuffle_epi8(round16x2(y[ch / 16], y[ch / 16 + 1], inv), p8));
+            else if (in4) /* per 64 channels: [even 32 | odd 32] (qkw44_step4) */
                 for (; ch < D; ch += 64) {
                     const __m512i a = round16x2(y[ch / 16], y[ch / 16 + 1], inv);
                     const __m512i b = round16x2(y[ch / 16 + 2], y[ch / 16 + 3], inv);
@@ -1349,7 +1525,13 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                                     w16 ? _mm256_shuffle_epi8(x, _mm512_castsi512_si256(p0213)) : x);
             }
         }
-        if (w16) { /* int8: keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
+        if (w16b4) { /* int4 at "bf16": keys in the lanes, 16 at a time */
+            const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+            for (int64_t r0 = 0; r0 < R; r0 += 4)
+                for (int64_t j = 0; j < n; j += 16)
+                    qkw16_block4(qw, ar, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D, TL, kind == 3,
+                                 pfend);
+        } else if (w16) { /* int8: keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
             const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4)
                 for (int64_t j = 0; j < n; j += 16)

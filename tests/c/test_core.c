@@ -389,9 +389,10 @@ static void test_golden(const char *path, sc_isa best) {
 
 /* SC_LAYOUT_K16: the same codes as token rows, bytes permuted by the
  * documented formula (checked here independently of the library's helpers),
- * the rest of a partial block zero; dequantized values and attention outputs
- * (every precision, decode and 3 rows, split or not) bitwise those of the
- * rows layout, on every ISA level up to best. */
+ * the rest of a partial block zero; dequantized values bitwise those of the
+ * rows layout and attention outputs (every precision, decode and 3 rows,
+ * split or not) too, or within fp32 rounding where fp32 scores are summed in
+ * another order, on every ISA level up to best. */
 static void test_k16(sc_isa best, int enc) {
     enum { HKV = 2, HQ = 8, N = 150, CAP = 192, D = 128 };
     const sc_format fr = {enc, D, 64, 1, SC_DTYPE_F16, enc == SC_ENC_INT4, 0, 0, 1, SC_LAYOUT_ROWS};
@@ -456,11 +457,22 @@ static void test_k16(sc_isa best, int enc) {
                     a.kf = &fk;
                     a.k = &bk.st;
                     EXPECT(sc_attention(&a) == SC_OK, "attention: %s", sc_last_error());
-                    EXPECT(!memcmp(o1, o2, sizeof(float) * HQ * M * D),
-                           "k16 attention differs from rows (M %d, precision %d, split %d, %s)", M, prec, split,
-                           sc_isa_name(levels[li]));
+                    /* bitwise where the scores are integer sums (VNNI levels at the bf16/int8
+                     * settings) or tiles are decoded (portable, arm64); the fp32 scores read
+                     * in place sum in another order: fp32 rounding (and at bf16/int8, a
+                     * score's last bit may move a P' rounding, 2^-16) */
+                    const int exact = levels[li] == SC_ISA_PORTABLE || levels[li] >= SC_ISA_NEON ||
+                                      (levels[li] >= SC_ISA_AVX512_VNNI && prec >= 1);
+                    double e = 0, mx = 0;
+                    for (int i = 0; i < HQ * M * D; i++) {
+                        e = fmax(e, fabs((double)o1[i] - o2[i]));
+                        mx = fmax(mx, fabs((double)o1[i]));
+                    }
+                    EXPECT(exact ? !memcmp(o1, o2, sizeof(float) * HQ * M * D) : e <= (prec ? 1e-4 : 4e-6) * mx,
+                           "k16 attention differs from rows by %g (M %d, precision %d, split %d, %s)", e, M, prec,
+                           split, sc_isa_name(levels[li]));
                 }
-        printf("k16 layout (%s): bytes as documented, values and attention identical to rows (%s)\n",
+        printf("k16 layout (%s): bytes as documented, values identical to rows, attention as checked (%s)\n",
                enc == SC_ENC_INT4 ? "int4" : "int8", sc_isa_name(levels[li]));
         store_free(&br);
         store_free(&bk);
