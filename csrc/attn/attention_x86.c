@@ -90,11 +90,12 @@ SC_INL int64_t group_scales(const attn_ctx *c, const sc_store *st, int f32, int6
     pf_scales(st->zeros, f32, cell0 + PF_KEYS / T * D, D, cend);
     return cell0;
 }
-/* int4 codes of keys [j, j + m) of kv row kr as token rows: in place for
- * SC_LAYOUT_ROWS; for SC_LAYOUT_K16 (no kernel here reads it but the
- * int8-setting scores, qkb16_block) gathered into buf (m * rb bytes), the
- * same span PF_KEYS keys ahead prefetched and *pfend cleared (buf is in L1).
- * A k16 block occupies the bytes of its 16 rows, so the prefetch is the same. */
+/* int8/int4 codes of keys [j, j + m) of kv row kr as token rows, for the
+ * readers without a k16 kernel: in place for SC_LAYOUT_ROWS; for
+ * SC_LAYOUT_K16 gathered into buf (m * rb bytes) by the level's transposes,
+ * the same span PF_KEYS keys ahead prefetched and *pfend cleared (buf is in
+ * L1). A k16 block occupies the bytes of its 16 rows, so the prefetch is the
+ * same. (j: a multiple of 16.) */
 typedef void (*k16_fn)(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows);
 /* fp32 scores of R rows (qf: q x the group's scales) over keys [jt, jt + n) of
  * a k16 store of codes of this kind, read in place; returns 0 when it does
@@ -1548,31 +1549,27 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
                     else
                         qkb16_block(qb, ar, bias8, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D,
                                     TL, pfend, 64);
-        } else if (in4)
-            for (int64_t off = 0; off < n; off += k16 ? U4_KEYS : n) { /* k16: U4_KEYS keys at a time as rows */
-            const int64_t nc = k16 && n - off > U4_KEYS ? U4_KEYS : n - off;
-            const char *pfe = pfend;
-            const uint8_t *ct = code_rows(f, st, kr, j0 + t + off, nc, rb, (uint8_t *)u4, &pfe, k16_gather_avx512);
+        } else if (in4) { /* token rows (a k16 store took one of the branches above) */
+            const uint8_t *ct = codes + t * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
                 const __m512 sc4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(ar + r0));
-                float *so = s + t + off;
                 if (b8) { /* symmetric codes are stored + 8: 8 sum(q') off each sum */
                     const __m512i bias = kind == 3 ? _mm512_slli_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(lane, 2),
                                                                                               _mm512_loadu_si512(qsum + r0)), 3)
                                                    : _mm512_setzero_si512();
                     const __m512 fb4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(fb + r0));
                     if (qblk == 128) /* the block width a constant in each instance */
-                        for (int64_t j = 0; j < nc; j += 4)
-                            qkb44_block4(qb, sc4, bias, fb4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, pfe, 128);
+                        for (int64_t j = 0; j < n; j += 4)
+                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 128);
                     else
-                        for (int64_t j = 0; j < nc; j += 4)
-                            qkb44_block4(qb, sc4, bias, fb4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, pfe, 64);
+                        for (int64_t j = 0; j < n; j += 4)
+                            qkb44_block4(qb, sc4, bias, fb4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, pfend, 64);
                 } else
-                    for (int64_t j = 0; j < nc; j += 4)
-                        qkw44_block4(qw, sc4, ct, so, r0, j, nc - j < 4 ? nc - j : 4, D, TL, kind == 3, pfe);
+                    for (int64_t j = 0; j < n; j += 4)
+                        qkw44_block4(qw, sc4, ct, s + t, r0, j, n - j < 4 ? n - j : 4, D, TL, kind == 3, pfend);
             }
-            }
-        for (int64_t off = 0; off < n && !in4 && !w16;) { /* int4 (and k16): U4_KEYS keys at a time through a scratch */
+        }
+        for (int64_t off = 0; off < n && !in4 && !w16;) { /* int4 and k16 int8: U4_KEYS keys at a time through a scratch */
             const int64_t m = (kind == 2 && !k16) || n - off < U4_KEYS ? n - off : U4_KEYS;
             const int8_t *ct = (const int8_t *)codes + (t + off) * D;
             const char *pe = pfend;
