@@ -19,7 +19,7 @@ from sagecore.policy import builtin_policies, policy_from_dict
 
 ROWS_K = "int4.t64.g1.s16+zp+smooth"
 K16_K = ROWS_K + "+k16"
-V = "int4.t1.g32.s16+rot"
+V = "int4.t1.g16.s16+rot"  # 16-channel cells: every head dim
 
 
 def test_descriptor_round_trips_and_version():
@@ -88,7 +88,7 @@ def test_the_bytes_are_the_rows_bytes_permuted(rng):
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("shape", [(1, 8, 2, 1, 300, 128), (1, 8, 1, 1, 17, 128), (2, 4, 4, 1, 130, 64),
                                    (1, 16, 2, 3, 200, 96), (1, 8, 2, 1, 90, 256), (1, 6, 2, 1, 64, 128),
-                                   (1, 8, 2, 40, 100, 128)],
+                                   (1, 8, 2, 40, 100, 128), (1, 8, 2, 1, 70, 80), (1, 8, 2, 1, 70, 192)],
                          ids=lambda s: "B{}Hq{}Hkv{}M{}N{}D{}".format(*s))
 # int4 with zero points / symmetric (+8); int8 per channel (the bf16 setting's keys-in-lanes scores) / with zero points
 @pytest.mark.parametrize("kid", [ROWS_K, "int4.t16.g1.s32", "int8.t64.g1.s16+smooth", "int8.t16.g1.s16+zp"])
@@ -125,7 +125,8 @@ def test_cache_growth_and_save_load_keep_partial_blocks(tmp_path, rng):
     v = rng.standard_normal((1, Hkv, 90, D)).astype(np.float16)
     q = rng.standard_normal((1, 8, 1, D)).astype(np.float32)
     a = QuantKVCache("int4", batch=1, kv_heads=Hkv, head_dim=D, capacity=64)  # grows twice
-    b = QuantKVCache(policy_from_dict({"k": ROWS_K, "v": V}), batch=1, kv_heads=Hkv, head_dim=D, capacity=512)
+    b = QuantKVCache(policy_from_dict({"k": ROWS_K, "v": builtin_policies()["int4"].v}), batch=1, kv_heads=Hkv,
+                     head_dim=D, capacity=512)
     for lo, hi in ((0, 5), (5, 37), (37, 70), (70, 90)):  # partial groups and blocks, re-quantized as they fill
         a.append(k[:, :, lo:hi], v[:, :, lo:hi])
         b.append(k[:, :, lo:hi], v[:, :, lo:hi])
