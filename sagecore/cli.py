@@ -31,11 +31,11 @@ def _info(args) -> int:
         caps = backends.capabilities(name)
         state = "available" if caps.available else f"unavailable: {caps.unavailable_reason}"
         print(f"  {name:10s} {state}")
-    print("encodings fp16, int8, int4 (options: smooth, rotate, outliers, zero_point)")
+    print("encodings fp16, int8, int4 (options: smooth, rotate, outliers, zero_point; code layouts: rows, k16)")
     print("built-in policies")
     for name, pol in builtin_policies().items():
         bits = (pol.k.bits_per_element(128) + pol.v.bits_per_element(128)) / 2
-        print(f"  {name:12s} k={pol.k.format_id:28s} v={pol.v.format_id:22s} {bits:5.2f} bits/elem @d128")
+        print(f"  {name:12s} k={pol.k.format_id:32s} v={pol.v.format_id:22s} {bits:5.2f} bits/elem @d128")
     return 0
 
 
