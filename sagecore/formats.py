@@ -68,7 +68,6 @@ __all__ = [
 FORMAT_VERSION = 2
 #: Byte layouts of the codes: name -> (id in sc_format.layout, first version).
 LAYOUTS = {"rows": (0, 1), "k16": (1, 2)}
-_LAYOUT_BY_ID = {v[0]: k for k, v in LAYOUTS.items()}
 
 #: Encoding name -> (stable integer id, bits per code). Ids match sc_encoding.
 ENCODINGS = {"fp16": (1, 16), "int8": (2, 8), "int4": (3, 4)}
