@@ -26,7 +26,7 @@
 extern "C" {
 #endif
 
-#define SC_ABI_VERSION 3 /* 2: sc_attention_args.precision; 3: SC_PRECISION_INT8 */
+#define SC_ABI_VERSION 4 /* 2: sc_attention_args.precision; 3: SC_PRECISION_INT8; 4: sc_format.layout (the struct grew: recompile) */
 
 /* ---------------------------------------------------------------- status */
 typedef enum sc_status {
