@@ -160,25 +160,23 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
         group_scales(c, st, sf32, kr, g, T, D, sc);
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
-        const uint8_t *ct = codes + t * rb;
-        if (f->layout == SC_LAYOUT_K16 &&
-            k16_body(qf, (const uint8_t *)st->data + kr * st->capacity * rb, j0 + t, n, kind, s + t, R, D, TL, pfend))
-            ;
-        else if ((kind == 2 || kind == 5) && f->layout != SC_LAYOUT_K16) body(qf, ct, kind, s + t, R, n, D, TL, NULL, 1, pfend);
-        else if (kind == 2 || kind == 5)
-            for (int64_t off = 0; off < n; off += U4_KEYS) { /* k16: U4_KEYS keys at a time as rows */
-                const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
-                const char *pe = pfend;
-                const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, gather);
-                body(qf, cr, kind, s + t + off, R, m, D, TL, NULL, 1, pe);
-            }
-        else
+        const int k16 = f->layout == SC_LAYOUT_K16, i8 = kind == 2 || kind == 5;
+        if (k16 && k16_body(qf, (const uint8_t *)st->data + kr * st->capacity * rb, j0 + t, n, kind, s + t, R, D, TL,
+                            pfend)) {
+            /* keys in the lanes, read in place */
+        } else if (i8 && !k16) {
+            body(qf, codes + t * rb, kind, s + t, R, n, D, TL, NULL, 1, pfend);
+        } else /* int4 (through bytes), or k16 rows gathered: U4_KEYS keys at a time */
             for (int64_t off = 0; off < n; off += U4_KEYS) {
                 const int64_t m = n - off < U4_KEYS ? n - off : U4_KEYS;
                 const char *pe = pfend;
                 const uint8_t *cr = code_rows(f, st, kr, j0 + t + off, m, rb, k16r, &pe, gather);
-                unpack(cr, u4, m * D, kind == 3, rb, pe);
-                body(qf, (const uint8_t *)u4, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
+                if (i8) {
+                    body(qf, cr, kind, s + t + off, R, m, D, TL, NULL, 1, pe);
+                } else {
+                    unpack(cr, u4, m * D, kind == 3, rb, pe);
+                    body(qf, (const uint8_t *)u4, 2, s + t + off, R, m, D, TL, NULL, 1, NULL);
+                }
             }
         if (f->zero_point) zp_bias(c, q, sc, kr, g, t, n, s);
         t += n;
@@ -998,8 +996,8 @@ SC_T_AVX512 static void pv_codes_avx512(const float *p, const uint8_t *codes, in
     (void)kind; /* 2 (see pv_codes_avx2) */
     pv_body(p, codes, D, 2, o, R, n, D, TL, sc, G, pfend);
 }
-/* sc_k16_gather by 16 x 16 dword transposes (64 shuffles per 16 keys and
- * 16 words); lanes past the last key are neither read nor written */
+/* sc_k16_gather by 16 x 16 dword transposes (tr16x16: 64 shuffles per 16
+ * keys and 16 words); lanes past the last key are neither read nor written */
 SC_T_AVX512 static void k16_gather_avx512(const uint8_t *row0, int64_t j, int64_t m, int64_t rb, uint8_t *rows) {
     const int64_t W = rb / 4;
     for (int64_t b = 0; b < m; b += 16) {
@@ -1009,31 +1007,11 @@ SC_T_AVX512 static void k16_gather_avx512(const uint8_t *row0, int64_t j, int64_
         for (int64_t w0 = 0; w0 < W; w0 += 16) {
             const int64_t nw = W - w0 < 16 ? W - w0 : 16;
             const __mmask16 wm = (__mmask16)(nw >= 16 ? 0xFFFF : (1u << nw) - 1);
-            __m512i r[16], t[16];
+            __m512i r[16]; /* r[i]: word w0 + i of the 16 keys; transposed, r[k]: words w0.. of key k */
             for (int i = 0; i < 16; i++)
                 r[i] = i < nw ? _mm512_maskz_loadu_epi32(km, blk + 64 * (w0 + i)) : _mm512_setzero_si512();
-            for (int i = 0; i < 8; i++) {
-                t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-                t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-            }
-            for (int g = 0; g < 4; g++) { /* r[4g + e], 128-bit lane L: words 4g..4g+3 of key 4L + e */
-                r[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-                r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-                r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-                r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-            }
-            for (int e = 0; e < 4; e++) {
-                const __m512i x0 = _mm512_shuffle_i32x4(r[e], r[4 + e], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i x1 = _mm512_shuffle_i32x4(r[e], r[4 + e], _MM_SHUFFLE(3, 2, 3, 2));
-                const __m512i y0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i y1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(3, 2, 3, 2));
-                const __m512i o[4] = {_mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0)),
-                                      _mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1)),
-                                      _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0)),
-                                      _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1))};
-                for (int L = 0; L < 4; L++) /* key 4L + e */
-                    if (4 * L + e < nk) _mm512_mask_storeu_epi32(rows + (b + 4 * L + e) * rb + 4 * w0, wm, o[L]);
-            }
+            tr16x16(r);
+            for (int64_t k = 0; k < nk; k++) _mm512_mask_storeu_epi32(rows + (b + k) * rb + 4 * w0, wm, r[k]);
         }
     }
 }
