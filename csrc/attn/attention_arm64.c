@@ -139,6 +139,12 @@ static void split_q(const float *x, int64_t D, int8_t *p, float *a, int nparts) 
     }
 }
 
+/* a score from the np parts' integer dots (one expression for every layout) */
+static inline __attribute__((always_inline)) float dot_parts(const float *a, int32_t h0, int32_t h1, int32_t h2,
+                                                             const int np) {
+    return a[0] * (float)h0 + a[1] * (float)h1 + (np == 3 ? a[2] * (float)h2 : 0.0f);
+}
+
 /* the partial dots of one query row's np (3 or 2) parts with 16*n codes */
 SC_T_DOTPROD static inline __attribute__((always_inline)) float dotn(const int8_t *pq, int64_t D, const float *a,
                                                                      const int8_t *k, int64_t n16, const int np) {
@@ -149,7 +155,47 @@ SC_T_DOTPROD static inline __attribute__((always_inline)) float dotn(const int8_
         h1 = vdotq_s32(h1, vld1q_s8(pq + D + 16 * i), kv);
         if (np == 3) h2 = vdotq_s32(h2, vld1q_s8(pq + 2 * D + 16 * i), kv);
     }
-    return a[0] * (float)vaddvq_s32(h0) + a[1] * (float)vaddvq_s32(h1) + (np == 3 ? a[2] * (float)vaddvq_s32(h2) : 0.0f);
+    return dot_parts(a, vaddvq_s32(h0), vaddvq_s32(h1), vaddvq_s32(h2), np);
+}
+
+/* int8 K in the k16 layout (SC_LAYOUT_K16): the np-part dots of one query
+ * row with a whole 16-key block, the keys in the lanes. Word w of the block
+ * (64 bytes, four registers of 4 keys) holds channels 4w..4w+3 of every key;
+ * sdot by lane (vdotq_laneq_s32) multiplies each key's 4 codes by the same 4
+ * channels of a part, one register of q holding 4 words' worth: per word
+ * and part 4 sdot for 16 keys, and no horizontal sums (dotn spends np vaddvq
+ * per key). The integer sums are dotn's, so the scores are bitwise the rows
+ * layout's. */
+SC_T_DOTPROD static inline __attribute__((always_inline)) void dot16_k16(const int8_t *pq, int64_t D, const float *a,
+                                                                        const int8_t *blk, float *s, const int np) {
+    int32x4_t h[3][4];
+    for (int p = 0; p < 3; p++)
+        for (int kq = 0; kq < 4; kq++) h[p][kq] = vdupq_n_s32(0);
+    for (int64_t w4 = 0; w4 < D / 16; w4++) {
+        int8x16_t qv[3];
+        for (int p = 0; p < np; p++) qv[p] = vld1q_s8(pq + p * D + 16 * w4);
+#define SC_K16_WORD(L)                                                                   \
+    do {                                                                                 \
+        const int8_t *kw = blk + 64 * (4 * w4 + (L));                                    \
+        const int8x16_t k0 = vld1q_s8(kw), k1 = vld1q_s8(kw + 16), k2 = vld1q_s8(kw + 32), \
+                        k3 = vld1q_s8(kw + 48);                                          \
+        for (int p = 0; p < np; p++) {                                                   \
+            h[p][0] = vdotq_laneq_s32(h[p][0], k0, qv[p], (L));                          \
+            h[p][1] = vdotq_laneq_s32(h[p][1], k1, qv[p], (L));                          \
+            h[p][2] = vdotq_laneq_s32(h[p][2], k2, qv[p], (L));                          \
+            h[p][3] = vdotq_laneq_s32(h[p][3], k3, qv[p], (L));                          \
+        }                                                                                \
+    } while (0)
+        SC_K16_WORD(0);
+        SC_K16_WORD(1);
+        SC_K16_WORD(2);
+        SC_K16_WORD(3);
+#undef SC_K16_WORD
+    }
+    int32_t sum[3][16];
+    for (int p = 0; p < 3; p++)
+        for (int kq = 0; kq < 4; kq++) vst1q_s32(sum[p] + 4 * kq, h[p][kq]);
+    for (int kk = 0; kk < 16; kk++) s[kk] = dot_parts(a, sum[0][kk], sum[1][kk], sum[2][kk], np);
 }
 
 SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
@@ -191,7 +237,15 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
                          (sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]));
             split_q(xr, D, parts + r * 3 * D, pa + 3 * r, np);
         }
-        for (int64_t off = 0; off < n; off += 64) { /* SC_LAYOUT_K16: 64 keys at a time gathered as rows */
+        int64_t off = 0;
+        if (f->layout == SC_LAYOUT_K16 && (j0 + t) % 16 == 0) /* whole 16-key blocks in place */
+            for (; off + 16 <= n; off += 16) {
+                const int8_t *blk = (const int8_t *)st->data + (kr * st->capacity + j0 + t + off) * D;
+                for (int64_t r = 0; r < R; r++)
+                    if (np == 3) dot16_k16(parts + r * 3 * D, D, pa + 3 * r, blk, s + r * TL + t + off, 3);
+                    else dot16_k16(parts + r * 3 * D, D, pa + 3 * r, blk, s + r * TL + t + off, 2);
+            }
+        for (; off < n; off += 64) { /* rows; SC_LAYOUT_K16's other keys: 64 at a time gathered as rows */
             const int64_t m = n - off < 64 ? n - off : 64;
             const int8_t *cr = codes + (t + off) * D;
             if (f->layout == SC_LAYOUT_K16) {
