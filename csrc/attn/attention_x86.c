@@ -501,13 +501,67 @@ SC_T_AVX2 SC_INL void qkf8_block(const float *qf, const uint8_t *k, __m256i km, 
         else _mm256_maskstore_ps(s + (r0 + rr) * TL, km, r);
     }
 }
-/* int4 only: for int8 codes, extracting each channel of 8 keys (3
- * operations per 8 codes) costs more than widening a key's 8 codes (2), and
- * the rows gathered back measured faster (0.92x against 0.89x of the rows
- * layout; int4 1.09x against 0.96x) */
+/* int8 codes (kind 2) of 4 keys (kq-th quad of the 16-key block at blk, nk
+ * <= 4 of them valid) x nr (<= 4) rows. Bytes 8p..8p+7 of a word vector are
+ * channels 4w..4w+3 of keys 2p, 2p + 1, widened by one vpmovsxbd as the rows
+ * layout widens 8 channels of one key, and met by q x s of those 4 channels
+ * in both halves (vbroadcastf128): lanes 0-3 sum key 2p's products, 4-7 key
+ * 2p + 1's -- the rows layout's operations per code, in place (extracting
+ * channels with the keys in the lanes cost 3 operations per 8 codes against
+ * 2, and gathering rows back by 8x8 transposes: 0.89x and 0.87-0.92x). Two
+ * hadds per row and 4 keys at the end. */
+SC_T_AVX2 SC_INL void qkp8_block(const float *qf, const uint8_t *blk, int64_t kq, const int nk, float *s, int64_t r0,
+                                 const int nr, int64_t D, int64_t TL) {
+    __m256 acc[4][2];
+    for (int rr = 0; rr < 4; rr++) acc[rr][0] = acc[rr][1] = _mm256_setzero_ps();
+    const uint8_t *k = blk + 16 * kq;
+    for (int64_t w = 0; w < D / 4; w++) {
+        __m256 kv[2];
+        for (int p = 0; p < 2; p++) {
+            const uint8_t *src = k + 64 * w + 8 * p;
+            const __m128i x = nk >= 2 * p + 2 ? _mm_loadl_epi64((const __m128i *)src)
+                              : nk == 2 * p + 1 ? _mm_cvtsi32_si128(*(const int32_t *)src)
+                                                : _mm_setzero_si128();
+            kv[p] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+        }
+        for (int rr = 0; rr < nr; rr++) {
+            const __m256 qv = _mm256_broadcast_ps((const __m128 *)(qf + (r0 + rr) * D + 4 * w));
+            acc[rr][0] = _mm256_fmadd_ps(qv, kv[0], acc[rr][0]);
+            acc[rr][1] = _mm256_fmadd_ps(qv, kv[1], acc[rr][1]);
+        }
+    }
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int rr = 0; rr < nr; rr++) {
+        const __m256 h = _mm256_hadd_ps(acc[rr][0], acc[rr][1]); /* [k0 k0 k2 k2 | k1 k1 k3 k3] halves */
+        const __m128 v = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(_mm256_hadd_ps(h, h), order));
+        float *dst = s + (r0 + rr) * TL;
+        if (nk == 4) _mm_storeu_ps(dst, v);
+        else {
+            float t[4];
+            _mm_storeu_ps(t, v);
+            for (int kk = 0; kk < nk; kk++) dst[kk] = t[kk];
+        }
+    }
+}
+
+/* int4 codes: keys in the lanes (qkf8_block); int8: key pairs (qkp8_block) */
 SC_T_AVX2 static int qk16_f32_avx2(const float *qf, const uint8_t *row0, int64_t jt, int64_t n, int kind, float *s,
                                    int64_t R, int64_t D, int64_t TL, const char *pfend) {
-    if (kind == 2 || kind == 5) return 0;
+    if (kind == 5 || (kind == 2 && jt % 4)) return 0;
+    if (kind == 2) {
+        for (int64_t j = 0; j < n; j += 4) {
+            const int64_t jj = jt + j;
+            const int nk = n - j < 4 ? (int)(n - j) : 4;
+            const uint8_t *blk = row0 + (jj & ~(int64_t)15) * D;
+            if (pfend && !(jj & 15)) pf_span((const char *)row0 + (jj + PF_KEYS) * D, 16 * D, pfend);
+            for (int64_t r0 = 0; r0 < R; r0 += 4) {
+                const int nr = R - r0 < 4 ? (int)(R - r0) : 4;
+                if (nk == 4 && nr == 4) qkp8_block(qf, blk, (jj & 15) / 4, 4, s + j, r0, 4, D, TL);
+                else qkp8_block(qf, blk, (jj & 15) / 4, nk, s + j, r0, nr, D, TL);
+            }
+        }
+        return 1;
+    }
     const int64_t rb = D / 2;
     float bias[Q8_MAX_ROWS] = {0};
     if (kind == 3)
