@@ -154,6 +154,11 @@ typedef struct sc_row_kernels {
     int (*quant_chan)(const void *const *rows, int src_f16, const float *mean, int64_t nt, int64_t D,
                       int is_int4, int zp, int scale_f32, float *x, uint8_t *dst, int64_t row_bytes,
                       void *scales, void *zeros);
+    /* dequant_i8 of token tk (0..15) of a 16-token SC_LAYOUT_K16 block of
+     * int8 codes (n a multiple of 4): the same values, read from the words in
+     * place (no sc_k16_gather). NULL: the caller gathers rows. */
+    void (*dequant_i8_k16)(const uint8_t *blk, int64_t tk, int is_u8, const float *s, const float *m, float *dst,
+                           int64_t n);
 } sc_row_kernels;
 
 extern const sc_row_kernels sc_row_kernels_portable;

@@ -83,6 +83,7 @@ static void rotate_portable(float *x, int64_t n, int64_t stride, int32_t d);
 const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
     quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, rotate_portable, NULL, NULL,
+    NULL, /* dequant_i8_k16: the portable path gathers rows (sc_k16_gather) */
 };
 
 /* ================================================================ rotation */
@@ -365,11 +366,16 @@ static void decode_group(group_ctx *c, int64_t row, int64_t g, int64_t nt, float
     }
     const int has_m = f->zero_point || f->encoding == SC_ENC_INT4;
     const uint8_t *data = (const uint8_t *)st->data + (row * st->capacity + g * T) * c->rb;
-    if (c->krows) {
+    const int in_place = c->krows && f->encoding == SC_ENC_INT8 && c->k->dequant_i8_k16;
+    if (in_place) /* k16 words read where they are */
+        for (int64_t t = 0; t < nt; t++)
+            c->k->dequant_i8_k16(data + (t & ~(int64_t)15) * c->rb, t & 15, f->zero_point, c->s, has_m ? c->m : NULL,
+                                 xo + t * D, D);
+    else if (c->krows) {
         sc_k16_gather(data, 0, nt, c->rb, c->krows);
         data = c->krows;
     }
-    for (int64_t t = 0; t < nt; t++) {
+    for (int64_t t = 0; t < (in_place ? 0 : nt); t++) {
         const uint8_t *src = data + t * c->rb;
         float *xr = xo + t * D;
         if (f->encoding == SC_ENC_INT8) {

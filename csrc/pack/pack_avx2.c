@@ -108,6 +108,32 @@ SC_AVX2 static void dequant_i8_avx2(const int8_t *q, int is_u8, const float *s, 
     }
 }
 
+/* channels i..i+7 of token tk are words i/4, i/4 + 1 of the block, 64 bytes apart */
+SC_AVX2 static void dequant_i8_k16_avx2(const uint8_t *blk, int64_t tk, int is_u8, const float *s, const float *m,
+                                        float *dst, int64_t n) {
+    const uint8_t *p = blk + 4 * tk;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        int32_t w0, w1;
+        memcpy(&w0, p + 16 * i, 4);
+        memcpy(&w1, p + 16 * i + 64, 4);
+        const __m128i b = _mm_insert_epi32(_mm_cvtsi32_si128(w0), w1, 1);
+        __m256i w = is_u8 ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_loadu_ps(s + i));
+        if (m) v = _mm256_add_ps(v, _mm256_loadu_ps(m + i));
+        _mm256_storeu_ps(dst + i, v);
+    }
+    for (; i < n; i += 4) { /* a last word (n % 8 == 4) */
+        int8_t q[4];
+        memcpy(q, p + 16 * i, 4);
+        for (int k = 0; k < 4; k++) {
+            float c = is_u8 ? (float)(uint8_t)q[k] : (float)q[k];
+            float v = c * s[i + k];
+            dst[i + k] = m ? v + m[i + k] : v;
+        }
+    }
+}
+
 SC_AVX2 static void store_f32_avx2(const float *x, const float *mean, float *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -280,6 +306,7 @@ SC_AVX2 static void rotate_avx2(float *x, int64_t n, int64_t stride, int32_t d) 
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
     quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL, NULL,
+    dequant_i8_k16_avx2,
 };
 
 #endif /* SC_X86 */

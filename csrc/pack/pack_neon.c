@@ -107,6 +107,39 @@ static void dequant_i8_neon(const int8_t *q, int is_u8, const float *s, const fl
     }
 }
 
+/* dequant_i8 of token tk of a k16 block: channels i..i+7 are words i/4 and
+ * i/4 + 1, 64 bytes apart, loaded as the two lanes of one 64-bit vector */
+static void dequant_i8_k16_neon(const uint8_t *blk, int64_t tk, int is_u8, const float *s, const float *m,
+                                float *dst, int64_t n) {
+    const uint8_t *p = blk + 4 * tk;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint32x2_t wv = vdup_n_u32(0);
+        wv = vld1_lane_u32((const uint32_t *)(const void *)(p + 16 * i), wv, 0);
+        wv = vld1_lane_u32((const uint32_t *)(const void *)(p + 16 * i + 64), wv, 1);
+        const uint8x8_t b = vreinterpret_u8_u32(wv);
+        int16x8_t w = is_u8 ? vreinterpretq_s16_u16(vmovl_u8(b)) : vmovl_s8(vreinterpret_s8_u8(b));
+        float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), c = vcvtq_f32_s32(vmovl_high_s16(w));
+        a = vmulq_f32(a, vld1q_f32(s + i));
+        c = vmulq_f32(c, vld1q_f32(s + i + 4));
+        if (m) {
+            a = vaddq_f32(a, vld1q_f32(m + i));
+            c = vaddq_f32(c, vld1q_f32(m + i + 4));
+        }
+        vst1q_f32(dst + i, a);
+        vst1q_f32(dst + i + 4, c);
+    }
+    for (; i < n; i += 4) { /* a last word (n % 8 == 4) */
+        int8_t q[4];
+        memcpy(q, p + 16 * i, 4);
+        for (int k = 0; k < 4; k++) {
+            float cv = is_u8 ? (float)(uint8_t)q[k] : (float)q[k];
+            float v = cv * s[i + k];
+            dst[i + k] = m ? v + m[i + k] : v;
+        }
+    }
+}
+
 static void store_f32_neon(const float *x, const float *mean, float *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -138,6 +171,7 @@ void sc_row_kernels_neon_init(void) {
     sc_row_kernels_neon.minmax_acc = minmax_acc_neon;
     sc_row_kernels_neon.quant_i8 = quant_i8_neon;
     sc_row_kernels_neon.dequant_i8 = dequant_i8_neon;
+    sc_row_kernels_neon.dequant_i8_k16 = dequant_i8_k16_neon;
     sc_row_kernels_neon.store_f32 = store_f32_neon;
     sc_row_kernels_neon.store_f16 = store_f16_neon;
 }
