@@ -328,15 +328,18 @@ _BUILTINS = {
     # V: per token in 32-channel groups (like q8_0). 8.375 bits per element.
     # (64- rather than 32-token blocks: the same accuracy to 5 digits of
     # cosine, and the integer decode re-rounds q once per block: 1.085x faster
-    # cold; docs/accuracy.md, docs/benchmarks.md.)
-    "int8": {"k": "int8.t64.g1.s16+smooth", "v": "int8.t1.g32.s16"},
+    # cold; docs/accuracy.md, docs/benchmarks.md.) K's codes in the k16
+    # layout as int4's (below): AVX-512 1.06-1.14x, arm64 scores in place by
+    # sdot lanes; AVX2 at the fp32 setting gathers rows back, 0.92x
+    # (docs/benchmarks.md, sessions 15-16).
+    "int8": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int8.t1.g32.s16"},
     # K: smoothing + per-channel scale and minimum over 64 tokens, the codes
     # of 16 tokens interleaved (k16: the x86 decode scores put the keys in the
     # vector lanes, 1.12-1.26x at every precision setting; docs/formats.md,
     # docs/benchmarks.md session 15); V: rotated, per token in 32-channel
     # groups. 4.5 bits per element.
     "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot"},
-    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth", "v": "int4.t1.g32.s16+rot"},
+    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int4.t1.g32.s16+rot"},
     # llama.cpp's q8_0 scheme for both, a baseline for comparisons.
     "q8_0": {"k": "int8.t1.g32.s16", "v": "int8.t1.g32.s16"},
 }
