@@ -1,7 +1,7 @@
 """Prefill 2048 causal (B=1, 32/8 heads, d128) on several ISA paths and
 caches, alternated in one process (best of --rounds per cell, ms).
 
-    python bench/prefill_isa_ab.py [--isas avx2,avx512] [--policies fp16,int8,int4] [--rounds 3]
+    python bench/prefill_isa_ab.py [--isas avx2,avx512] [--policies fp16,int8,int4] [--rounds 3] [--precision fp32]
 """
 import argparse
 import time
@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--policies", default="fp16,int8,int4")
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16, int8, or 'policy' (each policy's default)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     B, HQ, HKV, D, N = 1, 32, 8, 128, args.n
@@ -38,7 +39,7 @@ def main():
                 _cpu.set_isa(i)
                 for p, c in caches.items():
                     t0 = time.perf_counter()
-                    c.attend(q, out=out, is_causal=True)
+                    c.attend(q, out=out, is_causal=True, precision=None if args.precision == "policy" else args.precision)
                     best[(i, p)] = min(best[(i, p)], time.perf_counter() - t0)
     finally:
         _cpu.set_isa(active)

@@ -1,7 +1,8 @@
 """Decode attention per format, side by side in one pytest-benchmark run.
 
 Compares, per group (one KV length): sagecore's fp16, int8, int4 and q8_0
-caches through QuantKVCache.attend, and torch SDPA (bf16, enable_gqa) when
+caches through QuantKVCache.attend (each at its policy's default precision:
+int8 "bf16", int4 "int8", the others "fp32"), and torch SDPA (bf16, enable_gqa) when
 torch is installed (`pip install -e ".[bench]"`). Llama-3-8B-like decode:
 B=1, 32 query / 8 kv heads, d128, M=1. Warm (one cache); the cold runs and
 prefill live in `python -m sagecore bench`.

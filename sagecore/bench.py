@@ -277,7 +277,8 @@ def main(argv=None):
             nb = kv_bytes(one)
             # int8 and int4 also with bf16-class operands allowed (AVX512-VNNI: QK^T and PV in integers),
             # int4 with 8-bit operands as well (precision="int8": VPDPBUSD)
-            variants = [(pol, {})] + ([(f"{pol}-bf16", {"precision": "bf16"})] if pol in ("int8", "int4") else []) \
+            # (the plain label: the fp32 setting, named; a policy's default may be lower)
+            variants = [(pol, {"precision": "fp32"})] + ([(f"{pol}-bf16", {"precision": "bf16"})] if pol in ("int8", "int4") else []) \
                 + ([("int4-int8", {"precision": "int8"})] if pol == "int4" else [])
             for label, kw in variants:
                 t = best_of(lambda: one.attend(q, out=out, **kw), args.reps)
@@ -334,7 +335,7 @@ def main(argv=None):
         for pol in POLICIES:
             c = QuantKVCache(pol, batch=B, kv_heads=HKV, head_dim=D, capacity=N)
             c.append(k, v)
-            t = best_of(lambda: c.attend(qp, out=op, is_causal=True), max(2, args.reps // 3))
+            t = best_of(lambda: c.attend(qp, out=op, is_causal=True, precision="fp32"), max(2, args.reps // 3))
             report(name, pol, t, kv_bytes(c))
             if pol == "int8":  # bf16 operands allowed: torch bf16's precision class (AMX: 1 product, not 3)
                 t = best_of(lambda: c.attend(qp, out=op, is_causal=True, precision="bf16"), max(2, args.reps // 3))
@@ -422,7 +423,7 @@ def _prefill_ab(torch, rounds=8):
     o = np.empty_like(q)
     c = QuantKVCache("int8", batch=B, kv_heads=HKV, head_dim=D, capacity=N)
     c.append(k, v)
-    fns = {"int8": lambda: c.attend(q, out=o, is_causal=True),
+    fns = {"int8": lambda: c.attend(q, out=o, is_causal=True, precision="fp32"),
            "int8-bf16": lambda: c.attend(q, out=o, is_causal=True, precision="bf16")}
     if torch is not None:
         import torch.nn.functional as F
@@ -466,8 +467,9 @@ def _decode_ab(torch, n=32768, rounds=5, cold_factor=4.0, probe_bytes=None):
         return c
 
     paths = {}
-    for name, pol, kw in (("fp16", "fp16", {}), ("int8", "int8", {}), ("int8-bf16", "int8", {"precision": "bf16"}),
-                          ("int4", "int4", {}), ("int4-bf16", "int4", {"precision": "bf16"}),
+    fp32 = {"precision": "fp32"}  # named: the int8/int4 policies' defaults are lower (bf16 / int8)
+    for name, pol, kw in (("fp16", "fp16", fp32), ("int8", "int8", fp32), ("int8-bf16", "int8", {"precision": "bf16"}),
+                          ("int4", "int4", fp32), ("int4-bf16", "int4", {"precision": "bf16"}),
                           ("int4-int8", "int4", {"precision": "int8"})):
         paths[name] = rotation(lambda pol=pol: cache(pol), kv_bytes(cache(pol)),
                                lambda c, kw=kw: c.attend(q, out=o, **kw))

@@ -408,7 +408,7 @@ class QuantKVCache:
 
     # ----------------------------------------------------------- attention
     def attend(self, q, *, scale=None, is_causal=True, layout="BHND", kv_lens=None, split_k=0,
-               out=None, return_lse=False, backend="auto", copy=False, precision="fp32"):
+               out=None, return_lse=False, backend="auto", copy=False, precision=None):
         """Attention of ``q`` over the cache.
 
         The selector (:mod:`sagecore.selector`) routes the call: FlashAttention
@@ -427,10 +427,12 @@ class QuantKVCache:
             return_lse: also return the natural-log log-sum-exp ``[B, Hq, M]``.
             backend: ``"auto"``, ``"cpu"``, ``"metal"`` or ``"reference"``.
             copy: allow copying a q that cannot be used in place.
-            precision: ``"fp32"`` (default), ``"bf16"`` (operands may be
-                rounded to bf16) or ``"int8"`` (8-bit operands where the
-                cache's accuracy targets allow: int4 codes); see
-                :func:`sagecore.sdpa`.
+            precision: ``None`` (default: the policy's ``precision``, the
+                lowest at which its accuracy targets hold -- ``"bf16"`` for
+                the built-in int8, ``"int8"`` for int4, ``"fp32"`` otherwise),
+                ``"fp32"``, ``"bf16"`` (operands may be rounded to bf16 / 16-bit
+                integers) or ``"int8"`` (8-bit operands where the cache's
+                accuracy targets allow: int4 codes); see :func:`sagecore.sdpa`.
 
         Returns:
             ``out`` (float32 unless ``out`` is given), and the lse if asked.
@@ -441,6 +443,8 @@ class QuantKVCache:
             NonFiniteError: a NaN/Inf in ``q`` (``argument`` "q"), or scores /
                 outputs beyond float32 (float16 for a float16 ``out``).
         """
+        if precision is None:
+            precision = self.policy.precision
         plain = _plain_call(q, out, split_k, copy, layout, backend, is_causal, return_lse)
         if plain:
             try:  # an unhashable scale or precision is not a key: the full path names the argument

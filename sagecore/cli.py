@@ -81,7 +81,7 @@ def _demo(args) -> int:
     print(f"  attention: the CPU kernels via QuantKVCache.attend() ({_cpu.cpu_info()['active_isa']} path, "
           f"{_cpu.get_num_threads()} threads), one decode step of all {Hq} query heads")
     print(f"\n{'policy':12s} {'memory':>10s} {'vs fp16':>8s} {'bits':>6s} {'cosine':>10s} "
-          f"{'min head':>10s} {'rel L1':>8s} {'append':>9s} {'attend':>9s}")
+          f"{'min head':>10s} {'rel L1':>8s} {'append':>9s} {'attend':>9s}  precision")
     def build(pol):
         cache = QuantKVCache(pol, batch=B, kv_heads=Hkv, head_dim=D, capacity=N)
         t0 = time.perf_counter()
@@ -107,20 +107,21 @@ def _demo(args) -> int:
         m = quality(out, ref)
         print(f"{name:12s} {cache.nbytes / 2**20:8.2f}MB {cache.nbytes / fp16_bytes:7.3f}x "
               f"{cache.bits_per_element():6.2f} {m['cosine']:10.6f} {m['min_head_cosine']:10.6f} "
-              f"{m['rel_l1']:8.4f} {t_append * 1e3:7.1f}ms {t_attend * 1e3:7.1f}ms")
+              f"{m['rel_l1']:8.4f} {t_append * 1e3:7.1f}ms {t_attend * 1e3:7.1f}ms  {cache.policy.precision}")
     # what the selector chose for the last cache, and why (the same request attend() made)
     from sagecore.executor import plan_for
     from sagecore.graph import AttentionRequest
     name = "int8"
     seg = built[name]._segments[0]
     req = AttentionRequest(B, Hq, Hkv, 1, N, D, k_format=seg.k.fmt.format_id, v_format=seg.v.fmt.format_id,
-                           kv_source="store", kv_dtype="packed", q_dtype=str(q.dtype), causal=True)
+                           kv_source="store", kv_dtype="packed", q_dtype=str(q.dtype), causal=True,
+                           precision=built[name].policy.precision)
     print(f"\nselector, for the {name} cache's decode step:")
     print("\n".join("  " + line for line in plan_for(req).describe().splitlines()))
     print("\nmemory = every buffer the cache holds (codes, scales, side tables, staging);"
           " cosine/rel L1 against float64 attention over the original K/V;\n"
           "append = median of 3 builds of the whole cache (chunks of 512, then 4 single tokens);\n"
-          "attend = best of 5 decode steps through the kernels.")
+          "attend = best of 5 decode steps through the kernels, at the policy's precision (docs/formats.md).")
     return 0
 
 

@@ -153,7 +153,7 @@ class Plan:
                f"  request: B={r.batch} Hq={r.q_heads} Hkv={r.kv_heads} M={r.q_len} N=<run time; built at {r.kv_len}> "
                f"D={r.head_dim} "
                f"causal={r.causal} K={r.k_format} V={r.v_format} ({r.kv_source}, q {r.q_dtype}, "
-               f"out {r.out_dtype})"]
+               f"out {r.out_dtype}, precision {r.precision})"]
         out.append("  buffers:")
         for b in self.buffers:
             shape = "x".join(str(s) for s in b.shape)

@@ -6,6 +6,10 @@ A policy is a TOML or JSON file, a dict, or a built-in name. Its schema::
     name = "my-policy"          # optional
     head_dim = 128              # optional: validate group sizes at load time
     min_kv_len = 0              # caches shorter than this stay fp16
+    precision = "fp32"          # the lowest operand precision attention over the cache may
+                                # use unless the call says otherwise: "fp32", "bf16" or
+                                # "int8" (sagecore.graph.PRECISIONS); the built-ins name the
+                                # lowest at which their accuracy targets hold (docs/accuracy.md)
     smooth_window = 64          # tokens that fix the smoothing mean (formats with smooth)
 
     [k]                         # the default K format: a table, or a format id string
@@ -45,7 +49,7 @@ __all__ = ["Policy", "load_policy", "builtin_policies", "POLICY_VERSION"]
 
 POLICY_VERSION = 1
 
-_TOP_KEYS = {"version", "name", "description", "head_dim", "min_kv_len", "smooth_window", "k", "v",
+_TOP_KEYS = {"version", "name", "description", "head_dim", "min_kv_len", "smooth_window", "precision", "k", "v",
              "overrides"}
 _FMT_KEYS = {"encoding", "bits", "token_group", "channel_group", "scale_dtype", "zero_point", "smooth",
              "rotate", "outliers", "layout"}
@@ -70,12 +74,15 @@ class Policy:
         overrides: tuple of ``(layers, heads, k, v)``; layers/heads are
             frozensets or None (= all), k/v a KVFormat or None (= default).
         head_dim: the head_dim the policy was validated for, or None.
+        precision: the default ``precision`` of attention over a cache of
+            this policy (:meth:`QuantKVCache.attend`), one of
+            :data:`sagecore.graph.PRECISIONS`.
     """
 
-    __slots__ = ("name", "source", "k", "v", "min_kv_len", "smooth_window", "overrides", "head_dim")
+    __slots__ = ("name", "source", "k", "v", "min_kv_len", "smooth_window", "overrides", "head_dim", "precision")
 
     def __init__(self, *, k: KVFormat, v: KVFormat, name="custom", source="<dict>", min_kv_len=0,
-                 smooth_window=64, overrides=(), head_dim=None):
+                 smooth_window=64, overrides=(), head_dim=None, precision="fp32"):
         self.name = name
         self.source = source
         self.k = k
@@ -84,10 +91,12 @@ class Policy:
         self.smooth_window = smooth_window
         self.overrides = tuple(overrides)
         self.head_dim = head_dim
+        from sagecore.graph import check_precision
+        self.precision = check_precision(precision)
 
     @property
     def key(self):
-        return (self.k, self.v, self.min_kv_len, self.smooth_window, self.overrides)
+        return (self.k, self.v, self.min_kv_len, self.smooth_window, self.overrides, self.precision)
 
     def __eq__(self, other):
         return isinstance(other, Policy) and self.key == other.key
@@ -97,7 +106,7 @@ class Policy:
 
     def __repr__(self):
         return (f"Policy({self.name!r}, k={self.k.format_id}, v={self.v.format_id}, "
-                f"min_kv_len={self.min_kv_len}, overrides={len(self.overrides)})")
+                f"min_kv_len={self.min_kv_len}, precision={self.precision!r}, overrides={len(self.overrides)})")
 
     # ------------------------------------------------------------- lookups
     def formats(self, layer: int = 0, head: int | None = None) -> tuple:
@@ -153,7 +162,7 @@ class Policy:
         def fmt(f):
             return None if f is None else f.format_id
         d = {"version": POLICY_VERSION, "name": self.name, "min_kv_len": self.min_kv_len,
-             "smooth_window": self.smooth_window, "k": fmt(self.k), "v": fmt(self.v)}
+             "smooth_window": self.smooth_window, "precision": self.precision, "k": fmt(self.k), "v": fmt(self.v)}
         if self.head_dim is not None:
             d["head_dim"] = self.head_dim
         ovr = []
@@ -264,6 +273,10 @@ def policy_from_dict(d: dict, source: str = "<dict>") -> Policy:
     v = _parse_format(source, "v", d["v"])
     min_kv_len = _int(source, "min_kv_len", d.get("min_kv_len", 0), 0)
     smooth_window = _int(source, "smooth_window", d.get("smooth_window", 64), 1, 1 << 20)
+    from sagecore.graph import PRECISIONS
+    precision = d.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        _fail(source, "precision", f"expected one of {list(PRECISIONS)}, got {precision!r}")
     overrides = []
     ovr = d.get("overrides", [])
     if not isinstance(ovr, list):
@@ -287,7 +300,7 @@ def policy_from_dict(d: dict, source: str = "<dict>") -> Policy:
         ))
     head_dim = d.get("head_dim")
     pol = Policy(k=k, v=v, name=name, source=source, min_kv_len=min_kv_len, smooth_window=smooth_window,
-                 overrides=overrides, head_dim=None)
+                 overrides=overrides, head_dim=None, precision=precision)
     if head_dim is not None:
         _int(source, "head_dim", head_dim, 16, 512)
         pol.check_head_dim(head_dim)
@@ -322,6 +335,9 @@ def _read_file(path: str) -> dict:
 
 # ----------------------------------------------------------------- built-ins
 # Chosen by measurement: docs/accuracy.md (`python -m sagecore accuracy`).
+# `precision`: the lowest operand precision at which the policy's accuracy
+# targets hold through the kernels (tests/test_accuracy.py checks every
+# setting), so a plain `cache.attend(q)` takes the fastest such path.
 _BUILTINS = {
     "fp16": {"k": "fp16", "v": "fp16"},
     # K: smoothing + KIVI-style per-channel scales over 64-token blocks;
@@ -329,18 +345,18 @@ _BUILTINS = {
     # (64- rather than 32-token blocks: the same accuracy to 5 digits of
     # cosine, and the integer decode re-rounds q once per block: 1.085x faster
     # cold; docs/accuracy.md, docs/benchmarks.md.) K's codes in the k16
-    # layout as int4's (below): AVX-512 1.06-1.14x, arm64 scores in place by
-    # sdot lanes; AVX2 at the fp32 setting gathers rows back, 0.92x
-    # (docs/benchmarks.md, sessions 15-16).
-    "int8": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int8.t1.g32.s16"},
+    # layout as int4's (below): AVX-512 1.06-1.14x; AVX2 and arm64 score it
+    # in place (docs/benchmarks.md, session 16). "bf16": 16-bit integer q'
+    # and P' in the decode (8-bit q' would miss the targets), 1.37x cold.
+    "int8": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int8.t1.g32.s16", "precision": "bf16"},
     # K: smoothing + per-channel scale and minimum over 64 tokens, the codes
     # of 16 tokens interleaved (k16: the x86 decode scores put the keys in the
     # vector lanes, 1.12-1.26x at every precision setting; docs/formats.md,
     # docs/benchmarks.md session 15); V: rotated, per token in 32-channel
-    # groups. 4.5 bits per element.
-    "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot"},
-    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int4.t1.g32.s16+rot"},
-    # llama.cpp's q8_0 scheme for both, a baseline for comparisons.
+    # groups. 4.5 bits per element. "int8": 8-bit q' and P' over the int4
+    # codes (SageAttention's class), ~1.9x the fp32 setting's decode.
+    "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot", "precision": "int8"},
+    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int4.t1.g32.s16+rot", "precision": "int8"},
     "q8_0": {"k": "int8.t1.g32.s16", "v": "int8.t1.g32.s16"},
 }
 

@@ -256,13 +256,36 @@ def test_bad_scale_and_precision_are_typed_errors_on_the_fast_paths():
         sagecore.sdpa(q, k, k, precision="bf16")
         c.attend(q, precision="bf16")
     assert any("bf16" in key for key in _FAST) and any("bf16" in key for key in c._fast)
-    for call in (lambda **kw: sagecore.sdpa(q, k, k, **kw), lambda **kw: c.attend(q, **kw)):
+    for call, none_ok in ((lambda **kw: sagecore.sdpa(q, k, k, **kw), False), (lambda **kw: c.attend(q, **kw), True)):
         for bad in ([0.1], "0.1", float("nan"), True):
             with pytest.raises(errors.InvalidArgumentError, match="scale"):
                 call(scale=bad, precision="bf16")
-        for bad in (["bf16"], "fp16", None):
+        for bad in (["bf16"], "fp16", 0) + (() if none_ok else (None,)):  # attend: None = the policy's
             with pytest.raises(errors.InvalidArgumentError, match="precision"):
                 call(precision=bad)
+
+
+def test_attend_defaults_to_the_policy_precision():
+    """A policy's ``precision`` is what attend uses when the call names none:
+    the built-in int8 policy's "bf16" (bitwise the explicit call, and not the
+    fp32 setting's result on a path that differs), a policy file's own value,
+    and an explicit argument still wins."""
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((1, 8, 1, 128)).astype(np.float32)
+    kv = rng.standard_normal((2, 1, 2, 512, 128)).astype(np.float32)
+    assert sagecore.load_policy("int8").precision == "bf16"
+    assert sagecore.load_policy("int4").precision == "int8"
+    assert sagecore.load_policy("q8_0").precision == "fp32"
+    for name, spec in (("int8", "int8"), ("int4", "int4"),
+                       ("file", {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot", "precision": "bf16"})):
+        c = sagecore.QuantKVCache(spec, batch=1, kv_heads=2, head_dim=128, capacity=512)
+        c.append(*kv)
+        prec = c.policy.precision
+        got = c.attend(q)
+        np.testing.assert_array_equal(got, c.attend(q, precision=prec))
+        np.testing.assert_array_equal(c.attend(q), got)  # the remembered (fast-path) call too
+        if sagecore._cpu.cpu_info()["active_isa"] in ("avx512_vnni", "amx"):  # integer decode: another result
+            assert not np.array_equal(got, c.attend(q, precision="fp32")), name
 
 
 def test_sdpa_fast_path_does_not_take_a_flag_that_only_equals_a_bool():

@@ -125,8 +125,9 @@ def test_cache_growth_and_save_load_keep_partial_blocks(tmp_path, rng):
     v = rng.standard_normal((1, Hkv, 90, D)).astype(np.float16)
     q = rng.standard_normal((1, 8, 1, D)).astype(np.float32)
     a = QuantKVCache("int4", batch=1, kv_heads=Hkv, head_dim=D, capacity=64)  # grows twice
-    b = QuantKVCache(policy_from_dict({"k": ROWS_K, "v": builtin_policies()["int4"].v}), batch=1, kv_heads=Hkv,
-                     head_dim=D, capacity=512)
+    i4 = builtin_policies()["int4"]
+    b = QuantKVCache(policy_from_dict({"k": ROWS_K, "v": i4.v.format_id, "precision": i4.precision}), batch=1,
+                     kv_heads=Hkv, head_dim=D, capacity=512)
     for lo, hi in ((0, 5), (5, 37), (37, 70), (70, 90)):  # partial groups and blocks, re-quantized as they fill
         a.append(k[:, :, lo:hi], v[:, :, lo:hi])
         b.append(k[:, :, lo:hi], v[:, :, lo:hi])

@@ -23,6 +23,7 @@ def test_toml_file_with_overrides(tmp_path):
 name = "mixed"
 head_dim = 128
 min_kv_len = 256
+precision = "bf16"
 [k]
 encoding = "int8"
 token_group = 64
@@ -39,7 +40,7 @@ heads = [3]
 v = { encoding = "int8" }
 """)
     p = load_policy(str(path))
-    assert p.name == "mixed" and p.min_kv_len == 256
+    assert p.name == "mixed" and p.min_kv_len == 256 and p.precision == "bf16"
     assert p.k == KVFormat("int8", token_group=64, channel_group=0, smooth=True)
     assert p.v == KVFormat("int4")
     assert p.formats(0)[0].encoding == "fp16" and p.formats(5)[0].encoding == "fp16"
@@ -51,7 +52,17 @@ v = { encoding = "int8" }
 def test_json_file(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g32.s16"}))
-    assert load_policy(path).k.smooth
+    p = load_policy(path)
+    assert p.k.smooth and p.precision == "fp32"  # the default
+
+
+def test_precision_is_part_of_the_policy():
+    """Two policies that differ only in precision are different policies, and
+    the precision survives to_dict (which a saved cache stores)."""
+    a = load_policy({"k": "int8.t64.g1.s16+smooth", "v": "int8.t1.g32.s16"})
+    b = load_policy({"k": "int8.t64.g1.s16+smooth", "v": "int8.t1.g32.s16", "precision": "bf16"})
+    assert a != b and hash(a) != hash(b) and "bf16" in repr(b)
+    assert load_policy(b.to_dict()) == b and load_policy(b.to_dict()).precision == "bf16"
 
 
 @pytest.mark.parametrize("doc,key,match", [
@@ -68,6 +79,8 @@ def test_json_file(tmp_path):
     ({"k": "fp16", "v": "fp16", "overrides": [{"layers": "3-1", "k": "fp16"}]}, "overrides[0].layers", "range"),
     ({"k": "fp16", "v": "fp16", "overrides": [{"layers": "*"}]}, "overrides[0]", "must set"),
     ({"k": "fp16", "v": "fp16", "version": 99}, "version", "newer"),
+    ({"k": "fp16", "v": "fp16", "precision": "fp16"}, "precision", "one of"),
+    ({"k": "fp16", "v": "fp16", "precision": None}, "precision", "one of"),
 ])
 def test_errors_name_source_and_key(tmp_path, doc, key, match):
     path = tmp_path / "bad.json"
