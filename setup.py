@@ -6,6 +6,7 @@ so the built wheel runs on any machine of its architecture. Never -march=native.
 OpenMP is used when the compiler supports it (gcc; clang with libomp).
 """
 
+import glob
 import os
 import shutil
 import subprocess
@@ -75,6 +76,8 @@ ext = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=list(BASE_FLAGS),
     extra_link_args=[],
+    # headers the C sources include: an edit to one rebuilds (setuptools does not scan them)
+    depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
 )
 
 class BuildPy(build_py):

@@ -55,6 +55,12 @@ const char *sc_last_error(void) { return sc_err_buf; }
 static int sc_detected = 0;
 static sc_isa sc_best = SC_ISA_PORTABLE;
 static int sc_bf16 = 0; /* AVX512-BF16 (x86): used by the avx512_vnni level's prefill at the bf16 setting */
+/* AVX-VNNI (x86, 256-bit VEX VPDPBUSD/VPDPWSSD: Intel client CPUs without
+ * AVX-512): the avx2 level's integer decode scores. 0 none, 1 the VEX build,
+ * 2 its EVEX twin (same source and semantics, AVX512-VNNI/VL encoding): only
+ * with SAGECORE_AVXVNNI=evex on an AVX512-VNNI CPU, so that machines without
+ * AVX-VNNI can run and test that code. SAGECORE_AVXVNNI=0 turns it off. */
+static int sc_avxvnni = 0;
 static sc_isa sc_active = SC_ISA_PORTABLE;
 static char sc_features[256];
 
@@ -106,6 +112,12 @@ static void sc_detect_x86(void) {
              vnni512 ? " avx512vnni" : "", avxvnni && os_avx ? " avxvnni" : "",
              bf16 ? " avx512bf16" : "", amx ? " amx-tile amx-bf16" : "");
     sc_bf16 = bf16;
+    {
+        const char *e = getenv("SAGECORE_AVXVNNI");
+        if (e && strcmp(e, "0") == 0) sc_avxvnni = 0;
+        else if (e && strcmp(e, "evex") == 0) sc_avxvnni = vnni512 ? 2 : 0;
+        else sc_avxvnni = avxvnni && avx2 ? 1 : 0;
+    }
     if (amx) sc_best = SC_ISA_AMX;
     else if (vnni512) sc_best = SC_ISA_AVX512_VNNI;
     else if (avx512) sc_best = SC_ISA_AVX512;
@@ -157,6 +169,7 @@ static void sc_detect(void) {
 
 sc_isa sc_cpu_best_isa(void) { sc_detect(); return sc_best; }
 int sc_cpu_has_avx512bf16(void) { sc_detect(); return sc_bf16; }
+int sc_cpu_avxvnni_mode(void) { sc_detect(); return sc_avxvnni; }
 sc_isa sc_cpu_active_isa(void) { sc_detect(); return sc_active; }
 const char *sc_cpu_features(void) { sc_detect(); return sc_features; }
 

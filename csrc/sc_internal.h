@@ -164,6 +164,9 @@ typedef struct sc_row_kernels {
 extern const sc_row_kernels sc_row_kernels_portable;
 /* x86 AVX512-BF16 present and usable (AVX-512 enabled by the OS); 0 elsewhere */
 int sc_cpu_has_avx512bf16(void);
+/* x86: 1 AVX-VNNI present (the avx2 level's integer decode scores), 2 its
+ * EVEX twin forced by SAGECORE_AVXVNNI=evex (testing), 0 neither; 0 elsewhere */
+int sc_cpu_avxvnni_mode(void);
 #ifdef SC_X86
 extern const sc_row_kernels sc_row_kernels_avx2;
 extern sc_row_kernels sc_row_kernels_avx512; /* filled by sc_row_kernels_avx512_init() */

@@ -319,7 +319,12 @@ sc_status sc_attention(const sc_attention_args *a) {
             }
         }
     }
-    else if (isa == SC_ISA_AVX2) { item = sc_attn_item_avx2; reduce = sc_attn_reduce_avx2; }
+    else if (isa == SC_ISA_AVX2) {
+        /* AVX-VNNI: integer decode scores at the bf16/int8 settings (qk_vnni256.h) */
+        const int vn = a->precision >= SC_PRECISION_BF16 ? sc_cpu_avxvnni_mode() : 0;
+        item = vn == 1 ? sc_attn_item_avxvnni : vn == 2 ? sc_attn_item_avxvnni_ev : sc_attn_item_avx2;
+        reduce = sc_attn_reduce_avx2;
+    }
 #elif defined(SC_ARM64)
     if (isa == SC_ISA_NEON) item = sc_attn_item_neon;
     if (isa == SC_ISA_NEON_DOTPROD) {

@@ -688,6 +688,23 @@ SC_T_AVX2 void sc_attn_item_avx2(const attn_ctx *c, int64_t i, attn_ws *w) {
 }
 SC_T_AVX2 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { attn_reduce_body(c, i, w); }
 
+/* ---- AVX-VNNI: the avx2 level's integer decode scores (qk_vnni256.h),
+ * built for AVX-VNNI (VEX) and as its EVEX twin (see sc_cpu_avxvnni_mode) */
+#define VN_T __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define VN(x) x##_avxvnni
+#define VN_PFX "%{vex%} " /* braces escaped: GCC asm dialect syntax */
+#include "qk_vnni256.h"
+#undef VN_T
+#undef VN
+#undef VN_PFX
+#define VN_T __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define VN(x) x##_avxvnni_ev
+#define VN_PFX ""
+#include "qk_vnni256.h"
+#undef VN_T
+#undef VN
+#undef VN_PFX
+
 /* 16 vectors -> one vector whose lane k is the sum of a[k]'s lanes. */
 SC_T_AVX512 static inline __m512 hsum16(__m512 *a) {
     __m512 b[8], c4[4];

@@ -532,6 +532,8 @@ static inline __attribute__((always_inline)) void attn_reduce_body(const attn_ct
 typedef void (*item_fn)(const attn_ctx *, int64_t, attn_ws *);
 #ifdef SC_X86
 void sc_attn_item_avx2(const attn_ctx *c, int64_t i, attn_ws *w);
+void sc_attn_item_avxvnni(const attn_ctx *c, int64_t i, attn_ws *w);    /* avx2 + AVX-VNNI scores */
+void sc_attn_item_avxvnni_ev(const attn_ctx *c, int64_t i, attn_ws *w); /* its EVEX twin (testing) */
 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_avx512(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_avx512vnni(const attn_ctx *c, int64_t i, attn_ws *w);

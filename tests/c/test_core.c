@@ -17,6 +17,8 @@
 
 #include "sagecore.h"
 
+int sc_cpu_avxvnni_mode(void); /* csrc/sc_internal.h: 1 AVX-VNNI, 2 its EVEX twin (SAGECORE_AVXVNNI=evex), 0 */
+
 /* gcc 12 for aarch64 crashes (internal compiler error in
  * vect_transform_reduction) on this file's max-reductions; the test's own
  * loops need no vectorisation. */
@@ -468,7 +470,11 @@ static void test_k16(sc_isa best, int enc) {
                         e = fmax(e, fabs((double)o1[i] - o2[i]));
                         mx = fmax(mx, fabs((double)o1[i]));
                     }
-                    EXPECT(exact ? !memcmp(o1, o2, sizeof(float) * HQ * M * D) : e <= (prec ? 1e-4 : 4e-6) * mx,
+                    /* avx2 with AVX-VNNI (or its EVEX twin, SAGECORE_AVXVNNI=evex): int4 k16 scores from
+                     * 8-bit q' at the int8 setting, the rows layout's from fp32 (q' error ~2^-8) */
+                    const int q8 = levels[li] == SC_ISA_AVX2 && sc_cpu_avxvnni_mode() && enc == SC_ENC_INT4 && prec == 2;
+                    EXPECT(exact ? !memcmp(o1, o2, sizeof(float) * HQ * M * D)
+                                 : e <= (q8 ? 2e-2 : prec ? 1e-4 : 4e-6) * mx,
                            "k16 attention differs from rows by %g (M %d, precision %d, split %d, %s)", e, M, prec,
                            split, sc_isa_name(levels[li]));
                 }

@@ -1,0 +1,202 @@
+/*
+ * qk_vnni256.h -- integer decode scores on 256-bit vectors for the avx2
+ * level of CPUs with AVX-VNNI (Intel client cores without AVX-512: Alder
+ * Lake and later). Included twice by attention_x86.c:
+ *
+ *   VN_T    the target attribute,
+ *   VN(x)   the instance's name for x,
+ *   VN_PFX  "{vex} " for the AVX-VNNI (VEX) encoding of vpdpwssd/vpdpbusd,
+ *           "" for their AVX512-VNNI/VL (EVEX) encoding: the same operation
+ *           on the same registers. The EVEX twin runs where AVX-VNNI does
+ *           not (this project's CI machine: AVX512-VNNI, no AVX-VNNI) when
+ *           SAGECORE_AVXVNNI=evex, so the code that ships for AVX-VNNI is
+ *           tested bit for bit, only its encoding is not.
+ *
+ * The kernels are the 512-bit k16 ones (qkw16_block, qkb16_block) on half
+ * blocks: bytes 32h..32h+31 of a k16 word vector are the same 4-byte word of
+ * keys 8h..8h+7, so one 256-bit load holds 4 (int8) or 8 (int4) channels of
+ * 8 keys, and each product takes one broadcast q' pair (int8 codes, 16-bit
+ * q', vpdpwssd) or quadruple (int4 codes, 8-bit q', vpdpbusd) and yields 8
+ * partial scores in the lanes. q' is rounded as the 512-bit path rounds it,
+ * so the integer sums -- and the scores -- are the avx512_vnni level's.
+ * Only the scores: PV stays the avx2 level's fp32 one (pv8_avx2).
+ */
+
+/* acc += a . the int16 pair (wssd) / int8 quadruple (busd, a unsigned) at p, broadcast */
+#define VN_DP_B(op, acc, a, p)                                                                   \
+    do {                                                                                         \
+        const __m256i b_ = _mm256_set1_epi32(*(const int32_t *)(p));                             \
+        __asm__(VN_PFX op " %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b_));                          \
+    } while (0)
+
+/* 4 rows x the nk (<= 8) keys of half h of a 16-key block of int8 codes; q'
+ * stored [0, 2, 1, 3] per 4 channels (even bytes of a word: channels 4w,
+ * 4w + 2; odd: 4w + 1, 4w + 3) */
+VN_T static inline __attribute__((always_inline)) void VN(qkw8_block)(const int16_t *qw, const float *ar,
+                                                                      const uint8_t *blk, int h, int nk, float *s,
+                                                                      int64_t r0, int64_t D, int64_t TL) {
+    const uint8_t *k = blk + 32 * h;
+    __m256i ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm256_setzero_si256();
+    for (int64_t w = 0; w < D / 4; w++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(k + 64 * w));
+        const __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), hi = _mm256_srai_epi16(v, 8);
+        for (int rr = 0; rr < 4; rr++) {
+            const int16_t *qe = qw + (r0 + rr) * D + 4 * w;
+            VN_DP_B("vpdpwssd", ae[rr], lo, qe);
+            VN_DP_B("vpdpwssd", ao[rr], hi, qe + 2);
+        }
+    }
+    const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int rr = 0; rr < 4; rr++)
+        _mm256_maskstore_ps(s + (r0 + rr) * TL + 8 * h, km,
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ae[rr], ao[rr])),
+                                          _mm256_set1_ps(ar[r0 + rr])));
+}
+
+/* the same for int4 codes (unsigned nibbles) against 8-bit q' stored [even |
+ * odd] per qblk channels: score = (sum - bias) x ar + fb */
+VN_T static inline __attribute__((always_inline)) void VN(qkb8_block)(const int8_t *qb, const float *ar,
+                                                                      const int32_t *bias, const float *fb,
+                                                                      const uint8_t *blk, int h, int nk, float *s,
+                                                                      int64_t r0, int64_t D, int64_t TL,
+                                                                      const int qblk) {
+    const uint8_t *k = blk + 32 * h;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i ae[4], ao[4];
+    for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm256_setzero_si256();
+    for (int64_t w = 0; w < D / 8; w++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(k + 64 * w));
+        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        const int64_t cb = (8 * w) / qblk, wq = 4 * w - cb * (qblk / 2); /* q' block, byte in its even half */
+        for (int rr = 0; rr < 4; rr++) {
+            const int8_t *qe = qb + (r0 + rr) * D + cb * qblk + wq;
+            VN_DP_B("vpdpbusd", ae[rr], lo, qe);
+            VN_DP_B("vpdpbusd", ao[rr], hi, qe + qblk / 2);
+        }
+    }
+    const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int rr = 0; rr < 4; rr++) {
+        const __m256i acc = _mm256_sub_epi32(_mm256_add_epi32(ae[rr], ao[rr]), _mm256_set1_epi32(bias[r0 + rr]));
+        _mm256_maskstore_ps(s + (r0 + rr) * TL + 8 * h, km,
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(ar[r0 + rr]),
+                                            _mm256_set1_ps(fb[r0 + rr])));
+    }
+}
+
+/* q' of one row: x = q x s (D floats) times inv, rounded to int32 as
+ * vcvtps2dq does (to nearest even), then stored as int16 [0, 2, 1, 3] per 4
+ * channels (i16) or int8 [even | odd] per qblk channels (returns sum(q')) */
+VN_T static inline __attribute__((always_inline)) int32_t VN(round_row)(const float *x, float inv, int64_t D,
+                                                                        int i16, int qblk, void *dst) {
+    const __m256 vi = _mm256_set1_ps(inv);
+    __m256i sum = _mm256_setzero_si256();
+    for (int64_t ch = 0; ch < D; ch += 32) {
+        __m256i y[4];
+        for (int u = 0; u < 4; u++) {
+            y[u] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + ch + 8 * u), vi));
+            sum = _mm256_add_epi32(sum, y[u]);
+        }
+        if (i16) { /* 16 channels: packs (per 128-bit lane) + vpermq = channel order, then [0, 2, 1, 3] per 4 */
+            const __m256i p0213 = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                                   0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+            for (int hh = 0; hh < 2; hh++) {
+                const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(y[2 * hh], y[2 * hh + 1]), 0xD8);
+                _mm256_storeu_si256((__m256i *)((int16_t *)dst + ch + 16 * hh), _mm256_shuffle_epi8(p, p0213));
+            }
+        } else { /* 32 channels to bytes in order, then 16 even ones and 16 odd ones */
+            const __m256i b = _mm256_permutevar8x32_epi32(
+                _mm256_packs_epi16(_mm256_packs_epi32(y[0], y[1]), _mm256_packs_epi32(y[2], y[3])),
+                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            const __m256i eo = _mm256_permute4x64_epi64(
+                _mm256_shuffle_epi8(b, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)),
+                0xD8); /* [even 0-30 | odd 1-31] */
+            const int64_t b0 = ch / qblk * qblk;
+            int8_t *d8 = (int8_t *)dst + b0 + (ch - b0) / 2;
+            _mm_storeu_si128((__m128i *)d8, _mm256_castsi256_si128(eo));
+            _mm_storeu_si128((__m128i *)(d8 + qblk / 2), _mm256_extracti128_si256(eo, 1));
+        }
+    }
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+}
+
+/* The avx2 level's qk8 with integer scores for k16 stores: int8 codes at
+ * precision "bf16"/"int8" (16-bit q'), int4 codes at "int8" (8-bit q');
+ * everything else, and row counts that are not a multiple of 4, go to
+ * qk8_avx2. */
+VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
+                         int64_t nt, float *s) {
+    const sc_format *f = c->a->kf;
+    const int kind = code_kind(f);
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group;
+    const int i8 = kind == 2 && c->a->precision >= SC_PRECISION_BF16;
+    const int i4 = (kind == 3 || kind == 4) && c->a->precision >= SC_PRECISION_INT8 && D % 64 == 0;
+    if (mode != 1 || f->layout != SC_LAYOUT_K16 || !(i8 || i4) || R % 4 || R > Q8_MAX_ROWS || D > 256 || j0 % 16) {
+        qk8_avx2(c, mode, q, qf, sc, kr, j0, nt, s);
+        return;
+    }
+    const sc_store *st = c->a->k;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32;
+    const int64_t rb = i8 ? D : D / 2;
+    const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    const int qblk = D % 128 == 0 ? 128 : 64;
+    float ar[Q8_MAX_ROWS], fb[Q8_MAX_ROWS] = {0}, zf[256], x[256];
+    int32_t bias[Q8_MAX_ROWS] = {0};
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
+        if (kind == 4) {
+            const sc_store zs = {.scales = st->zeros};
+            store_scales(c, &zs, sf32, cell0, D, zf);
+        }
+        for (int64_t r = 0; r < R; r++) {
+            __m256 mx = _mm256_setzero_ps(), bz = _mm256_setzero_ps();
+            const __m256 sign = _mm256_set1_ps(-0.0f);
+            for (int64_t ch = 0; ch < D; ch += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + r * D + ch), y = _mm256_mul_ps(qv, _mm256_loadu_ps(sc + ch));
+                _mm256_storeu_ps(x + ch, y);
+                mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, y));
+                if (kind == 4) bz = _mm256_fmadd_ps(qv, _mm256_loadu_ps(zf + ch), bz);
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+            const float top = i8 ? 32767.0f : 127.0f;
+            ar[r] = m * (1.0f / top);
+            const int32_t qs = VN(round_row)(x, m > 0.0f ? top / m : 0.0f, D, i8, qblk, i8 ? (void *)((int16_t *)qf + r * D)
+                                                                                         : (void *)((int8_t *)qf + r * D));
+            if (i4) {
+                bias[r] = kind == 3 ? 8 * qs : 0; /* symmetric codes are stored + 8 */
+                if (kind == 4) {
+                    __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bz), _mm256_extractf128_ps(bz, 1));
+                    b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
+                    fb[r] = _mm_cvtss_f32(_mm_add_ss(b4, _mm_movehdup_ps(b4)));
+                }
+            }
+        }
+        for (int64_t j = 0; j < n; j += 16) {
+            const int64_t jj = j0 + t + j;
+            const uint8_t *blk = row0 + jj * rb;
+            if (pfend) pf_span((const char *)blk + PF_KEYS * rb, 16 * rb, pfend);
+            for (int hh = 0; hh < 2; hh++) {
+                const int nk = (int)(n - j - 8 * hh < 8 ? n - j - 8 * hh : 8);
+                if (nk <= 0) break;
+                for (int64_t r0 = 0; r0 < R; r0 += 4)
+                    if (i8) VN(qkw8_block)((const int16_t *)qf, ar, blk, hh, nk, s + t + j, r0, D, TL);
+                    else if (qblk == 128)
+                        VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, TL, 128);
+                    else VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, TL, 64);
+            }
+        }
+        t += n;
+    }
+}
+
+VN_T void VN(sc_attn_item)(const attn_ctx *c, int64_t i, attn_ws *w) {
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, qkd_avx2, pvd_avx2, ldq_avx2, VN(qk8), pv8_avx2, NULL);
+}
+#undef VN_DP_B
