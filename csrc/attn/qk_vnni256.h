@@ -19,8 +19,14 @@
  * q', vpdpwssd) or quadruple (int4 codes, 8-bit q', vpdpbusd) and yields 8
  * partial scores in the lanes. q' is rounded as the 512-bit path rounds it,
  * so the integer sums -- and the scores -- are the avx512_vnni level's.
- * Only the scores: PV stays the avx2 level's fp32 one (pv8_avx2).
+ * PV (VN(pv8)) takes pvw_block's 16-bit P' scheme on 16 channels at a time,
+ * for int8 V and symmetric int4 V (the 512-bit level's 8-bit P' for int4 at
+ * "int8" is not ported: "int8" permits, never demands).
  */
+
+#ifndef PVW_TL
+#define PVW_TL 256 /* keys per tile at most (TILE_KEYS_INT4B8; attention_x86.c) */
+#endif
 
 /* acc += a . the int16 pair (wssd) / int8 quadruple (busd, a unsigned) at p, broadcast */
 #define VN_DP_B(op, acc, a, p)                                                                   \
@@ -196,7 +202,134 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
     }
 }
 
+/* PV in integers (pvw_block's scheme on 256 bits): rows r0..r0+nr (nr <= 4)
+ * x 16 channels c0.. of V over the tile's key pairs. Per pair, the two keys'
+ * 16 codes interleaved (int8: vpunpck[lh]bw then sign-extended; int4, stored
+ * + 8: nibbles split, 8 taken off, even/odd channels interleaved back into
+ * order, then the two keys interleaved by word) give 8 + 8 int16 pairs
+ * (v_j[c], v_j+1[c]) in channel order; one vpdpwssd each per row against the
+ * broadcast (p'_j, p'_j+1) of the 32-channel cell, int32 sums exact; O gains
+ * sum x ps[row] once per tile. */
+VN_T static inline __attribute__((always_inline)) void VN(pvw16_block)(const uint8_t *v, const int16_t *pq,
+                                                                       const float *ps, float *o, int64_t r0,
+                                                                       const int nr, int64_t c0, int64_t npair,
+                                                                       int64_t nt, int64_t D, int64_t n32,
+                                                                       int64_t TLp, const char *pfend,
+                                                                       const int i4) {
+    static const uint8_t zero[32] __attribute__((aligned(32)));
+    const int64_t rb = i4 ? D / 2 : D, cl = c0 / 32;
+    __m256i acc[4][2];
+    for (int rr = 0; rr < 4; rr++) acc[rr][0] = acc[rr][1] = _mm256_setzero_si256();
+    const char *pf = (const char *)v + PF_KEYS * rb;
+    for (int64_t jp = 0; jp < npair; jp++) {
+        const int64_t j = 2 * jp;
+        const uint8_t *va = v + j * rb, *vb = jp + 1 < npair || !(nt & 1) ? v + (j + 1) * rb : zero;
+        if (r0 == 0 && c0 == 0 && pfend && pf + 2 * rb <= pfend) { /* keys j, j + 1, PF_KEYS ahead */
+            for (int64_t l = 0; l < rb; l += 64) {
+                _mm_prefetch(pf + l, PF_HINT);
+                _mm_prefetch(pf + rb + l, PF_HINT);
+            }
+        }
+        pf += 2 * rb;
+        __m256i x0, x1;
+        if (!i4) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(va + c0)),
+                          b = _mm_loadu_si128((const __m128i *)(vb == zero ? zero : vb + c0));
+            x0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)); /* channels c0 .. c0 + 7 */
+            x1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b)); /* c0 + 8 .. c0 + 15 */
+        } else {
+            const __m128i m4 = _mm_set1_epi16(0x0F), eight = _mm_set1_epi16(8);
+            __m128i k[2][2]; /* [key][half]: 8 codes as int16, in channel order */
+            for (int u = 0; u < 2; u++) {
+                const uint8_t *src = u ? (vb == zero ? zero : vb + c0 / 2) : va + c0 / 2;
+                const __m128i wv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)src));
+                const __m128i e = _mm_sub_epi16(_mm_and_si128(wv, m4), eight), od = _mm_sub_epi16(_mm_srli_epi16(wv, 4), eight);
+                k[u][0] = _mm_unpacklo_epi16(e, od);
+                k[u][1] = _mm_unpackhi_epi16(e, od);
+            }
+            x0 = _mm256_set_m128i(_mm_unpackhi_epi16(k[0][0], k[1][0]), _mm_unpacklo_epi16(k[0][0], k[1][0]));
+            x1 = _mm256_set_m128i(_mm_unpackhi_epi16(k[0][1], k[1][1]), _mm_unpacklo_epi16(k[0][1], k[1][1]));
+        }
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            const int16_t *pr = pq + ((r0 + rr) * n32 + cl) * TLp + j;
+            VN_DP_B("vpdpwssd", acc[rr][0], x0, pr);
+            VN_DP_B("vpdpwssd", acc[rr][1], x1, pr);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++) {
+        if (rr >= nr) break;
+        float *orow = o + (r0 + rr) * D + c0;
+        const __m256 sc = _mm256_set1_ps(ps[r0 + rr]);
+        _mm256_storeu_ps(orow, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[rr][0]), sc, _mm256_loadu_ps(orow)));
+        _mm256_storeu_ps(orow + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[rr][1]), sc, _mm256_loadu_ps(orow + 8)));
+    }
+}
+
+/* The avx2 level's pv8 with integer products (16-bit P' per row and
+ * 32-channel cell, rounded against the row's largest P' in the tile: the
+ * 512-bit pv8_vnni's rounding) for int8 V and symmetric int4 V with
+ * per-token scales over whole 32-channel cells; else pv8_avx2. */
+VN_T static void VN(pv8)(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p, float *o) {
+    const sc_format *f = c->a->vf;
+    const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
+    const int kind = code_kind(f);
+    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 32 || D > 256 ||
+        TL > PVW_TL || R > 16) {
+        pv8_avx2(c, sc, kr, j0, nt, p, o);
+        return;
+    }
+    const sc_store *st = c->a->v;
+    const int64_t ncell = D / G, n32 = D / 32, TLp = PVW_TL, npair = (nt + 1) / 2, rb = kind == 2 ? D : D / 2;
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
+    const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(32))); /* [row][cell of 32][key] */
+    float sT[8][PVW_TL] __attribute__((aligned(32)));           /* per cell of 32 channels, per key */
+    float pp[8][PVW_TL] __attribute__((aligned(32)));
+    float ps[16];
+    const int64_t n8 = (nt + 15) / 16 * 16; /* keys rounded up: P' of keys past nt is 0 */
+    for (int64_t cl = 0; cl < n32; cl++)
+        for (int64_t j = 0; j < n8; j++) sT[cl][j] = j < nt ? sc[j * ncell + 32 * cl / G] : 0.0f;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t r = 0; r < R; r++) {
+        __m256 mx = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n8; j += 8) {
+            const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nt - j)), lane);
+            const __m256 pv = _mm256_maskload_ps(p + r * TL + j, km);
+            for (int64_t cl = 0; cl < n32; cl++) { /* p, s >= 0 */
+                const __m256 x = _mm256_mul_ps(pv, _mm256_load_ps(&sT[cl][j]));
+                _mm256_store_ps(&pp[cl][j], x);
+                mx = _mm256_max_ps(mx, x);
+            }
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        ps[r] = m * (1.0f / 32767.0f);
+        const __m256 inv = _mm256_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
+        for (int64_t cl = 0; cl < n32; cl++)
+            for (int64_t j = 0; j < n8; j += 16) {
+                const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(&pp[cl][j]), inv));
+                const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(&pp[cl][j + 8]), inv));
+                _mm256_store_si256((__m256i *)(pq + (r * n32 + cl) * TLp + j),
+                                   _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+            }
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int nr = R - r0 < 4 ? (int)(R - r0) : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 16) /* the row count and kind constants in each instance */
+            if (kind == 2) {
+                if (nr == 4) VN(pvw16_block)(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend, 0);
+                else VN(pvw16_block)(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend, 0);
+            } else {
+                if (nr == 4) VN(pvw16_block)(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend, 1);
+                else VN(pvw16_block)(codes, pq, ps, o, r0, nr, c0, npair, nt, D, n32, TLp, pfend, 1);
+            }
+    }
+}
+
 VN_T void VN(sc_attn_item)(const attn_ctx *c, int64_t i, attn_ws *w) {
-    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, qkd_avx2, pvd_avx2, ldq_avx2, VN(qk8), pv8_avx2, NULL);
+    attn_item_body(c, i, w, qk_avx2, pv_avx2, sm_avx2, qkd_avx2, pvd_avx2, ldq_avx2, VN(qk8), VN(pv8), NULL);
 }
 #undef VN_DP_B
