@@ -536,6 +536,63 @@ static void test_nonfinite(sc_isa best) {
     free(q); free(o); free(kx); free(vx);
 }
 
+/* The avx2 level's AVX-VNNI decode (csrc/attn/qk_vnni256.h), where the CPU
+ * runs it or its EVEX twin (SAGECORE_AVXVNNI=evex): integer scores and PV at
+ * the bf16 / int8 settings over the built-in policies' formats (k16 K). int8:
+ * the same q', P' and integer sums as the avx512_vnni level (fp32 rounding of
+ * the softmax apart); both: off the fp32 path by the operands' rounding. */
+static void test_avxvnni(sc_isa best) {
+    if (!sc_cpu_avxvnni_mode() || best < SC_ISA_AVX2) {
+        printf("avx-vnni decode: not run (no AVX-VNNI; SAGECORE_AVXVNNI=evex runs its twin on AVX512-VNNI)\n");
+        return;
+    }
+    enum { HKV = 2, HQ = 8, N = 300, CAP = 320, D = 128 };
+    float *kx = malloc(sizeof(float) * HKV * N * D), *vx = malloc(sizeof(float) * HKV * N * D);
+    float *q = malloc(sizeof(float) * HQ * D), *o[3];
+    for (int i = 0; i < 3; i++) o[i] = malloc(sizeof(float) * HQ * D);
+    for (int i = 0; i < HKV * N * D; i++) kx[i] = frand(), vx[i] = frand();
+    for (int i = 0; i < HQ * D; i++) q[i] = frand();
+    for (int enc = 0; enc < 2; enc++) { /* int8 at bf16, int4 at int8 */
+        const int i4 = enc == 1, prec = i4 ? SC_PRECISION_INT8 : SC_PRECISION_BF16;
+        const sc_format fk = {i4 ? SC_ENC_INT4 : SC_ENC_INT8, D, 64, 1, SC_DTYPE_F16, i4, 0, 0, 1, SC_LAYOUT_K16};
+        const sc_format fv = {i4 ? SC_ENC_INT4 : SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
+        store_buf kb, vb;
+        store_alloc(&kb, &fk, HKV, CAP);
+        store_alloc(&vb, &fv, HKV, CAP);
+        sc_tensor kt = {kx, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D}, vt = kt;
+        vt.ptr = vx;
+        EXPECT(sc_quantize(&fk, &kb.st, &kt, 0) == SC_OK && sc_quantize(&fv, &vb.st, &vt, 0) == SC_OK,
+               "avx-vnni quantize: %s", sc_last_error());
+        /* o[0]: avx2 at prec (AVX-VNNI); o[1]: avx2 at fp32; o[2]: the best level at prec */
+        const sc_isa isas[3] = {SC_ISA_AVX2, SC_ISA_AVX2, best};
+        for (int k = 0; k < 3; k++) {
+            sc_cpu_set_isa(isas[k]);
+            sc_attention_args a = {.q = {q, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
+                                   .out = {o[k], SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
+                                   .kf = &fk, .vf = &fv, .k = &kb.st, .v = &vb.st, .kv_heads = HKV, .kv_len = N,
+                                   .scale = 0.088f, .causal = 1, .split_k = 1, .precision = k == 1 ? 0 : prec};
+            EXPECT(sc_attention(&a) == SC_OK, "avx-vnni attention: %s", sc_last_error());
+        }
+        sc_cpu_set_isa(best);
+        double e01 = 0, e02 = 0, mx = 0;
+        for (int i = 0; i < HQ * D; i++) {
+            e01 = fmax(e01, fabs((double)o[0][i] - o[1][i]));
+            e02 = fmax(e02, fabs((double)o[0][i] - o[2][i]));
+            mx = fmax(mx, fabs((double)o[1][i]));
+        }
+        EXPECT(e01 > 0 && e01 <= (i4 ? 4e-2 : 3e-4) * mx, "avx-vnni %s: %g off the fp32 path (max %g)",
+               i4 ? "int4" : "int8", e01, mx);
+        if (!i4 && best >= SC_ISA_AVX512_VNNI && best <= SC_ISA_AMX)
+            EXPECT(e02 <= 2e-6 * mx, "avx-vnni int8: %g off the %s level (max %g)", e02, sc_isa_name(best), mx);
+        printf("avx-vnni decode (%s, mode %d): %.1e off fp32, %.1e off %s\n", i4 ? "int4 at int8" : "int8 at bf16",
+               sc_cpu_avxvnni_mode(), e01 / mx, e02 / mx, sc_isa_name(best));
+        store_free(&kb);
+        store_free(&vb);
+    }
+    free(kx); free(vx); free(q);
+    for (int i = 0; i < 3; i++) free(o[i]);
+}
+
 int main(int argc, char **argv) {
     const sc_isa best = sc_cpu_best_isa();
     printf("sagecore core test: best isa %s (%s), %d threads\n", sc_isa_name(best), sc_cpu_features(),
@@ -546,6 +603,7 @@ int main(int argc, char **argv) {
     test_nonfinite(best);
     test_k16(best, SC_ENC_INT4);
     test_k16(best, SC_ENC_INT8);
+    test_avxvnni(best);
     if (argc > 1) {
         test_golden(argv[1], best);
         test_golden(argv[1], SC_ISA_PORTABLE);
