@@ -329,8 +329,12 @@ sc_status sc_attention(const sc_attention_args *a) {
     if (isa == SC_ISA_NEON) item = sc_attn_item_neon;
     if (isa == SC_ISA_NEON_DOTPROD) {
         item = sc_attn_item_neondot;
-        /* the integer scores take symmetric int8 codes; the rest goes through the tile */
-        if (!tensors && (a->kf->encoding != SC_ENC_INT8 || a->kf->zero_point)) c.k_q8 = 0;
+        /* the integer scores take symmetric int8 codes, and int4 codes with
+         * per-channel scales at precision="int8" (8-bit q'); the rest goes
+         * through the tile */
+        const int i4 = !tensors && a->kf->encoding == SC_ENC_INT4 && c.k_q8 == 1 &&
+                       a->precision >= SC_PRECISION_INT8 && D % 32 == 0 && c.rows <= 64;
+        if (!tensors && !i4 && (a->kf->encoding != SC_ENC_INT8 || a->kf->zero_point)) c.k_q8 = 0;
     }
 #endif
     volatile int failed = 0;

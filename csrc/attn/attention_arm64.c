@@ -198,9 +198,126 @@ SC_T_DOTPROD static inline __attribute__((always_inline)) void dot16_k16(const i
     for (int kk = 0; kk < 16; kk++) s[kk] = dot_parts(a, sum[0][kk], sum[1][kk], sum[2][kk], np);
 }
 
+/* ---- int4 K at precision="int8" (SageAttention's class, as x86's
+ * qkb16_block): q x s rounded to one int8 part per row and token group (2^-8
+ * of the row's largest element), held as its even channels qe and odd ones
+ * qo (D / 2 each), so that byte b of a packed row -- channels 2b (low
+ * nibble) and 2b + 1 (high) -- meets qe[b] and qo[b]. Codes are unsigned
+ * nibbles: symmetric ones stored + 8 (8 sum(q') comes off), asymmetric ones
+ * with the minimums' dot q . m added in fp32 (fb). */
+static inline __attribute__((always_inline)) float score4(float ar, int32_t acc, int32_t bias, float fb) {
+    return ar * (float)(acc - bias) + fb;
+}
+
+/* k16 block of 16 keys, one row: word w (4 bytes = channels 8w..8w+7 of a
+ * key, 4 keys per register) against lane w % 4 of qe / qo */
+SC_T_DOTPROD static inline __attribute__((always_inline)) void dot16_k16_i4(const int8_t *qe, const int8_t *qo,
+                                                                           int64_t D, const uint8_t *blk, float ar,
+                                                                           int32_t bias, float fb, float *s) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    int32x4_t he[4], ho[4];
+    for (int kq = 0; kq < 4; kq++) he[kq] = ho[kq] = vdupq_n_s32(0);
+    for (int64_t w4 = 0; w4 < D / 32; w4++) {
+        const int8x16_t ve = vld1q_s8(qe + 16 * w4), vo = vld1q_s8(qo + 16 * w4);
+#define SC_K16_WORD4(L)                                                                                 \
+    do {                                                                                                \
+        const uint8_t *kw = blk + 64 * (4 * w4 + (L));                                                  \
+        for (int kq = 0; kq < 4; kq++) {                                                                \
+            const uint8x16_t k = vld1q_u8(kw + 16 * kq);                                                \
+            he[kq] = vdotq_laneq_s32(he[kq], vreinterpretq_s8_u8(vandq_u8(k, m4)), ve, (L));            \
+            ho[kq] = vdotq_laneq_s32(ho[kq], vreinterpretq_s8_u8(vshrq_n_u8(k, 4)), vo, (L));           \
+        }                                                                                               \
+    } while (0)
+        SC_K16_WORD4(0);
+        SC_K16_WORD4(1);
+        SC_K16_WORD4(2);
+        SC_K16_WORD4(3);
+#undef SC_K16_WORD4
+    }
+    int32_t sum[16];
+    for (int kq = 0; kq < 4; kq++) vst1q_s32(sum + 4 * kq, vaddq_s32(he[kq], ho[kq]));
+    for (int kk = 0; kk < 16; kk++) s[kk] = score4(ar, sum[kk], bias, fb);
+}
+
+/* one key's packed row (D / 2 bytes), one row of q' */
+SC_T_DOTPROD static inline __attribute__((always_inline)) int32_t dot_row_i4(const int8_t *qe, const int8_t *qo,
+                                                                            int64_t D, const uint8_t *k) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    int32x4_t h = vdupq_n_s32(0);
+    for (int64_t b = 0; b < D / 2; b += 16) {
+        const uint8x16_t kb = vld1q_u8(k + b);
+        h = vdotq_s32(h, vreinterpretq_s8_u8(vandq_u8(kb, m4)), vld1q_s8(qe + b));
+        h = vdotq_s32(h, vreinterpretq_s8_u8(vshrq_n_u8(kb, 4)), vld1q_s8(qo + b));
+    }
+    return vaddvq_s32(h);
+}
+
+SC_T_DOTPROD static void qk4_neondot(const attn_ctx *c, const float *q, float *qf, int64_t kr, int64_t j0, int64_t nt,
+                                     float *s) {
+    const sc_format *f = c->a->kf; /* int4, per-channel scales over token groups, D % 32 == 0 (sc_attention) */
+    const sc_store *st = c->a->k;
+    const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, rb = D / 2;
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32, k16 = f->layout == SC_LAYOUT_K16;
+    const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+    int8_t *qe = (int8_t *)qf, *qo = qe + R * (D / 2); /* [R][D / 2] each (qf holds R x D floats) */
+    float ar[64], fb[64];
+    int32_t bias[64];
+    uint8_t rows[64 * 128];
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t at = (kr * (st->capacity / T) + g) * D;
+        for (int64_t r = 0; r < R; r++) {
+            float x[256], m = 0.0f, z = 0.0f;
+            for (int64_t ch = 0; ch < D; ch++) {
+                const float sv = sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]);
+                x[ch] = q[r * D + ch] * sv;
+                m = fabsf(x[ch]) > m ? fabsf(x[ch]) : m;
+                if (f->zero_point)
+                    z += q[r * D + ch] *
+                         (sf32 ? ((const float *)st->zeros)[at + ch] : sc_h2f(((const uint16_t *)st->zeros)[at + ch]));
+            }
+            const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+            int32_t qs = 0;
+            for (int64_t ch = 0; ch < D; ch++) {
+                float v = x[ch] * inv;
+                v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+                const int iv = (int)lrintf(v);
+                (ch & 1 ? qo : qe)[r * (D / 2) + ch / 2] = (int8_t)iv;
+                qs += iv;
+            }
+            ar[r] = m * (1.0f / 127.0f);
+            bias[r] = f->zero_point ? 0 : 8 * qs; /* symmetric codes are stored + 8 */
+            fb[r] = z;
+        }
+        int64_t off = 0;
+        if (k16 && (j0 + t) % 16 == 0) /* whole 16-key blocks in place */
+            for (; off + 16 <= n; off += 16)
+                for (int64_t r = 0; r < R; r++)
+                    dot16_k16_i4(qe + r * (D / 2), qo + r * (D / 2), D, row0 + (j0 + t + off) * rb, ar[r], bias[r],
+                                 fb[r], s + r * TL + t + off);
+        for (; off < n; off += 64) { /* token rows (k16's other keys gathered, 64 at a time) */
+            const int64_t mm = n - off < 64 ? n - off : 64;
+            const uint8_t *cr = row0 + (j0 + t + off) * rb;
+            if (k16) {
+                sc_k16_gather(row0, j0 + t + off, mm, rb, rows);
+                cr = rows;
+            }
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t j = 0; j < mm; j++)
+                    s[r * TL + t + off + j] =
+                        score4(ar[r], dot_row_i4(qe + r * (D / 2), qo + r * (D / 2), D, cr + j * rb), bias[r], fb[r]);
+        }
+        t += n;
+    }
+}
+
 SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr,
                                      int64_t j0, int64_t nt, float *s) {
-    const sc_format *f = c->a->kf; /* int8, symmetric (checked by sc_attention) */
+    const sc_format *f = c->a->kf; /* int8, symmetric, or int4 in mode 1 at "int8" (checked by sc_attention) */
+    if (f->encoding == SC_ENC_INT4) {
+        qk4_neondot(c, q, qf, kr, j0, nt, s);
+        return;
+    }
     const sc_store *st = c->a->k;
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group, G = f->channel_group;
     const int sf32 = f->scale_dtype == SC_DTYPE_F32;

@@ -593,7 +593,47 @@ static void test_avxvnni(sc_isa best) {
     for (int i = 0; i < 3; i++) free(o[i]);
 }
 
+/* int4 K (the int4 policy's: per-channel scales and minimums, k16) at the
+ * int8 setting on the levels with 8-bit integer scores (avx512_vnni / amx:
+ * qkb16_block; neon_dotprod: dot16_k16_i4): off the fp32 setting by 8-bit
+ * q''s rounding and no more, and not equal to it (the path ran). */
+static void test_int4_scores(sc_isa best) {
+    if (best != SC_ISA_AVX512_VNNI && best != SC_ISA_AMX && best != SC_ISA_NEON_DOTPROD) return;
+    enum { HKV = 2, HQ = 8, N = 300, CAP = 320, D = 128 };
+    const sc_format fk = {SC_ENC_INT4, D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_K16};
+    const sc_format fv = {SC_ENC_INT4, D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS};
+    float *kx = malloc(sizeof(float) * HKV * N * D), *vx = malloc(sizeof(float) * HKV * N * D);
+    float *q = malloc(sizeof(float) * HQ * D), *o0 = malloc(sizeof(float) * HQ * D), *o2 = malloc(sizeof(float) * HQ * D);
+    for (int i = 0; i < HKV * N * D; i++) kx[i] = frand() + 0.3f * (float)(i % 7), vx[i] = frand();
+    for (int i = 0; i < HQ * D; i++) q[i] = frand();
+    store_buf kb, vb;
+    store_alloc(&kb, &fk, HKV, CAP);
+    store_alloc(&vb, &fv, HKV, CAP);
+    sc_tensor kt = {kx, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D}, vt = kt;
+    vt.ptr = vx;
+    EXPECT(sc_quantize(&fk, &kb.st, &kt, 0) == SC_OK && sc_quantize(&fv, &vb.st, &vt, 0) == SC_OK,
+           "int4 quantize: %s", sc_last_error());
+    for (int k = 0; k < 2; k++) {
+        sc_attention_args a = {.q = {q, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
+                               .out = {k ? o2 : o0, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
+                               .kf = &fk, .vf = &fv, .k = &kb.st, .v = &vb.st, .kv_heads = HKV, .kv_len = N,
+                               .scale = 0.088f, .causal = 1, .split_k = 1, .precision = k ? SC_PRECISION_INT8 : 0};
+        EXPECT(sc_attention(&a) == SC_OK, "int4 attention: %s", sc_last_error());
+    }
+    double e = 0, mx = 0;
+    for (int i = 0; i < HQ * D; i++) {
+        e = fmax(e, fabs((double)o2[i] - o0[i]));
+        mx = fmax(mx, fabs((double)o0[i]));
+    }
+    EXPECT(e > 0 && e <= 4e-2 * mx, "int4 at the int8 setting: %g off fp32 (max %g, %s)", e, mx, sc_isa_name(best));
+    printf("int4 scores at the int8 setting (%s): %.1e off fp32\n", sc_isa_name(best), e / mx);
+    store_free(&kb);
+    store_free(&vb);
+    free(kx); free(vx); free(q); free(o0); free(o2);
+}
+
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0); /* a crash keeps the lines before it */
     const sc_isa best = sc_cpu_best_isa();
     printf("sagecore core test: best isa %s (%s), %d threads\n", sc_isa_name(best), sc_cpu_features(),
            sc_num_threads());
@@ -604,6 +644,7 @@ int main(int argc, char **argv) {
     test_k16(best, SC_ENC_INT4);
     test_k16(best, SC_ENC_INT8);
     test_avxvnni(best);
+    test_int4_scores(best);
     if (argc > 1) {
         test_golden(argv[1], best);
         test_golden(argv[1], SC_ISA_PORTABLE);
