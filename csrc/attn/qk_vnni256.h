@@ -1,5 +1,5 @@
 /*
- * qk_vnni256.h -- integer decode scores on 256-bit vectors for the avx2
+ * qk_vnni256.h -- integer decode (scores and PV) on 256-bit vectors for the avx2
  * level of CPUs with AVX-VNNI (Intel client cores without AVX-512: Alder
  * Lake and later). Included twice by attention_x86.c:
  *
@@ -18,7 +18,8 @@
  * 8 keys, and each product takes one broadcast q' pair (int8 codes, 16-bit
  * q', vpdpwssd) or quadruple (int4 codes, 8-bit q', vpdpbusd) and yields 8
  * partial scores in the lanes. q' is rounded as the 512-bit path rounds it,
- * so the integer sums -- and the scores -- are the avx512_vnni level's.
+ * so the integer sums are the avx512_vnni level's (and so are the scores,
+ * but for the order of the fp32 sum q . m of int4 zero points).
  * PV (VN(pv8)) takes pvw_block's 16-bit P' scheme on 16 channels at a time,
  * for int8 V and symmetric int4 V (the 512-bit level's 8-bit P' for int4 at
  * "int8" is not ported: "int8" permits, never demands).
