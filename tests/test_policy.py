@@ -111,3 +111,16 @@ def test_capability_report():
     assert any("head_dim" in (v or "") for v in p.capability_report("metal", 48).values())
     rep = p.capability_report("cpu", 48)
     assert any("head_dim" in (v or "") for v in rep.values())
+
+
+def test_saved_cache_keeps_the_policy_precision(tmp_path):
+    """A saved cache's policy carries its precision back; a policy saved
+    without one (older files) loads with "fp32"."""
+    import numpy as np
+    c = sagecore.QuantKVCache("int8", batch=1, kv_heads=1, head_dim=64, capacity=64)
+    c.append(*np.random.default_rng(0).standard_normal((2, 1, 1, 40, 64)).astype(np.float32))
+    c.save(tmp_path / "c.sck")
+    assert sagecore.QuantKVCache.load(tmp_path / "c.sck").policy.precision == "bf16"
+    d = c.policy.to_dict()
+    del d["precision"]
+    assert load_policy(d).precision == "fp32"
