@@ -690,6 +690,11 @@ SC_T_AVX2 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { a
 
 /* ---- AVX-VNNI: the avx2 level's integer decode scores (qk_vnni256.h),
  * built for AVX-VNNI (VEX) and as its EVEX twin (see sc_cpu_avxvnni_mode) */
+/* target("avxvnni") and the assembler's {vex} need GCC >= 11 or LLVM clang
+ * >= 12 (Apple clang >= 13); older compilers build the avx2 path for it */
+#if (defined(__clang__) && ((!defined(__apple_build_version__) && __clang_major__ >= 12) || \
+                            (defined(__apple_build_version__) && __clang_major__ >= 13))) ||  \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
 #define VN_T __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define VN(x) x##_avxvnni
 #define VN_PFX "%{vex%} " /* braces escaped: GCC asm dialect syntax */
@@ -697,6 +702,9 @@ SC_T_AVX2 void sc_attn_reduce_avx2(const attn_ctx *c, int64_t i, attn_ws *w) { a
 #undef VN_T
 #undef VN
 #undef VN_PFX
+#else
+void sc_attn_item_avxvnni(const attn_ctx *c, int64_t i, attn_ws *w) { sc_attn_item_avx2(c, i, w); }
+#endif
 #define VN_T __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 #define VN(x) x##_avxvnni_ev
 #define VN_PFX ""
