@@ -91,16 +91,19 @@ SC_AVX2 static void quant_i8_avx2(const float *x, const float *m, const float *i
     }
 }
 
+/* 8 codes (the low 8 bytes of b) -> dst[0..8) = code * s + m */
+SC_AVX2 static inline void dequant8_avx2(__m128i b, int is_u8, const float *s, const float *m, float *dst) {
+    __m256i w = is_u8 ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_loadu_ps(s));
+    if (m) v = _mm256_add_ps(v, _mm256_loadu_ps(m));
+    _mm256_storeu_ps(dst, v);
+}
+
 SC_AVX2 static void dequant_i8_avx2(const int8_t *q, int is_u8, const float *s, const float *m,
                                     float *dst, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m128i b = _mm_loadl_epi64((const __m128i *)(q + i));
-        __m256i w = is_u8 ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_loadu_ps(s + i));
-        if (m) v = _mm256_add_ps(v, _mm256_loadu_ps(m + i));
-        _mm256_storeu_ps(dst + i, v);
-    }
+    for (; i + 8 <= n; i += 8)
+        dequant8_avx2(_mm_loadl_epi64((const __m128i *)(q + i)), is_u8, s + i, m ? m + i : NULL, dst + i);
     for (; i < n; i++) {
         float c = is_u8 ? (float)(uint8_t)q[i] : (float)q[i];
         float v = c * s[i];
@@ -117,20 +120,12 @@ SC_AVX2 static void dequant_i8_k16_avx2(const uint8_t *blk, int64_t tk, int is_u
         int32_t w0, w1;
         memcpy(&w0, p + 16 * i, 4);
         memcpy(&w1, p + 16 * i + 64, 4);
-        const __m128i b = _mm_insert_epi32(_mm_cvtsi32_si128(w0), w1, 1);
-        __m256i w = is_u8 ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b);
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_loadu_ps(s + i));
-        if (m) v = _mm256_add_ps(v, _mm256_loadu_ps(m + i));
-        _mm256_storeu_ps(dst + i, v);
+        dequant8_avx2(_mm_insert_epi32(_mm_cvtsi32_si128(w0), w1, 1), is_u8, s + i, m ? m + i : NULL, dst + i);
     }
-    for (; i < n; i += 4) { /* a last word (n % 8 == 4) */
+    if (i < n) { /* a last word (n % 8 == 4): dequant_i8's scalar tail */
         int8_t q[4];
         memcpy(q, p + 16 * i, 4);
-        for (int k = 0; k < 4; k++) {
-            float c = is_u8 ? (float)(uint8_t)q[k] : (float)q[k];
-            float v = c * s[i + k];
-            dst[i + k] = m ? v + m[i + k] : v;
-        }
+        dequant_i8_avx2(q, is_u8, s + i, m ? m + i : NULL, dst + i, n - i);
     }
 }
 

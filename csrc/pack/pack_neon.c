@@ -86,20 +86,23 @@ static void quant_i8_neon(const float *x, const float *m, const float *inv, int8
     }
 }
 
+/* 8 codes -> dst[0..8) = code * s + m */
+static inline void dequant8_neon(uint8x8_t b, int is_u8, const float *s, const float *m, float *dst) {
+    int16x8_t w = is_u8 ? vreinterpretq_s16_u16(vmovl_u8(b)) : vmovl_s8(vreinterpret_s8_u8(b));
+    float32x4_t lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), hi = vcvtq_f32_s32(vmovl_high_s16(w));
+    lo = vmulq_f32(lo, vld1q_f32(s));
+    hi = vmulq_f32(hi, vld1q_f32(s + 4));
+    if (m) {
+        lo = vaddq_f32(lo, vld1q_f32(m));
+        hi = vaddq_f32(hi, vld1q_f32(m + 4));
+    }
+    vst1q_f32(dst, lo);
+    vst1q_f32(dst + 4, hi);
+}
+
 static void dequant_i8_neon(const int8_t *q, int is_u8, const float *s, const float *m, float *dst, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        int16x8_t w = is_u8 ? vreinterpretq_s16_u16(vmovl_u8(vld1_u8((const uint8_t *)q + i))) : vmovl_s8(vld1_s8(q + i));
-        float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), b = vcvtq_f32_s32(vmovl_high_s16(w));
-        a = vmulq_f32(a, vld1q_f32(s + i));
-        b = vmulq_f32(b, vld1q_f32(s + i + 4));
-        if (m) {
-            a = vaddq_f32(a, vld1q_f32(m + i));
-            b = vaddq_f32(b, vld1q_f32(m + i + 4));
-        }
-        vst1q_f32(dst + i, a);
-        vst1q_f32(dst + i + 4, b);
-    }
+    for (; i + 8 <= n; i += 8) dequant8_neon(vld1_u8((const uint8_t *)q + i), is_u8, s + i, m ? m + i : NULL, dst + i);
     for (; i < n; i++) {
         float c = is_u8 ? (float)(uint8_t)q[i] : (float)q[i];
         float v = c * s[i];
@@ -117,26 +120,12 @@ static void dequant_i8_k16_neon(const uint8_t *blk, int64_t tk, int is_u8, const
         uint32x2_t wv = vdup_n_u32(0);
         wv = vld1_lane_u32((const uint32_t *)(const void *)(p + 16 * i), wv, 0);
         wv = vld1_lane_u32((const uint32_t *)(const void *)(p + 16 * i + 64), wv, 1);
-        const uint8x8_t b = vreinterpret_u8_u32(wv);
-        int16x8_t w = is_u8 ? vreinterpretq_s16_u16(vmovl_u8(b)) : vmovl_s8(vreinterpret_s8_u8(b));
-        float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), c = vcvtq_f32_s32(vmovl_high_s16(w));
-        a = vmulq_f32(a, vld1q_f32(s + i));
-        c = vmulq_f32(c, vld1q_f32(s + i + 4));
-        if (m) {
-            a = vaddq_f32(a, vld1q_f32(m + i));
-            c = vaddq_f32(c, vld1q_f32(m + i + 4));
-        }
-        vst1q_f32(dst + i, a);
-        vst1q_f32(dst + i + 4, c);
+        dequant8_neon(vreinterpret_u8_u32(wv), is_u8, s + i, m ? m + i : NULL, dst + i);
     }
-    for (; i < n; i += 4) { /* a last word (n % 8 == 4) */
+    if (i < n) { /* a last word (n % 8 == 4): dequant_i8's scalar tail */
         int8_t q[4];
         memcpy(q, p + 16 * i, 4);
-        for (int k = 0; k < 4; k++) {
-            float cv = is_u8 ? (float)(uint8_t)q[k] : (float)q[k];
-            float v = cv * s[i + k];
-            dst[i + k] = m ? v + m[i + k] : v;
-        }
+        dequant_i8_neon(q, is_u8, s + i, m ? m + i : NULL, dst + i, n - i);
     }
 }
 
