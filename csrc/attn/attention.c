@@ -333,7 +333,7 @@ sc_status sc_attention(const sc_attention_args *a) {
          * per-channel scales at precision="int8" (8-bit q'); the rest goes
          * through the tile */
         const int i4 = !tensors && a->kf->encoding == SC_ENC_INT4 && c.k_q8 == 1 &&
-                       a->precision >= SC_PRECISION_INT8 && D % 32 == 0 && c.rows <= 64;
+                       a->precision >= SC_PRECISION_INT8 && D % 32 == 0;
         if (!tensors && !i4 && (a->kf->encoding != SC_ENC_INT8 || a->kf->zero_point)) c.k_q8 = 0;
     }
 #endif

@@ -145,6 +145,11 @@ static inline __attribute__((always_inline)) float dot_parts(const float *a, int
     return a[0] * (float)h0 + a[1] * (float)h1 + (np == 3 ? a[2] * (float)h2 : 0.0f);
 }
 
+/* element i of a store's scales or minimums (fp32, or fp16 when !f32) */
+static inline float scale_at(const void *a, int f32, int64_t i) {
+    return f32 ? ((const float *)a)[i] : sc_h2f(((const uint16_t *)a)[i]);
+}
+
 /* the partial dots of one query row's np (3 or 2) parts with 16*n codes */
 SC_T_DOTPROD static inline __attribute__((always_inline)) float dotn(const int8_t *pq, int64_t D, const float *a,
                                                                      const int8_t *k, int64_t n16, const int np) {
@@ -260,8 +265,8 @@ SC_T_DOTPROD static void qk4_neondot(const attn_ctx *c, const float *q, float *q
     const int sf32 = f->scale_dtype == SC_DTYPE_F32, k16 = f->layout == SC_LAYOUT_K16;
     const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
     int8_t *qe = (int8_t *)qf, *qo = qe + R * (D / 2); /* [R][D / 2] each (qf holds R x D floats) */
-    float ar[64], fb[64];
-    int32_t bias[64];
+    float ar[Q8_MAX_ROWS], fb[Q8_MAX_ROWS]; /* the item body calls qk8 for at most Q8_MAX_ROWS rows */
+    int32_t bias[Q8_MAX_ROWS];
     uint8_t rows[64 * 128];
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
@@ -269,12 +274,9 @@ SC_T_DOTPROD static void qk4_neondot(const attn_ctx *c, const float *q, float *q
         for (int64_t r = 0; r < R; r++) {
             float x[256], m = 0.0f, z = 0.0f;
             for (int64_t ch = 0; ch < D; ch++) {
-                const float sv = sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]);
-                x[ch] = q[r * D + ch] * sv;
+                x[ch] = q[r * D + ch] * scale_at(st->scales, sf32, at + ch);
                 m = fabsf(x[ch]) > m ? fabsf(x[ch]) : m;
-                if (f->zero_point)
-                    z += q[r * D + ch] *
-                         (sf32 ? ((const float *)st->zeros)[at + ch] : sc_h2f(((const uint16_t *)st->zeros)[at + ch]));
+                if (f->zero_point) z += q[r * D + ch] * scale_at(st->zeros, sf32, at + ch);
             }
             const float inv = m > 0.0f ? 127.0f / m : 0.0f;
             int32_t qs = 0;
@@ -329,7 +331,7 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
         const int64_t ncell = D / G;
         for (int64_t i = 0; i < nt * ncell; i++) {
             const int64_t at = (kr * st->capacity + j0) * ncell + i;
-            sc[i] = sf32 ? ((const float *)st->scales)[at] : sc_h2f(((const uint16_t *)st->scales)[at]);
+            sc[i] = scale_at(st->scales, sf32, at);
         }
         for (int64_t r = 0; r < R; r++) split_q(q + r * D, D, parts + r * 3 * D, pa + 3 * r, np);
         for (int64_t r = 0; r < R; r++)
@@ -349,9 +351,7 @@ SC_T_DOTPROD static void qk8_neondot(const attn_ctx *c, int mode, const float *q
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         const int64_t at = (kr * (st->capacity / T) + g) * D;
         for (int64_t r = 0; r < R; r++) {
-            for (int64_t ch = 0; ch < D; ch++)
-                xr[ch] = q[r * D + ch] *
-                         (sf32 ? ((const float *)st->scales)[at + ch] : sc_h2f(((const uint16_t *)st->scales)[at + ch]));
+            for (int64_t ch = 0; ch < D; ch++) xr[ch] = q[r * D + ch] * scale_at(st->scales, sf32, at + ch);
             split_q(xr, D, parts + r * 3 * D, pa + 3 * r, np);
         }
         int64_t off = 0;
