@@ -536,6 +536,51 @@ static void test_nonfinite(sc_isa best) {
     free(q); free(o); free(kx); free(vx);
 }
 
+/* A decode step over stores of formats fk / fv: 2 kv heads x 300 keys
+ * (capacity 320), 8 query heads, d128, random K/V and q (the caller's draws) */
+enum { DC_HKV = 2, DC_HQ = 8, DC_N = 300, DC_CAP = 320, DC_D = 128 };
+typedef struct decode_case {
+    sc_format fk, fv;
+    store_buf kb, vb;
+    float q[DC_HQ * DC_D];
+} decode_case;
+static void decode_case_init(decode_case *dc, sc_format fk, sc_format fv, const float *kx, const float *vx) {
+    dc->fk = fk;
+    dc->fv = fv;
+    store_alloc(&dc->kb, &dc->fk, DC_HKV, DC_CAP);
+    store_alloc(&dc->vb, &dc->fv, DC_HKV, DC_CAP);
+    sc_tensor kt = {(void *)kx, SC_DTYPE_F32, 1, DC_HKV, DC_N, DC_D, (int64_t)DC_HKV * DC_N * DC_D,
+                    (int64_t)DC_N * DC_D, DC_D}, vt = kt;
+    vt.ptr = (void *)vx;
+    EXPECT(sc_quantize(&dc->fk, &dc->kb.st, &kt, 0) == SC_OK && sc_quantize(&dc->fv, &dc->vb.st, &vt, 0) == SC_OK,
+           "decode case quantize: %s", sc_last_error());
+    for (int i = 0; i < DC_HQ * DC_D; i++) dc->q[i] = frand();
+}
+/* out = the step's output on ISA level isa at precision prec (then back to best) */
+static void decode_case_run(decode_case *dc, sc_isa isa, sc_isa best, int prec, float *out) {
+    sc_cpu_set_isa(isa);
+    sc_attention_args a = {.q = {dc->q, SC_DTYPE_F32, 1, DC_HQ, 1, DC_D, (int64_t)DC_HQ * DC_D, DC_D, DC_D},
+                           .out = {out, SC_DTYPE_F32, 1, DC_HQ, 1, DC_D, (int64_t)DC_HQ * DC_D, DC_D, DC_D},
+                           .kf = &dc->fk, .vf = &dc->fv, .k = &dc->kb.st, .v = &dc->vb.st, .kv_heads = DC_HKV,
+                           .kv_len = DC_N, .scale = 0.088f, .causal = 1, .split_k = 1, .precision = prec};
+    EXPECT(sc_attention(&a) == SC_OK, "decode case attention (%s): %s", sc_isa_name(isa), sc_last_error());
+    sc_cpu_set_isa(best);
+}
+static void decode_case_free(decode_case *dc) {
+    store_free(&dc->kb);
+    store_free(&dc->vb);
+}
+/* max |a - b| over n, and max |b| into *mx */
+static double max_diff(const float *a, const float *b, int n, double *mx) {
+    double e = 0;
+    *mx = 0;
+    for (int i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        *mx = fmax(*mx, fabs((double)b[i]));
+    }
+    return e;
+}
+
 /* The avx2 level's AVX-VNNI decode (csrc/attn/qk_vnni256.h), where the CPU
  * runs it or its EVEX twin (SAGECORE_AVXVNNI=evex): integer scores and PV at
  * the bf16 / int8 settings over the built-in policies' formats (k16 K). int8:
@@ -546,51 +591,29 @@ static void test_avxvnni(sc_isa best) {
         printf("avx-vnni decode: not run (no AVX-VNNI; SAGECORE_AVXVNNI=evex runs its twin on AVX512-VNNI)\n");
         return;
     }
-    enum { HKV = 2, HQ = 8, N = 300, CAP = 320, D = 128 };
-    float *kx = malloc(sizeof(float) * HKV * N * D), *vx = malloc(sizeof(float) * HKV * N * D);
-    float *q = malloc(sizeof(float) * HQ * D), *o[3];
-    for (int i = 0; i < 3; i++) o[i] = malloc(sizeof(float) * HQ * D);
-    for (int i = 0; i < HKV * N * D; i++) kx[i] = frand(), vx[i] = frand();
-    for (int i = 0; i < HQ * D; i++) q[i] = frand();
+    float *kx = malloc(sizeof(float) * DC_HKV * DC_N * DC_D), *vx = malloc(sizeof(float) * DC_HKV * DC_N * DC_D);
+    for (int i = 0; i < DC_HKV * DC_N * DC_D; i++) kx[i] = frand(), vx[i] = frand();
     for (int enc = 0; enc < 2; enc++) { /* int8 at bf16, int4 at int8 */
-        const int i4 = enc == 1, prec = i4 ? SC_PRECISION_INT8 : SC_PRECISION_BF16;
-        const sc_format fk = {i4 ? SC_ENC_INT4 : SC_ENC_INT8, D, 64, 1, SC_DTYPE_F16, i4, 0, 0, 1, SC_LAYOUT_K16};
-        const sc_format fv = {i4 ? SC_ENC_INT4 : SC_ENC_INT8, D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS};
-        store_buf kb, vb;
-        store_alloc(&kb, &fk, HKV, CAP);
-        store_alloc(&vb, &fv, HKV, CAP);
-        sc_tensor kt = {kx, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D}, vt = kt;
-        vt.ptr = vx;
-        EXPECT(sc_quantize(&fk, &kb.st, &kt, 0) == SC_OK && sc_quantize(&fv, &vb.st, &vt, 0) == SC_OK,
-               "avx-vnni quantize: %s", sc_last_error());
+        const int i4 = enc == 1, prec = i4 ? SC_PRECISION_INT8 : SC_PRECISION_BF16, e8 = i4 ? SC_ENC_INT4 : SC_ENC_INT8;
+        decode_case dc;
+        decode_case_init(&dc, (sc_format){e8, DC_D, 64, 1, SC_DTYPE_F16, i4, 0, 0, 1, SC_LAYOUT_K16},
+                         (sc_format){e8, DC_D, 1, 32, SC_DTYPE_F16, 0, 0, 0, 0, SC_LAYOUT_ROWS}, kx, vx);
         /* o[0]: avx2 at prec (AVX-VNNI); o[1]: avx2 at fp32; o[2]: the best level at prec */
-        const sc_isa isas[3] = {SC_ISA_AVX2, SC_ISA_AVX2, best};
-        for (int k = 0; k < 3; k++) {
-            sc_cpu_set_isa(isas[k]);
-            sc_attention_args a = {.q = {q, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
-                                   .out = {o[k], SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
-                                   .kf = &fk, .vf = &fv, .k = &kb.st, .v = &vb.st, .kv_heads = HKV, .kv_len = N,
-                                   .scale = 0.088f, .causal = 1, .split_k = 1, .precision = k == 1 ? 0 : prec};
-            EXPECT(sc_attention(&a) == SC_OK, "avx-vnni attention: %s", sc_last_error());
-        }
-        sc_cpu_set_isa(best);
-        double e01 = 0, e02 = 0, mx = 0;
-        for (int i = 0; i < HQ * D; i++) {
-            e01 = fmax(e01, fabs((double)o[0][i] - o[1][i]));
-            e02 = fmax(e02, fabs((double)o[0][i] - o[2][i]));
-            mx = fmax(mx, fabs((double)o[1][i]));
-        }
+        float o[3][DC_HQ * DC_D];
+        decode_case_run(&dc, SC_ISA_AVX2, best, prec, o[0]);
+        decode_case_run(&dc, SC_ISA_AVX2, best, 0, o[1]);
+        decode_case_run(&dc, best, best, prec, o[2]);
+        double mx, mx2;
+        const double e01 = max_diff(o[0], o[1], DC_HQ * DC_D, &mx), e02 = max_diff(o[0], o[2], DC_HQ * DC_D, &mx2);
         EXPECT(e01 > 0 && e01 <= (i4 ? 4e-2 : 3e-4) * mx, "avx-vnni %s: %g off the fp32 path (max %g)",
                i4 ? "int4" : "int8", e01, mx);
         if (!i4 && best >= SC_ISA_AVX512_VNNI && best <= SC_ISA_AMX)
             EXPECT(e02 <= 2e-6 * mx, "avx-vnni int8: %g off the %s level (max %g)", e02, sc_isa_name(best), mx);
         printf("avx-vnni decode (%s, mode %d): %.1e off fp32, %.1e off %s\n", i4 ? "int4 at int8" : "int8 at bf16",
                sc_cpu_avxvnni_mode(), e01 / mx, e02 / mx, sc_isa_name(best));
-        store_free(&kb);
-        store_free(&vb);
+        decode_case_free(&dc);
     }
-    free(kx); free(vx); free(q);
-    for (int i = 0; i < 3; i++) free(o[i]);
+    free(kx); free(vx);
 }
 
 /* int4 K (the int4 policy's: per-channel scales and minimums, k16) at the
@@ -599,37 +622,20 @@ static void test_avxvnni(sc_isa best) {
  * q''s rounding and no more, and not equal to it (the path ran). */
 static void test_int4_scores(sc_isa best) {
     if (best != SC_ISA_AVX512_VNNI && best != SC_ISA_AMX && best != SC_ISA_NEON_DOTPROD) return;
-    enum { HKV = 2, HQ = 8, N = 300, CAP = 320, D = 128 };
-    const sc_format fk = {SC_ENC_INT4, D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_K16};
-    const sc_format fv = {SC_ENC_INT4, D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS};
-    float *kx = malloc(sizeof(float) * HKV * N * D), *vx = malloc(sizeof(float) * HKV * N * D);
-    float *q = malloc(sizeof(float) * HQ * D), *o0 = malloc(sizeof(float) * HQ * D), *o2 = malloc(sizeof(float) * HQ * D);
-    for (int i = 0; i < HKV * N * D; i++) kx[i] = frand() + 0.3f * (float)(i % 7), vx[i] = frand();
-    for (int i = 0; i < HQ * D; i++) q[i] = frand();
-    store_buf kb, vb;
-    store_alloc(&kb, &fk, HKV, CAP);
-    store_alloc(&vb, &fv, HKV, CAP);
-    sc_tensor kt = {kx, SC_DTYPE_F32, 1, HKV, N, D, (int64_t)HKV * N * D, (int64_t)N * D, D}, vt = kt;
-    vt.ptr = vx;
-    EXPECT(sc_quantize(&fk, &kb.st, &kt, 0) == SC_OK && sc_quantize(&fv, &vb.st, &vt, 0) == SC_OK,
-           "int4 quantize: %s", sc_last_error());
-    for (int k = 0; k < 2; k++) {
-        sc_attention_args a = {.q = {q, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
-                               .out = {k ? o2 : o0, SC_DTYPE_F32, 1, HQ, 1, D, (int64_t)HQ * D, D, D},
-                               .kf = &fk, .vf = &fv, .k = &kb.st, .v = &vb.st, .kv_heads = HKV, .kv_len = N,
-                               .scale = 0.088f, .causal = 1, .split_k = 1, .precision = k ? SC_PRECISION_INT8 : 0};
-        EXPECT(sc_attention(&a) == SC_OK, "int4 attention: %s", sc_last_error());
-    }
-    double e = 0, mx = 0;
-    for (int i = 0; i < HQ * D; i++) {
-        e = fmax(e, fabs((double)o2[i] - o0[i]));
-        mx = fmax(mx, fabs((double)o0[i]));
-    }
+    float *kx = malloc(sizeof(float) * DC_HKV * DC_N * DC_D), *vx = malloc(sizeof(float) * DC_HKV * DC_N * DC_D);
+    for (int i = 0; i < DC_HKV * DC_N * DC_D; i++) kx[i] = frand() + 0.3f * (float)(i % 7), vx[i] = frand();
+    decode_case dc;
+    decode_case_init(&dc, (sc_format){SC_ENC_INT4, DC_D, 64, 1, SC_DTYPE_F16, 1, 0, 0, 1, SC_LAYOUT_K16},
+                     (sc_format){SC_ENC_INT4, DC_D, 1, 32, SC_DTYPE_F16, 0, 0, 1, 0, SC_LAYOUT_ROWS}, kx, vx);
+    float o0[DC_HQ * DC_D], o2[DC_HQ * DC_D];
+    decode_case_run(&dc, best, best, 0, o0);
+    decode_case_run(&dc, best, best, SC_PRECISION_INT8, o2);
+    double mx;
+    const double e = max_diff(o2, o0, DC_HQ * DC_D, &mx);
     EXPECT(e > 0 && e <= 4e-2 * mx, "int4 at the int8 setting: %g off fp32 (max %g, %s)", e, mx, sc_isa_name(best));
     printf("int4 scores at the int8 setting (%s): %.1e off fp32\n", sc_isa_name(best), e / mx);
-    store_free(&kb);
-    store_free(&vb);
-    free(kx); free(vx); free(q); free(o0); free(o2);
+    decode_case_free(&dc);
+    free(kx); free(vx);
 }
 
 int main(int argc, char **argv) {
