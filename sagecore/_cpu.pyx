@@ -248,13 +248,19 @@ def row_bytes(tuple fmt):
     return sc_format_row_bytes(&f)
 
 
+cdef extern from "sc_internal.h" nogil:
+    int sc_cpu_avxvnni_mode()  # 1 AVX-VNNI, 2 its EVEX twin (SAGECORE_AVXVNNI=evex), 0 neither
+
+
 def cpu_info():
-    """Detected CPU features and ISA levels."""
+    """Detected CPU features and ISA levels; ``avxvnni``: what the avx2 level's
+    integer decode runs on ("vex", "evex-twin" or None)."""
     return {
         "features": sc_cpu_features().decode(),
         "best_isa": sc_isa_name(sc_cpu_best_isa()).decode(),
         "active_isa": sc_isa_name(sc_cpu_active_isa()).decode(),
         "threads": sc_num_threads(),
+        "avxvnni": {1: "vex", 2: "evex-twin"}.get(sc_cpu_avxvnni_mode()),
     }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -21,11 +20,10 @@ def _info(args) -> int:
           f"(usable: {', '.join(_cpu.supported_isas())}; force with SAGECORE_ISA)")
     print(f"         threads: {cpu['threads']}")
     vnni = "VNNI integer QK/PV in decode at precision='bf16', 8-bit over int4 codes at 'int8'"
-    # the avx2 level's AVX-VNNI integer scores (csrc/cpu.c: sc_cpu_avxvnni_mode)
-    feats, vn_env = cpu["features"].split(), os.environ.get("SAGECORE_AVXVNNI", "")
-    avx2 = ("AVX2 + AVX-VNNI (integer QK over k16 K at precision='bf16'/'int8')" if "avxvnni" in feats and vn_env != "0"
-            else "AVX2 + the EVEX twin of its AVX-VNNI QK (SAGECORE_AVXVNNI=evex: testing)"
-            if vn_env == "evex" and "avx512vnni" in feats else "AVX2")
+    # the avx2 level's AVX-VNNI integer decode (csrc/cpu.c: sc_cpu_avxvnni_mode)
+    avx2 = {"vex": "AVX2 + AVX-VNNI (integer decode over k16 K at precision='bf16'/'int8')",
+            "evex-twin": "AVX2 + the EVEX twin of its AVX-VNNI decode (SAGECORE_AVXVNNI=evex: testing)"}.get(
+                cpu["avxvnni"], "AVX2")
     kernels = {"portable": "portable C", "avx2": avx2, "avx512": "AVX-512", "avx512_vnni": f"AVX-512 ({vnni})",
                "amx": f"AVX-512 (decode; {vnni}) + AMX bf16x3 tiles (prefill)",
                "neon": "NEON", "neon_dotprod": "NEON (dotprod integer QK for int8 K)"}

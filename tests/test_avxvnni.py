@@ -35,6 +35,7 @@ for pol in ("int8", "int4"):
                           attend=lambda cache, qq, causal: cache.attend(qq, is_causal=causal))
     out[pol + "-cos"] = m["cosine"]
 out["isa"] = sagecore._cpu.cpu_info()["active_isa"]
+out["avxvnni"] = sagecore._cpu.cpu_info()["avxvnni"]
 json.dump(out, sys.stdout)
 """
 
@@ -53,6 +54,7 @@ def test_avxvnni_scores_through_their_evex_twin():
     fp = run(SAGECORE_ISA="avx2", SAGECORE_AVXVNNI="0")
     ref = run()  # the avx512_vnni level (or above)
     assert vn["isa"] == fp["isa"] == "avx2"
+    assert vn["avxvnni"] == "evex-twin" and fp["avxvnni"] is None
     # measured (2026-12-04), fractions of the max: int8 |vn - fp| 1.2e-4 (16-bit
     # q' and P'), |vn - 512| 1.6e-7 (the same q', P' and integer sums; the two
     # softmax loops round apart); int4 0.022 and 0.018 (8-bit q'; the 512-bit
