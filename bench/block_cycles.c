@@ -72,7 +72,7 @@ static pvb_scratch *pvb_w;
 static volatile int64_t pvb_nblk = DIM / 128;
 SC_T_VNNI __attribute__((noinline)) static void pvb_blocks(const uint8_t *v, pvb_scratch *w, int64_t nblk) {
     static const float ps[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
-    for (int64_t b = 0; b < nblk; b++) pvb_block(v, w, ps, o, 0, 4, b, KEYS, DIM, NULL);
+    for (int64_t b = 0; b < nblk; b++) pvb_block(v, w, ps, o, 0, 4, b, KEYS, DIM, NULL, 0);
 }
 static void pv_int4(const int8_t *v) { pvb_blocks((const uint8_t *)v, pvb_w, pvb_nblk); } /* int4 V, 8-bit P' (int8 setting) */
 SC_T_VNNI __attribute__((noinline)) static void pv_int8(const int8_t *v) { /* int8 V, 16-bit P' (bf16 setting) */

@@ -341,22 +341,27 @@ def _read_file(path: str) -> dict:
 _BUILTINS = {
     "fp16": {"k": "fp16", "v": "fp16"},
     # K: smoothing + KIVI-style per-channel scales over 64-token blocks;
-    # V: per token in 32-channel groups (like q8_0). 8.375 bits per element.
+    # V: rotated (block Hadamard), one scale per token. 8.1875 bits per
+    # element at d128. (The rotation spreads V's channels so that one scale
+    # per token loses nothing against 32-channel groups -- MiniLM cosine
+    # 0.999963 against 0.999962 -- and the integer PV rounds one P' per key
+    # and row instead of four: 1.11x cold; docs/benchmarks.md, session 17.)
     # (64- rather than 32-token blocks: the same accuracy to 5 digits of
     # cosine, and the integer decode re-rounds q once per block: 1.085x faster
     # cold; docs/accuracy.md, docs/benchmarks.md.) K's codes in the k16
     # layout as int4's (below): AVX-512 1.06-1.14x; AVX2 and arm64 score it
     # in place (docs/benchmarks.md, session 16). "bf16": 16-bit integer q'
     # and P' in the decode (8-bit q' would miss the targets), 1.37x cold.
-    "int8": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int8.t1.g32.s16", "precision": "bf16"},
+    "int8": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int8.t1.gD.s16+rot", "precision": "bf16"},
     # K: smoothing + per-channel scale and minimum over 64 tokens, the codes
     # of 16 tokens interleaved (k16: the x86 decode scores put the keys in the
     # vector lanes, 1.12-1.26x at every precision setting; docs/formats.md,
-    # docs/benchmarks.md session 15); V: rotated, per token in 32-channel
-    # groups. 4.5 bits per element. "int8": 8-bit q' and P' over the int4
+    # docs/benchmarks.md session 15); V: rotated, one scale per token
+    # (1.20x cold over 32-channel groups; llm cosine 0.9813 against 0.9835,
+    # target 0.96). 4.3125 bits per element at d128. "int8": 8-bit q' and P' over the int4
     # codes (SageAttention's class), ~1.9x the fp32 setting's decode.
-    "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.g32.s16+rot", "precision": "int8"},
-    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int4.t1.g32.s16+rot", "precision": "int8"},
+    "int4": {"k": "int4.t64.g1.s16+smooth+zp+k16", "v": "int4.t1.gD.s16+rot", "precision": "int8"},
+    "int8k-int4v": {"k": "int8.t64.g1.s16+smooth+k16", "v": "int4.t1.gD.s16+rot", "precision": "int8"},
     "q8_0": {"k": "int8.t1.g32.s16", "v": "int8.t1.g32.s16"},
 }
 

@@ -1677,7 +1677,7 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
-    const int64_t cl0 = c0 / 32, cl1 = cl0 + 1;
+    const int64_t cl0 = ncell == 1 ? 0 : c0 / 32, cl1 = ncell == 1 ? 0 : cl0 + 1; /* one P' cell: both */
     static const int8_t zero[64] __attribute__((aligned(64)));
     const char *pf = (const char *)v + PF_KEYS * D + c0;
     for (int64_t jp = 0; jp < npair; jp++) {
@@ -1740,7 +1740,7 @@ SC_T_VNNI SC_INL void pvw_block4(const uint8_t *v, const int16_t *pq, const floa
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
-    const int64_t cl0 = c0 / 32, cl1 = cl0 + 1;
+    const int64_t cl0 = ncell == 1 ? 0 : c0 / 32, cl1 = ncell == 1 ? 0 : cl0 + 1; /* one P' cell: both */
     static const uint8_t zero[32] __attribute__((aligned(64)));
     const __m512i m4 = _mm512_set1_epi16(0x0F), eight = _mm512_set1_epi16(8);
     const char *pf = (const char *)v + PF_KEYS * rb + c0 / 2;
@@ -1845,7 +1845,10 @@ SC_T_VNNI SC_INL void scales_by_cell4(const float *sc, int64_t nt, float (*dst)[
 /* The integer PVs' per-tile head: the V scales of the tile's keys per
  * 32-channel cell with the keys in the lanes (sT[cell][key]) ... */
 SC_T_VNNI SC_INL void cell_scales_T(const float *sc, int64_t nt, int64_t ncell, int64_t G, float (*sT)[PVW_TL]) {
-    if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
+    if (ncell == 1) /* a scale per token: one P' cell, sT[0] = the scales (zeros up to a multiple of 16) */
+        for (int64_t j = 0; j < nt; j += 16)
+            _mm512_store_ps(sT[0] + j, _mm512_maskz_loadu_ps(nt - j >= 16 ? 0xFFFF : (1u << (nt - j)) - 1, sc + j));
+    else if (ncell == 4 && G == 32) scales_by_cell4(sc, nt, sT);
     else
         for (int64_t cl = 0; cl < (ncell * G) / 32; cl++) scales_by_cell(sc, nt, ncell, cl * 32 / G, sT[cl]);
 }
@@ -1884,6 +1887,7 @@ SC_T_VNNI SC_INL float p_and_max(const float *prow, const float (*sT)[PVW_TL], i
 #define PVB_BLK 2 /* 128-channel blocks (D <= 256) */
 typedef struct {
     uint8_t p[16][PVB_BLK][PVW_TL / 4][64] __attribute__((aligned(64))); /* P' operands */
+    uint8_t p1[16][PVW_TL] __attribute__((aligned(64)));                 /* one P' cell: P' per row and key */
     int32_t corr[16][PVB_BLK][16] __attribute__((aligned(64)));          /* 8 sum(P') of lane l's cell */
     int32_t e[4][4][16] __attribute__((aligned(64)));                    /* pass E's sums of 4 rows */
     int32_t od[4][4][16] __attribute__((aligned(64)));                   /* pass O's */
@@ -1891,7 +1895,7 @@ typedef struct {
 
 /* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O) */
 SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
-                               int64_t D, const char *pfend, const int h) {
+                               int64_t D, const char *pfend, const int h, const int one) {
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
     static const uint8_t zero[64] __attribute__((aligned(64)));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -1915,7 +1919,9 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
         for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
         for (int rr = 0; rr < 4; rr++) {
             if (rr >= nr) break;
-            const __m512i pv = _mm512_load_si512(w->p[r0 + rr][blk][g]);
+            /* one P' cell: the 4 keys' P' broadcast to every lane */
+            const __m512i pv = one ? _mm512_set1_epi32(*(const int32_t *)&w->p1[r0 + rr][4 * g])
+                                   : _mm512_load_si512(w->p[r0 + rr][blk][g]);
             for (int u = 0; u < 4; u++) SC_DPBUSD(acc[rr][u], pv, x[u]);
         }
     }
@@ -1958,9 +1964,9 @@ SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, 
     }
 }
 SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0, int64_t nr,
-                                int64_t blk, int64_t nt, int64_t D, const char *pfend) {
-    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 0);
-    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 1);
+                                int64_t blk, int64_t nt, int64_t D, const char *pfend, const int one) {
+    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 0, one);
+    pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 1, one);
     pvb_flush(w, ps, o, r0, nr, blk, D);
 }
 
@@ -1979,11 +1985,23 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     cell_scales_T(sc, nt, ncell, G, sT);
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i cellsel = _mm512_srli_epi32(lane, 2); /* dword (l, copy) <- l */
+    const int one = ncell == 1; /* a scale per token: one P' per key and row, for every block */
     for (int64_t r = 0; r < R; r++) {
         __m512 pp[8][PVW_NV];
-        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, n32, pp);
+        const float m = p_and_max(p + r * TL, (const float (*)[PVW_TL])sT, nt, one ? 1 : n32, pp);
         ps[r] = m * (1.0f / 255.0f);
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 255.0f / m : 0.0f);
+        if (one) {
+            __m512i sum = _mm512_setzero_si512();
+            for (int64_t jv = 0; jv < nv; jv++) { /* 0 <= x <= 255; zeros past nt */
+                const __m512i x = _mm512_cvtps_epi32(_mm512_mul_ps(pp[0][jv], inv));
+                sum = _mm512_add_epi32(sum, x);
+                _mm_store_si128((__m128i *)&w.p1[r][16 * jv], _mm512_cvtusepi32_epi8(x));
+            }
+            const __m512i cv = _mm512_set1_epi32(8 * _mm512_reduce_add_epi32(sum));
+            for (int64_t b = 0; b < nblk; b++) _mm512_store_si512(w.corr[r][b], cv);
+            continue;
+        }
         for (int64_t b = 0; b < nblk; b++) {
             __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                               _mm512_setzero_si512()};
@@ -2010,8 +2028,9 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t nr = R - r0 < 4 ? R - r0 : 4;
         for (int64_t b = 0; b < nblk; b++) /* nr a constant in the common case: accumulators in registers */
-            if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend);
-            else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend);
+            if (one && nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 1);
+            else if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 0);
+            else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, one);
     }
 }
 
@@ -2039,7 +2058,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(64))); /* [row][cell][key], cells of 32 channels */
     float ps[16];                                               /* per row: max P' / 32767 */
     float sT[8][PVW_TL] __attribute__((aligned(64)));           /* scale per cell of 32 channels, per key */
-    const int64_t n32 = D / 32;                                 /* cells of 32 channels (G a multiple) */
+    /* P' cells: of 32 channels (G a multiple), or one for a scale per token (G = D) */
+    const int64_t n32 = ncell == 1 ? 1 : D / 32;
     const int64_t nv = (nt + 15) / 16;
     cell_scales_T(sc, nt, ncell, G, sT);
     for (int64_t r = 0; r < R; r++) {

@@ -218,7 +218,7 @@ VN_T static inline __attribute__((always_inline)) void VN(pvw16_block)(const uin
                                                                        int64_t TLp, const char *pfend,
                                                                        const int i4) {
     static const uint8_t zero[32] __attribute__((aligned(32)));
-    const int64_t rb = i4 ? D / 2 : D, cl = c0 / 32;
+    const int64_t rb = i4 ? D / 2 : D, cl = n32 == 1 ? 0 : c0 / 32; /* n32 1: one P' cell */
     __m256i acc[4][2];
     for (int rr = 0; rr < 4; rr++) acc[rr][0] = acc[rr][1] = _mm256_setzero_si256();
     const char *pf = (const char *)v + PF_KEYS * rb;
@@ -270,7 +270,8 @@ VN_T static inline __attribute__((always_inline)) void VN(pvw16_block)(const uin
 /* The avx2 level's pv8 with integer products (16-bit P' per row and
  * 32-channel cell, rounded against the row's largest P' in the tile: the
  * 512-bit pv8_vnni's rounding) for int8 V and symmetric int4 V with
- * per-token scales over whole 32-channel cells; else pv8_avx2. */
+ * per-token scales over whole 32-channel cells (or one cell per token: one
+ * P' per key); else pv8_avx2. */
 VN_T static void VN(pv8)(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p, float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
@@ -281,7 +282,8 @@ VN_T static void VN(pv8)(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, i
         return;
     }
     const sc_store *st = c->a->v;
-    const int64_t ncell = D / G, n32 = D / 32, TLp = PVW_TL, npair = (nt + 1) / 2, rb = kind == 2 ? D : D / 2;
+    /* P' cells: of 32 channels, or one for a scale per token (G = D) */
+    const int64_t ncell = D / G, n32 = ncell == 1 ? 1 : D / 32, TLp = PVW_TL, npair = (nt + 1) / 2, rb = kind == 2 ? D : D / 2;
     token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
