@@ -65,6 +65,18 @@ SC_T_VNNI __attribute__((noinline)) static void qk_int4r(const int8_t *k) { /* t
     for (int64_t j = 0; j < KEYS; j += 4)
         qkb44_block4(qb, sc, _mm512_setzero_si512(), _mm512_setzero_ps(), (const uint8_t *)k, s, 0, j, 4, DIM, KEYS, NULL, 128);
 }
+/* the k16 layout's blocks (the built-in int8 and int4 K): 16 keys in the
+ * lanes per call, D a literal as qk8_vnni passes it (WITH_CONST_D) */
+SC_T_VNNI __attribute__((noinline)) static void qk_int8_k16(const int8_t *k) { /* int8 K, 16-bit q' (bf16 setting) */
+    static const float ar[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
+    for (int64_t j = 0; j < KEYS; j += 16) qkw16_block(qw, ar, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL);
+}
+SC_T_VNNI __attribute__((noinline)) static void qk_int4_k16(const int8_t *k) { /* int4 K, 8-bit q' (int8 setting) */
+    static const float ar[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f}, fb[4];
+    static const int32_t bias[4];
+    for (int64_t j = 0; j < KEYS; j += 16)
+        qkb16_block(qb, ar, bias, fb, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL);
+}
 /* P' operands and corrections: whatever the bytes are (the block is timed,
  * not checked). Passed by pointer, blocks in a loop, as in pv4b_vnni: with a
  * static scratch GCC kept the accumulators on the stack (bench/spill_scan.py) */
@@ -110,6 +122,8 @@ int main(void) {
     run("QK int8 codes, 16-bit q' (qkw44)", qk_int8);
     run("QK int4 codes, 8-bit q' (qkb44_4)", qk_int4);
     run("QK int4, whole rows (qkb44_4 blk 128)", qk_int4r);
+    run("QK int8 k16, 16-bit q' (qkw16)", qk_int8_k16);
+    run("QK int4 k16, 8-bit q' (qkb16)", qk_int4_k16);
     run("PV int8 codes, 16-bit P' (pvw)", pv_int8);
     run("PV int4 codes, 8-bit P' (pvb)", pv_int4);
     return s[3] == 1.25f && o[5] == 1.5f; /* keep the results live */

@@ -1340,23 +1340,36 @@ SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __
     }
     store44(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hsum16i(acc), bias)), sc, fbias), s, r0, j, nk, TL);
 }
+/* stmt with Dv the head dim D, a literal for the common 128: the score
+ * blocks' broadcast q' operands then take constant displacements from one
+ * row pointer (with D a variable GCC computed each product's address) */
+#define WITH_CONST_D(D, Dv, stmt)        \
+    do {                                 \
+        if ((D) == 128) {                \
+            const int64_t Dv = 128;      \
+            stmt;                        \
+        } else {                         \
+            const int64_t Dv = (D);      \
+            stmt;                        \
+        }                                \
+    } while (0)
 /* acc += a (u8) . the int8 quadruple at p broadcast to every lane */
 #define SC_DPBUSD_B(acc, a, p) \
     __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const int32_t *)(p)))
 /* int4 K in the k16 layout (SC_LAYOUT_K16) at precision="int8": 4 rows x 16
  * keys, the keys in the lanes. Word w of a 16-key block is one 64-byte
  * vector holding packed bytes 4w..4w+3 of every key: its low nibbles are
- * channels 8w, 8w+2, 8w+4, 8w+6 -- bytes 4w'..4w'+3 of the even half of q'
- * ([even | odd] per blk channels, round8_row; w' = w within its block) --
- * and its high nibbles the odd ones. Each VPDPBUSD takes one broadcast q'
- * quadruple and yields 16 partial scores: no reduction tree (qkb44_block4
- * spends 45 operations per 16 scores on it), 3 operations per word for the
- * nibbles. Two accumulators per row (even, odd). blk0: the kv row's codes;
- * jt: the block's first key (a multiple of 16) counted in the kv row; nk <=
- * 16 keys, loaded under a mask (no byte past the last key is read). */
+ * channels 8w, 8w+2, 8w+4, 8w+6, its high nibbles 8w+1, 8w+3, 8w+5, 8w+7 --
+ * q' bytes 8w..8w+3 and 8w+4..8w+7 (round8_k16). Each VPDPBUSD takes one
+ * broadcast q' quadruple and yields 16 partial scores: no reduction tree
+ * (qkb44_block4 spends 45 operations per 16 scores on it), 3 operations per
+ * word for the nibbles. Two accumulators per row (even, odd). row0: the kv
+ * row's codes; jt: the block's first key (a multiple of 16) counted in the
+ * kv row; nk <= 16 keys, loaded under a mask (no byte past the last key is
+ * read). */
 SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32_t *bias, const float *fb,
                                   const uint8_t *row0, int64_t jt, int64_t nk, float *s, int64_t r0, int64_t D,
-                                  int64_t TL, const char *pfend, const int blk) {
+                                  int64_t TL, const char *pfend) {
     const int64_t rb = D / 2;
     const uint8_t *k = row0 + jt * rb;
     if (r0 == 0 && pfend) pf_span((const char *)k + PF_KEYS * rb, 16 * rb, pfend);
@@ -1368,11 +1381,10 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
     for (int64_t w = 0; w < rb / 4; w++) {
         const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
         const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        const int64_t cb = (8 * w) / blk, wq = 4 * w - cb * (blk / 2); /* q' block, byte in its even half */
         for (int rr = 0; rr < 4; rr++) {
-            const int8_t *qe = qb + (r0 + rr) * D + cb * blk + wq;
+            const int8_t *qe = qb + (r0 + rr) * D + 8 * w;
             SC_DPBUSD_B(ae[rr], lo, qe);
-            SC_DPBUSD_B(ao[rr], hi, qe + blk / 2);
+            SC_DPBUSD_B(ao[rr], hi, qe + 4);
         }
     }
     for (int rr = 0; rr < 4; rr++) {
@@ -1471,6 +1483,75 @@ SC_T_VNNI SC_INL int32_t round8_row(const __m512 *y, __m512 inv, int8_t *dst, in
     return _mm512_reduce_add_epi32(sum);
 }
 
+/* q' of 64 channels for qkb16_block (y: q x s, 16 channels per vector):
+ * rounded to int8, natural channel order but each 8 channels as [0, 2, 4,
+ * 6, 1, 3, 5, 7] (the nibble order of a k16 word); adds the codes to *sum
+ * when sum. Two packs (lanes interleaved), one dword permute back to
+ * channel order, one in-lane byte shuffle: 4 operations per 64 channels
+ * where round8_row's [even | odd] layout takes a float permute and a
+ * narrowing store per 16. */
+SC_T_VNNI SC_INL __m512i round8_k16(const __m512 *y, __m512 inv, __m512i *sum) {
+    __m512i x[4];
+    for (int i = 0; i < 4; i++) x[i] = _mm512_cvtps_epi32(_mm512_mul_ps(y[i], inv)); /* |x| <= 127 */
+    if (sum) *sum = _mm512_add_epi32(*sum, _mm512_add_epi32(_mm512_add_epi32(x[0], x[1]), _mm512_add_epi32(x[2], x[3])));
+    /* dword 4l + i of the packed bytes: channels 16i + 4l .. 16i + 4l + 3 */
+    const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(x[0], x[1]), _mm512_packs_epi32(x[2], x[3]));
+    const __m512i nat = _mm512_permutexvar_epi32(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), b);
+    return _mm512_shuffle_epi8(nat, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15)));
+}
+
+/* Scores of int4 K in the k16 layout at precision="int8" (qk8_vnni's case
+ * for it, D a multiple of 64 and rows in fours), with D a literal for the
+ * common head dims (WITH_CONST_D): per token group the K scales (and zero
+ * points), each row's q' = round(q x s x 127 / max|q x s|), its scale and
+ * the zero points' q . m[g] (or 8 sum(q') for symmetric codes), then the
+ * 16-key blocks. (The per-group work was ~15% of the int4 decode with D a
+ * variable: its q x s vectors lived on the stack.) */
+SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int64_t kr, int64_t j0, int64_t nt,
+                               float *s, int8_t *qb, const int64_t D) {
+    const sc_format *f = c->a->kf;
+    const sc_store *st = c->a->k;
+    const int sym = code_kind(f) == 3, sf32 = f->scale_dtype == SC_DTYPE_F32;
+    const int64_t R = c->rows, TL = c->tile, T = f->token_group, rb = D / 2;
+    const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
+    const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
+    float ar[Q8_MAX_ROWS], fb[Q8_MAX_ROWS] = {0}, zf[256] __attribute__((aligned(64)));
+    int32_t bias[Q8_MAX_ROWS] = {0};
+    for (int64_t t = 0; t < nt;) {
+        const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
+        if (!sym) { /* the zero points m[g], added by the score stores' FMA as q . m[g] */
+            const sc_store zs = {.scales = st->zeros};
+            store_scales(c, &zs, sf32, cell0, D, zf);
+        }
+        for (int64_t r = 0; r < R; r++) {
+            __m512 y[16], mx[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int64_t ch = 0; ch < D; ch += 16) { /* vrangeps 0x0B: the larger magnitude, sign cleared */
+                y[ch / 16] = _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch));
+                mx[(ch / 16) & 1] = _mm512_range_ps(mx[(ch / 16) & 1], y[ch / 16], 0x0B);
+            }
+            const float m = _mm512_reduce_max_ps(_mm512_max_ps(mx[0], mx[1]));
+            ar[r] = m * (1.0f / 127.0f);
+            const __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
+            __m512i sum = _mm512_setzero_si512();
+            for (int64_t ch = 0; ch < D; ch += 64)
+                _mm512_storeu_si512(qb + r * D + ch, round8_k16(y + ch / 16, inv, sym ? &sum : NULL));
+            if (sym) { /* symmetric codes are stored + 8: 8 sum(q') off each sum */
+                bias[r] = 8 * _mm512_reduce_add_epi32(sum);
+            } else { /* one chain, as the rows layout's path: the same scores to the bit */
+                __m512 bz = _mm512_setzero_ps();
+                for (int64_t ch = 0; ch < D; ch += 16)
+                    bz = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_load_ps(zf + ch), bz);
+                fb[r] = _mm512_reduce_add_ps(bz);
+            }
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += 4)
+            for (int64_t j = 0; j < n; j += 16) /* j0 + t: a multiple of 16 */
+                qkb16_block(qb, ar, bias, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D, TL, pfend);
+        t += n;
+    }
+}
+
 /* one row x 16 keys (rows past the last multiple of 4) */
 SC_T_VNNI SC_INL void qkw16_row(const int16_t *qw, float a, const int8_t *k, float *s, int64_t j, int64_t nk,
                                 int64_t D, const char *pfend) {
@@ -1523,6 +1604,10 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
      * zp_bias) computed beside q' and added by the score stores' FMA */
     const int zfold = b8 && kind == 4;
     const int w16b4 = in4 && k16 && !b8;
+    if (b8 && k16) { /* keys in the lanes, 8-bit q' */
+        WITH_CONST_D(D, Dc, qk4b_k16(c, q, sc, kr, j0, nt, s, (int8_t *)qf, Dc));
+        return;
+    }
     float zf[256] __attribute__((aligned(64)));
     float fb[Q8_MAX_ROWS + 16] = {0};
     __m512i even = _mm512_setzero_si512(), odd = even;
@@ -1593,20 +1678,9 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
             const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4)
                 for (int64_t j = 0; j < n; j += 16)
-                    qkw16_block(qw, ar, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D, TL, pfend);
-        } else if (in4 && b8 && k16) { /* keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
-            const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
-            int32_t bias8[Q8_MAX_ROWS];
-            for (int64_t r = 0; r < R; r++) bias8[r] = kind == 3 ? 8 * qsum[r] : 0;
-            for (int64_t r0 = 0; r0 < R; r0 += 4)
-                for (int64_t j = 0; j < n; j += 16)
-                    if (qblk == 128)
-                        qkb16_block(qb, ar, bias8, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D,
-                                    TL, pfend, 128);
-                    else
-                        qkb16_block(qb, ar, bias8, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D,
-                                    TL, pfend, 64);
-        } else if (in4) { /* token rows (a k16 store took one of the branches above) */
+                    WITH_CONST_D(D, Dc, qkw16_block(qw, ar, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0,
+                                                    Dc, TL, pfend));
+        } else if (in4) { /* token rows (a k16 store took one of the branches above, or qk4b_k16) */
             const uint8_t *ct = codes + t * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
                 const __m512 sc4 = _mm512_permutexvar_ps(_mm512_srli_epi32(lane, 2), _mm512_loadu_ps(ar + r0));
