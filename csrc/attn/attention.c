@@ -82,7 +82,8 @@ static void qk_portable(const float *q, const float *kt, float *s, int64_t R, in
 static void pv_portable(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
     pv_generic(p, vt, o, R, nt, D, TL);
 }
-static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+static float sm_portable(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad) {
+    if (!all_finite(sr, vis)) *bad = 1;
     return softmax_generic(sr, vis, nt, m, l);
 }
 static void item_portable(const attn_ctx *c, int64_t i, attn_ws *w) {

@@ -76,7 +76,8 @@ static inline float32x4_t exp2_neg4(float32x4_t x) {
     return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(vmulq_f32(p, scale)), dead));
 }
 
-static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+static float sm_neon(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad) {
+    if (!all_finite(sr, vis)) *bad = 1;
     float32x4_t mx = vdupq_n_f32(-INFINITY);
     int64_t j = 0;
     for (; j + 4 <= vis; j += 4) mx = vmaxq_f32(mx, vld1q_f32(sr + j));

@@ -637,15 +637,21 @@ SC_T_AVX2 SC_INL float hadd8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
 /* the softmax step of sm_avx512 (lazy rescaling) on 8 lanes */
-SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256 mx = ninf;
+SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), big = _mm256_set1_ps(FLT_MAX), amask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 mx = ninf, nf = _mm256_setzero_ps(); /* nf: lanes that saw |x| > FLT_MAX or NaN */
     int64_t j = 0;
-    for (; j + 8 <= vis; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + j));
-    if (j < vis) {
-        const __m256 kv = mask8(vis - j);
-        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_maskload_ps(sr + j, _mm256_castps_si256(kv)), kv));
+    for (; j + 8 <= vis; j += 8) {
+        const __m256 x = _mm256_loadu_ps(sr + j);
+        mx = _mm256_max_ps(mx, x);
+        nf = _mm256_or_ps(nf, _mm256_cmp_ps(_mm256_and_ps(x, amask), big, _CMP_NLE_UQ));
     }
+    if (j < vis) {
+        const __m256 kv = mask8(vis - j), x = _mm256_maskload_ps(sr + j, _mm256_castps_si256(kv));
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x, kv));
+        nf = _mm256_or_ps(nf, _mm256_and_ps(kv, _mm256_cmp_ps(_mm256_and_ps(x, amask), big, _CMP_NLE_UQ)));
+    }
+    if (_mm256_movemask_ps(nf)) *bad = 1;
     const float mt = hmax8(mx);
     if (mt == -INFINITY) {
         for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;
@@ -1121,13 +1127,17 @@ SC_T_AVX512 static inline __m512 exp2_neg16(__m512 x) {
     return _mm512_maskz_mov_ps((__mmask16)~dead, _mm512_scalef_ps(p, xi));
 }
 
-SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m, float *l) {
+SC_T_AVX512 static float sm_avx512(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad) {
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     __m512 mx = ninf;
+    __mmask16 nf = 0; /* visible NaN / +-Inf (fpclass 0x99: QNaN, SNaN, +Inf, -Inf) */
     for (int64_t j = 0; j < vis; j += 16) {
         const __mmask16 k = (__mmask16)(vis - j >= 16 ? 0xFFFF : (1u << (vis - j)) - 1);
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, k, sr + j));
+        const __m512 x = _mm512_mask_loadu_ps(ninf, k, sr + j);
+        mx = _mm512_max_ps(mx, x);
+        nf |= _mm512_mask_fpclass_ps_mask(k, x, 0x99);
     }
+    if (nf) *bad = 1;
     const float mt = _mm512_reduce_max_ps(mx);
     if (mt == -INFINITY) {
         for (int64_t j = 0; j < nt; j++) sr[j] = 0.0f;

@@ -126,8 +126,10 @@ static inline __attribute__((always_inline)) void pv_generic(const float *p, con
  * keys from vis on are masked. On return sr[j] = 2^(s_j - m_new) (0 where
  * masked), *m and *l are updated, and the result is the factor alpha by which
  * the row's O must be rescaled; -1 when no key of the tile is visible (sr is
- * then zeroed and m, l are unchanged). */
-typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l);
+ * then zeroed and m, l are unchanged). *bad is set to 1 when a visible score
+ * is NaN or +-Inf (checked in the maximum's pass, which loads every score
+ * anyway: a separate all_finite pass cost ~2.5% of the int4 decode). */
+typedef float (*sm_fn)(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad);
 
 /* Direct microkernels read fp16 or fp32 K/V rows in place (row stride ks in
  * elements; k points at the tile's first key), converting in registers: no
@@ -455,8 +457,9 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             /* keys visible to row i: j < n_b, and j <= n_b - M + i when causal */
             int64_t vis = a->causal ? n_b - M + i0 + ii + 1 - j0 : nt;
             vis = vis < 0 ? 0 : (vis > nt ? nt : vis);
-            if (!all_finite(sr, vis)) w->nf |= NF_S;
-            const float alpha = sm(sr, vis, nt, &wm[r], &wl[r]);
+            int bad = 0;
+            const float alpha = sm(sr, vis, nt, &wm[r], &wl[r], &bad);
+            if (bad) w->nf |= NF_S;
             if (alpha < 0.0f) continue; /* no visible key: p = 0 */
             any = 1;
             if (alpha != 1.0f)
