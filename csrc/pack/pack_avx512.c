@@ -484,15 +484,65 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
     return 0;
 }
 
+/* Block-Hadamard rotation (sc_rotate_f32) with a block of nv vectors held in
+ * registers: the butterflies of h = 1, 2, 4, 8 inside each vector (a lane
+ * permute and a blend of a + s / s - a, as rotate_avx2 does for h < 8), then
+ * h >= 16 between vectors, then the 1/sqrt(block) scale -- per element the
+ * portable loop's operations in its order, so the results are bitwise the
+ * same. rotate_avx2 runs the stages h >= 8 through memory (two loads and two
+ * stores per vector and stage): it was ~15% of an int8 cache's append with
+ * rotated V (perf; docs/benchmarks.md, session 17). */
+SC_AVX512 static inline __attribute__((always_inline)) __m512 bfly16(__m512 a, __m512 s, __mmask16 upper) {
+    return _mm512_mask_blend_ps(upper, _mm512_add_ps(a, s), _mm512_sub_ps(s, a));
+}
+SC_AVX512 static inline __attribute__((always_inline)) void rotate_block_avx512(float *u, __m512 norm, const int nv) {
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) {
+        __m512 a = _mm512_loadu_ps(u + 16 * i);
+        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+        a = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+        v[i] = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+    }
+    for (int h = 1; h < nv; h *= 2)
+        for (int i = 0; i < nv; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                const __m512 a = v[j], b = v[j + h];
+                v[j] = _mm512_add_ps(a, b);
+                v[j + h] = _mm512_sub_ps(a, b);
+            }
+    for (int i = 0; i < nv; i++) _mm512_storeu_ps(u + 16 * i, _mm512_mul_ps(v[i], norm));
+}
+SC_AVX512 static void rotate_avx512(float *x, int64_t n, int64_t stride, int32_t d) {
+    const int32_t hb = sc_rotation_block(d);
+    if (hb < 16 || hb > 256) { /* head dims are multiples of 16 (blocks >= 16); anything else as before */
+        sc_row_kernels_avx2.rotate(x, n, stride, d);
+        return;
+    }
+    const __m512 norm = _mm512_set1_ps(1.0f / sqrtf((float)hb));
+    for (int64_t r = 0; r < n; r++)
+        for (int32_t base = 0; base < d; base += hb) { /* the block count a constant in each instance */
+            float *u = x + r * stride + base;
+            switch (hb / 16) {
+            case 1: rotate_block_avx512(u, norm, 1); break;
+            case 2: rotate_block_avx512(u, norm, 2); break;
+            case 4: rotate_block_avx512(u, norm, 4); break;
+            case 8: rotate_block_avx512(u, norm, 8); break;
+            default: rotate_block_avx512(u, norm, 16); break;
+            }
+        }
+}
+
 sc_row_kernels sc_row_kernels_avx512;
 
-/* The AVX2 row kernels plus the two fused AVX-512 kernels. */
+/* The AVX2 row kernels plus the fused AVX-512 kernels and the rotation. */
 void sc_row_kernels_avx512_init(void) {
     sc_row_kernels_avx512 = sc_row_kernels_avx2;
     sc_row_kernels_avx512.quant_token = quant_token_avx512;
     sc_row_kernels_avx512.quant_chan = quant_chan_avx512;
     sc_row_kernels_avx512.quant_tokens = quant_tokens_avx512;
     sc_row_kernels_avx512.decode_fast = decode_fast_avx512;
+    sc_row_kernels_avx512.rotate = rotate_avx512;
 }
 
 #endif /* SC_X86 */
