@@ -14,7 +14,8 @@ from sagecore import _cpu
 from sagecore.cache import TensorStore
 from sagecore.formats import KVFormat
 
-FORMATS = ["int8.t1.g32.s16", "int8.t32.g1.s16+smooth", "int4.t64.g1.s16+zp+smooth", "int4.t1.g32.s16+rot",
+FORMATS = ["int8.t1.g32.s16", "int8.t1.gD.s16+rot", "int8.t32.g1.s16+smooth", "int4.t64.g1.s16+zp+smooth",
+           "int4.t1.g32.s16+rot", "int4.t1.gD.s16+rot",
            "fp16"]
 
 

@@ -159,6 +159,14 @@ typedef struct sc_row_kernels {
      * place (no sc_k16_gather). NULL: the caller gathers rows. */
     void (*dequant_i8_k16)(const uint8_t *blk, int64_t tk, int is_u8, const float *s, const float *m, float *dst,
                            int64_t n);
+    /* quant_tokens of rotated per-token formats (D 128, G 32 or 128, src_mode
+     * F16 or F32): load, subtract the mean, rotate and encode each token in
+     * registers, validating the input as it loads (the values, codes and
+     * scales of load + sc_rotate_f32 + quant_token, bitwise). Returns n or
+     * the first failing token. NULL where the ISA has none. */
+    int64_t (*quant_rot_tokens)(const void *src, int64_t src_stride, int64_t n, int src_mode, const float *mean,
+                                int64_t D, int64_t G, int is_int4, int scale_f32, uint8_t *dst, int64_t row_bytes,
+                                void *scales);
 } sc_row_kernels;
 
 extern const sc_row_kernels sc_row_kernels_portable;

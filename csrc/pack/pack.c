@@ -478,11 +478,14 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
     const int tok_path = plain && T == 1 && !f->zero_point && f->channel_group % 16 == 0 &&
                          (rk->quant_token || rk->quant_tokens);
     const int chan_path = plain && f->channel_group == 1 && rk->quant_chan && D % 16 == 0;
-    const int fused = tok_path || chan_path;
     /* rotated per-token formats: scalar load + vector rotation, then the fused
      * encoder on the rotated values (input validated by the pass below) */
     const int rot_tok_path = f->encoding != SC_ENC_FP16 && f->rotate && !f->outliers && T == 1 &&
                              !f->zero_point && f->channel_group % 16 == 0 && (rk->quant_token || rk->quant_tokens);
+    /* ... or, at d128 with cells of 32 or 128 channels, all of it in registers (quant_rot_tokens) */
+    const int rot_fused = rot_tok_path && rk->quant_rot_tokens && D == 128 && sc_rotation_block(128) == 128 &&
+                          (f->channel_group == 32 || f->channel_group == 128);
+    const int fused = tok_path || chan_path || rot_fused;
     if (!fused && !(flags & SC_QUANTIZE_VALUES_CHECKED) && (s = sc_check_values(src))) return s;
     const int64_t ngroups = (n + T - 1) / T;
     if (n == 0) return SC_OK;
@@ -510,6 +513,13 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
                 if (tok_path) {
                     done = run_tokens(&c, sbase, src->stride_t, n,
                                       src->dtype == SC_DTYPE_F16 ? SC_SRC_F16 : SC_SRC_F32, mean, row, t0);
+                } else if (rot_fused) {
+                    const size_t sb = f->scale_dtype == SC_DTYPE_F16 ? 2 : 4;
+                    done = rk->quant_rot_tokens(sbase, src->stride_t, n, src->dtype == SC_DTYPE_F16 ? SC_SRC_F16 : SC_SRC_F32,
+                                                mean, D, f->channel_group, f->encoding == SC_ENC_INT4,
+                                                f->scale_dtype == SC_DTYPE_F32,
+                                                (uint8_t *)st->data + (row * st->capacity + t0) * c.rb, c.rb,
+                                                (char *)st->scales + (size_t)((row * st->capacity + t0) * c.ncell) * sb);
                 } else {
                     for (done = 0; done < n;) {
                         int64_t nt = n - done < c.chunk ? n - done : c.chunk;

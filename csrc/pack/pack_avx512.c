@@ -110,14 +110,11 @@ SC_AVX512 static inline __attribute__((always_inline)) void emit_row(const __m51
 }
 
 /* ------------------------------------------------------------ per token */
-SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(const void *src, int src_mode, const float *mean, const int64_t D,
-                                             const int64_t G, int is_int4, int scale_f32, uint8_t *dst,
-                                             void *scales) {
-    __m512 x[32];
-    __m512 chk = _mm512_setzero_ps();
+/* quant_token_body's encoding of a loaded (and validated) row x */
+SC_AVX512 static inline __attribute__((always_inline)) int quant_x_body(const __m512 *x, const int64_t D, const int64_t G,
+                                                                       int is_int4, int scale_f32, uint8_t *dst,
+                                                                       void *scales) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
-    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
-    if (nonfinite(chk)) return -1;
     const int64_t ncell = D / G, per = G / 16;
     float amax[32] __attribute__((aligned(64)));
     float worst = 0.0f;
@@ -151,18 +148,22 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(cons
     emit_row(q, D / 16, is_int4 ? K_I4 : K_I8, dst);
     return 0;
 }
+SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(const void *src, int src_mode, const float *mean, const int64_t D,
+                                             const int64_t G, int is_int4, int scale_f32, uint8_t *dst,
+                                             void *scales) {
+    __m512 x[32];
+    __m512 chk = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
+    if (nonfinite(chk)) return -1;
+    return quant_x_body(x, D, G, is_int4, scale_f32, dst, scales);
+}
 
 /* D in {64, 128}, G = 32: at most 4 cells, everything stays in registers (the
  * cell maxima are transposed into one xmm instead of going through memory,
  * which cost a store-forwarding stall per token). */
-SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
-        const void *src, int src_mode, const float *mean, const int64_t D, int is_int4, int scale_f32,
-        uint8_t *dst, void *scales) {
+SC_AVX512 static inline __attribute__((always_inline)) int quant_x_g32(const __m512 *x, const int64_t D, int is_int4,
+                                                                      int scale_f32, uint8_t *dst, void *scales) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
-    __m512 x[8];
-    __m512 chk = _mm512_setzero_ps();
-    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
-    if (nonfinite(chk)) return -1;
     __m128 part[4];
     for (int c = 0; c < 4; c++) {
         if (c < D / 32) {
@@ -199,6 +200,45 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
         q[2 * c + 1] = quant16(x[2 * c + 1], vinv);
     }
     emit_row(q, D / 16, is_int4 ? K_I4 : K_I8, dst);
+    return 0;
+}
+SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
+        const void *src, int src_mode, const float *mean, const int64_t D, int is_int4, int scale_f32,
+        uint8_t *dst, void *scales) {
+    __m512 x[8];
+    __m512 chk = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D / 16; i++) x[i] = load16(src, src_mode, i * 16, mean, &chk);
+    if (nonfinite(chk)) return -1;
+    return quant_x_g32(x, D, is_int4, scale_f32, dst, scales);
+}
+/* the same for one cell of D = 128 channels (a scale per token): the cell's
+ * maximum, scale and inverse in one lane instead of quant_x_body's vectors
+ * of cells (two 16-lane divisions per token) */
+SC_AVX512 static inline __attribute__((always_inline)) int quant_x_one128(const __m512 *x, int is_int4, int scale_f32,
+                                                                         uint8_t *dst, void *scales) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    __m512 am = _mm512_and_ps(x[0], absmask);
+    for (int i = 1; i < 8; i++) am = _mm512_max_ps(am, _mm512_and_ps(x[i], absmask));
+    const __m128 amax = _mm_set_ss(_mm512_reduce_max_ps(am));
+    if (_mm_cmp_ss_mask(amax, _mm_set_ss(3.4e38f), _CMP_NLE_UQ)) return -1;
+    const __m128 want = _mm_div_ss(amax, _mm_set_ss(is_int4 ? 7.0f : 127.0f));
+    __m128 sv;
+    if (scale_f32) {
+        sv = want;
+        _mm_store_ss((float *)scales, sv);
+    } else {
+        if (_mm_cmp_ss_mask(want, _mm_set_ss(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
+        __m128i h = _mm_cvtps_ph(want, RNE);
+        const __mmask8 lt = _mm_cmp_ss_mask(_mm_cvtph_ps(h), want, _CMP_LT_OQ);
+        h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
+        *(uint16_t *)scales = (uint16_t)_mm_extract_epi16(h, 0);
+        sv = _mm_cvtph_ps(h);
+    }
+    const __m128 inv = _mm_maskz_div_ss(_mm_cmp_ss_mask(sv, _mm_setzero_ps(), _CMP_GT_OQ), _mm_set_ss(1.0f), sv);
+    const __m512 vinv = _mm512_broadcastss_ps(inv);
+    __m512i q[8];
+    for (int i = 0; i < 8; i++) q[i] = quant16(x[i], vinv);
+    emit_row(q, 8, is_int4 ? K_I4 : K_I8, dst);
     return 0;
 }
 
@@ -289,6 +329,11 @@ SC_AVX512 static int quant_token_avx512(const void *src, int src_mode, const flo
     /* constant shapes let the compiler keep the token in registers */
     if (D == 128 && G == 32) return quant_token_g32(src, src_mode, mean, 128, is_int4, scale_f32, dst, scales);
     if (D == 64 && G == 32) return quant_token_g32(src, src_mode, mean, 64, is_int4, scale_f32, dst, scales);
+    if (D == 128 && G == 128) { /* one scale per token (gD) */
+        __m512 x[8], chk = _mm512_setzero_ps();
+        for (int i = 0; i < 8; i++) x[i] = load16(src, src_mode, 16 * i, mean, &chk);
+        return nonfinite(chk) ? -1 : quant_x_one128(x, is_int4, scale_f32, dst, scales);
+    }
     return quant_token_body(src, src_mode, mean, D, G, is_int4, scale_f32, dst, scales);
 }
 
@@ -533,6 +578,68 @@ SC_AVX512 static void rotate_avx512(float *x, int64_t n, int64_t stride, int32_t
         }
 }
 
+/* Rotated per-token formats at d128 (the built-in policies' V): per token
+ * the row is loaded (fp16-rounded, minus the mean, validated), rotated by
+ * rotate_block_avx512's butterflies in registers and encoded by
+ * quant_x_body -- the values load_f16/load_f32 + sc_rotate_f32 +
+ * quant_token produce, without the row's trips through memory and the
+ * separate finiteness pass (sc_quantize_ex classifies a failure afterwards,
+ * as for the other fused kernels). */
+/* load, validate and rotate one token into v (0: a non-finite input) */
+SC_AVX512 static inline __attribute__((always_inline)) int rot_load(const char *p, int src_mode, const float *mean,
+                                                                   __m512 *v) {
+    const __m512 norm = _mm512_set1_ps(1.0f / sqrtf(128.0f));
+    __m512 chk = _mm512_setzero_ps();
+    for (int i = 0; i < 8; i++) {
+        __m512 a = load16(p, src_mode, 16 * i, mean, &chk);
+        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+        a = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+        v[i] = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+    }
+    for (int h = 1; h < 8; h *= 2)
+        for (int i = 0; i < 8; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                const __m512 a = v[j], b = v[j + h];
+                v[j] = _mm512_add_ps(a, b);
+                v[j + h] = _mm512_sub_ps(a, b);
+            }
+    for (int i = 0; i < 8; i++) v[i] = _mm512_mul_ps(v[i], norm);
+    return !nonfinite(chk);
+}
+/* Two tokens per iteration: one token's load-rotate-round chain (~100
+ * cycles of latency, ~250 instructions) nearly fills the reorder window,
+ * so tokens one at a time ran at their latency. */
+SC_AVX512 static inline __attribute__((always_inline)) int64_t quant_rot_body(
+        const void *src, int64_t src_stride, int64_t n, int src_mode, const float *mean, const int64_t G, int is_int4,
+        int scale_f32, uint8_t *dst, int64_t row_bytes, void *scales) {
+    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4, ss = scale_f32 ? 4 : 2, ncell = 128 / G;
+#define QROT_ENC(v, t)                                                                                                \
+    (G == 32 ? quant_x_g32(v, 128, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss)   \
+             : quant_x_one128(v, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss))
+    int64_t t = 0;
+    for (; t + 2 <= n; t += 2) {
+        __m512 a[8], b[8];
+        const int oka = rot_load((const char *)src + t * src_stride * es, src_mode, mean, a);
+        const int okb = rot_load((const char *)src + (t + 1) * src_stride * es, src_mode, mean, b);
+        if (!oka || QROT_ENC(a, t)) return t;
+        if (!okb || QROT_ENC(b, t + 1)) return t + 1;
+    }
+    for (; t < n; t++) {
+        __m512 a[8];
+        if (!rot_load((const char *)src + t * src_stride * es, src_mode, mean, a) || QROT_ENC(a, t)) return t;
+    }
+#undef QROT_ENC
+    return n;
+}
+SC_AVX512 static int64_t quant_rot_tokens_avx512(const void *src, int64_t src_stride, int64_t n, int src_mode,
+                                                 const float *mean, int64_t D, int64_t G, int is_int4, int scale_f32,
+                                                 uint8_t *dst, int64_t row_bytes, void *scales) {
+    (void)D; /* 128: the caller's condition */
+    return G == 32 ? quant_rot_body(src, src_stride, n, src_mode, mean, 32, is_int4, scale_f32, dst, row_bytes, scales)
+                   : quant_rot_body(src, src_stride, n, src_mode, mean, 128, is_int4, scale_f32, dst, row_bytes, scales);
+}
+
 sc_row_kernels sc_row_kernels_avx512;
 
 /* The AVX2 row kernels plus the fused AVX-512 kernels and the rotation. */
@@ -543,6 +650,7 @@ void sc_row_kernels_avx512_init(void) {
     sc_row_kernels_avx512.quant_tokens = quant_tokens_avx512;
     sc_row_kernels_avx512.decode_fast = decode_fast_avx512;
     sc_row_kernels_avx512.rotate = rotate_avx512;
+    sc_row_kernels_avx512.quant_rot_tokens = quant_rot_tokens_avx512;
 }
 
 #endif /* SC_X86 */
