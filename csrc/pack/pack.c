@@ -84,6 +84,7 @@ const sc_row_kernels sc_row_kernels_portable = {
     load_f16_portable, load_f32_portable, absmax_acc_portable, minmax_acc_portable,
     quant_i8_portable, dequant_i8_portable, store_f32_portable, store_f16_portable, NULL, NULL, rotate_portable, NULL, NULL,
     NULL, /* dequant_i8_k16: the portable path gathers rows (sc_k16_gather) */
+    NULL, /* quant_rot_tokens: load, rotate, quant_token (sc_quantize_ex) */
 };
 
 /* ================================================================ rotation */

@@ -302,6 +302,7 @@ const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
     quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL, NULL,
     dequant_i8_k16_avx2,
+    NULL, /* quant_rot_tokens: AVX-512 only */
 };
 
 #endif /* SC_X86 */
