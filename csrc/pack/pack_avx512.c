@@ -540,15 +540,15 @@ SC_AVX512 static int decode_fast_avx512(const sc_format *f, const sc_store *st, 
 SC_AVX512 static inline __attribute__((always_inline)) __m512 bfly16(__m512 a, __m512 s, __mmask16 upper) {
     return _mm512_mask_blend_ps(upper, _mm512_add_ps(a, s), _mm512_sub_ps(s, a));
 }
-SC_AVX512 static inline __attribute__((always_inline)) void rotate_block_avx512(float *u, __m512 norm, const int nv) {
-    __m512 v[16];
-    for (int i = 0; i < nv; i++) {
-        __m512 a = _mm512_loadu_ps(u + 16 * i);
-        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
-        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
-        a = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
-        v[i] = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
-    }
+/* the stages h = 1, 2, 4, 8 of one vector */
+SC_AVX512 static inline __attribute__((always_inline)) __m512 bfly_in16(__m512 a) {
+    a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+    a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+    a = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+    return bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+}
+/* the stages h >= 16 between the block's nv vectors, then the scale */
+SC_AVX512 static inline __attribute__((always_inline)) void bfly_across(__m512 *v, const int nv, __m512 norm) {
     for (int h = 1; h < nv; h *= 2)
         for (int i = 0; i < nv; i += 2 * h)
             for (int j = i; j < i + h; j++) {
@@ -556,7 +556,13 @@ SC_AVX512 static inline __attribute__((always_inline)) void rotate_block_avx512(
                 v[j] = _mm512_add_ps(a, b);
                 v[j + h] = _mm512_sub_ps(a, b);
             }
-    for (int i = 0; i < nv; i++) _mm512_storeu_ps(u + 16 * i, _mm512_mul_ps(v[i], norm));
+    for (int i = 0; i < nv; i++) v[i] = _mm512_mul_ps(v[i], norm);
+}
+SC_AVX512 static inline __attribute__((always_inline)) void rotate_block_avx512(float *u, __m512 norm, const int nv) {
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) v[i] = bfly_in16(_mm512_loadu_ps(u + 16 * i));
+    bfly_across(v, nv, norm);
+    for (int i = 0; i < nv; i++) _mm512_storeu_ps(u + 16 * i, v[i]);
 }
 SC_AVX512 static void rotate_avx512(float *x, int64_t n, int64_t stride, int32_t d) {
     const int32_t hb = sc_rotation_block(d);
@@ -588,23 +594,9 @@ SC_AVX512 static void rotate_avx512(float *x, int64_t n, int64_t stride, int32_t
 /* load, validate and rotate one token into v (0: a non-finite input) */
 SC_AVX512 static inline __attribute__((always_inline)) int rot_load(const char *p, int src_mode, const float *mean,
                                                                    __m512 *v) {
-    const __m512 norm = _mm512_set1_ps(1.0f / sqrtf(128.0f));
     __m512 chk = _mm512_setzero_ps();
-    for (int i = 0; i < 8; i++) {
-        __m512 a = load16(p, src_mode, 16 * i, mean, &chk);
-        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
-        a = bfly16(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
-        a = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
-        v[i] = bfly16(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
-    }
-    for (int h = 1; h < 8; h *= 2)
-        for (int i = 0; i < 8; i += 2 * h)
-            for (int j = i; j < i + h; j++) {
-                const __m512 a = v[j], b = v[j + h];
-                v[j] = _mm512_add_ps(a, b);
-                v[j + h] = _mm512_sub_ps(a, b);
-            }
-    for (int i = 0; i < 8; i++) v[i] = _mm512_mul_ps(v[i], norm);
+    for (int i = 0; i < 8; i++) v[i] = bfly_in16(load16(p, src_mode, 16 * i, mean, &chk));
+    bfly_across(v, 8, _mm512_set1_ps(1.0f / sqrtf(128.0f)));
     return !nonfinite(chk);
 }
 /* Two tokens per iteration: one token's load-rotate-round chain (~100
