@@ -158,6 +158,30 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_body(cons
     return quant_x_body(x, D, G, is_int4, scale_f32, dst, scales);
 }
 
+/* Scales of up to 4 cells from their maxima (lane c = cell c; ncell lanes
+ * stored): scale = amax / qmax, rounded up to fp16 unless scale_f32; returns
+ * the inverses (0 for a zero scale) in *inv, or -1 when a range does not fit. */
+SC_AVX512 static inline __attribute__((always_inline)) int cell_scales4(__m128 amax, int ncell, int is_int4,
+                                                                       int scale_f32, void *scales, __m128 *inv) {
+    if (_mm_cmp_ps_mask(amax, _mm_set1_ps(3.4e38f), _CMP_NLE_UQ)) return -1;
+    const __mmask8 live = (__mmask8)((1u << ncell) - 1);
+    const __m128 want = _mm_div_ps(amax, _mm_set1_ps(is_int4 ? 7.0f : 127.0f));
+    __m128 sv;
+    if (scale_f32) {
+        sv = want;
+        _mm_mask_storeu_ps((float *)scales, live, sv);
+    } else {
+        if (_mm_mask_cmp_ps_mask(live, want, _mm_set1_ps(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
+        __m128i h = _mm_cvtps_ph(want, RNE);
+        __mmask8 lt = _mm_cmp_ps_mask(_mm_cvtph_ps(h), want, _CMP_LT_OQ);
+        h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
+        _mm_mask_storeu_epi16((uint16_t *)scales, live, h);
+        sv = _mm_cvtph_ps(h);
+    }
+    *inv = _mm_maskz_div_ps(_mm_cmp_ps_mask(sv, _mm_setzero_ps(), _CMP_GT_OQ), _mm_set1_ps(1.0f), sv);
+    return 0;
+}
+
 /* D in {64, 128}, G = 32: at most 4 cells, everything stays in registers (the
  * cell maxima are transposed into one xmm instead of going through memory,
  * which cost a store-forwarding stall per token). */
@@ -176,22 +200,8 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_x_g32(const __m
     }
     _MM_TRANSPOSE4_PS(part[0], part[1], part[2], part[3]);
     __m128 amax = _mm_max_ps(_mm_max_ps(part[0], part[1]), _mm_max_ps(part[2], part[3])); /* lane c = cell c */
-    if (_mm_cmp_ps_mask(amax, _mm_set1_ps(3.4e38f), _CMP_NLE_UQ)) return -1;
-    const float qmax = is_int4 ? 7.0f : 127.0f;
-    const int ncell = (int)(D / 32);
-    __m128 want = _mm_div_ps(amax, _mm_set1_ps(qmax)), sv;
-    if (scale_f32) {
-        sv = want;
-        _mm_mask_storeu_ps((float *)scales, (__mmask8)((1u << ncell) - 1), sv);
-    } else {
-        if (_mm_cmp_ps_mask(want, _mm_set1_ps(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
-        __m128i h = _mm_cvtps_ph(want, RNE);
-        __mmask8 lt = _mm_cmp_ps_mask(_mm_cvtph_ps(h), want, _CMP_LT_OQ);
-        h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
-        _mm_mask_storeu_epi16((uint16_t *)scales, (__mmask8)((1u << ncell) - 1), h);
-        sv = _mm_cvtph_ps(h);
-    }
-    __m128 inv4 = _mm_maskz_div_ps(_mm_cmp_ps_mask(sv, _mm_setzero_ps(), _CMP_GT_OQ), _mm_set1_ps(1.0f), sv);
+    __m128 inv4;
+    if (cell_scales4(amax, (int)(D / 32), is_int4, scale_f32, scales, &inv4)) return -1;
     __m512 inv512 = _mm512_castps128_ps512(inv4);
     __m512i q[8];
     for (int64_t c = 0; c < D / 32; c++) {
@@ -212,29 +222,15 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
     return quant_x_g32(x, D, is_int4, scale_f32, dst, scales);
 }
 /* the same for one cell of D = 128 channels (a scale per token): the cell's
- * maximum, scale and inverse in one lane instead of quant_x_body's vectors
- * of cells (two 16-lane divisions per token) */
+ * maximum and cell_scales4 on one lane instead of quant_x_body's vectors of
+ * cells (two 16-lane divisions per token) */
 SC_AVX512 static inline __attribute__((always_inline)) int quant_x_one128(const __m512 *x, int is_int4, int scale_f32,
                                                                          uint8_t *dst, void *scales) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 am = _mm512_and_ps(x[0], absmask);
     for (int i = 1; i < 8; i++) am = _mm512_max_ps(am, _mm512_and_ps(x[i], absmask));
-    const __m128 amax = _mm_set_ss(_mm512_reduce_max_ps(am));
-    if (_mm_cmp_ss_mask(amax, _mm_set_ss(3.4e38f), _CMP_NLE_UQ)) return -1;
-    const __m128 want = _mm_div_ss(amax, _mm_set_ss(is_int4 ? 7.0f : 127.0f));
-    __m128 sv;
-    if (scale_f32) {
-        sv = want;
-        _mm_store_ss((float *)scales, sv);
-    } else {
-        if (_mm_cmp_ss_mask(want, _mm_set_ss(SC_FP16_MAX), _CMP_GT_OQ)) return -1;
-        __m128i h = _mm_cvtps_ph(want, RNE);
-        const __mmask8 lt = _mm_cmp_ss_mask(_mm_cvtph_ps(h), want, _CMP_LT_OQ);
-        h = _mm_mask_add_epi16(h, lt, h, _mm_set1_epi16(1));
-        *(uint16_t *)scales = (uint16_t)_mm_extract_epi16(h, 0);
-        sv = _mm_cvtph_ps(h);
-    }
-    const __m128 inv = _mm_maskz_div_ss(_mm_cmp_ss_mask(sv, _mm_setzero_ps(), _CMP_GT_OQ), _mm_set_ss(1.0f), sv);
+    __m128 inv;
+    if (cell_scales4(_mm_set_ss(_mm512_reduce_max_ps(am)), 1, is_int4, scale_f32, scales, &inv)) return -1;
     const __m512 vinv = _mm512_broadcastss_ps(inv);
     __m512i q[8];
     for (int i = 0; i < 8; i++) q[i] = quant16(x[i], vinv);
