@@ -647,7 +647,8 @@ SC_T_AVX2 SC_INL float hadd8(__m256 v) {
 }
 /* the softmax step of sm_avx512 (lazy rescaling) on 8 lanes */
 SC_T_AVX2 static float sm_avx2(float *sr, int64_t vis, int64_t nt, float *m, float *l, int *bad) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY), big = _mm256_set1_ps(FLT_MAX), amask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), big = _mm256_set1_ps(FLT_MAX);
+    const __m256 amask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     __m256 mx = ninf, nf = _mm256_setzero_ps(); /* nf: lanes that saw |x| > FLT_MAX or NaN */
     int64_t j = 0;
     for (; j + 8 <= vis; j += 8) {
@@ -1527,8 +1528,8 @@ SC_T_VNNI SC_INL __m512i round8_k16(const __m512 *y, __m512 inv, __m512i *sum) {
  * common head dims (WITH_CONST_D): per token group the K scales (and zero
  * points), each row's q' = round(q x s x 127 / max|q x s|), its scale and
  * the zero points' q . m[g] (or 8 sum(q') for symmetric codes), then the
- * 16-key blocks. (The per-group work was ~15% of the int4 decode with D a
- * variable: its q x s vectors lived on the stack.) */
+ * 16-key blocks. The per-group work is ~10-16% of the int4 decode: its
+ * multiplies share the product pipe (docs/benchmarks.md, session 17). */
 SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int64_t kr, int64_t j0, int64_t nt,
                                float *s, int8_t *qb, const int64_t D) {
     const sc_format *f = c->a->kf;
