@@ -52,6 +52,15 @@ SC_INL const char *pf_ahead(const void *k, int64_t ahead, int64_t span, const ch
     const char *p = (const char *)k + ahead;
     return end && p + span <= end ? p : NULL;
 }
+/* A second, near prefetch into L1 (T0), PF_NEAR keys ahead, beside the far
+ * one into L2: in the int4 loops at "int8" (qkb16_block, pvb_pass), whose
+ * loads otherwise wait on L2 (perf: the V loads of pvb_pass held ~17% of its
+ * samples). int4 at "int8", bench/build_ab.py: warm 1.034-1.045x, cold 2
+ * threads 1.016-1.037x. The int8 loops at "bf16" measured 0.973-0.976x cold
+ * with it, and keep the far prefetch alone (docs/benchmarks.md, session 18). */
+#ifndef PF_NEAR
+#define PF_NEAR 32
+#endif
 /* Software prefetch of the scale (or zero-point) elements [i0, i0 + n) of
  * the array a, clipped at element iend (the kv row's end). The scale streams
  * run beside the codes (int4: 16 of 144 bytes per key) and were left to the
@@ -1393,6 +1402,7 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
     const int64_t rb = D / 2;
     const uint8_t *k = row0 + jt * rb;
     const char *pf = r0 == 0 ? pf_ahead(k, PF_KEYS * rb, 16 * rb, pfend) : NULL;
+    const char *pn = r0 == 0 ? pf_ahead(k, PF_NEAR * rb, 16 * rb, pfend) : NULL; /* into L1 */
     const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i ae[4], ao[4];
@@ -1400,6 +1410,7 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
 #pragma GCC unroll 8
     for (int64_t w = 0; w < rb / 4; w++) {
         if (pf) _mm_prefetch(pf + 64 * w, PF_HINT);
+        if (pn) _mm_prefetch(pn + 64 * w, _MM_HINT_T0);
         const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
         const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
         for (int rr = 0; rr < 4; rr++) {
@@ -1999,7 +2010,7 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
-    const char *pf = (const char *)v + PF_KEYS * rb + blk * 64;
+    const char *pf = (const char *)v + PF_KEYS * rb + blk * 64, *pn = (const char *)v + PF_NEAR * rb + blk * 64;
     for (int64_t g = 0; g < ngrp; g++) {
         __m512i z[4];
         for (int kk = 0; kk < 4; kk++) {
@@ -2008,7 +2019,10 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
         }
         if (h == 0 && r0 == 0 && pfend && pf + 4 * rb <= pfend) /* keys 4g..4g+3, PF_KEYS ahead */
             for (int kk = 0; kk < 4; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
+        if (h == 0 && r0 == 0 && pfend && pn + 4 * rb <= pfend) /* and PF_NEAR ahead into L1 */
+            for (int kk = 0; kk < 4; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
         pf += 4 * rb;
+        pn += 4 * rb;
         const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
         const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
         __m512i x[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
