@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--q-heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--precision", default="fp32", choices=list(PRECISION_CODES))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -89,7 +90,7 @@ def main():
         if args.isa:
             m.set_isa(args.isa)
     rng = np.random.default_rng(0)
-    b, hq, hkv, d, n = 1, args.q_heads, args.kv_heads, 128, args.n
+    b, hq, hkv, d, n = 1, args.q_heads, args.kv_heads, args.head_dim, args.n
     k = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
     v = rng.standard_normal((b, hkv, n, d), dtype=np.float32)
 

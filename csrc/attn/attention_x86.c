@@ -2042,16 +2042,69 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : w->e[rr][u], acc[rr][u]);
 }
+/* pvb_pass over a 64-channel block (D = 64, or the last 64 channels of
+ * D = 192) with one P' cell: a key's 32 code bytes fill two 128-bit lanes,
+ * so each vector holds two 4-key groups, keys 8g..8g+3 in lanes 0-1 and
+ * 8g+4..8g+7 in lanes 2-3, against their two P' quadruples; the flush adds
+ * lanes 2-3 to lanes 0-1 (pvb_flush, half). Every product does useful work,
+ * where reading the block as 128 channels would waste half of them. */
+SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
+                                 int64_t D, const char *pfend, const int h) {
+    const int64_t rb = D / 2, ngrp = (nt + 7) / 8;
+    static const uint8_t zero[32] __attribute__((aligned(32)));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512i acc[4][4];
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
+    const char *pf = (const char *)v + PF_KEYS * rb + blk * 64, *pn = (const char *)v + PF_NEAR * rb + blk * 64;
+    for (int64_t g = 0; g < ngrp; g++) {
+        __m512i z[4];
+        for (int kk = 0; kk < 4; kk++) {
+            const int64_t j = 8 * g + kk;
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(j < nt ? v + j * rb + blk * 64 : zero));
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(j + 4 < nt ? v + (j + 4) * rb + blk * 64 : zero));
+            z[kk] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+        }
+        if (h == 0 && r0 == 0 && pfend && pf + 8 * rb <= pfend) /* keys 8g..8g+7, PF_KEYS ahead */
+            for (int kk = 0; kk < 8; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
+        if (h == 0 && r0 == 0 && pfend && pn + 8 * rb <= pfend) /* and PF_NEAR ahead into L1 */
+            for (int kk = 0; kk < 8; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
+        pf += 8 * rb;
+        pn += 8 * rb;
+        const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
+        const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
+        __m512i x[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
+                        _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23)};
+        for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
+        for (int rr = 0; rr < 4; rr++) {
+            if (rr >= nr) break;
+            /* the two groups' P' quadruples: the first to lanes 0-1, the second to lanes 2-3 */
+            const __m512i pv = _mm512_permutexvar_epi32(
+                    halves, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)&w->p1[r0 + rr][8 * g])));
+            for (int u = 0; u < 4; u++) SC_DPBUSD(acc[rr][u], pv, x[u]);
+        }
+    }
+    for (int rr = 0; rr < 4; rr++)
+        for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : w->e[rr][u], acc[rr][u]);
+}
 /* O += the two passes' sums of rows r0..r0+nr over block blk, in channel order */
+/* (half: a 64-channel block of pvb_pass64, whose lanes 2-3 are added to
+ * lanes 0-1 and whose channels are those of lanes 0-1) */
 SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, const float *ps, float *o, int64_t r0,
-                                                          int64_t nr, int64_t blk, int64_t D) {
+                                                          int64_t nr, int64_t blk, int64_t D, const int half) {
     for (int rr = 0; rr < 4; rr++) {
         if (rr >= nr) break;
         const __m512i cv = _mm512_load_si512(w->corr[r0 + rr][blk]);
         __m512i t[4][2];
         for (int u = 0; u < 4; u++) {
-            const __m512i ev = _mm512_sub_epi32(_mm512_load_si512(w->e[rr][u]), cv);
-            const __m512i ov = _mm512_sub_epi32(_mm512_load_si512(w->od[rr][u]), cv);
+            __m512i e = _mm512_load_si512(w->e[rr][u]), od = _mm512_load_si512(w->od[rr][u]);
+            if (half) {
+                e = _mm512_add_epi32(e, _mm512_shuffle_i32x4(e, e, _MM_SHUFFLE(1, 0, 3, 2)));
+                od = _mm512_add_epi32(od, _mm512_shuffle_i32x4(od, od, _MM_SHUFFLE(1, 0, 3, 2)));
+            }
+            const __m512i ev = _mm512_sub_epi32(e, cv);
+            const __m512i ov = _mm512_sub_epi32(od, cv);
             t[u][0] = _mm512_unpacklo_epi32(ev, ov); /* lane l: channels 32l + 8u + 0..3 */
             t[u][1] = _mm512_unpackhi_epi32(ev, ov); /* 32l + 8u + 4..7 */
         }
@@ -2067,7 +2120,7 @@ SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, 
                                   _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
                                   _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
                                   _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
-            for (int l = 0; l < 4; l++) { /* channels 32l + 16a .. + 15 */
+            for (int l = 0; l < (half ? 2 : 4); l++) { /* channels 32l + 16a .. + 15 */
                 float *dst = orow + 32 * l + 16 * a;
                 _mm512_storeu_ps(dst, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n[l]), sc, _mm512_loadu_ps(dst)));
             }
@@ -2078,7 +2131,14 @@ SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, pvb_scratch *w, const float *p
                                 int64_t blk, int64_t nt, int64_t D, const char *pfend, const int one) {
     pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 0, one);
     pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 1, one);
-    pvb_flush(w, ps, o, r0, nr, blk, D);
+    pvb_flush(w, ps, o, r0, nr, blk, D, 0);
+}
+
+SC_T_VNNI SC_INL void pvb_block64(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0,
+                                  int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend) {
+    pvb_pass64(v, w, r0, nr, blk, nt, D, pfend, 0);
+    pvb_pass64(v, w, r0, nr, blk, nt, D, pfend, 1);
+    pvb_flush(w, ps, o, r0, nr, blk, D, 1);
 }
 
 SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0,
@@ -2087,6 +2147,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const sc_store *st = c->a->v;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
+    const int half = D % 128 == 64; /* a last block of 64 channels (pvb_block64; one P' cell only, pv8_vnni) */
     token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
@@ -2110,7 +2171,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
                 _mm_store_si128((__m128i *)&w.p1[r][16 * jv], _mm512_cvtusepi32_epi8(x));
             }
             const __m512i cv = _mm512_set1_epi32(8 * _mm512_reduce_add_epi32(sum));
-            for (int64_t b = 0; b < nblk; b++) _mm512_store_si512(w.corr[r][b], cv);
+            for (int64_t b = 0; b < nblk + half; b++) _mm512_store_si512(w.corr[r][b], cv);
             continue;
         }
         for (int64_t b = 0; b < nblk; b++) {
@@ -2142,6 +2203,10 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
             if (one && nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 1);
             else if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 0);
             else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, one);
+        if (half) {
+            if (nr == 4) pvb_block64(codes, &w, ps, o, r0, 4, nblk, nt, D, pfend);
+            else pvb_block64(codes, &w, ps, o, r0, nr, nblk, nt, D, pfend);
+        }
     }
 }
 
@@ -2155,7 +2220,8 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
-    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && D % 128 == 0) { /* 8-bit P' */
+    /* 8-bit P': blocks of 128 channels, and with one P' cell (G = D) a last one of 64 */
+    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && (D % 128 == 0 || (D % 64 == 0 && G == D))) {
         pv4b_vnni(c, sc, kr, j0, nt, p, o);
         return;
     }
