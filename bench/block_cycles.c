@@ -89,7 +89,7 @@ SC_T_VNNI __attribute__((noinline)) static void pvb_blocks(const uint8_t *v, pvb
 static void pv_int4(const int8_t *v) { pvb_blocks((const uint8_t *)v, pvb_w, pvb_nblk); } /* int4 V, 8-bit P' (int8 setting) */
 SC_T_VNNI __attribute__((noinline)) static void pv_int8(const int8_t *v) { /* int8 V, 16-bit P' (bf16 setting) */
     static const float ps[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
-    for (int64_t c0 = 0; c0 < DIM; c0 += 64) pvw_block(v, pq, ps, o, 0, 4, c0, KEYS / 2, KEYS, DIM, DIM / 32, PVW_TL, NULL);
+    for (int64_t c0 = 0; c0 < DIM; c0 += 64) pvw_block(v, pq, ps, o, 0, 4, c0, KEYS / 2, KEYS, DIM, DIM / 32, PVW_TL, NULL, 64);
 }
 
 static void run(const char *name, void (*f)(const int8_t *)) {

@@ -360,6 +360,7 @@ V_G128 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g128.s16"}
                                            ("int8", 2, 3, 333, 128), ("int8", 8, 3, 95, 128),
                                            ("q8_0", 8, 1, 701, 128), ("int8", 8, 1, 300, 64),
                                            (D80, 8, 1, 300, 80), ("int8", 8, 1, 300, 96),
+                                           ("int8", 8, 1, 301, 80), ("int8", 2, 3, 141, 80),
                                            ("int8", 8, 1, 300, 256), ("int4", 8, 1, 701, 128),
                                            ("int4", 2, 3, 333, 128), ("int8k-int4v", 8, 1, 300, 128),
                                            (INT4_SYM, 8, 1, 203, 64), (INT4_SYM, 4, 1, 150, 96),
@@ -371,7 +372,8 @@ def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
     (int16 P x V codes) in integer arithmetic, int4 codes unpacked to bytes
     first; elsewhere the option changes nothing."""
     # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded);
-    # 1 to 8 V cells per key (cells of 32 to 128 channels, d64 to d256);
+    # 1 to 8 V cells per key (cells of 32 to 128 channels, d64 to d256; one
+    # cell at d80 and d96: the last 16 or 32 channels under a mask);
     # key counts past one 128-key tile with a partial last tile
     c = build(pol, 1, 2, n, d, rng)
     q = (rng.standard_normal((1, hq, m, d)) * 2).astype(np.float32)

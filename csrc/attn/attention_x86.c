@@ -1781,7 +1781,10 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
 #endif
 SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float *ps, float *o, int64_t r0, int64_t nr,
                                 int64_t c0, int64_t npair, int64_t nt, int64_t D, int64_t ncell, int64_t TLp,
-                                const char *pfend) {
+                                const char *pfend, int64_t cw) {
+    /* cw: the block's channels, 64 or (the last block of D = 80, 96, 112, 144...; one P' cell) 16-48,
+     * read under a mask (no byte past the row) and stored under one */
+    const __mmask64 cm = cw >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << cw) - 1;
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
@@ -1797,7 +1800,8 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
             _mm_prefetch(pf + D, PF_HINT);
         }
         pf += 2 * D;
-        const __m512i a = _mm512_loadu_si512(v + j * D + c0), b = _mm512_loadu_si512(vb);
+        const __m512i a = cw >= 64 ? _mm512_loadu_si512(v + j * D + c0) : _mm512_maskz_loadu_epi8(cm, v + j * D + c0);
+        const __m512i b = cw >= 64 ? _mm512_loadu_si512(vb) : _mm512_maskz_loadu_epi8(cm, vb);
         const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
         const __m512i x0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));      /* cell 0 */
         const __m512i x1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); /* cell 1 */
@@ -1825,10 +1829,11 @@ SC_T_VNNI SC_INL void pvw_block(const int8_t *v, const int16_t *pq, const float 
         const __m512i n1 = _mm512_permutex2var_epi32(acc[rr][0], hi8, acc[rr][2]);
         const __m512i n2 = _mm512_permutex2var_epi32(acc[rr][1], lo8, acc[rr][3]);
         const __m512i n3 = _mm512_permutex2var_epi32(acc[rr][1], hi8, acc[rr][3]);
-        _mm512_storeu_ps(orow, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n0), sc, _mm512_loadu_ps(orow)));
-        _mm512_storeu_ps(orow + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n1), sc, _mm512_loadu_ps(orow + 16)));
-        _mm512_storeu_ps(orow + 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n2), sc, _mm512_loadu_ps(orow + 32)));
-        _mm512_storeu_ps(orow + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n3), sc, _mm512_loadu_ps(orow + 48)));
+        const __m512i n[4] = {n0, n1, n2, n3};
+        for (int i = 0; i < 4; i++)
+            if (16 * i < cw)
+                _mm512_storeu_ps(orow + 16 * i,
+                                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(n[i]), sc, _mm512_loadu_ps(orow + 16 * i)));
     }
 }
 
@@ -2215,8 +2220,10 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
     const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, read in place: pvw_block4) */
-    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 64 || D > 256 ||
-        TL > PVW_TL || R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
+    /* int8 codes with one scale per token (G = D): any D a multiple of 16 (the last block under a mask) */
+    const int dims = kind == 2 && G == D ? D % 16 == 0 : G % 32 == 0 && D % 64 == 0;
+    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || !dims || D > 256 || TL > PVW_TL ||
+        R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
@@ -2261,10 +2268,10 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
             /* the row count a constant in each call: with it a variable, the
              * accumulators of the last 1-3 rows (GQA 3, 6, 7...) lived on the
              * stack (bench/spill_scan.py) */
-            else if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend);
-            else if (nr == 3) pvw_block(codes, pq, ps, o, r0, 3, c0, npair, nt, D, n32, TLp, pfend);
-            else if (nr == 2) pvw_block(codes, pq, ps, o, r0, 2, c0, npair, nt, D, n32, TLp, pfend);
-            else pvw_block(codes, pq, ps, o, r0, 1, c0, npair, nt, D, n32, TLp, pfend);
+            else if (nr == 4) pvw_block(codes, pq, ps, o, r0, 4, c0, npair, nt, D, n32, TLp, pfend, D - c0);
+            else if (nr == 3) pvw_block(codes, pq, ps, o, r0, 3, c0, npair, nt, D, n32, TLp, pfend, D - c0);
+            else if (nr == 2) pvw_block(codes, pq, ps, o, r0, 2, c0, npair, nt, D, n32, TLp, pfend, D - c0);
+            else pvw_block(codes, pq, ps, o, r0, 1, c0, npair, nt, D, n32, TLp, pfend, D - c0);
     }
 }
 
