@@ -401,14 +401,17 @@ INT4_G64 = {"k": "int4.t64.g1.s16", "v": "int4.t1.g64.s16"}
     ("int4", 8, 1, 300, 64, True, True), ("int4", 8, 1, 257, 192, True, True),
     (INT4_SYM, 8, 1, 203, 64, True, False), (INT4_SYM, 8, 1, 300, 128, True, True),
     ("int8k-int4v", 2, 1, 301, 64, False, True), (INT4_SYM, 4, 1, 150, 96, False, False),
-    ("int8k-int4v", 8, 3, 300, 192, False, True),
+    ("int8k-int4v", 8, 3, 300, 192, False, True), ("int4", 8, 1, 300, 80, True, True),
+    ("int4", 8, 3, 157, 96, True, True),
     (INT4_G64, 8, 1, 333, 256, True, True), ("int8k-int4v", 8, 1, 300, 128, False, True),
     ("int8", 8, 1, 300, 128, False, False), ("q8_0", 8, 1, 300, 128, False, False)])
 def test_precision_int8_decode(rng, isa, pol, hq, m, n, d, qk8, pv8):
     """precision="int8" (8-bit operands): on AVX512-VNNI, int4 K codes meet
     int8 q' in VPDPBUSD (whole 64-channel blocks, rows in fours) and symmetric
-    int4 V codes meet u8 P' (d a multiple of 128, or of 64 with one scale per
-    token: pvb_pass64); everything else computes as
+    int4 V codes meet u8 P' (d a multiple of 128; with one scale per token
+    any d, the rest in blocks of up to 64 channels: pvb_pass64); in the k16
+    layout int4 K takes 8-bit q' at any d (the last 16-48 channels rounded
+    alone); everything else computes as
     at "bf16", and int8 codes keep 16-bit operands (8-bit ones miss the int8
     accuracy targets)."""
     c = build(pol, 1, 2, n, d, rng)

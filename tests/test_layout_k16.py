@@ -16,6 +16,7 @@ from sagecore import QuantKVCache, errors
 from sagecore.cache import TensorStore
 from sagecore.formats import FORMAT_VERSION, HEADER_SIZE, KVFormat
 from sagecore.policy import builtin_policies, policy_from_dict
+from sagecore.reference import quality
 
 ROWS_K = "int4.t64.g1.s16+zp+smooth"
 K16_K = ROWS_K + "+k16"
@@ -108,9 +109,15 @@ def test_attention_matches_the_rows_layout(isa, precision, shape, kid, rng):
         outs.append([c.attend(q, is_causal=True, precision=precision, kv_lens=kv_lens, split_k=s) for s in (1, 3)])
         outs[-1].append(c.dequantize()[0])
     integer = isa in ("avx512_vnni", "amx") and precision != "fp32" and not (kid.startswith("int8") and "zp" in kid)
-    exact = isa == "portable" or integer
+    # int4 K at "int8" when D is not a multiple of 64: the k16 scores take 8-bit q' (qk4b_k16 rounds the
+    # last 16-48 channels alone), the token rows 16-bit ones (their 8-bit blocks need whole 64 channels)
+    mixed = integer and precision == "int8" and kid.startswith("int4") and D % 64 != 0
+    exact = (isa == "portable" or integer) and not mixed
     for a, b in zip(*outs):
-        if exact:
+        if mixed:  # 2^-8 of the row's largest q': the int8 setting's error (test_precision_int8_decode)
+            qual = quality(b.astype(np.float64), a.astype(np.float64))
+            assert qual["cosine"] > 0.998 and qual["rel_l1"] < 0.05, qual
+        elif exact:
             np.testing.assert_array_equal(b, a)
         else:
             # fp32 scores: fp32 rounding; at bf16/int8 a score's last bit can move a P' rounding (2^-16)

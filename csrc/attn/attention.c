@@ -265,7 +265,7 @@ sc_status sc_attention(const sc_attention_args *a) {
     if (tile_keys == TILE_KEYS_INPLACE && (isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) &&
         a->precision >= SC_PRECISION_INT8 && c.k_q8 && c.v_q8 && a->kf->encoding == SC_ENC_INT4 &&
         a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point && c.rows % 4 == 0 &&
-        (D % 128 == 0 || (D % 64 == 0 && a->vf->channel_group == D))) /* pv4b_vnni's cases */
+        (D % 128 == 0 || a->vf->channel_group == D)) /* pv4b_vnni's cases */
         tile_keys = TILE_KEYS_INT4B8;
     const int64_t unit = lcm64(tk, tv);
     c.tile = unit >= tile_keys ? unit : unit * ((tile_keys + unit - 1) / unit);

@@ -1564,12 +1564,14 @@ SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int
                 y[ch / 16] = _mm512_mul_ps(_mm512_loadu_ps(q + r * D + ch), _mm512_loadu_ps(sc + ch));
                 mx[(ch / 16) & 1] = _mm512_range_ps(mx[(ch / 16) & 1], y[ch / 16], 0x0B);
             }
+            for (int64_t ch = D; ch % 64; ch += 16) y[ch / 16] = _mm512_setzero_ps(); /* D = 80, 96...: zero q' */
             const float m = _mm512_reduce_max_ps(_mm512_max_ps(mx[0], mx[1]));
             ar[r] = m * (1.0f / 127.0f);
             const __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
             __m512i sum = _mm512_setzero_si512();
-            for (int64_t ch = 0; ch < D; ch += 64)
-                _mm512_storeu_si512(qb + r * D + ch, round8_k16(y + ch / 16, inv, sym ? &sum : NULL));
+            for (int64_t ch = 0; ch < D; ch += 64) /* the last 16-48 channels of D = 80, 96... under a mask */
+                _mm512_mask_storeu_epi8(qb + r * D + ch, D - ch >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (D - ch)) - 1,
+                                        round8_k16(y + ch / 16, inv, sym ? &sum : NULL));
             if (sym) { /* symmetric codes are stored + 8: 8 sum(q') off each sum */
                 bias[r] = 8 * _mm512_reduce_add_epi32(sum);
             } else { /* one chain, as the rows layout's path: the same scores to the bit */
@@ -1638,7 +1640,8 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
      * zp_bias) computed beside q' and added by the score stores' FMA */
     const int zfold = b8 && kind == 4;
     const int w16b4 = in4 && k16 && !b8;
-    if (b8 && k16) { /* keys in the lanes, 8-bit q' */
+    /* keys in the lanes, 8-bit q' (any D a multiple of 16: qk4b_k16 rounds the last 16-48 channels alone) */
+    if (k16 && kind != 2 && R % 4 == 0 && c->a->precision >= SC_PRECISION_INT8) {
         WITH_CONST_D(D, Dc, qk4b_k16(c, q, sc, kr, j0, nt, s, (int8_t *)qf, Dc));
         return;
     }
@@ -2053,22 +2056,23 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
  * 8g+4..8g+7 in lanes 2-3, against their two P' quadruples; the flush adds
  * lanes 2-3 to lanes 0-1 (pvb_flush, half). Every product does useful work,
  * where reading the block as 128 channels would waste half of them. */
-SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
-                                 int64_t D, const char *pfend, const int h) {
-    const int64_t rb = D / 2, ngrp = (nt + 7) / 8;
+SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t c0, int64_t cw,
+                                 int64_t nt, int64_t D, const char *pfend, const int h) {
+    const int64_t rb = D / 2, ngrp = (nt + 7) / 8, off = c0 / 2; /* c0: a multiple of 64; cw: 16-64 channels */
+    const __mmask32 bm = cw >= 64 ? ~(__mmask32)0 : ((__mmask32)1 << (cw / 2)) - 1; /* no byte past the row */
     static const uint8_t zero[32] __attribute__((aligned(32)));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
-    const char *pf = (const char *)v + PF_KEYS * rb + blk * 64, *pn = (const char *)v + PF_NEAR * rb + blk * 64;
+    const char *pf = (const char *)v + PF_KEYS * rb + off, *pn = (const char *)v + PF_NEAR * rb + off;
     for (int64_t g = 0; g < ngrp; g++) {
         __m512i z[4];
         for (int kk = 0; kk < 4; kk++) {
             const int64_t j = 8 * g + kk;
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(j < nt ? v + j * rb + blk * 64 : zero));
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(j + 4 < nt ? v + (j + 4) * rb + blk * 64 : zero));
+            const __m256i a = _mm256_maskz_loadu_epi8(bm, j < nt ? v + j * rb + off : zero);
+            const __m256i b = _mm256_maskz_loadu_epi8(bm, j + 4 < nt ? v + (j + 4) * rb + off : zero);
             z[kk] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
         }
         if (h == 0 && r0 == 0 && pfend && pf + 8 * rb <= pfend) /* keys 8g..8g+7, PF_KEYS ahead */
@@ -2097,10 +2101,11 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
 /* (half: a 64-channel block of pvb_pass64, whose lanes 2-3 are added to
  * lanes 0-1 and whose channels are those of lanes 0-1) */
 SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, const float *ps, float *o, int64_t r0,
-                                                          int64_t nr, int64_t blk, int64_t D, const int half) {
+                                                          int64_t nr, int64_t c0, int64_t cw, int64_t D,
+                                                          const int half) {
     for (int rr = 0; rr < 4; rr++) {
         if (rr >= nr) break;
-        const __m512i cv = _mm512_load_si512(w->corr[r0 + rr][blk]);
+        const __m512i cv = _mm512_load_si512(w->corr[r0 + rr][c0 / 128]);
         __m512i t[4][2];
         for (int u = 0; u < 4; u++) {
             __m512i e = _mm512_load_si512(w->e[rr][u]), od = _mm512_load_si512(w->od[rr][u]);
@@ -2113,7 +2118,7 @@ SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, 
             t[u][0] = _mm512_unpacklo_epi32(ev, ov); /* lane l: channels 32l + 8u + 0..3 */
             t[u][1] = _mm512_unpackhi_epi32(ev, ov); /* 32l + 8u + 4..7 */
         }
-        float *orow = o + (r0 + rr) * D + blk * 128;
+        float *orow = o + (r0 + rr) * D + c0;
         const __m512 sc = _mm512_set1_ps(ps[r0 + rr]);
         for (int a = 0; a < 2; a++) { /* lane l of q0[0], q0[1], q1[0], q1[1]: channels 32l + 16a + 0..3, 4..7, 8..11, 12..15 */
             const __m512i *q0 = t[2 * a], *q1 = t[2 * a + 1];
@@ -2126,6 +2131,7 @@ SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, 
                                   _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
                                   _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
             for (int l = 0; l < (half ? 2 : 4); l++) { /* channels 32l + 16a .. + 15 */
+                if (32 * l + 16 * a >= cw) continue;
                 float *dst = orow + 32 * l + 16 * a;
                 _mm512_storeu_ps(dst, _mm512_fmadd_ps(_mm512_cvtepi32_ps(n[l]), sc, _mm512_loadu_ps(dst)));
             }
@@ -2136,14 +2142,14 @@ SC_T_VNNI SC_INL void pvb_block(const uint8_t *v, pvb_scratch *w, const float *p
                                 int64_t blk, int64_t nt, int64_t D, const char *pfend, const int one) {
     pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 0, one);
     pvb_pass(v, w, r0, nr, blk, nt, D, pfend, 1, one);
-    pvb_flush(w, ps, o, r0, nr, blk, D, 0);
+    pvb_flush(w, ps, o, r0, nr, 128 * blk, 128, D, 0);
 }
 
 SC_T_VNNI SC_INL void pvb_block64(const uint8_t *v, pvb_scratch *w, const float *ps, float *o, int64_t r0,
-                                  int64_t nr, int64_t blk, int64_t nt, int64_t D, const char *pfend) {
-    pvb_pass64(v, w, r0, nr, blk, nt, D, pfend, 0);
-    pvb_pass64(v, w, r0, nr, blk, nt, D, pfend, 1);
-    pvb_flush(w, ps, o, r0, nr, blk, D, 1);
+                                  int64_t nr, int64_t c0, int64_t cw, int64_t nt, int64_t D, const char *pfend) {
+    pvb_pass64(v, w, r0, nr, c0, cw, nt, D, pfend, 0);
+    pvb_pass64(v, w, r0, nr, c0, cw, nt, D, pfend, 1);
+    pvb_flush(w, ps, o, r0, nr, c0, cw, D, 1);
 }
 
 SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t j0,
@@ -2152,7 +2158,8 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const sc_store *st = c->a->v;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
-    const int half = D % 128 == 64; /* a last block of 64 channels (pvb_block64; one P' cell only, pv8_vnni) */
+    /* the channels past the 128-channel blocks, in blocks of up to 64 (pvb_block64; one P' cell only, pv8_vnni) */
+    const int half = D % 128 != 0;
     token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
@@ -2176,7 +2183,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
                 _mm_store_si128((__m128i *)&w.p1[r][16 * jv], _mm512_cvtusepi32_epi8(x));
             }
             const __m512i cv = _mm512_set1_epi32(8 * _mm512_reduce_add_epi32(sum));
-            for (int64_t b = 0; b < nblk + half; b++) _mm512_store_si512(w.corr[r][b], cv);
+            for (int64_t b = 0; b < PVB_BLK; b++) _mm512_store_si512(w.corr[r][b], cv);
             continue;
         }
         for (int64_t b = 0; b < nblk; b++) {
@@ -2208,10 +2215,12 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
             if (one && nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 1);
             else if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 0);
             else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, one);
-        if (half) {
-            if (nr == 4) pvb_block64(codes, &w, ps, o, r0, 4, nblk, nt, D, pfend);
-            else pvb_block64(codes, &w, ps, o, r0, nr, nblk, nt, D, pfend);
-        }
+        if (half)
+            for (int64_t c0 = 128 * nblk; c0 < D; c0 += 64) {
+                const int64_t cw = D - c0 < 64 ? D - c0 : 64;
+                if (nr == 4) pvb_block64(codes, &w, ps, o, r0, 4, c0, cw, nt, D, pfend);
+                else pvb_block64(codes, &w, ps, o, r0, nr, c0, cw, nt, D, pfend);
+            }
     }
 }
 
@@ -2220,15 +2229,17 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
     const int kind = code_kind(f); /* int8 (2) or symmetric int4 (3, read in place: pvw_block4) */
-    /* int8 codes with one scale per token (G = D): any D a multiple of 16 (the last block under a mask) */
-    const int dims = kind == 2 && G == D ? D % 16 == 0 : G % 32 == 0 && D % 64 == 0;
+    /* one scale per token (G = D), int8 codes or int4 ones at "int8" (pv4b_vnni): any D a multiple of 16,
+     * the last block's channels under a mask */
+    const int dims = G == D && (kind == 2 || c->a->precision >= SC_PRECISION_INT8) ? D % 16 == 0
+                                                                                  : G % 32 == 0 && D % 64 == 0;
     if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || !dims || D > 256 || TL > PVW_TL ||
         R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
-    /* 8-bit P': blocks of 128 channels, and with one P' cell (G = D) a last one of 64 */
-    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && (D % 128 == 0 || (D % 64 == 0 && G == D))) {
+    /* 8-bit P': blocks of 128 channels, and with one P' cell (G = D) the rest in blocks of up to 64 */
+    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && (D % 128 == 0 || G == D)) {
         pv4b_vnni(c, sc, kr, j0, nt, p, o);
         return;
     }
