@@ -35,8 +35,9 @@ Byte layout of the codes (``layout``):
   within every block of 16 tokens, the rows' 4-byte words are interleaved,
   ``[word w][token t][4 bytes]``, so one 64-byte load holds the same 4 (int8)
   or 8 (int4) channels of 16 keys. Decode kernels then put the keys in the
-  vector lanes and need no horizontal sums. Same codes, scales and accuracy
-  as ``"rows"``; only the byte order differs.
+  vector lanes and need no horizontal sums. Same codes and scales as
+  ``"rows"``; only the byte order differs (which kernels a layout has can
+  differ: docs/architecture.md).
 
 Serialisation: :meth:`KVFormat.to_bytes` gives a 20-byte header (magic, version,
 parameters, CRC-32) and :meth:`KVFormat.to_json` a JSON object with the same

@@ -1,7 +1,8 @@
 """The A/B tools still run: bench/build_ab.py loads the extension of each
 given tree into one process and times them round-robin (here the same tree
 twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
-same for policies."""
+same for policies, bench/head_dim_ab.py for the built-in policies per head
+dim."""
 import os
 import pathlib
 import platform
@@ -56,6 +57,21 @@ def test_alternate_rotates_the_order_and_pairs_rounds():
     assert paired_ratio(times[0], times[0]) == 1.0
     # not the ratio of the medians (100 / 50 = 2): rounds are compared one by one
     assert paired_ratio([1.0, 100.0, 100.0], [2.0, 50.0, 300.0]) == pytest.approx(0.5)
+
+
+def test_build_ab_takes_a_head_dim():
+    r = run(str(ROOT), "--n", "64", "--rounds", "1", "--precision", "int8", "--policy", "int4", "--head-dim", "80")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len([line for line in r.stdout.splitlines() if "vs first, paired by round" in line]) == 1, r.stdout
+
+
+def test_head_dim_ab_times_each_policy_per_dim():
+    r = run("80", "128", "--n", "64", "--rounds", "2", tool=ROOT / "bench" / "head_dim_ab.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if "int8/int4" in line]
+    assert [row[0] for row in rows] == ["d80", "d128"], r.stdout
+    for row in rows:  # ns per key of int4, int8, fp16: positive numbers
+        assert all(float(row[i]) > 0 for i in (2, 4, 6)), row
 
 
 def test_build_ab_rejects_a_tree_without_a_build(tmp_path):
