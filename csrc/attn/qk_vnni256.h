@@ -271,13 +271,15 @@ VN_T static inline __attribute__((always_inline)) void VN(pvw16_block)(const uin
  * 32-channel cell, rounded against the row's largest P' in the tile: the
  * 512-bit pv8_vnni's rounding) for int8 V and symmetric int4 V with
  * per-token scales over whole 32-channel cells (or one cell per token: one
- * P' per key); else pv8_avx2. */
+ * P' per key, any head dim a multiple of 16, e.g. d80); else pv8_avx2. */
 VN_T static void VN(pv8)(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int64_t nt, const float *p, float *o) {
     const sc_format *f = c->a->vf;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile;
     const int kind = code_kind(f);
-    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || G % 32 || D % 32 || D > 256 ||
-        TL > PVW_TL || R > 16) {
+    /* cells of 32 channels, or one per token (G = D) with D any multiple of 16: the blocks are of 16 */
+    const int dims = G == D ? D % 16 == 0 : G % 32 == 0 && D % 32 == 0;
+    if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || !dims || D > 256 || TL > PVW_TL ||
+        R > 16) {
         pv8_avx2(c, sc, kr, j0, nt, p, o);
         return;
     }
