@@ -1535,8 +1535,9 @@ SC_T_VNNI SC_INL __m512i round8_k16(const __m512 *y, __m512 inv, __m512i *sum) {
 }
 
 /* Scores of int4 K in the k16 layout at precision="int8" (qk8_vnni's case
- * for it, D a multiple of 64 and rows in fours), with D a literal for the
- * common head dims (WITH_CONST_D): per token group the K scales (and zero
+ * for it, D a multiple of 16 and rows in fours; past the last whole 64
+ * channels q' is rounded from zero-padded vectors and stored under a mask),
+ * with D a literal for d128 (WITH_CONST_D): per token group the K scales (and zero
  * points), each row's q' = round(q x s x 127 / max|q x s|), its scale and
  * the zero points' q . m[g] (or 8 sum(q') for symmetric codes), then the
  * 16-key blocks. The per-group work is ~10-16% of the int4 decode: its
@@ -1641,7 +1642,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const int zfold = b8 && kind == 4;
     const int w16b4 = in4 && k16 && !b8;
     /* keys in the lanes, 8-bit q' (any D a multiple of 16: qk4b_k16 rounds the last 16-48 channels alone) */
-    if (k16 && kind != 2 && R % 4 == 0 && c->a->precision >= SC_PRECISION_INT8) {
+    if (k16 && kind != 2 && R % 4 == 0 && D % 16 == 0 && c->a->precision >= SC_PRECISION_INT8) {
         WITH_CONST_D(D, Dc, qk4b_k16(c, q, sc, kr, j0, nt, s, (int8_t *)qf, Dc));
         return;
     }
@@ -2050,8 +2051,9 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : w->e[rr][u], acc[rr][u]);
 }
-/* pvb_pass over a 64-channel block (D = 64, or the last 64 channels of
- * D = 192) with one P' cell: a key's 32 code bytes fill two 128-bit lanes,
+/* pvb_pass over a block of up to 64 channels past the 128-channel blocks
+ * (D = 64, 80, 96, 192...: cw = 16-64 channels from c0) with one P' cell,
+ * the bytes past cw read as zeros: a key's 32 code bytes fill two 128-bit lanes,
  * so each vector holds two 4-key groups, keys 8g..8g+3 in lanes 0-1 and
  * 8g+4..8g+7 in lanes 2-3, against their two P' quadruples; the flush adds
  * lanes 2-3 to lanes 0-1 (pvb_flush, half). Every product does useful work,
@@ -2097,9 +2099,9 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) _mm512_store_si512(h ? w->od[rr][u] : w->e[rr][u], acc[rr][u]);
 }
-/* O += the two passes' sums of rows r0..r0+nr over block blk, in channel order */
-/* (half: a 64-channel block of pvb_pass64, whose lanes 2-3 are added to
- * lanes 0-1 and whose channels are those of lanes 0-1) */
+/* O += the two passes' sums of rows r0..r0+nr over the block of cw channels
+ * from c0, in channel order (half: a block of pvb_pass64, whose lanes 2-3 are
+ * added to lanes 0-1, and whose first cw channels are those of lanes 0-1) */
 SC_T_VNNI __attribute__((noinline)) static void pvb_flush(const pvb_scratch *w, const float *ps, float *o, int64_t r0,
                                                           int64_t nr, int64_t c0, int64_t cw, int64_t D,
                                                           const int half) {
