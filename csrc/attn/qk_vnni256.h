@@ -62,11 +62,12 @@ VN_T static inline __attribute__((always_inline)) void VN(qkw8_block)(const int1
 }
 
 /* the same for int4 codes (unsigned nibbles) against 8-bit q' stored [even |
- * odd] per qblk channels: score = (sum - bias) x ar + fb */
+ * odd] per qblk channels, rows Dq apart (D rounded up to 64: the padding's
+ * q' is 0 and no word reaches it): score = (sum - bias) x ar + fb */
 VN_T static inline __attribute__((always_inline)) void VN(qkb8_block)(const int8_t *qb, const float *ar,
                                                                       const int32_t *bias, const float *fb,
                                                                       const uint8_t *blk, int h, int nk, float *s,
-                                                                      int64_t r0, int64_t D, int64_t TL,
+                                                                      int64_t r0, int64_t D, int64_t Dq, int64_t TL,
                                                                       const int qblk) {
     const uint8_t *k = blk + 32 * h;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -77,7 +78,7 @@ VN_T static inline __attribute__((always_inline)) void VN(qkb8_block)(const int8
         const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         const int64_t cb = (8 * w) / qblk, wq = 4 * w - cb * (qblk / 2); /* q' block, byte in its even half */
         for (int rr = 0; rr < 4; rr++) {
-            const int8_t *qe = qb + (r0 + rr) * D + cb * qblk + wq;
+            const int8_t *qe = qb + (r0 + rr) * Dq + cb * qblk + wq;
             VN_DP_B("vpdpbusd", ae[rr], lo, qe);
             VN_DP_B("vpdpbusd", ao[rr], hi, qe + qblk / 2);
         }
@@ -140,7 +141,7 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
     const int kind = code_kind(f);
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group;
     const int i8 = kind == 2 && c->a->precision >= SC_PRECISION_BF16;
-    const int i4 = (kind == 3 || kind == 4) && c->a->precision >= SC_PRECISION_INT8 && D % 64 == 0;
+    const int i4 = (kind == 3 || kind == 4) && c->a->precision >= SC_PRECISION_INT8 && D % 16 == 0;
     if (mode != 1 || f->layout != SC_LAYOUT_K16 || !(i8 || i4) || R % 4 || R > Q8_MAX_ROWS || D > 256 || j0 % 16) {
         qk8_avx2(c, mode, q, qf, sc, kr, j0, nt, s);
         return;
@@ -150,8 +151,11 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
     const int64_t rb = i8 ? D : D / 2;
     const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    const int qblk = D % 128 == 0 ? 128 : 64;
+    /* int4: q' rows of Dq = D rounded up to 64 (zeros past D; d80, d96: qkb8_block's words stop at D) */
+    const int64_t Dq = i8 ? D : (D + 63) / 64 * 64;
+    const int qblk = Dq % 128 == 0 ? 128 : 64;
     float ar[Q8_MAX_ROWS], fb[Q8_MAX_ROWS] = {0}, zf[256], x[256];
+    for (int64_t ch = D; ch < Dq; ch++) x[ch] = 0.0f;
     int32_t bias[Q8_MAX_ROWS] = {0};
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
@@ -174,8 +178,8 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
             const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
             const float top = i8 ? 32767.0f : 127.0f;
             ar[r] = m * (1.0f / top);
-            const int32_t qs = VN(round_row)(x, m > 0.0f ? top / m : 0.0f, D, i8, qblk, i8 ? (void *)((int16_t *)qf + r * D)
-                                                                                         : (void *)((int8_t *)qf + r * D));
+            const int32_t qs = VN(round_row)(x, m > 0.0f ? top / m : 0.0f, Dq, i8, qblk, i8 ? (void *)((int16_t *)qf + r * D)
+                                                                                          : (void *)((int8_t *)qf + r * Dq));
             if (i4) {
                 bias[r] = kind == 3 ? 8 * qs : 0; /* symmetric codes are stored + 8 */
                 if (kind == 4) {
@@ -195,8 +199,8 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
                 for (int64_t r0 = 0; r0 < R; r0 += 4)
                     if (i8) VN(qkw8_block)((const int16_t *)qf, ar, blk, hh, nk, s + t + j, r0, D, TL);
                     else if (qblk == 128)
-                        VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, TL, 128);
-                    else VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, TL, 64);
+                        VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 128);
+                    else VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 64);
             }
         }
         t += n;
