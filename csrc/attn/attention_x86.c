@@ -2010,12 +2010,32 @@ typedef struct {
     int32_t od[4][4][16] __attribute__((aligned(64)));                   /* pass O's */
 } pvb_scratch;
 
+/* The VPDPBUSD operands of 4 code vectors z: bytes interleaved by keys then
+ * words, so each dword holds one packed byte of 4 keys; pass h's nibbles
+ * (0: low, the even channels; 1: high, the odd ones). Shared by pvb_pass and
+ * pvb_pass64, which differ in what z's lanes hold. */
+SC_T_VNNI SC_INL void pvb_nibbles(const __m512i *z, const int h, __m512i *x) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
+    const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
+    x[0] = _mm512_unpacklo_epi16(l01, l23), x[1] = _mm512_unpackhi_epi16(l01, l23);
+    x[2] = _mm512_unpacklo_epi16(h01, h23), x[3] = _mm512_unpackhi_epi16(h01, h23);
+    for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
+}
+/* n key rows of rb bytes from pf (PF_KEYS ahead, into L2) and pn (PF_NEAR
+ * ahead, into L1), each only when all of it lies before pfend */
+SC_INL void pf_keys(const char *pf, const char *pn, int n, int64_t rb, const char *pfend) {
+    if (!pfend) return;
+    if (pf + n * rb <= pfend)
+        for (int kk = 0; kk < n; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
+    if (pn + n * rb <= pfend)
+        for (int kk = 0; kk < n; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
+}
 /* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O) */
 SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
                                int64_t D, const char *pfend, const int h, const int one) {
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
     static const uint8_t zero[64] __attribute__((aligned(64)));
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
@@ -2026,17 +2046,11 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
             const int64_t j = 4 * g + kk;
             z[kk] = _mm512_loadu_si512(j < nt ? v + j * rb + blk * 64 : zero);
         }
-        if (h == 0 && r0 == 0 && pfend && pf + 4 * rb <= pfend) /* keys 4g..4g+3, PF_KEYS ahead */
-            for (int kk = 0; kk < 4; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
-        if (h == 0 && r0 == 0 && pfend && pn + 4 * rb <= pfend) /* and PF_NEAR ahead into L1 */
-            for (int kk = 0; kk < 4; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
+        if (h == 0 && r0 == 0) pf_keys(pf, pn, 4, rb, pfend); /* keys 4g..4g+3 */
         pf += 4 * rb;
         pn += 4 * rb;
-        const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
-        const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
-        __m512i x[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
-                        _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23)};
-        for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
+        __m512i x[4];
+        pvb_nibbles(z, h, x);
         for (int rr = 0; rr < 4; rr++) {
             if (rr >= nr) break;
             /* one P' cell: the 4 keys' P' broadcast to every lane */
@@ -2063,7 +2077,6 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
     const int64_t rb = D / 2, ngrp = (nt + 7) / 8, off = c0 / 2; /* c0: a multiple of 64; cw: 16-64 channels */
     const __mmask32 bm = cw >= 64 ? ~(__mmask32)0 : ((__mmask32)1 << (cw / 2)) - 1; /* no byte past the row */
     static const uint8_t zero[32] __attribute__((aligned(32)));
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i acc[4][4];
     for (int rr = 0; rr < 4; rr++)
@@ -2077,17 +2090,11 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
             const __m256i b = _mm256_maskz_loadu_epi8(bm, j + 4 < nt ? v + (j + 4) * rb + off : zero);
             z[kk] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
         }
-        if (h == 0 && r0 == 0 && pfend && pf + 8 * rb <= pfend) /* keys 8g..8g+7, PF_KEYS ahead */
-            for (int kk = 0; kk < 8; kk++) _mm_prefetch(pf + kk * rb, PF_HINT);
-        if (h == 0 && r0 == 0 && pfend && pn + 8 * rb <= pfend) /* and PF_NEAR ahead into L1 */
-            for (int kk = 0; kk < 8; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
+        if (h == 0 && r0 == 0) pf_keys(pf, pn, 8, rb, pfend); /* keys 8g..8g+7 */
         pf += 8 * rb;
         pn += 8 * rb;
-        const __m512i l01 = _mm512_unpacklo_epi8(z[0], z[1]), h01 = _mm512_unpackhi_epi8(z[0], z[1]);
-        const __m512i l23 = _mm512_unpacklo_epi8(z[2], z[3]), h23 = _mm512_unpackhi_epi8(z[2], z[3]);
-        __m512i x[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
-                        _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23)};
-        for (int u = 0; u < 4; u++) x[u] = _mm512_and_si512(h ? _mm512_srli_epi16(x[u], 4) : x[u], m4);
+        __m512i x[4];
+        pvb_nibbles(z, h, x);
         for (int rr = 0; rr < 4; rr++) {
             if (rr >= nr) break;
             /* the two groups' P' quadruples: the first to lanes 0-1, the second to lanes 2-3 */
@@ -2160,8 +2167,6 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const sc_store *st = c->a->v;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
-    /* the channels past the 128-channel blocks, in blocks of up to 64 (pvb_block64; one P' cell only, pv8_vnni) */
-    const int half = D % 128 != 0;
     token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
@@ -2217,12 +2222,12 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
             if (one && nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 1);
             else if (nr == 4) pvb_block(codes, &w, ps, o, r0, 4, b, nt, D, pfend, 0);
             else pvb_block(codes, &w, ps, o, r0, nr, b, nt, D, pfend, one);
-        if (half)
-            for (int64_t c0 = 128 * nblk; c0 < D; c0 += 64) {
-                const int64_t cw = D - c0 < 64 ? D - c0 : 64;
-                if (nr == 4) pvb_block64(codes, &w, ps, o, r0, 4, c0, cw, nt, D, pfend);
-                else pvb_block64(codes, &w, ps, o, r0, nr, c0, cw, nt, D, pfend);
-            }
+        /* the channels past the 128-channel blocks, in blocks of up to 64 (one P' cell only: pv8_vnni) */
+        for (int64_t c0 = 128 * nblk; c0 < D; c0 += 64) {
+            const int64_t cw = D - c0 < 64 ? D - c0 : 64;
+            if (nr == 4) pvb_block64(codes, &w, ps, o, r0, 4, c0, cw, nt, D, pfend);
+            else pvb_block64(codes, &w, ps, o, r0, nr, c0, cw, nt, D, pfend);
+        }
     }
 }
 
