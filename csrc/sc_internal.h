@@ -159,8 +159,8 @@ typedef struct sc_row_kernels {
      * place (no sc_k16_gather). NULL: the caller gathers rows. */
     void (*dequant_i8_k16)(const uint8_t *blk, int64_t tk, int is_u8, const float *s, const float *m, float *dst,
                            int64_t n);
-    /* quant_tokens of rotated per-token formats (D 128, G 32 or 128, src_mode
-     * F16 or F32): load, subtract the mean, rotate and encode each token in
+    /* quant_tokens of rotated per-token formats (D and G: sc_rot_fused_dims;
+     * src_mode F16 or F32): load, subtract the mean, rotate and encode each token in
      * registers, validating the input as it loads (the values, codes and
      * scales of load + sc_rotate_f32 + quant_token, bitwise). Returns n or
      * the first failing token. NULL where the ISA has none. */
@@ -168,6 +168,13 @@ typedef struct sc_row_kernels {
                                 int64_t D, int64_t G, int is_int4, int scale_f32, uint8_t *dst, int64_t row_bytes,
                                 void *scales);
 } sc_row_kernels;
+
+/* the head dims and channel groups quant_rot_tokens takes: one cell (G = D)
+ * or cells of 32 channels, at the attention kernels' head dims */
+static inline int sc_rot_fused_dims(int64_t D, int64_t G) {
+    const int d = D == 32 || D == 64 || D == 80 || D == 96 || D == 128 || D == 192 || D == 256;
+    return d && (G == D || (G == 32 && D % 32 == 0));
+}
 
 extern const sc_row_kernels sc_row_kernels_portable;
 /* x86 AVX512-BF16 present and usable (AVX-512 enabled by the OS); 0 elsewhere */

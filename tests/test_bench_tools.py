@@ -2,7 +2,7 @@
 given tree into one process and times them round-robin (here the same tree
 twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
 same for policies, bench/head_dim_ab.py for the built-in policies per head
-dim."""
+dim, bench/packing_report.py for formats per head dim."""
 import os
 import pathlib
 import platform
@@ -72,6 +72,18 @@ def test_head_dim_ab_times_each_policy_per_dim():
     assert [row[0] for row in rows] == ["d80", "d128"], r.stdout
     for row in rows:  # ns per key of int4, int8, fp16: positive numbers
         assert all(float(row[i]) > 0 for i in (2, 4, 6)), row
+
+
+def test_packing_report_takes_head_dims_and_formats():
+    r = run("--head-dim", "80", "96", "--formats", "int8.t1.gD.s16+rot", "int8.t1.g32.s16", "--reps", "1",
+            tool=ROOT / "bench" / "packing_report.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "x d80" in r.stdout and "x d96" in r.stdout, r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("int8.")]
+    # d80: the rotated format's GB/s per ISA; the 32-channel groups do not divide 80
+    assert rows[0][0] == "int8.t1.gD.s16+rot" and float(rows[0][1]) > 0, r.stdout
+    assert "does not divide d80" in " ".join(rows[1]), r.stdout
+    assert [row[0] for row in rows[2:]] == ["int8.t1.gD.s16+rot", "int8.t1.g32.s16"], r.stdout
 
 
 def test_build_ab_rejects_a_tree_without_a_build(tmp_path):

@@ -14,7 +14,10 @@ FORMATS = ["int8.t1.g32.s16", "int8.t1.g16.s32", "int8.t32.g1.s16+smooth", "int8
            "int4.t1.g16.s16+out2", "int4.t16.gD.s32+zp+out1", "int8.t1.g32.s16+rot",
            "int4.t1.g32.s16+rot", "int8.t32.g1.s16+smooth+rot", "int8.t16.g1.s32+zp", "int4.t1.g16.s16",
            "int4.t64.g1.s16+zp+smooth+k16", "int4.t16.g32.s16+out2+k16", "int8.t32.g1.s16+smooth+k16",
-           "int8.t16.g16.s32+zp+k16"]
+           "int8.t16.g16.s32+zp+k16", "int8.t1.gD.s16+rot", "int4.t1.gD.s16+rot", "int8.t1.g32.s32+smooth+rot"]
+# the rotated per-token formats also at the other head dims: AVX-512 encodes them in registers
+# (quant_rot_tokens) at every one of these, and must store the portable path's bytes
+ROT_DIMS = (32, 80, 192, 256)
 
 
 def pack(fid, x, mean=None):
@@ -72,7 +75,8 @@ def test_error_bound(fid, N, rng):
         assert np.all(err[om] <= np.abs(x32[om]) * 2 ** -10 + 1e-3)
 
 
-@pytest.mark.parametrize("fid,D", [(f, d) for f in FORMATS for d in (64, 96, 128)
+@pytest.mark.parametrize("fid,D", [(f, d) for f in FORMATS
+                                   for d in (64, 96, 128) + (ROT_DIMS if KVFormat.parse(f).rotate else ())
                                    if d % KVFormat.parse(f).resolved_channel_group(d) == 0])
 def test_isa_paths_match_portable_bitwise(fid, D, rng, isa):
     x = (rng.standard_normal((1, 3, 70, D)) * np.exp(rng.normal(0, 2, (1, 3, 70, 1)))).astype(np.float32)
@@ -97,7 +101,7 @@ def test_fp32_and_fp16_inputs_store_the_same_bytes(fid, rng):
 
 @pytest.mark.parametrize("fid", ["int8.t1.g32.s16", "int4.t1.g32.s16", "int8.t32.g1.s16+smooth",
                                  "int4.t64.g1.s16+zp+smooth", "int8.t1.g16.s32", "int8.t4.g16.s16+out1",
-                                 "int4.t1.g32.s16+rot"])
+                                 "int4.t1.g32.s16+rot", "int8.t1.gD.s16+rot"])
 @pytest.mark.parametrize("D", [64, 128, 96])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 70000.0])

@@ -483,9 +483,8 @@ sc_status sc_quantize_ex(const sc_format *f, const sc_store *st, const sc_tensor
      * encoder on the rotated values (input validated by the pass below) */
     const int rot_tok_path = f->encoding != SC_ENC_FP16 && f->rotate && !f->outliers && T == 1 &&
                              !f->zero_point && f->channel_group % 16 == 0 && (rk->quant_token || rk->quant_tokens);
-    /* ... or, at d128 with cells of 32 or 128 channels, all of it in registers (quant_rot_tokens) */
-    const int rot_fused = rot_tok_path && rk->quant_rot_tokens && D == 128 &&
-                          (f->channel_group == 32 || f->channel_group == 128);
+    /* ... or, with one cell or cells of 32 channels, all of it in registers (quant_rot_tokens) */
+    const int rot_fused = rot_tok_path && rk->quant_rot_tokens && sc_rot_fused_dims(D, f->channel_group);
     const int fused = tok_path || chan_path || rot_fused;
     if (!fused && !(flags & SC_QUANTIZE_VALUES_CHECKED) && (s = sc_check_values(src))) return s;
     const int64_t ngroups = (n + T - 1) / T;

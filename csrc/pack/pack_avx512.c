@@ -221,20 +221,20 @@ SC_AVX512 static inline __attribute__((always_inline)) int quant_token_g32(
     if (nonfinite(chk)) return -1;
     return quant_x_g32(x, D, is_int4, scale_f32, dst, scales);
 }
-/* the same for one cell of D = 128 channels (a scale per token): the cell's
- * maximum and cell_scales4 on one lane instead of quant_x_body's vectors of
- * cells (two 16-lane divisions per token) */
-SC_AVX512 static inline __attribute__((always_inline)) int quant_x_one128(const __m512 *x, int is_int4, int scale_f32,
-                                                                         uint8_t *dst, void *scales) {
+/* the same for one cell of D = 16 nv channels (a scale per token): the
+ * cell's maximum and cell_scales4 on one lane instead of quant_x_body's
+ * vectors of cells (two 16-lane divisions per token) */
+SC_AVX512 static inline __attribute__((always_inline)) int quant_x_one(const __m512 *x, const int64_t nv, int is_int4,
+                                                                      int scale_f32, uint8_t *dst, void *scales) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 am = _mm512_and_ps(x[0], absmask);
-    for (int i = 1; i < 8; i++) am = _mm512_max_ps(am, _mm512_and_ps(x[i], absmask));
+    for (int64_t i = 1; i < nv; i++) am = _mm512_max_ps(am, _mm512_and_ps(x[i], absmask));
     __m128 inv;
     if (cell_scales4(_mm_set_ss(_mm512_reduce_max_ps(am)), 1, is_int4, scale_f32, scales, &inv)) return -1;
     const __m512 vinv = _mm512_broadcastss_ps(inv);
-    __m512i q[8];
-    for (int i = 0; i < 8; i++) q[i] = quant16(x[i], vinv);
-    emit_row(q, 8, is_int4 ? K_I4 : K_I8, dst);
+    __m512i q[16];
+    for (int64_t i = 0; i < nv; i++) q[i] = quant16(x[i], vinv);
+    emit_row(q, nv, is_int4 ? K_I4 : K_I8, dst);
     return 0;
 }
 
@@ -328,7 +328,7 @@ SC_AVX512 static int quant_token_avx512(const void *src, int src_mode, const flo
     if (D == 128 && G == 128) { /* one scale per token (gD) */
         __m512 x[8], chk = _mm512_setzero_ps();
         for (int i = 0; i < 8; i++) x[i] = load16(src, src_mode, 16 * i, mean, &chk);
-        return nonfinite(chk) ? -1 : quant_x_one128(x, is_int4, scale_f32, dst, scales);
+        return nonfinite(chk) ? -1 : quant_x_one(x, 8, is_int4, scale_f32, dst, scales);
     }
     return quant_token_body(src, src_mode, mean, D, G, is_int4, scale_f32, dst, scales);
 }
@@ -580,42 +580,54 @@ SC_AVX512 static void rotate_avx512(float *x, int64_t n, int64_t stride, int32_t
         }
 }
 
-/* Rotated per-token formats at d128 (the built-in policies' V): per token
- * the row is loaded (fp16-rounded, minus the mean, validated), rotated by
- * rotate_block_avx512's butterflies in registers and encoded by
- * quant_x_body -- the values load_f16/load_f32 + sc_rotate_f32 +
+/* Rotated per-token formats (the built-in policies' V), sc_rot_fused_dims:
+ * per token the row is loaded (fp16-rounded, minus the mean, validated),
+ * rotated by rotate_block_avx512's butterflies in registers and encoded by
+ * the per-token encoder -- the values load_f16/load_f32 + sc_rotate_f32 +
  * quant_token produce, without the row's trips through memory and the
  * separate finiteness pass (sc_quantize_ex classifies a failure afterwards,
- * as for the other fused kernels). */
-/* load, validate and rotate one token into v (0: a non-finite input) */
+ * as for the other fused kernels). Until 2026-12-04 (session 19) only d128
+ * had it; the other head dims packed at 0.4-0.65x its GB/s. */
+/* sc_rotation_block, inline so that it folds for a constant D */
+static inline int64_t rot_block(int64_t D) {
+    int64_t b = 1;
+    while (b < 256 && D % (b * 2) == 0) b *= 2;
+    return b;
+}
+/* load, validate and rotate one token of D channels into v (0: a non-finite input) */
 SC_AVX512 static inline __attribute__((always_inline)) int rot_load(const char *p, int src_mode, const float *mean,
-                                                                   __m512 *v) {
+                                                                   __m512 *v, const int64_t D) {
+    const int64_t nv = D / 16, nb = rot_block(D) / 16;
     __m512 chk = _mm512_setzero_ps();
-    for (int i = 0; i < 8; i++) v[i] = bfly_in16(load16(p, src_mode, 16 * i, mean, &chk));
-    bfly_across(v, 8, _mm512_set1_ps(1.0f / sqrtf(128.0f)));
+    for (int64_t i = 0; i < nv; i++) v[i] = bfly_in16(load16(p, src_mode, 16 * i, mean, &chk));
+    const __m512 norm = _mm512_set1_ps(1.0f / sqrtf((float)rot_block(D)));
+    for (int64_t b = 0; b < nv; b += nb) bfly_across(v + b, (int)nb, norm);
     return !nonfinite(chk);
 }
-/* Two tokens per iteration: one token's load-rotate-round chain (~100
- * cycles of latency, ~250 instructions) nearly fills the reorder window,
- * so tokens one at a time ran at their latency. */
+/* Two tokens per iteration up to d128: one token's load-rotate-round chain
+ * (~100 cycles of latency, ~250 instructions at d128) nearly fills the
+ * reorder window, so tokens one at a time ran at their latency. Wider
+ * tokens go one at a time (two of them would not fit the 32 registers). */
 SC_AVX512 static inline __attribute__((always_inline)) int64_t quant_rot_body(
-        const void *src, int64_t src_stride, int64_t n, int src_mode, const float *mean, const int64_t G, int is_int4,
-        int scale_f32, uint8_t *dst, int64_t row_bytes, void *scales) {
-    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4, ss = scale_f32 ? 4 : 2, ncell = 128 / G;
+        const void *src, int64_t src_stride, int64_t n, int src_mode, const float *mean, const int64_t D,
+        const int64_t G, int is_int4, int scale_f32, uint8_t *dst, int64_t row_bytes, void *scales) {
+    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4, ss = scale_f32 ? 4 : 2, ncell = D / G;
 #define QROT_ENC(v, t)                                                                                                \
-    (G == 32 ? quant_x_g32(v, 128, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss)   \
-             : quant_x_one128(v, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss))
+    (G == D    ? quant_x_one(v, D / 16, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss) \
+     : D <= 128 ? quant_x_g32(v, D, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss)   \
+               : quant_x_body(v, D, G, is_int4, scale_f32, dst + (t) * row_bytes, (char *)scales + (t) * ncell * ss))
     int64_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-        __m512 a[8], b[8];
-        const int oka = rot_load((const char *)src + t * src_stride * es, src_mode, mean, a);
-        const int okb = rot_load((const char *)src + (t + 1) * src_stride * es, src_mode, mean, b);
-        if (!oka || QROT_ENC(a, t)) return t;
-        if (!okb || QROT_ENC(b, t + 1)) return t + 1;
-    }
+    if (D <= 128)
+        for (; t + 2 <= n; t += 2) {
+            __m512 a[8], b[8];
+            const int oka = rot_load((const char *)src + t * src_stride * es, src_mode, mean, a, D);
+            const int okb = rot_load((const char *)src + (t + 1) * src_stride * es, src_mode, mean, b, D);
+            if (!oka || QROT_ENC(a, t)) return t;
+            if (!okb || QROT_ENC(b, t + 1)) return t + 1;
+        }
     for (; t < n; t++) {
-        __m512 a[8];
-        if (!rot_load((const char *)src + t * src_stride * es, src_mode, mean, a) || QROT_ENC(a, t)) return t;
+        __m512 a[16];
+        if (!rot_load((const char *)src + t * src_stride * es, src_mode, mean, a, D) || QROT_ENC(a, t)) return t;
     }
 #undef QROT_ENC
     return n;
@@ -623,9 +635,18 @@ SC_AVX512 static inline __attribute__((always_inline)) int64_t quant_rot_body(
 SC_AVX512 static int64_t quant_rot_tokens_avx512(const void *src, int64_t src_stride, int64_t n, int src_mode,
                                                  const float *mean, int64_t D, int64_t G, int is_int4, int scale_f32,
                                                  uint8_t *dst, int64_t row_bytes, void *scales) {
-    (void)D; /* 128: the caller's condition */
-    return G == 32 ? quant_rot_body(src, src_stride, n, src_mode, mean, 32, is_int4, scale_f32, dst, row_bytes, scales)
-                   : quant_rot_body(src, src_stride, n, src_mode, mean, 128, is_int4, scale_f32, dst, row_bytes, scales);
+    /* (D, G) as constants in each instance: sc_rot_fused_dims */
+#define QROT(Dc, Gc) quant_rot_body(src, src_stride, n, src_mode, mean, Dc, Gc, is_int4, scale_f32, dst, row_bytes, scales)
+    switch (D) {
+    case 32: return QROT(32, 32);
+    case 64: return G == 32 ? QROT(64, 32) : QROT(64, 64);
+    case 80: return QROT(80, 80);
+    case 96: return G == 32 ? QROT(96, 32) : QROT(96, 96);
+    case 128: return G == 32 ? QROT(128, 32) : QROT(128, 128);
+    case 192: return G == 32 ? QROT(192, 32) : QROT(192, 192);
+    default: return G == 32 ? QROT(256, 32) : QROT(256, 256);
+    }
+#undef QROT
 }
 
 sc_row_kernels sc_row_kernels_avx512;
