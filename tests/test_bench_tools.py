@@ -2,7 +2,8 @@
 given tree into one process and times them round-robin (here the same tree
 twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
 same for policies, bench/head_dim_ab.py for the built-in policies per head
-dim, bench/packing_report.py for formats per head dim."""
+dim, bench/packing_report.py for formats per head dim, bench/pack_ab.py for
+the packing of builds."""
 import os
 import pathlib
 import platform
@@ -84,6 +85,16 @@ def test_packing_report_takes_head_dims_and_formats():
     assert rows[0][0] == "int8.t1.gD.s16+rot" and float(rows[0][1]) > 0, r.stdout
     assert "does not divide d80" in " ".join(rows[1]), r.stdout
     assert [row[0] for row in rows[2:]] == ["int8.t1.gD.s16+rot", "int8.t1.g32.s16"], r.stdout
+
+
+def test_pack_ab_times_each_build_and_compares_bytes():
+    r = run(str(ROOT), str(ROOT), "--head-dim", "80", "--formats", "int4.t1.gD.s16+rot", "int8.t1.g32.s16",
+            "--rounds", "2", "--reps", "1", tool=ROOT / "bench" / "pack_ab.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("d80 ")]
+    assert len(rows) == 3, r.stdout  # two builds of one format, and the group that does not divide 80
+    assert "does not divide d80" in rows[2] and "DIFFERENT BYTES" not in r.stdout, r.stdout
+    assert all(float(row.split()[3]) > 0 for row in rows[:2]), r.stdout
 
 
 def test_build_ab_rejects_a_tree_without_a_build(tmp_path):
