@@ -5,6 +5,11 @@ per-round ratios).
 
     OPENBLAS_NUM_THREADS=1 python bench/build_ab.py DIR [DIR ...] [--policy int8]
         [--precision bf16|int8] [--n 4096] [--rounds 20] [--cold] [--threads 2] [--isa avx2]
+        [--m 2048 --causal]
+
+``--m M`` times M query rows per call (a prefill chunk; default 1, decode),
+``--causal`` with the right-aligned causal mask; the cost is then printed
+per query row and key (ns per query-key pair and kv head, per thread).
 
 Each DIR is a source tree with ``sagecore/_cpu*.so`` built in place (for
 instance a ``git worktree`` built with different ``CFLAGS=-D...``). Every
@@ -73,6 +78,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--m", type=int, default=1, help="query rows per call (default 1: decode)")
+    ap.add_argument("--causal", action="store_true", help="right-aligned causal mask")
     ap.add_argument("--isa", default=None, help="force this ISA level in every build (default: the best)")
     ap.add_argument("--against", default=None, metavar="POLICY[@PRECISION]",
                     help="also time this path in every build; print its time / the main path's, paired by round")
@@ -106,19 +113,20 @@ def main():
         nbytes = first.k.nbytes + first.v.nbytes
         return [first] + ([make(policy) for _ in range(cold_count(nbytes) - 1)] if args.cold else [])
 
-    q = rng.standard_normal((b, hq, 1, d), dtype=np.float32)
+    m_ = args.m
+    q = rng.standard_normal((b, hq, m_, d), dtype=np.float32)
     paths = [(args.policy, PRECISION_CODES[args.precision])] + ([against] if against else [])
     segs = [caches(pol) for pol, _ in paths]
-    outs = [np.empty((b, hq, 1, d), np.float32) for _ in mods]
+    outs = [np.empty((b, hq, m_, d), np.float32) for _ in mods]
     stores = [[[(wrap(m, s.k), wrap(m, s.v)) for s in sg] for sg in segs] for m in mods]
 
     def run(i, p=0):
         m, o, st, prec = mods[i], outs[i], stores[i][p], paths[p][1]
-        calls = len(st) if args.cold else max(10, 1_000_000 // (n * hkv))
+        calls = len(st) if args.cold else max(1 if m_ > 1 else 10, 1_000_000 // (n * hkv * m_))
         t0 = time.perf_counter()
         for c in range(calls):
             ks, vs = st[c % len(st)]
-            m.attention(q, ks, vs, o, hkv, n, None, d ** -0.5, False, 1, None, prec)
+            m.attention(q, ks, vs, o, hkv, n, None, d ** -0.5, args.causal, 1 if m_ == 1 else 0, None, prec)
         return (time.perf_counter() - t0) / calls
 
     for i in range(len(mods)):
@@ -130,9 +138,11 @@ def main():
     res = alternate([lambda i=i, p=p: run(i, p) for i, p in jobs], args.rounds)
     own = [r for (i, p), r in zip(jobs, res) if p == 0]  # the main path's times, per build
     other = [r for (i, p), r in zip(jobs, res) if p == 1]
-    per = n * hkv / args.threads
-    print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, N {n}{' cold' if args.cold else ''}, "
-          f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, ns per key per kv head (per thread)")
+    per = n * hkv * m_ / args.threads
+    rows = f"M {m_}{' causal' if args.causal else ''}, " if m_ > 1 else ""
+    print(f"{args.policy}, precision {args.precision}, {hq}/{hkv} heads, {rows}N {n}{' cold' if args.cold else ''}, "
+          f"{args.threads} thread(s), isa {mods[0].cpu_info()['active_isa']}, {args.rounds} rounds, "
+          f"ns per {'query row and ' if m_ > 1 else ''}key per kv head (per thread)")
     for j, (dname, r) in enumerate(zip(args.dirs, own)):
         s = sorted(r)
         line = (f"  {dname:32s} best {s[0] * 1e9 / per:6.1f}  median {s[len(s) // 2] * 1e9 / per:6.1f}  "

@@ -66,6 +66,13 @@ def test_build_ab_takes_a_head_dim():
     assert len([line for line in r.stdout.splitlines() if "vs first, paired by round" in line]) == 1, r.stdout
 
 
+def test_build_ab_times_prefill_rows():
+    r = run(str(ROOT), "--n", "96", "--m", "40", "--causal", "--rounds", "1", "--precision", "bf16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "M 40 causal, N 96" in r.stdout and "per query row and key" in r.stdout, r.stdout
+    assert len([line for line in r.stdout.splitlines() if "vs first, paired by round" in line]) == 1, r.stdout
+
+
 def test_head_dim_ab_times_each_policy_per_dim():
     r = run("80", "128", "--n", "64", "--rounds", "2", tool=ROOT / "bench" / "head_dim_ab.py")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -2352,11 +2352,24 @@ SC_T_BF16 SC_INL void qkt_block(const uint32_t *qb, const uint32_t *kT, float *s
     }
 }
 
+/* A K chunk of n (<= BF_KEYS) fp32 rows as kT [channel pair][BF_KEYS keys]
+ * of bf16 pairs (keys past n: zeros); kb: a [BF_KEYS][128] scratch */
+SC_T_BF16 SC_INL void bf_pack_k(const float *kt, int64_t n, int64_t D, uint32_t *kb, uint32_t *kT) {
+    to_bf16(kt, (uint16_t *)kb, n * D);
+    transpose_keys(kb, n, D / 2, kT);
+}
+/* the scores of R rows over one packed K chunk of n keys */
+SC_T_BF16 SC_INL void qk_bf16_chunk(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t n,
+                                    int64_t P2, int64_t TL) {
+    int64_t r0 = 0;
+    for (; r0 + 8 <= R; r0 += 8) qkt_block(qb, kT, s, r0, 8, n, P2, TL);
+    if (r0 < R) qkt_block(qb, kT, s, r0, (int)(R - r0), n, P2, TL);
+}
+
 SC_T_BF16 static void qk_bf16(const float *q, const float *kt, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL) {
     uint32_t qb[ROWS_MAX * 128] __attribute__((aligned(64))); /* [row][channel pair] */
     uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64))); /* [key][channel pair] */
     uint32_t kT[128 * BF_KEYS] __attribute__((aligned(64))); /* [channel pair][key] */
-    const int64_t P2 = D / 2;
     /* the item's queries, converted again for every tile (qk_fn carries no
      * per-item state): R x D conversions against R x 32 x D products; a
      * build that converted them once per item measured the same ratio to
@@ -2364,11 +2377,8 @@ SC_T_BF16 static void qk_bf16(const float *q, const float *kt, float *s, int64_t
     to_bf16(q, (uint16_t *)qb, R * D);
     for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS) {
         const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS;
-        to_bf16(kt + j0 * D, (uint16_t *)kb, n * D);
-        transpose_keys(kb, n, P2, kT);
-        int64_t r0 = 0;
-        for (; r0 + 8 <= R; r0 += 8) qkt_block(qb, kT, s + j0, r0, 8, n, P2, TL);
-        if (r0 < R) qkt_block(qb, kT, s + j0, r0, (int)(R - r0), n, P2, TL);
+        bf_pack_k(kt + j0 * D, n, D, kb, kT);
+        qk_bf16_chunk(qb, kT, s + j0, R, n, D / 2, TL);
     }
 }
 
@@ -2402,38 +2412,88 @@ SC_T_BF16 SC_INL void pvb16_block(const uint32_t *vp, const uint32_t *pb, float 
             if (rr < nr && u < nv) _mm512_storeu_ps(o + (r0 + rr) * D + c0 + 16 * u, acc[rr][u]);
 }
 
+/* A V chunk of n (<= BF_KEYS) fp32 rows as vp [pair][D]: dword c of pair jp
+ * holds (v_2jp[c], v_2jp+1[c]) as bf16 (an odd last key pairs with zeros) */
+SC_T_BF16 SC_INL void bf_pack_v(const float *vt, int64_t n, int64_t D, uint32_t *vp) {
+    const int64_t npair = (n + 1) / 2;
+    for (int64_t jp = 0; jp < npair; jp++) {
+        const float *a = vt + 2 * jp * D, *b = a + D;
+        const int odd = 2 * jp + 1 >= n;
+        for (int64_t c = 0; c < D; c += 16) {
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(a + c)));
+            const __m512i hi = odd ? _mm512_setzero_si512()
+                                   : _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(b + c)));
+            _mm512_storeu_si512(vp + jp * D + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+/* O += P V for R rows over one packed V chunk of n keys (p: the chunk's first key) */
+SC_T_BF16 SC_INL void pv_bf16_chunk(const float *p, const uint32_t *vp, uint32_t *pb, float *o, int64_t R, int64_t n,
+                                    int64_t D, int64_t TL) {
+    const int64_t PS = BF_KEYS / 2, npair = (n + 1) / 2;
+    for (int64_t r = 0; r < R; r++) { /* P pairs: bf16 of p_j in the low half, p_j+1 in the high one */
+        const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+        const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+        const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, p + r * TL + 16),
+                                               _mm512_maskz_loadu_ps(m0, p + r * TL));
+        _mm512_storeu_si512(pb + r * PS, (__m512i)x);
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int64_t nr = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {
+            const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
+            if (nr == 4 && nv == 4) pvb16_block(vp, pb, o, r0, 4, c0, 4, npair, D, PS);
+            else pvb16_block(vp, pb, o, r0, nr, c0, nv, npair, D, PS);
+        }
+    }
+}
+
 SC_T_BF16 static void pv_bf16(const float *p, const float *vt, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL) {
     uint32_t vp[(BF_KEYS / 2) * 256] __attribute__((aligned(64))); /* [pair][channel]: (v_j, v_j+1) as bf16 */
     uint32_t pb[ROWS_MAX * (BF_KEYS / 2)] __attribute__((aligned(64)));
-    const int64_t PS = BF_KEYS / 2;
     for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS) {
-        const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS, npair = (n + 1) / 2;
-        for (int64_t jp = 0; jp < npair; jp++) {
-            const float *a = vt + (j0 + 2 * jp) * D, *b = a + D;
-            const int odd = 2 * jp + 1 >= n; /* the last key of an odd count pairs with zeros */
-            for (int64_t c = 0; c < D; c += 16) {
-                const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(a + c)));
-                const __m512i hi = odd ? _mm512_setzero_si512()
-                                       : _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(b + c)));
-                _mm512_storeu_si512(vp + jp * D + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-            }
-        }
-        for (int64_t r = 0; r < R; r++) { /* P pairs: bf16 of p_j in the low half, p_j+1 in the high one */
-            const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
-            const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
-            const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, p + r * TL + j0 + 16),
-                                                   _mm512_maskz_loadu_ps(m0, p + r * TL + j0));
-            _mm512_storeu_si512(pb + r * PS, (__m512i)x);
-        }
-        for (int64_t r0 = 0; r0 < R; r0 += 4) {
-            const int64_t nr = R - r0 < 4 ? R - r0 : 4;
-            for (int64_t c0 = 0; c0 < D; c0 += 64) {
-                const int64_t nv = (D - c0) / 16 < 4 ? (D - c0) / 16 : 4;
-                if (nr == 4 && nv == 4) pvb16_block(vp, pb, o, r0, 4, c0, 4, npair, D, PS);
-                else pvb16_block(vp, pb, o, r0, nr, c0, nv, npair, D, PS);
-            }
-        }
+        const int64_t n = nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS;
+        bf_pack_v(vt + j0 * D, n, D, vp);
+        pv_bf16_chunk(p + j0, vp, pb, o, R, n, D, TL);
     }
+}
+
+/* Prefill items share K and V tiles: with several row blocks per kv head
+ * (attention.c) every tile is converted once per call into c->bfk / c->bfv,
+ * [kv row][tile][BF_CHUNK_WORDS(D) per BF_KEYS keys] (the layouts bf_pack_k
+ * and bf_pack_v write), instead of decoded and converted by every row block
+ * that reads it. The packed chunks hold the bf16 values the per-item path
+ * converts, so the products are the same. */
+SC_T_BF16 void sc_attn_bf_prepack(const attn_ctx *c, int64_t t, attn_ws *w) {
+    const sc_attention_args *a = c->a;
+    const int64_t kr = t / c->bf_tiles, j0 = (t % c->bf_tiles) * c->tile, b = kr / c->Hkv, hk = kr % c->Hkv;
+    const int64_t n_b = a->kv_lens ? a->kv_lens[b] : c->N, D = c->D;
+    if (j0 >= n_b) return; /* no item reads it */
+    const int64_t nt = n_b - j0 < c->tile ? n_b - j0 : c->tile;
+    uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64)));
+    uint32_t *kd = c->bfk + (size_t)t * c->bf_tile_words, *vd = c->bfv + (size_t)t * c->bf_tile_words;
+    load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
+    for (int64_t j = 0; j < nt; j += BF_KEYS)
+        bf_pack_k(w->kt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, kb, kd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+    load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
+    for (int64_t j = 0; j < nt; j += BF_KEYS)
+        bf_pack_v(w->vt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, vd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+}
+/* qk_bf16 / pv_bf16 over a prepacked tile; the queries converted once per
+ * item (sc_attn_bf_q; qk_bf16 converts them for every tile) */
+SC_T_BF16 void sc_attn_bf_q(const float *q, uint32_t *qb, int64_t n) { to_bf16(q, (uint16_t *)qb, n); }
+SC_T_BF16 void sc_attn_bf_qk(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D,
+                             int64_t TL) {
+    for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS)
+        qk_bf16_chunk(qb, kT + (j0 / BF_KEYS) * BF_CHUNK_WORDS(D), s + j0, R, nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS,
+                      D / 2, TL);
+}
+SC_T_BF16 void sc_attn_bf_pv(const float *p, const uint32_t *vp, float *o, int64_t R, int64_t nt, int64_t D,
+                             int64_t TL) {
+    uint32_t pb[ROWS_MAX * (BF_KEYS / 2)] __attribute__((aligned(64)));
+    for (int64_t j0 = 0; j0 < nt; j0 += BF_KEYS)
+        pv_bf16_chunk(p + j0, vp + (j0 / BF_KEYS) * BF_CHUNK_WORDS(D), pb, o, R, nt - j0 < BF_KEYS ? nt - j0 : BF_KEYS,
+                      D, TL);
 }
 
 SC_T_BF16 void sc_attn_item_avx512bf16(const attn_ctx *c, int64_t i, attn_ws *w) {

@@ -216,7 +216,20 @@ typedef struct attn_ctx {
      * row blocks share them: [kv row][tile][mx_tile_words] each (NULL: per item) */
     uint16_t *mxpk, *mxpv;
     int64_t mx_tiles, mx_tile_words;
+    /* the same for the bf16 dot-product prefill items (AVX512-BF16 without the
+     * engine): K^T and V pair chunks of every tile, converted once per call,
+     * [kv row][tile][bf_tile_words], read through bf_qk / bf_pv (NULL: per item) */
+    uint32_t *bfk, *bfv;
+    int64_t bf_tiles, bf_tile_words;
+    void (*bf_q)(const float *q, uint32_t *qb, int64_t n); /* the item's queries as bf16 pairs, once per item */
+    void (*bf_qk)(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
+    void (*bf_pv)(const float *p, const uint32_t *vp, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
 } attn_ctx;
+#ifndef BF_PREPACK_MIN_BLOCKS
+#define BF_PREPACK_MIN_BLOCKS 16 /* row blocks per kv head from which bfk / bfv are packed (attention.c) */
+#endif
+/* dwords of one packed bf16 chunk of BF_KEYS (32) keys: K^T [D/2][32], V pairs [16][D] */
+#define BF_CHUNK_WORDS(D) (16 * (D))
 
 /* How an int8/int4 store can be read in place: 0 (use the tile decoder), 1 or
  * 2 (see attn_ctx). Outlier tables go through the decoder, and so do zero
@@ -364,6 +377,7 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
             for (int64_t d = 0; d < D; d++) wo[r * D + d] = 0.0f;
         }
     if (c->k_rotate) sc_rotate_f32(wq, R, D, (int32_t)D);
+    if (c->bfk) c->bf_q(wq, (uint32_t *)w->qf, R * D); /* w->qf: free on that path */
     const int use_mx = mx && c->mx;
 
     /* key range of this split, cut by the causal limit of the block's last row */
@@ -441,7 +455,10 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     const char *vend = vbase && hi > 0 ? vbase + (size_t)((hi - 1) * vst + D) * (vf16 ? 2 : 4) : vbase;
     for (int64_t j0 = lo; j0 < hi; j0 += TL) {
         const int64_t nt = hi - j0 < TL ? hi - j0 : TL;
-        if (kdirect) {
+        if (c->bfk) {
+            c->bf_qk((const uint32_t *)w->qf, c->bfk + (size_t)(kr * c->bf_tiles + j0 / TL) * c->bf_tile_words, ws, R,
+                     nt, D, TL);
+        } else if (kdirect) {
             qkd(wq, kbase + (size_t)(j0 * kst) * (kf16 ? 2 : 4), kst, kf16, ws, R, nt, D, TL, kend);
         } else if (kq8) {
             qk8(c, kq8, wq, w->qf, w->sc, kr, j0, nt, ws);
@@ -467,7 +484,9 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
         }
         if (!any) continue;
         /* rows without mass hold p = 0 */
-        if (vdirect) {
+        if (c->bfv) {
+            c->bf_pv(ws, c->bfv + (size_t)(kr * c->bf_tiles + j0 / TL) * c->bf_tile_words, wo, R, nt, D, TL);
+        } else if (vdirect) {
             pvd(ws, vbase + (size_t)(j0 * vst) * (vf16 ? 2 : 4), vst, vf16, wo, R, nt, D, TL, vend);
         } else if (vq8) {
             pv8(c, w->sc, kr, j0, nt, ws, wo);
@@ -545,6 +564,10 @@ void sc_attn_reduce_avx512(const attn_ctx *c, int64_t i, attn_ws *w);
 void sc_attn_item_amx(const attn_ctx *c, int64_t i, attn_ws *w);
 /* pre-pass task t of the AMX path: one tile's K and V^T packed for the call */
 void sc_attn_mx_prepack(const attn_ctx *c, int64_t t, attn_ws *w);
+void sc_attn_bf_prepack(const attn_ctx *c, int64_t t, attn_ws *w); /* AVX512-BF16 prefill tiles */
+void sc_attn_bf_q(const float *q, uint32_t *qb, int64_t n);
+void sc_attn_bf_qk(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
+void sc_attn_bf_pv(const float *p, const uint32_t *vp, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
 #endif
 #ifdef SC_ARM64
 void sc_attn_item_neon(const attn_ctx *c, int64_t i, attn_ws *w);
