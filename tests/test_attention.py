@@ -212,20 +212,22 @@ def test_precision_bf16_prefill_items(rng, isa, pol, d, hq, m, n):
             np.testing.assert_allclose(fast, exact, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("pol,d,hq,m,n", [("int8", 128, 8, 512, 700), ("fp16", 64, 4, 300, 333),
                                            ("int4", 96, 2, 544, 1030)])
-def test_prefill_shared_tiles_match_small_calls(rng, isa, pol, d, hq, m, n):
+def test_prefill_shared_tiles_match_small_calls(rng, isa, pol, d, hq, m, n, precision):
     """Many row blocks per kv head at the bf16 setting: AVX512-BF16 converts
     every K/V tile once per call for all of them (sc_attn_bf_prepack). The
     same rows computed 32 at a time (too few blocks to share tiles; each
     call's kv_lens cut so that its rows see what they saw) must come out
     bitwise the same: a row's tiles, visibility and products do not change,
-    only where its K/V tiles were converted."""
+    only where its K/V tiles were converted. (fp32: the same check of the
+    per-row-block path, which decodes tiles per item everywhere.)"""
     c = build(pol, 2, 2, n, d, rng)
     q = rng.standard_normal((2, 2 * hq, m, d)).astype(np.float32)
     lens = [n, n - 7]
-    full = c.attend(q, is_causal=True, kv_lens=lens, precision="bf16", split_k=1)
-    parts = [c.attend(np.ascontiguousarray(q[:, :, c0:c0 + 32]), is_causal=True, precision="bf16", split_k=1,
+    full = c.attend(q, is_causal=True, kv_lens=lens, precision=precision, split_k=1)
+    parts = [c.attend(np.ascontiguousarray(q[:, :, c0:c0 + 32]), is_causal=True, precision=precision, split_k=1,
                       kv_lens=[n_b - m + min(m, c0 + 32) for n_b in lens]) for c0 in range(0, m, 32)]
     np.testing.assert_array_equal(full, np.concatenate(parts, axis=2))
 
