@@ -225,6 +225,9 @@ typedef struct attn_ctx {
     void (*bf_qk)(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
     void (*bf_pv)(const float *p, const uint32_t *vp, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
 } attn_ctx;
+#ifndef BF_TILE_KEYS
+#define BF_TILE_KEYS 128 /* keys per tile of the AVX512-BF16 prefill items (attention.c) */
+#endif
 #ifndef BF_PREPACK_MIN_BLOCKS
 #define BF_PREPACK_MIN_BLOCKS 16 /* row blocks per kv head from which bfk / bfv are packed (attention.c) */
 #endif
