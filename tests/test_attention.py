@@ -415,6 +415,32 @@ def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
 INT4_G64 = {"k": "int4.t64.g1.s16", "v": "int4.t1.g64.s16"}
 
 
+@pytest.mark.parametrize("pol,hq,m,n,d,integer", [
+    ("int4", 4, 17, 300, 128, True), ("int4", 8, 300, 333, 64, True), ("int4", 2, 600, 700, 80, True),
+    ("int4", 4, 64, 129, 96, True), ("int4", 4, 40, 200, 256, True),
+    (INT4_SYM, 4, 30, 300, 128, False), ("int8k-int4v", 4, 64, 300, 128, False), ("int8", 4, 64, 300, 128, False)])
+def test_precision_int8_prefill_items(rng, isa, pol, hq, m, n, d, integer):
+    """Prefill items (more than 16 rows) at precision="int8" on AVX512-VNNI
+    with AVX512-BF16: int4 K in the k16 layout scores in integers as decode
+    does (8-bit q' per row and token group, VPDPBUSD; PV in bf16), with and
+    without the shared bf16 V tiles (m 300 and 600 take them); other K (rows
+    layout, int8) computes as at "bf16". Split-K and per-row key lengths
+    take the same paths."""
+    c = build(pol, 1, 2, n, d, rng)
+    q = (rng.standard_normal((1, 2 * hq, m, d)) * 2).astype(np.float32)
+    bf = c.attend(q, split_k=1, is_causal=True, precision="bf16")
+    i8 = c.attend(q, split_k=1, is_causal=True, precision="int8")
+    if not (integer and isa == "avx512_vnni" and bf16_prefill(isa)):
+        np.testing.assert_array_equal(i8, bf)
+        return
+    assert not np.array_equal(i8, bf)
+    kd, vd = c.dequantize()
+    qual = quality(i8.astype(np.float64), sdpa_reference(q, kd, vd, is_causal=True))
+    assert qual["cosine"] > 0.998 and qual["rel_l1"] < 0.08, qual  # as test_precision_int8_decode's 8-bit q'
+    for qual in split_and_lens_quality(pol, 2 * hq, m, n, d, rng, "int8"):
+        assert qual["cosine"] > 0.998 and qual["rel_l1"] < 0.08, qual
+
+
 @pytest.mark.parametrize("pol,hq,m,n,d,qk8,pv8", [
     ("int4", 8, 1, 701, 128, True, True), ("int4", 16, 1, 333, 128, True, True),
     ("int4", 2, 1, 300, 128, False, True), ("int4", 8, 3, 200, 256, True, True),

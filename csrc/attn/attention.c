@@ -272,7 +272,7 @@ sc_status sc_attention(const sc_attention_args *a) {
      * 256 keys. build_ab, int4 at "int8": 1.01-1.04x warm, 1.0-1.02x cold on
      * two threads, 1.09-1.10x cold on one; the int8 decode at "bf16" gains
      * nothing cold from 256 (0.97-1.0x), so it keeps 128. */
-    if (tile_keys == TILE_KEYS_INPLACE && (isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) &&
+    if (tile_keys == TILE_KEYS_INPLACE && c.rows <= Q8_MAX_ROWS && (isa == SC_ISA_AVX512_VNNI || isa == SC_ISA_AMX) &&
         a->precision >= SC_PRECISION_INT8 && c.k_q8 && c.v_q8 && a->kf->encoding == SC_ENC_INT4 &&
         a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point && c.rows % 4 == 0 &&
         (D % 128 == 0 || a->vf->channel_group == D)) /* pv4b_vnni's cases */
@@ -315,11 +315,15 @@ sc_status sc_attention(const sc_attention_args *a) {
          * blocks 0.83x, 8 1.0x, 16 1.1x; 2048 causal 1.22-1.26x) */
         const int64_t ntl = (c.N + c.tile - 1) / c.tile;
         const int64_t words = (c.tile + 31) / 32 * BF_CHUNK_WORDS(D);
+        /* int4 K in the k16 layout at "int8": the prefill items' scores in integers too */
+        c.k_q8_rows = bf_prefill && a->precision >= SC_PRECISION_INT8 && c.k_q8 == 1 &&
+                      a->kf->encoding == SC_ENC_INT4 && a->kf->layout == SC_LAYOUT_K16 && c.rows % 4 == 0 &&
+                      D % 16 == 0;
         if (bf_prefill && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 && 8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
             const size_t bytes = (size_t)(B * Hkv * ntl * words) * 4;
-            c.bfk = (uint32_t *)aligned_alloc(64, bytes);
+            c.bfk = c.k_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
             c.bfv = (uint32_t *)aligned_alloc(64, bytes);
-            if (!c.bfk || !c.bfv) {
+            if ((!c.k_q8_rows && !c.bfk) || !c.bfv) {
                 free(c.bfk);
                 free(c.bfv);
                 c.bfk = c.bfv = NULL; /* per-item conversion instead */

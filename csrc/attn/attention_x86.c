@@ -1550,8 +1550,8 @@ SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int
     const int64_t R = c->rows, TL = c->tile, T = f->token_group, rb = D / 2;
     const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
-    float ar[Q8_MAX_ROWS], fb[Q8_MAX_ROWS] = {0}, zf[256] __attribute__((aligned(64)));
-    int32_t bias[Q8_MAX_ROWS] = {0};
+    float ar[ROWS_MAX], fb[ROWS_MAX] = {0}, zf[256] __attribute__((aligned(64)));
+    int32_t bias[ROWS_MAX] = {0}; /* decode items and, at "int8", prefill items (c->k_q8_rows) */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
         const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
@@ -2471,10 +2471,12 @@ SC_T_BF16 void sc_attn_bf_prepack(const attn_ctx *c, int64_t t, attn_ws *w) {
     if (j0 >= n_b) return; /* no item reads it */
     const int64_t nt = n_b - j0 < c->tile ? n_b - j0 : c->tile;
     uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64)));
-    uint32_t *kd = c->bfk + (size_t)t * c->bf_tile_words, *vd = c->bfv + (size_t)t * c->bf_tile_words;
-    load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
-    for (int64_t j = 0; j < nt; j += BF_KEYS)
-        bf_pack_k(w->kt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, kb, kd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+    uint32_t *kd = c->bfk ? c->bfk + (size_t)t * c->bf_tile_words : NULL, *vd = c->bfv + (size_t)t * c->bf_tile_words;
+    if (c->bfk) { /* else the items score K in integers (c->k_q8_rows) */
+        load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
+        for (int64_t j = 0; j < nt; j += BF_KEYS)
+            bf_pack_k(w->kt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, kb, kd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+    }
     load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
     for (int64_t j = 0; j < nt; j += BF_KEYS)
         bf_pack_v(w->vt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, vd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
