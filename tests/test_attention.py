@@ -418,14 +418,17 @@ INT4_G64 = {"k": "int4.t64.g1.s16", "v": "int4.t1.g64.s16"}
 @pytest.mark.parametrize("pol,hq,m,n,d,integer", [
     ("int4", 4, 17, 300, 128, True), ("int4", 8, 300, 333, 64, True), ("int4", 2, 600, 700, 80, True),
     ("int4", 4, 64, 129, 96, True), ("int4", 4, 40, 200, 256, True),
-    (INT4_SYM, 4, 30, 300, 128, False), ("int8k-int4v", 4, 64, 300, 128, False), ("int8", 4, 64, 300, 128, False)])
+    ("int8k-int4v", 4, 64, 300, 128, True), ("int8k-int4v", 8, 300, 400, 96, True),
+    (INT4_SYM, 4, 30, 300, 128, False), ("int8", 4, 64, 300, 128, False)])
 def test_precision_int8_prefill_items(rng, isa, pol, hq, m, n, d, integer):
     """Prefill items (more than 16 rows) at precision="int8" on AVX512-VNNI
-    with AVX512-BF16: int4 K in the k16 layout scores in integers as decode
-    does (8-bit q' per row and token group, VPDPBUSD; PV in bf16), with and
-    without the shared bf16 V tiles (m 300 and 600 take them); other K (rows
-    layout, int8) computes as at "bf16". Split-K and per-row key lengths
-    take the same paths."""
+    with AVX512-BF16 take the decode's integer kernels where the formats
+    allow: int4 K in the k16 layout (8-bit q' per row and token group,
+    VPDPBUSD) and symmetric int4 V with one scale per token (8-bit P' per row
+    and tile); the other operand in bf16, with and without the shared bf16
+    tiles (m 300 and 600 take them; int8k-int4v: bf16 K tiles). Token-rows
+    int4 K with 32-channel V cells, and int8 codes, compute as at "bf16".
+    Split-K and per-row key lengths take the same paths."""
     c = build(pol, 1, 2, n, d, rng)
     q = (rng.standard_normal((1, 2 * hq, m, d)) * 2).astype(np.float32)
     bf = c.attend(q, split_k=1, is_causal=True, precision="bf16")

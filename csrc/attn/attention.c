@@ -319,11 +319,14 @@ sc_status sc_attention(const sc_attention_args *a) {
         c.k_q8_rows = bf_prefill && a->precision >= SC_PRECISION_INT8 && c.k_q8 == 1 &&
                       a->kf->encoding == SC_ENC_INT4 && a->kf->layout == SC_LAYOUT_K16 && c.rows % 4 == 0 &&
                       D % 16 == 0;
-        if (bf_prefill && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 && 8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
+        c.v_q8_rows = bf_prefill && a->precision >= SC_PRECISION_INT8 && c.v_q8 == 2 &&
+                      a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point && a->vf->channel_group == D &&
+                      c.rows % 4 == 0 && D % 16 == 0 && c.tile <= TILE_KEYS_INT4B8; /* pv4b_vnni's scratch */
+        if (bf_prefill && !(c.k_q8_rows && c.v_q8_rows) && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 && 8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
             const size_t bytes = (size_t)(B * Hkv * ntl * words) * 4;
             c.bfk = c.k_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
-            c.bfv = (uint32_t *)aligned_alloc(64, bytes);
-            if ((!c.k_q8_rows && !c.bfk) || !c.bfv) {
+            c.bfv = c.v_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
+            if ((!c.k_q8_rows && !c.bfk) || (!c.v_q8_rows && !c.bfv)) {
                 free(c.bfk);
                 free(c.bfv);
                 c.bfk = c.bfv = NULL; /* per-item conversion instead */

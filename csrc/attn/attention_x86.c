@@ -2004,8 +2004,9 @@ SC_T_VNNI SC_INL float p_and_max(const float *prow, const float (*sT)[PVW_TL], i
 #define PVB_BLK 2 /* 128-channel blocks (D <= 256) */
 typedef struct {
     uint8_t p[16][PVB_BLK][PVW_TL / 4][64] __attribute__((aligned(64))); /* P' operands */
-    uint8_t p1[16][PVW_TL] __attribute__((aligned(64)));                 /* one P' cell: P' per row and key */
-    int32_t corr[16][PVB_BLK][16] __attribute__((aligned(64)));          /* 8 sum(P') of lane l's cell */
+    /* one P' cell: P' per row and key, up to ROWS_MAX rows (prefill items, c->v_q8_rows) */
+    uint8_t p1[ROWS_MAX][PVW_TL] __attribute__((aligned(64)));
+    int32_t corr[ROWS_MAX][PVB_BLK][16] __attribute__((aligned(64))); /* 8 sum(P') of lane l's cell */
     int32_t e[4][4][16] __attribute__((aligned(64)));                    /* pass E's sums of 4 rows */
     int32_t od[4][4][16] __attribute__((aligned(64)));                   /* pass O's */
 } pvb_scratch;
@@ -2171,7 +2172,7 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
     pvb_scratch w;
-    float ps[16];
+    float ps[ROWS_MAX];
     float sT[8][PVW_TL] __attribute__((aligned(64)));
     cell_scales_T(sc, nt, ncell, G, sT);
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -2240,13 +2241,15 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
      * the last block's channels under a mask */
     const int dims = G == D && (kind == 2 || c->a->precision >= SC_PRECISION_INT8) ? D % 16 == 0
                                                                                   : G % 32 == 0 && D % 64 == 0;
+    /* 8-bit P': blocks of 128 channels, and with one P' cell (G = D) the rest in blocks of up to 64 */
+    const int b8 = kind == 3 && c->a->precision >= SC_PRECISION_INT8 && (D % 128 == 0 || G == D);
+    /* the scratches below hold 16 rows, 8 cells, PVW_TL keys; pv4b_vnni's one cell ROWS_MAX rows */
     if (c->a->precision < SC_PRECISION_BF16 || (kind != 2 && kind != 3) || !dims || D > 256 || TL > PVW_TL ||
-        R > 16) { /* the scratch below holds 16 rows, 8 cells, PVW_TL keys */
+        R > (b8 && G == D ? ROWS_MAX : 16)) {
         pv8_avx512(c, sc, kr, j0, nt, p, o);
         return;
     }
-    /* 8-bit P': blocks of 128 channels, and with one P' cell (G = D) the rest in blocks of up to 64 */
-    if (kind == 3 && c->a->precision >= SC_PRECISION_INT8 && (D % 128 == 0 || G == D)) {
+    if (b8) {
         pv4b_vnni(c, sc, kr, j0, nt, p, o);
         return;
     }
@@ -2471,15 +2474,19 @@ SC_T_BF16 void sc_attn_bf_prepack(const attn_ctx *c, int64_t t, attn_ws *w) {
     if (j0 >= n_b) return; /* no item reads it */
     const int64_t nt = n_b - j0 < c->tile ? n_b - j0 : c->tile;
     uint32_t kb[BF_KEYS * 128] __attribute__((aligned(64)));
-    uint32_t *kd = c->bfk ? c->bfk + (size_t)t * c->bf_tile_words : NULL, *vd = c->bfv + (size_t)t * c->bf_tile_words;
-    if (c->bfk) { /* else the items score K in integers (c->k_q8_rows) */
+    /* either may be NULL: the items then take it in integers (c->k_q8_rows, c->v_q8_rows) */
+    uint32_t *kd = c->bfk ? c->bfk + (size_t)t * c->bf_tile_words : NULL;
+    uint32_t *vd = c->bfv ? c->bfv + (size_t)t * c->bf_tile_words : NULL;
+    if (kd) {
         load_tile(c->rk, a->k_tensor, w->kd, b, hk, kr, j0, nt, w->kt);
         for (int64_t j = 0; j < nt; j += BF_KEYS)
             bf_pack_k(w->kt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, kb, kd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
     }
-    load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
-    for (int64_t j = 0; j < nt; j += BF_KEYS)
-        bf_pack_v(w->vt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, vd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+    if (vd) {
+        load_tile(c->rk, a->v_tensor, w->vd, b, hk, kr, j0, nt, w->vt);
+        for (int64_t j = 0; j < nt; j += BF_KEYS)
+            bf_pack_v(w->vt + j * D, nt - j < BF_KEYS ? nt - j : BF_KEYS, D, vd + (j / BF_KEYS) * BF_CHUNK_WORDS(D));
+    }
 }
 /* qk_bf16 / pv_bf16 over a prepacked tile; the queries converted once per
  * item (sc_attn_bf_q; qk_bf16 converts them for every tile) */

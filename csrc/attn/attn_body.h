@@ -225,6 +225,9 @@ typedef struct attn_ctx {
      * codes at precision="int8" on AVX512-VNNI: qk8 with 8-bit q', 64 products
      * per instruction against VDPBF16PS's 32); bfk is then NULL, bfv not */
     int k_q8_rows;
+    /* and V in integers (symmetric int4 V with one scale per token at "int8":
+     * pv4b_vnni's 8-bit P'); bfv is then NULL */
+    int v_q8_rows;
     void (*bf_q)(const float *q, uint32_t *qb, int64_t n); /* the item's queries as bf16 pairs, once per item */
     void (*bf_qk)(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
     void (*bf_pv)(const float *p, const uint32_t *vp, float *o, int64_t R, int64_t nt, int64_t D, int64_t TL);
@@ -452,7 +455,8 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
      * rows) decoding the tile once wins (measured: int4 prefill 2048 causal
      * 379 ms in place vs 263 ms through the tile) */
     const int few_rows = R <= Q8_MAX_ROWS;
-    const int kq8 = qk8 && (few_rows || c->k_q8_rows) ? c->k_q8 : 0, vq8 = pv8 && few_rows ? c->v_q8 : 0;
+    const int kq8 = qk8 && (few_rows || c->k_q8_rows) ? c->k_q8 : 0;
+    const int vq8 = pv8 && (few_rows || c->v_q8_rows) ? c->v_q8 : 0;
     int64_t kst = 0, vst = 0;
     int kf16 = 0, vf16 = 0;
     const char *kbase = kdirect ? direct_rows(c, 0, b, hk, &kst, &kf16) : NULL;
