@@ -111,7 +111,10 @@ static void sc_detect_x86(void) {
              avx2 ? " avx2" : "", avx512 ? " avx512f avx512bw avx512dq avx512vl" : "",
              vnni512 ? " avx512vnni" : "", avxvnni && os_avx ? " avxvnni" : "",
              bf16 ? " avx512bf16" : "", amx ? " amx-tile amx-bf16" : "");
-    sc_bf16 = bf16;
+    {   /* SAGECORE_AVX512BF16=0: leave AVX512-BF16 unused (as on a VNNI CPU without it; for tests) */
+        const char *e = getenv("SAGECORE_AVX512BF16");
+        sc_bf16 = bf16 && !(e && strcmp(e, "0") == 0);
+    }
     {
         const char *e = getenv("SAGECORE_AVXVNNI");
         if (e && strcmp(e, "0") == 0) sc_avxvnni = 0;

@@ -6,6 +6,10 @@ the kernel (tiling, masking, softmax, split-K, GQA) from the storage format's
 own error, which tests/test_accuracy.py judges. Tolerances live in TOL.
 """
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -363,6 +367,41 @@ def split_and_lens_quality(pol, hq, m, n, d, rng, precision):
     ref = sdpa_reference(q, kd, vd, is_causal=True, kv_lens=lens)
     return [quality(c.attend(q, split_k=s, is_causal=True, kv_lens=lens, precision=precision).astype(np.float64), ref)
             for s in (1, 3)]
+
+
+NO_BF16_SCRIPT = r"""
+import json, sys, numpy as np, sagecore
+from sagecore.reference import sdpa_reference, quality
+rng = np.random.default_rng(5)
+out = {}
+for pol, hq, m, n, d in (("int4", 8, 64, 300, 128), ("int4", 4, 300, 400, 96), ("int8k-int4v", 4, 40, 200, 128)):
+    c = sagecore.QuantKVCache(pol, batch=1, kv_heads=2, head_dim=d, capacity=n)
+    c.append(rng.standard_normal((1, 2, n, d)).astype(np.float32), rng.standard_normal((1, 2, n, d)).astype(np.float32))
+    q = (rng.standard_normal((1, 2 * hq, m, d)) * 2).astype(np.float32)
+    bf = c.attend(q, split_k=1, is_causal=True, precision="bf16")
+    i8 = c.attend(q, split_k=1, is_causal=True, precision="int8")
+    kd, vd = c.dequantize()
+    ref = sdpa_reference(q, kd, vd, is_causal=True)
+    out[f"{pol}-d{d}"] = dict(same=bool(np.array_equal(bf, i8)), i8=quality(i8.astype(np.float64), ref),
+                              bf=quality(bf.astype(np.float64), ref))
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.skipif("avx512vnni" not in _cpu.cpu_info()["features"].split(),
+                    reason="the integer prefill kernels need an AVX512-VNNI CPU")
+def test_int8_prefill_items_without_avx512bf16():
+    """An AVX512-VNNI CPU without AVX512-BF16 (SAGECORE_AVX512BF16=0, read
+    once at process start, hence the subprocess): prefill items at "int8"
+    still take the integer K and V kernels (the other operand in fp32), and
+    "bf16" computes at fp32 level there (no bf16 products)."""
+    r = subprocess.run([sys.executable, "-c", NO_BF16_SCRIPT], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, SAGECORE_AVX512BF16="0", SAGECORE_ISA="avx512_vnni"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, res in json.loads(r.stdout).items():
+        assert not res["same"], name
+        assert res["i8"]["cosine"] > 0.998 and res["i8"]["rel_l1"] < 0.08, (name, res)
+        assert res["bf"]["rel_l1"] < 1e-4, (name, res)  # bf16 operands would show ~2^-9
 
 
 #: int8 K as in the int8 policy, V in 16-channel cells: a policy for d80

@@ -315,14 +315,17 @@ sc_status sc_attention(const sc_attention_args *a) {
          * blocks 0.83x, 8 1.0x, 16 1.1x; 2048 causal 1.22-1.26x) */
         const int64_t ntl = (c.N + c.tile - 1) / c.tile;
         const int64_t words = (c.tile + 31) / 32 * BF_CHUNK_WORDS(D);
-        /* int4 K in the k16 layout at "int8": the prefill items' scores in integers too */
-        c.k_q8_rows = bf_prefill && a->precision >= SC_PRECISION_INT8 && c.k_q8 == 1 &&
-                      a->kf->encoding == SC_ENC_INT4 && a->kf->layout == SC_LAYOUT_K16 && c.rows % 4 == 0 &&
-                      D % 16 == 0;
-        c.v_q8_rows = bf_prefill && a->precision >= SC_PRECISION_INT8 && c.v_q8 == 2 &&
-                      a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point && a->vf->channel_group == D &&
-                      c.rows % 4 == 0 && D % 16 == 0 && c.tile <= TILE_KEYS_INT4B8; /* pv4b_vnni's scratch */
-        if (bf_prefill && !(c.k_q8_rows && c.v_q8_rows) && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 && 8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
+        /* At "int8", prefill items (with or without AVX512-BF16) take the
+         * decode's integer kernels where the formats allow: int4 K in the k16
+         * layout (qk4b_k16, 8-bit q') and symmetric int4 V with one scale per
+         * token (pv4b_vnni, 8-bit P'); the other operand as the item computes it */
+        const int int_prefill = a->precision >= SC_PRECISION_INT8 && c.rows > Q8_MAX_ROWS && c.rows <= ROWS_MAX &&
+                                c.rows % 4 == 0 && D <= 256 && D % 16 == 0;
+        c.k_q8_rows = int_prefill && c.k_q8 == 1 && a->kf->encoding == SC_ENC_INT4 && a->kf->layout == SC_LAYOUT_K16;
+        c.v_q8_rows = int_prefill && c.v_q8 == 2 && a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point &&
+                      a->vf->channel_group == D && c.tile <= TILE_KEYS_INT4B8; /* pv4b_vnni's scratch */
+        if (bf_prefill && !(c.k_q8_rows && c.v_q8_rows) && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 &&
+            8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
             const size_t bytes = (size_t)(B * Hkv * ntl * words) * 4;
             c.bfk = c.k_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
             c.bfv = c.v_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
