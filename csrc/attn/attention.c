@@ -308,13 +308,6 @@ sc_status sc_attention(const sc_attention_args *a) {
         item = a->precision >= SC_PRECISION_BF16 && sc_cpu_has_avx512bf16() ? sc_attn_item_avx512bf16
                                                                              : sc_attn_item_avx512vnni;
         reduce = sc_attn_reduce_avx512;
-        /* its prefill items (sc_attn_item_avx512bf16's condition), many row
-         * blocks per kv head: convert each K/V tile to bf16 once for all of them.
-         * The packed tiles are twice an int8 cache's bytes, so they pay only
-         * with enough row blocks to share them (build_ab --m, N 4096: 4
-         * blocks 0.83x, 8 1.0x, 16 1.1x; 2048 causal 1.22-1.26x) */
-        const int64_t ntl = (c.N + c.tile - 1) / c.tile;
-        const int64_t words = (c.tile + 31) / 32 * BF_CHUNK_WORDS(D);
         /* At "int8", prefill items (with or without AVX512-BF16) take the
          * decode's integer kernels where the formats allow: int4 K in the k16
          * layout (qk4b_k16, 8-bit q') and symmetric int4 V with one scale per
@@ -324,6 +317,14 @@ sc_status sc_attention(const sc_attention_args *a) {
         c.k_q8_rows = int_prefill && c.k_q8 == 1 && a->kf->encoding == SC_ENC_INT4 && a->kf->layout == SC_LAYOUT_K16;
         c.v_q8_rows = int_prefill && c.v_q8 == 2 && a->vf->encoding == SC_ENC_INT4 && !a->vf->zero_point &&
                       a->vf->channel_group == D && c.tile <= TILE_KEYS_INT4B8; /* pv4b_vnni's scratch */
+        /* bf16 prefill items (sc_attn_item_avx512bf16's condition), many row
+         * blocks per kv head: convert each K/V tile (those not taken in
+         * integers) to bf16 once for all of them. The packed tiles are twice
+         * an int8 cache's bytes, so they pay only with enough row blocks to
+         * share them (build_ab --m, N 4096: 4 blocks 0.83x, 8 1.0x, 16 1.1x;
+         * 2048 causal 1.22-1.26x) */
+        const int64_t ntl = (c.N + c.tile - 1) / c.tile;
+        const int64_t words = (c.tile + 31) / 32 * BF_CHUNK_WORDS(D);
         if (bf_prefill && !(c.k_q8_rows && c.v_q8_rows) && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 &&
             8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
             const size_t bytes = (size_t)(B * Hkv * ntl * words) * 4;

@@ -223,10 +223,10 @@ typedef struct attn_ctx {
     int64_t bf_tiles, bf_tile_words;
     /* prefill items whose K scores run in integers all the same (int4 k16
      * codes at precision="int8" on AVX512-VNNI: qk8 with 8-bit q', 64 products
-     * per instruction against VDPBF16PS's 32); bfk is then NULL, bfv not */
+     * per instruction against VDPBF16PS's 32; bfk is then NULL) */
     int k_q8_rows;
     /* and V in integers (symmetric int4 V with one scale per token at "int8":
-     * pv4b_vnni's 8-bit P'); bfv is then NULL */
+     * pv4b_vnni's 8-bit P'; bfv is then NULL) */
     int v_q8_rows;
     void (*bf_q)(const float *q, uint32_t *qb, int64_t n); /* the item's queries as bf16 pairs, once per item */
     void (*bf_qk)(const uint32_t *qb, const uint32_t *kT, float *s, int64_t R, int64_t nt, int64_t D, int64_t TL);
@@ -453,7 +453,8 @@ static inline __attribute__((always_inline)) void attn_item_body(const attn_ctx 
     /* in-place int8/int4 reads convert each code once per 4 query rows: for
      * decode-sized items that beats a tile decode; for prefill items (many
      * rows) decoding the tile once wins (measured: int4 prefill 2048 causal
-     * 379 ms in place vs 263 ms through the tile) */
+     * 379 ms in place vs 263 ms through the tile), except for the 8-bit
+     * kernels at "int8" (k_q8_rows, v_q8_rows: 64 products per instruction) */
     const int few_rows = R <= Q8_MAX_ROWS;
     const int kq8 = qk8 && (few_rows || c->k_q8_rows) ? c->k_q8 : 0;
     const int vq8 = pv8 && (few_rows || c->v_q8_rows) ? c->v_q8 : 0;
