@@ -202,12 +202,10 @@ SC_AVX2 static void cell_scales(const float *amax, int64_t n, float qmax, int sc
     }
 }
 
-SC_AVX2 static int quant_token_avx2(const void *src, int src_mode, const float *mean, int64_t D, int64_t G,
-                                    int is_int4, int scale_f32, uint8_t *dst, void *scales) {
-    float x[512] __attribute__((aligned(32)));
-    float amax[64] __attribute__((aligned(32))), inv[64] __attribute__((aligned(32)));
-    uint16_t sh[64];
-    float sf[64];
+/* Load one token of D values into x (fp16-rounded, minus the mean),
+ * validating the raw values in the same pass; 0 on NaN/inf. */
+SC_AVX2 static inline __attribute__((always_inline)) int load_token_avx2(const void *src, int src_mode,
+                                                                        const float *mean, int64_t D, float *x) {
     int bad = 0;
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < D; i += 8) {
@@ -221,7 +219,17 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_mode, const float *
         if (mean) v = _mm256_sub_ps(v, _mm256_loadu_ps(mean + i));
         _mm256_store_ps(x + i, v);
     }
-    if (bad) return -1;
+    return !bad;
+}
+
+/* quant_token_avx2's encoding of a loaded token x */
+SC_AVX2 static inline __attribute__((always_inline)) int quant_x_avx2(const float *x, int64_t D, int64_t G,
+                                                                     int is_int4, int scale_f32, uint8_t *dst,
+                                                                     void *scales) {
+    float amax[64] __attribute__((aligned(32))), inv[64] __attribute__((aligned(32)));
+    uint16_t sh[64];
+    float sf[64];
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     const int64_t ncell = D / G;
     float worst = 0.0f;
     for (int64_t c = 0; c < ncell; c++) {
@@ -266,43 +274,71 @@ SC_AVX2 static int quant_token_avx2(const void *src, int src_mode, const float *
     return 0;
 }
 
-/* Block-Hadamard, vectorised: stages h = 1, 2, 4 inside each 8-lane vector
- * (a permute and a blend: the same a+b / a-b per element as the portable
- * loop), stages h >= 8 between whole vectors. */
+SC_AVX2 static int quant_token_avx2(const void *src, int src_mode, const float *mean, int64_t D, int64_t G,
+                                    int is_int4, int scale_f32, uint8_t *dst, void *scales) {
+    float x[512] __attribute__((aligned(32)));
+    if (!load_token_avx2(src, src_mode, mean, D, x)) return -1;
+    return quant_x_avx2(x, D, G, is_int4, scale_f32, dst, scales);
+}
+
+/* Block-Hadamard of one row of d values, vectorised: stages h = 1, 2, 4
+ * inside each 8-lane vector (a permute and a blend: the same a+b / a-b per
+ * element as the portable loop), stages h >= 8 between whole vectors. */
+SC_AVX2 static inline __attribute__((always_inline)) void rotate_row_avx2(float *v, int32_t d, int32_t hb,
+                                                                         __m256 norm) {
+    for (int32_t base = 0; base < d; base += hb) {
+        float *u = v + base;
+        for (int32_t i = 0; i < hb; i += 8) {
+            __m256 a = _mm256_loadu_ps(u + i), s;
+            s = _mm256_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1));
+            a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xAA);
+            s = _mm256_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2));
+            a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xCC);
+            s = _mm256_permute2f128_ps(a, a, 1);
+            a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xF0);
+            _mm256_storeu_ps(u + i, a);
+        }
+        for (int32_t h = 8; h < hb; h *= 2)
+            for (int32_t i = 0; i < hb; i += 2 * h)
+                for (int32_t j = i; j < i + h; j += 8) {
+                    __m256 a = _mm256_loadu_ps(u + j), b = _mm256_loadu_ps(u + j + h);
+                    _mm256_storeu_ps(u + j, _mm256_add_ps(a, b));
+                    _mm256_storeu_ps(u + j + h, _mm256_sub_ps(a, b));
+                }
+    }
+    for (int32_t c = 0; c < d; c += 8) _mm256_storeu_ps(v + c, _mm256_mul_ps(_mm256_loadu_ps(v + c), norm));
+}
 SC_AVX2 static void rotate_avx2(float *x, int64_t n, int64_t stride, int32_t d) {
     const int32_t hb = sc_rotation_block(d);
     const __m256 norm = _mm256_set1_ps(1.0f / sqrtf((float)hb));
-    for (int64_t r = 0; r < n; r++) {
-        float *v = x + r * stride;
-        for (int32_t base = 0; base < d; base += hb) {
-            float *u = v + base;
-            for (int32_t i = 0; i < hb; i += 8) {
-                __m256 a = _mm256_loadu_ps(u + i), s;
-                s = _mm256_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1));
-                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xAA);
-                s = _mm256_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2));
-                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xCC);
-                s = _mm256_permute2f128_ps(a, a, 1);
-                a = _mm256_blend_ps(_mm256_add_ps(a, s), _mm256_sub_ps(s, a), 0xF0);
-                _mm256_storeu_ps(u + i, a);
-            }
-            for (int32_t h = 8; h < hb; h *= 2)
-                for (int32_t i = 0; i < hb; i += 2 * h)
-                    for (int32_t j = i; j < i + h; j += 8) {
-                        __m256 a = _mm256_loadu_ps(u + j), b = _mm256_loadu_ps(u + j + h);
-                        _mm256_storeu_ps(u + j, _mm256_add_ps(a, b));
-                        _mm256_storeu_ps(u + j + h, _mm256_sub_ps(a, b));
-                    }
-        }
-        for (int32_t c = 0; c < d; c += 8) _mm256_storeu_ps(v + c, _mm256_mul_ps(_mm256_loadu_ps(v + c), norm));
+    for (int64_t r = 0; r < n; r++) rotate_row_avx2(x + r * stride, d, hb, norm);
+}
+
+/* Rotated per-token formats (sc_rot_fused_dims): per token, load + validate,
+ * rotate and encode on one L1-resident row -- the values, codes and scales of
+ * load_f16/load_f32 + rotate_avx2 + quant_token_avx2, without the separate
+ * finiteness pass over the input and the chunk scratch. Returns n or the
+ * first failing token (sc_quantize_ex classifies it). */
+SC_AVX2 static int64_t quant_rot_tokens_avx2(const void *src, int64_t src_stride, int64_t n, int src_mode,
+                                             const float *mean, int64_t D, int64_t G, int is_int4, int scale_f32,
+                                             uint8_t *dst, int64_t row_bytes, void *scales) {
+    const int64_t es = src_mode == SC_SRC_F16 ? 2 : 4, ss = scale_f32 ? 4 : 2, ncell = D / G;
+    const int32_t hb = sc_rotation_block((int32_t)D);
+    const __m256 norm = _mm256_set1_ps(1.0f / sqrtf((float)hb));
+    float x[512] __attribute__((aligned(32)));
+    for (int64_t t = 0; t < n; t++) {
+        if (!load_token_avx2((const char *)src + t * src_stride * es, src_mode, mean, D, x)) return t;
+        rotate_row_avx2(x, (int32_t)D, hb, norm);
+        if (quant_x_avx2(x, D, G, is_int4, scale_f32, dst + t * row_bytes, (char *)scales + t * ncell * ss)) return t;
     }
+    return n;
 }
 
 const sc_row_kernels sc_row_kernels_avx2 = {
     load_f16_avx2, load_f32_avx2, absmax_acc_avx2, minmax_acc_avx2,
     quant_i8_avx2, dequant_i8_avx2, store_f32_avx2, store_f16_avx2, quant_token_avx2, NULL, rotate_avx2, NULL, NULL,
     dequant_i8_k16_avx2,
-    NULL, /* quant_rot_tokens: AVX-512 only */
+    quant_rot_tokens_avx2,
 };
 
 #endif /* SC_X86 */
