@@ -69,13 +69,13 @@ SC_T_VNNI __attribute__((noinline)) static void qk_int4r(const int8_t *k) { /* t
  * lanes per call, D a literal as qk8_vnni passes it (WITH_CONST_D) */
 SC_T_VNNI __attribute__((noinline)) static void qk_int8_k16(const int8_t *k) { /* int8 K, 16-bit q' (bf16 setting) */
     static const float ar[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
-    for (int64_t j = 0; j < KEYS; j += 16) qkw16_block(qw, ar, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL);
+    for (int64_t j = 0; j < KEYS; j += 16) qkw16_block(qw, ar, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL, 4);
 }
 SC_T_VNNI __attribute__((noinline)) static void qk_int4_k16(const int8_t *k) { /* int4 K, 8-bit q' (int8 setting) */
     static const float ar[4] = {1e-6f, 1e-6f, 1e-6f, 1e-6f}, fb[4];
     static const int32_t bias[4];
     for (int64_t j = 0; j < KEYS; j += 16)
-        qkb16_block(qb, ar, bias, fb, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL);
+        qkb16_block(qb, ar, bias, fb, (const uint8_t *)k, j, 16, s + j, 0, DIM, KEYS, NULL, 4);
 }
 /* P' operands and corrections: whatever the bytes are (the block is timed,
  * not checked). Passed by pointer, blocks in a loop, as in pv4b_vnni: with a

@@ -424,13 +424,15 @@ V_G128 = {"k": "int8.t32.g1.s16+smooth", "v": "int8.t1.g128.s16"}
                                            ("int4", 2, 3, 333, 128), ("int8k-int4v", 8, 1, 300, 128),
                                            (INT4_SYM, 8, 1, 203, 64), (INT4_SYM, 4, 1, 150, 96),
                                            (V_G64, 8, 1, 333, 128), (V_G128, 8, 1, 333, 128),
-                                           (V_G64, 8, 1, 200, 192), ("int8", 4, 1, 141, 192)])
+                                           (V_G64, 8, 1, 200, 192), ("int8", 4, 1, 141, 192),
+                                           ("int8", 2, 1, 300, 128), ("int8", 6, 1, 200, 64)])
 def test_precision_bf16_integer_decode(rng, isa, pol, hq, m, n, d):
     """Decode over int8 and int4 caches: with precision="bf16" the AVX512-VNNI
     paths (avx512_vnni, amx) compute QK^T (int16 queries x K codes) and PV
     (int16 P x V codes) in integer arithmetic, int4 codes unpacked to bytes
     first; elsewhere the option changes nothing."""
-    # GQA 1, 4, 8; rows per item 2 to 12; odd key counts (a key pair padded);
+    # GQA 1, 3, 4, 8; rows per item 1 to 12 (1 and 3: the k16 scores' rows not in fours); odd key
+    # counts (a key pair padded);
     # 1 to 8 V cells per key (cells of 32 to 128 channels, d64 to d256; one
     # cell at d80 and d96: the last 16 or 32 channels under a mask);
     # key counts past one 128-key tile with a partial last tile
@@ -485,7 +487,7 @@ def test_precision_int8_prefill_items(rng, isa, pol, hq, m, n, d, integer):
 
 @pytest.mark.parametrize("pol,hq,m,n,d,qk8,pv8", [
     ("int4", 8, 1, 701, 128, True, True), ("int4", 16, 1, 333, 128, True, True),
-    ("int4", 2, 1, 300, 128, False, True), ("int4", 8, 3, 200, 256, True, True),
+    ("int4", 2, 1, 300, 128, True, True), ("int4", 8, 3, 200, 256, True, True), ("int4", 6, 1, 300, 96, True, True),
     ("int4", 8, 1, 300, 64, True, True), ("int4", 8, 1, 257, 192, True, True),
     (INT4_SYM, 8, 1, 203, 64, True, False), (INT4_SYM, 8, 1, 300, 128, True, True),
     ("int8k-int4v", 2, 1, 301, 64, False, True), (INT4_SYM, 4, 1, 150, 96, False, False),

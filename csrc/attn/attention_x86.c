@@ -1398,7 +1398,7 @@ SC_T_VNNI SC_INL void qkb44_block4(const int8_t *qb, __m512 sc, __m512i bias, __
  * read). */
 SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32_t *bias, const float *fb,
                                   const uint8_t *row0, int64_t jt, int64_t nk, float *s, int64_t r0, int64_t D,
-                                  int64_t TL, const char *pfend) {
+                                  int64_t TL, const char *pfend, const int nr) {
     const int64_t rb = D / 2;
     const uint8_t *k = row0 + jt * rb;
     const char *pf = r0 == 0 ? pf_ahead(k, PF_KEYS * rb, 16 * rb, pfend) : NULL;
@@ -1413,13 +1413,13 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
         if (pn) _mm_prefetch(pn + 64 * w, _MM_HINT_T0);
         const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
         const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        for (int rr = 0; rr < 4; rr++) {
+        for (int rr = 0; rr < nr; rr++) {
             const int8_t *qe = qb + (r0 + rr) * D + 8 * w;
             SC_DPBUSD_B(ae[rr], lo, qe);
             SC_DPBUSD_B(ao[rr], hi, qe + 4);
         }
     }
-    for (int rr = 0; rr < 4; rr++) {
+    for (int rr = 0; rr < nr; rr++) {
         const __m512i acc = _mm512_sub_epi32(_mm512_add_epi32(ae[rr], ao[rr]), _mm512_set1_epi32(bias[r0 + rr]));
         _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ar[r0 + rr]),
@@ -1437,7 +1437,7 @@ SC_T_VNNI SC_INL void qkb16_block(const int8_t *qb, const float *ar, const int32
  * each 4 channels as [0, 2, 1, 3] (qw, see qk8_vnni): one broadcast pair
  * each, no reduction tree (hsum16i: 45 operations per 16 scores). */
 SC_T_VNNI SC_INL void qkw16_block(const int16_t *qw, const float *ar, const uint8_t *row0, int64_t jt, int64_t nk,
-                                  float *s, int64_t r0, int64_t D, int64_t TL, const char *pfend) {
+                                  float *s, int64_t r0, int64_t D, int64_t TL, const char *pfend, const int nr) {
     const uint8_t *k = row0 + jt * D;
     const char *pf = r0 == 0 ? pf_ahead(k, PF_KEYS * D, 16 * D, pfend) : NULL;
     const __mmask16 km = (__mmask16)(nk >= 16 ? 0xFFFF : (1u << nk) - 1);
@@ -1448,13 +1448,13 @@ SC_T_VNNI SC_INL void qkw16_block(const int16_t *qw, const float *ar, const uint
         if (pf) _mm_prefetch(pf + 64 * w, PF_HINT);
         const __m512i v = _mm512_maskz_loadu_epi32(km, k + 64 * w);
         const __m512i lo = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8), hi = _mm512_srai_epi16(v, 8);
-        for (int rr = 0; rr < 4; rr++) {
+        for (int rr = 0; rr < nr; rr++) {
             const int16_t *qe = qw + (r0 + rr) * D + 4 * w;
             SC_DPWSSD_B(ae[rr], lo, qe);
             SC_DPWSSD_B(ao[rr], hi, qe + 2);
         }
     }
-    for (int rr = 0; rr < 4; rr++)
+    for (int rr = 0; rr < nr; rr++)
         _mm512_mask_storeu_ps(s + (r0 + rr) * TL, km,
                               _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ae[rr], ao[rr])),
                                             _mm512_set1_ps(ar[r0 + rr])));
@@ -1582,9 +1582,16 @@ SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int
                 fb[r] = _mm512_reduce_add_ps(bz);
             }
         }
-        for (int64_t r0 = 0; r0 < R; r0 += 4)
-            for (int64_t j = 0; j < n; j += 16) /* j0 + t: a multiple of 16 */
-                qkb16_block(qb, ar, bias, fb, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0, D, TL, pfend);
+        for (int64_t r0 = 0; r0 < R; r0 += 4) /* rows in fours, the last 1-3 alone (MHA: 1) */
+            for (int64_t j = 0; j < n; j += 16) { /* j0 + t: a multiple of 16 */
+                const int64_t jt = j0 + t + j, nk = n - j < 16 ? n - j : 16;
+                switch (R - r0 < 4 ? R - r0 : 4) { /* the row count a constant in each instance */
+                case 1: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 1); break;
+                case 2: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 2); break;
+                case 3: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 3); break;
+                default: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 4); break;
+                }
+            }
         t += n;
     }
 }
@@ -1622,7 +1629,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     uint8_t k16r[U4_KEYS * 256] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
     const int k16 = f->layout == SC_LAYOUT_K16;
     /* int8 k16 codes with 4-row blocks: keys in the lanes (qkw16_block), q' [0, 2, 1, 3] per 4 channels */
-    const int w16 = k16 && kind == 2 && R % 4 == 0;
+    const int w16 = k16 && kind == 2; /* rows in fours, the last 1-3 alone (MHA: 1) */
     const __m512i p0213 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
     /* int4 k16 codes at "bf16" with 4-row blocks: keys in the lanes (qkw16_block4), q' [0,4,2,6,1,5,3,7] per 8 */
     const __m512i p8 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15));
@@ -1642,7 +1649,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     const int zfold = b8 && kind == 4;
     const int w16b4 = in4 && k16 && !b8;
     /* keys in the lanes, 8-bit q' (any D a multiple of 16: qk4b_k16 rounds the last 16-48 channels alone) */
-    if (k16 && kind != 2 && R % 4 == 0 && D % 16 == 0 && c->a->precision >= SC_PRECISION_INT8) {
+    if (k16 && kind != 2 && D % 16 == 0 && c->a->precision >= SC_PRECISION_INT8) {
         WITH_CONST_D(D, Dc, qk4b_k16(c, q, sc, kr, j0, nt, s, (int8_t *)qf, Dc));
         return;
     }
@@ -1715,9 +1722,15 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
         } else if (w16) { /* int8: keys in the lanes, 16 at a time (j0 + t: a multiple of 16) */
             const uint8_t *row0 = (const uint8_t *)st->data + kr * st->capacity * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4)
-                for (int64_t j = 0; j < n; j += 16)
-                    WITH_CONST_D(D, Dc, qkw16_block(qw, ar, row0, j0 + t + j, n - j < 16 ? n - j : 16, s + t + j, r0,
-                                                    Dc, TL, pfend));
+                for (int64_t j = 0; j < n; j += 16) {
+                    const int64_t jt = j0 + t + j, nk = n - j < 16 ? n - j : 16;
+                    switch (R - r0 < 4 ? R - r0 : 4) { /* the row count a constant in each instance */
+                    case 1: qkw16_block(qw, ar, row0, jt, nk, s + t + j, r0, D, TL, pfend, 1); break;
+                    case 2: qkw16_block(qw, ar, row0, jt, nk, s + t + j, r0, D, TL, pfend, 2); break;
+                    case 3: qkw16_block(qw, ar, row0, jt, nk, s + t + j, r0, D, TL, pfend, 3); break;
+                    default: WITH_CONST_D(D, Dc, qkw16_block(qw, ar, row0, jt, nk, s + t + j, r0, Dc, TL, pfend, 4));
+                    }
+                }
         } else if (in4) { /* token rows (a k16 store took one of the branches above, or qk4b_k16) */
             const uint8_t *ct = codes + t * rb;
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
