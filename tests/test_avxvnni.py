@@ -47,6 +47,13 @@ for d in (80, 96):
     c = sagecore.QuantKVCache("int4", batch=1, kv_heads=4, head_dim=d, capacity=512)
     c.append(*kvd)
     out[f"int4-d{d}"] = c.attend(qd, is_causal=True, split_k=1).tolist()
+# MHA (one row per kv head) and 3-row items: the blocks' row count below 4
+for pol in ("int8", "int4"):
+    for hq, hkv in ((4, 4), (12, 4)):
+        qm = rng.standard_normal((1, hq, 1, 128)).astype(np.float32)
+        c = sagecore.QuantKVCache(pol, batch=1, kv_heads=hkv, head_dim=128, capacity=512)
+        c.append(*rng.standard_normal((2, 1, hkv, 300, 128)).astype(np.float32))
+        out[f"{pol}-r{hq // hkv}"] = c.attend(qm, is_causal=True, split_k=1).tolist()
 out["isa"] = sagecore._cpu.cpu_info()["active_isa"]
 out["avxvnni"] = sagecore._cpu.cpu_info()["avxvnni"]
 json.dump(out, sys.stdout)
@@ -73,8 +80,9 @@ def test_avxvnni_scores_through_their_evex_twin():
     # softmax loops round apart); int4 0.022 and 0.018 (8-bit q'; the 512-bit
     # level's PV also rounds P' to 8 bits). A wrong lane or q' offset: 0.4-1.
     for pol, q_err, l512_err in (("int8", 3e-4, 2e-6), ("int4", 4e-2, 4e-2), ("int8-d80", 3e-4, 2e-6),
-                                 ("int4-d80", 4e-2, 4e-2), ("int4-d96", 4e-2, 4e-2)):
-        for case in (pol, pol + "-s2") if "-d" not in pol else (pol,):
+                                 ("int4-d80", 4e-2, 4e-2), ("int4-d96", 4e-2, 4e-2), ("int8-r1", 3e-4, 2e-6),
+                                 ("int8-r3", 3e-4, 2e-6), ("int4-r1", 4e-2, 4e-2), ("int4-r3", 4e-2, 4e-2)):
+        for case in (pol, pol + "-s2") if "-" not in pol else (pol,):
             a, b, r = (np.asarray(x[case]) for x in (vn, fp, ref))
             scale = np.abs(r).max()
             # the integer path ran: at "bf16"/"int8" it differs from the fp32 one,

@@ -41,21 +41,22 @@
  * 4w + 2; odd: 4w + 1, 4w + 3) */
 VN_T static inline __attribute__((always_inline)) void VN(qkw8_block)(const int16_t *qw, const float *ar,
                                                                       const uint8_t *blk, int h, int nk, float *s,
-                                                                      int64_t r0, int64_t D, int64_t TL) {
+                                                                      int64_t r0, int64_t D, int64_t TL,
+                                                                      const int nr) {
     const uint8_t *k = blk + 32 * h;
     __m256i ae[4], ao[4];
     for (int rr = 0; rr < 4; rr++) ae[rr] = ao[rr] = _mm256_setzero_si256();
     for (int64_t w = 0; w < D / 4; w++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(k + 64 * w));
         const __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), hi = _mm256_srai_epi16(v, 8);
-        for (int rr = 0; rr < 4; rr++) {
+        for (int rr = 0; rr < nr; rr++) {
             const int16_t *qe = qw + (r0 + rr) * D + 4 * w;
             VN_DP_B("vpdpwssd", ae[rr], lo, qe);
             VN_DP_B("vpdpwssd", ao[rr], hi, qe + 2);
         }
     }
     const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int rr = 0; rr < 4; rr++)
+    for (int rr = 0; rr < nr; rr++)
         _mm256_maskstore_ps(s + (r0 + rr) * TL + 8 * h, km,
                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ae[rr], ao[rr])),
                                           _mm256_set1_ps(ar[r0 + rr])));
@@ -68,7 +69,7 @@ VN_T static inline __attribute__((always_inline)) void VN(qkb8_block)(const int8
                                                                       const int32_t *bias, const float *fb,
                                                                       const uint8_t *blk, int h, int nk, float *s,
                                                                       int64_t r0, int64_t D, int64_t Dq, int64_t TL,
-                                                                      const int qblk) {
+                                                                      const int qblk, const int nr) {
     const uint8_t *k = blk + 32 * h;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i ae[4], ao[4];
@@ -77,14 +78,14 @@ VN_T static inline __attribute__((always_inline)) void VN(qkb8_block)(const int8
         const __m256i v = _mm256_loadu_si256((const __m256i *)(k + 64 * w));
         const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         const int64_t cb = (8 * w) / qblk, wq = 4 * w - cb * (qblk / 2); /* q' block, byte in its even half */
-        for (int rr = 0; rr < 4; rr++) {
+        for (int rr = 0; rr < nr; rr++) {
             const int8_t *qe = qb + (r0 + rr) * Dq + cb * qblk + wq;
             VN_DP_B("vpdpbusd", ae[rr], lo, qe);
             VN_DP_B("vpdpbusd", ao[rr], hi, qe + qblk / 2);
         }
     }
     const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int rr = 0; rr < 4; rr++) {
+    for (int rr = 0; rr < nr; rr++) {
         const __m256i acc = _mm256_sub_epi32(_mm256_add_epi32(ae[rr], ao[rr]), _mm256_set1_epi32(bias[r0 + rr]));
         _mm256_maskstore_ps(s + (r0 + rr) * TL + 8 * h, km,
                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(ar[r0 + rr]),
@@ -132,8 +133,8 @@ VN_T static inline __attribute__((always_inline)) int32_t VN(round_row)(const fl
 }
 
 /* The avx2 level's qk8 with integer scores for k16 stores: int8 codes at
- * precision "bf16"/"int8" (16-bit q'), int4 codes at "int8" (8-bit q');
- * everything else, and row counts that are not a multiple of 4, go to
+ * precision "bf16"/"int8" (16-bit q'), int4 codes at "int8" (8-bit q'), rows
+ * in fours and the last 1-3 alone (MHA: 1); everything else goes to
  * qk8_avx2. */
 VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf, float *sc, int64_t kr, int64_t j0,
                          int64_t nt, float *s) {
@@ -142,7 +143,7 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
     const int64_t D = c->D, R = c->rows, TL = c->tile, T = f->token_group;
     const int i8 = kind == 2 && c->a->precision >= SC_PRECISION_BF16;
     const int i4 = (kind == 3 || kind == 4) && c->a->precision >= SC_PRECISION_INT8 && D % 16 == 0;
-    if (mode != 1 || f->layout != SC_LAYOUT_K16 || !(i8 || i4) || R % 4 || R > Q8_MAX_ROWS || D > 256 || j0 % 16) {
+    if (mode != 1 || f->layout != SC_LAYOUT_K16 || !(i8 || i4) || R > Q8_MAX_ROWS || D > 256 || j0 % 16) {
         qk8_avx2(c, mode, q, qf, sc, kr, j0, nt, s);
         return;
     }
@@ -196,11 +197,23 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
             for (int hh = 0; hh < 2; hh++) {
                 const int nk = (int)(n - j - 8 * hh < 8 ? n - j - 8 * hh : 8);
                 if (nk <= 0) break;
-                for (int64_t r0 = 0; r0 < R; r0 += 4)
-                    if (i8) VN(qkw8_block)((const int16_t *)qf, ar, blk, hh, nk, s + t + j, r0, D, TL);
-                    else if (qblk == 128)
-                        VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 128);
-                    else VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 64);
+                for (int64_t r0 = 0; r0 < R; r0 += 4) {
+                    const int nr = R - r0 < 4 ? (int)(R - r0) : 4;
+#define VN_ROWS(N)                                                                                                     \
+    do {                                                                                                               \
+        if (i8) VN(qkw8_block)((const int16_t *)qf, ar, blk, hh, nk, s + t + j, r0, D, TL, N);                          \
+        else if (qblk == 128)                                                                                          \
+            VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 128, N);            \
+        else VN(qkb8_block)((const int8_t *)qf, ar, bias, fb, blk, hh, nk, s + t + j, r0, D, Dq, TL, 64, N);            \
+    } while (0)
+                    switch (nr) { /* the row count a constant in each instance */
+                    case 1: VN_ROWS(1); break;
+                    case 2: VN_ROWS(2); break;
+                    case 3: VN_ROWS(3); break;
+                    default: VN_ROWS(4);
+                    }
+#undef VN_ROWS
+                }
             }
         }
         t += n;
