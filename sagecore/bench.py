@@ -157,8 +157,8 @@ def main(argv=None):
     ap.add_argument("--small-only", action="store_true",
                     help="only the small-call (N=16 decode, fixed cost per call) comparison")
     ap.add_argument("--prefill-ab", action="store_true",
-                    help="only prefill 2048 causal: int8 (fp32-level), int8 with precision='bf16' and torch bf16, "
-                         "timed round-robin in one process (best of 8 each)")
+                    help="only prefill 2048 causal: int8 (fp32-level), int8 with precision='bf16', int4 with "
+                         "precision='int8' and torch bf16, timed round-robin in one process (best of 8 each)")
     ap.add_argument("--decode-ab", type=int, metavar="N", nargs="?", const=32768,
                     help="only cold decode at N keys (default 32768): fp16, int8 and int4 (each also with "
                          "precision='bf16') and torch bf16, timed round-robin in one process (rotating through caches "
@@ -413,8 +413,10 @@ def _print_targets(rows) -> None:
 
 def _prefill_ab(torch, rounds=8):
     """Prefill 2048 causal, B=1, 32/8 heads, d128: the int8 cache at both
-    precisions and torch's bf16 SDPA, alternated so that machine noise hits
-    all of them alike; prints best times and same-run ratios."""
+    precisions, the int4 cache at its policy's ("int8": integer K and V
+    where the CPU has AVX512-VNNI) and torch's bf16 SDPA, alternated so that
+    machine noise hits all of them alike; prints best times and same-run
+    ratios."""
     rng = np.random.default_rng(0)
     M = N = 2048
     k = rng.standard_normal((B, HKV, N, D)).astype(np.float16)
@@ -423,8 +425,11 @@ def _prefill_ab(torch, rounds=8):
     o = np.empty_like(q)
     c = QuantKVCache("int8", batch=B, kv_heads=HKV, head_dim=D, capacity=N)
     c.append(k, v)
+    c4 = QuantKVCache("int4", batch=B, kv_heads=HKV, head_dim=D, capacity=N)
+    c4.append(k, v)
     fns = {"int8": lambda: c.attend(q, out=o, is_causal=True, precision="fp32"),
-           "int8-bf16": lambda: c.attend(q, out=o, is_causal=True, precision="bf16")}
+           "int8-bf16": lambda: c.attend(q, out=o, is_causal=True, precision="bf16"),
+           "int4-int8": lambda: c4.attend(q, out=o, is_causal=True, precision="int8")}
     if torch is not None:
         import torch.nn.functional as F
         tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).bfloat16() for x in (q, k, v))

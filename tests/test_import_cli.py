@@ -63,7 +63,7 @@ def test_bench_prefill_ab_smoke(capsys):
     assert bench._prefill_ab(None, rounds=1) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("prefill 2048 causal") and "best of 1" in lines[0]
-    assert [ln.split()[0] for ln in lines[1:]] == ["int8", "int8-bf16"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["int8", "int8-bf16", "int4-int8"]
     assert all(float(ln.split()[1]) > 0 for ln in lines[1:])
 
 
