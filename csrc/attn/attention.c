@@ -67,6 +67,22 @@ static int ws_init(attn_ws *w, const attn_ctx *c) {
     return 1;
 }
 
+#ifdef SC_X86 /* the pre-passes of the x86 prefill paths (AMX, AVX512-BF16) */
+/* The K and V buffers of a pre-pass into kv[0], kv[1] (bytes each; only
+ * those wanted, the others NULL). 1 when every wanted one was allocated;
+ * else 0 and none is kept: the items then pack their own tiles. */
+static int prepack_buffers(size_t bytes, int want_k, int want_v, void *kv[2]) {
+    kv[0] = want_k ? aligned_alloc(64, bytes) : NULL;
+    kv[1] = want_v ? aligned_alloc(64, bytes) : NULL;
+    if ((want_k && !kv[0]) || (want_v && !kv[1])) {
+        free(kv[0]);
+        free(kv[1]);
+        return 0;
+    }
+    return 1;
+}
+#endif
+
 static void ws_free(attn_ws *w) {
     free(w->mxq);
     free(w->q);
@@ -327,14 +343,10 @@ sc_status sc_attention(const sc_attention_args *a) {
         const int64_t words = (c.tile + 31) / 32 * BF_CHUNK_WORDS(D);
         if (bf_prefill && !(c.k_q8_rows && c.v_q8_rows) && c.nrb >= BF_PREPACK_MIN_BLOCKS && ntl > 0 &&
             8.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
-            const size_t bytes = (size_t)(B * Hkv * ntl * words) * 4;
-            c.bfk = c.k_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
-            c.bfv = c.v_q8_rows ? NULL : (uint32_t *)aligned_alloc(64, bytes);
-            if ((!c.k_q8_rows && !c.bfk) || (!c.v_q8_rows && !c.bfv)) {
-                free(c.bfk);
-                free(c.bfv);
-                c.bfk = c.bfv = NULL; /* per-item conversion instead */
-            } else {
+            void *kv[2];
+            if (prepack_buffers((size_t)(B * Hkv * ntl * words) * 4, !c.k_q8_rows, !c.v_q8_rows, kv)) {
+                c.bfk = (uint32_t *)kv[0];
+                c.bfv = (uint32_t *)kv[1];
                 c.bf_tiles = ntl;
                 c.bf_tile_words = words;
                 c.bf_q = sc_attn_bf_q;
@@ -352,14 +364,10 @@ sc_status sc_attention(const sc_attention_args *a) {
         const int64_t ntl = (c.N + c.tile - 1) / c.tile;
         const int64_t words = MX_TP(c.tile) * D * c.mx;
         if (c.mx && c.nrb > 1 && ntl > 0 && 4.0 * (double)(B * Hkv * ntl) * (double)words <= MX_PREPACK_MAX) {
-            const size_t bytes = (size_t)(B * Hkv * ntl * words) * 2;
-            c.mxpk = (uint16_t *)aligned_alloc(64, bytes);
-            c.mxpv = (uint16_t *)aligned_alloc(64, bytes);
-            if (!c.mxpk || !c.mxpv) {
-                free(c.mxpk);
-                free(c.mxpv);
-                c.mxpk = c.mxpv = NULL; /* per-item packing instead */
-            } else {
+            void *kv[2];
+            if (prepack_buffers((size_t)(B * Hkv * ntl * words) * 2, 1, 1, kv)) {
+                c.mxpk = (uint16_t *)kv[0];
+                c.mxpv = (uint16_t *)kv[1];
                 c.mx_tiles = ntl;
                 c.mx_tile_words = words;
                 prepack = sc_attn_mx_prepack;
