@@ -3,7 +3,8 @@ given tree into one process and times them round-robin (here the same tree
 twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
 same for policies, bench/head_dim_ab.py for the built-in policies per head
 dim, bench/packing_report.py for formats per head dim, bench/pack_ab.py for
-the packing of builds."""
+the packing of builds; bench/clip_search.py simulates the int4 formats with
+a clipping search."""
 import os
 import pathlib
 import platform
@@ -176,3 +177,48 @@ def test_build_ab_against_rejects_a_bad_path():
     r = run(str(ROOT), "--n", "64", "--rounds", "1", "--against", "int8@fast")
     assert r.returncode != 0
     assert "--against: expected POLICY@PRECISION" in r.stderr
+
+
+def _clip_search():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import clip_search
+    finally:
+        sys.path.pop(0)
+    return clip_search
+
+
+def test_clip_search_simulates_the_builtin_int4():
+    """Without a search, bench/clip_search.py's K and V are as far from the
+    originals as the library's own int4 codes (its comparison is like with like)."""
+    import numpy as np
+
+    from sagecore import QuantKVCache, workloads
+    cs = _clip_search()
+    _q, k, v = workloads.llm_like(q_len=1, kv_len=256, seed=3, dtype=np.float32)
+    c = QuantKVCache("int4", batch=1, kv_heads=k.shape[1], head_dim=k.shape[3], capacity=256)
+    c.append(k, v)
+    for lib, sim, x in zip(c.dequantize(), cs.int4_kv(k, v, [1.0], [1.0]), (k, v)):
+        e_lib, e_sim = np.abs(lib - x).mean(), np.abs(sim - x).mean()
+        assert abs(e_sim / e_lib - 1) < 0.02, (e_lib, e_sim)
+
+
+def test_clip_search_never_raises_a_cells_error():
+    import numpy as np
+    cs = _clip_search()
+    x = np.random.default_rng(0).standard_normal((3, 5, 64)) * np.array([1.0, 10.0, 0.1])[:, None, None]
+    x[0, 0, 7] = 40.0  # an outlier: clipping it pays
+    alphas = np.linspace(1.0, 0.6, 9)
+    for quant in (cs.quant_asym, cs.quant_sym):
+        plain, searched = quant(x, 2, [1.0]), quant(x, 2, alphas)
+        e0, e1 = ((plain - x) ** 2).sum(axis=2), ((searched - x) ** 2).sum(axis=2)
+        assert (e1 <= e0).all()
+        assert (e1 < e0).any()
+
+
+def test_clip_search_runs():
+    r = run("--data", "real", "--steps", "2", tool=ROOT / "bench" / "clip_search.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("real")]
+    assert len(rows) == 6, r.stdout
+    assert run("--steps", "0", tool=ROOT / "bench" / "clip_search.py").returncode != 0
