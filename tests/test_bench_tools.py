@@ -4,7 +4,8 @@ twice, a tiny cache, so that it stays cheap); bench/policy_ab.py does the
 same for policies, bench/head_dim_ab.py for the built-in policies per head
 dim, bench/packing_report.py for formats per head dim, bench/pack_ab.py for
 the packing of builds; bench/clip_search.py simulates the int4 formats with
-a clipping search."""
+a clipping search; bench/stream_balance.c is a synthetic of int4 decode's
+memory and compute."""
 import os
 import pathlib
 import platform
@@ -222,3 +223,25 @@ def test_clip_search_runs():
     rows = [line for line in r.stdout.splitlines() if line.startswith("real")]
     assert len(rows) == 6, r.stdout
     assert run("--steps", "0", tool=ROOT / "bench" / "clip_search.py").returncode != 0
+
+
+def test_stream_balance_builds_and_runs(tmp_path):
+    """bench/stream_balance.c (the synthetic of docs/benchmarks.md, session
+    20) still compiles and runs, and rejects bad arguments."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("bench/stream_balance.c is an x86-64 AVX512-VNNI synthetic")
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    assert cc, "a C compiler is a build requirement"
+    exe = tmp_path / "stream_balance"
+    b = subprocess.run([cc, "-O2", "-fopenmp", str(ROOT / "bench" / "stream_balance.c"), "-o", str(exe)],
+                       capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stderr[-3000:]
+    r = subprocess.run([str(exe), "512", "2", "2", "2", "4"], capture_output=True, text=True, timeout=120)
+    from sagecore import _cpu
+    if "avx512vnni" in _cpu.cpu_info()["features"].split():
+        assert r.returncode == 0, r.stderr
+        assert "keys 512, caches 2, threads 2, extra 4" in r.stdout and "GB/s" in r.stdout, r.stdout
+        bad = subprocess.run([str(exe), "300", "1", "1", "2"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "a multiple of 256" in bad.stderr
+    else:
+        assert r.returncode == 1 and "needs AVX512-VNNI" in r.stderr
