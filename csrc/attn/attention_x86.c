@@ -98,15 +98,33 @@ SC_INL void token_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t
     pf_scales(st->scales, f32, (row + j0 + PF_KEYS) * ncell, nt * ncell, (row + st->capacity) * ncell);
 }
 /* token group g's per-channel scales (D) of kv row kr, as fp32 into dst;
- * the scales and zero points PF_KEYS keys ahead prefetched. Returns the
- * group's first element (for its zero points). */
+ * the scales and zero points PF_KEYS keys ahead prefetched unless the caller
+ * spreads that over its blocks (pf 0: group_lines_pf). Returns the group's
+ * first element (for its zero points). */
 SC_INL int64_t group_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t kr, int64_t g, int64_t T,
-                            int64_t D, float *dst) {
+                            int64_t D, float *dst, const int pf) {
     const int64_t ng = st->capacity / T, cell0 = (kr * ng + g) * D, cend = (kr + 1) * ng * D;
     store_scales(c, st, f32, cell0, D, dst);
-    pf_scales(st->scales, f32, cell0 + PF_KEYS / T * D, D, cend);
-    pf_scales(st->zeros, f32, cell0 + PF_KEYS / T * D, D, cend);
+    if (pf) {
+        pf_scales(st->scales, f32, cell0 + PF_KEYS / T * D, D, cend);
+        pf_scales(st->zeros, f32, cell0 + PF_KEYS / T * D, D, cend);
+    }
     return cell0;
+}
+/* The share of 16-key block b (of T / 16) of the scale and zero-point lines
+ * of the token group PF_KEYS keys ahead of group g: group_scales' prefetch
+ * spread over the group's blocks instead of a burst at its start. Bursts of
+ * prefetches overflow the miss buffers and are dropped (see pvb_pass); for
+ * int4 at "int8" the spread measured 1.01-1.02x cold on top of pvb_pass's
+ * (docs/benchmarks.md, session 20). */
+SC_INL void group_lines_pf(const sc_store *st, int f32, int64_t kr, int64_t g, int64_t T, int64_t D, int64_t b) {
+    const int64_t ng = st->capacity / T, ga = g + PF_KEYS / T, eb = f32 ? 4 : 2, L = (D * eb + 63) / 64, nb = T / 16;
+    if (ga >= ng) return;
+    const int64_t off = (kr * ng + ga) * D * eb;
+    for (int64_t l = b * L / nb; l < (b + 1) * L / nb; l++) {
+        _mm_prefetch((const char *)st->scales + off + 64 * l, PF_HINT);
+        if (st->zeros) _mm_prefetch((const char *)st->zeros + off + 64 * l, PF_HINT);
+    }
 }
 /* int8/int4 codes of keys [j, j + m) of kv row kr as token rows, for the
  * readers without a k16 kernel: in place for SC_LAYOUT_ROWS; for
@@ -175,7 +193,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     /* mode 1: k = code * s[g][c] (+ m[g][c]); s folded into q once per token group */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        group_scales(c, st, sf32, kr, g, T, D, sc);
+        group_scales(c, st, sf32, kr, g, T, D, sc, 1);
         for (int64_t r = 0; r < R; r++)
             for (int64_t d = 0; d < D; d++) qf[r * D + d] = q[r * D + d] * sc[d];
         const int k16 = f->layout == SC_LAYOUT_K16, i8 = kind == 2 || kind == 5;
@@ -1554,7 +1572,7 @@ SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int
     int32_t bias[ROWS_MAX] = {0}; /* decode items and, at "int8", prefill items (c->k_q8_rows) */
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc, 0); /* its prefetch: group_lines_pf, per block */
         if (!sym) { /* the zero points m[g], added by the score stores' FMA as q . m[g] */
             const sc_store zs = {.scales = st->zeros};
             store_scales(c, &zs, sf32, cell0, D, zf);
@@ -1585,6 +1603,7 @@ SC_T_VNNI SC_INL void qk4b_k16(const attn_ctx *c, const float *q, float *sc, int
         for (int64_t r0 = 0; r0 < R; r0 += 4) /* rows in fours, the last 1-3 alone (MHA: 1) */
             for (int64_t j = 0; j < n; j += 16) { /* j0 + t: a multiple of 16 */
                 const int64_t jt = j0 + t + j, nk = n - j < 16 ? n - j : 16;
+                if (r0 == 0) group_lines_pf(st, sf32, kr, g, T, D, (jt % T) / 16);
                 switch (R - r0 < 4 ? R - r0 : 4) { /* the row count a constant in each instance */
                 case 1: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 1); break;
                 case 2: qkb16_block(qb, ar, bias, fb, row0, jt, nk, s + t + j, r0, D, TL, pfend, 2); break;
@@ -1667,7 +1686,7 @@ SC_T_VNNI static void qk8_vnni(const attn_ctx *c, int mode, const float *q, floa
     }
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc, 1);
         if (zfold) {
             const sc_store zs = {.scales = st->zeros};
             store_scales(c, &zs, sf32, cell0, D, zf);
@@ -2022,6 +2041,9 @@ typedef struct {
     int32_t corr[ROWS_MAX][PVB_BLK][16] __attribute__((aligned(64))); /* 8 sum(P') of lane l's cell */
     int32_t e[4][4][16] __attribute__((aligned(64)));                    /* pass E's sums of 4 rows */
     int32_t od[4][4][16] __attribute__((aligned(64)));                   /* pass O's */
+    /* fp16 per-token V scales PF_KEYS keys past the tile (NULL: prefetched by
+     * token_scales) and the kv row's end: a line per 32 keys in pass O */
+    const char *vs_pf, *vs_end;
 } pvb_scratch;
 
 /* The VPDPBUSD operands of 4 code vectors z: bytes interleaved by keys then
@@ -2045,7 +2067,13 @@ SC_INL void pf_keys(const char *pf, const char *pn, int n, int64_t rb, const cha
     if (pn + n * rb <= pfend)
         for (int kk = 0; kk < n; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
 }
-/* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O) */
+/* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O).
+ * The V codes' far and near prefetch is split between the passes (keys 4g,
+ * 4g + 1 in E, 4g + 2, 4g + 3 in O), the scales' lines go in pass O: all
+ * four lines of a group in pass E, at twice the rate of the QK's prefetch,
+ * overflowed the miss buffers, prefetches were dropped and the loads of the
+ * next tile waited on DRAM. int4 at "int8", build_ab, 32k cold: 2 threads
+ * 1.06-1.12x, 1 thread 1.11x; warm 0.99-1.0x (docs/benchmarks.md, session 20). */
 SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int64_t nr, int64_t blk, int64_t nt,
                                int64_t D, const char *pfend, const int h, const int one) {
     const int64_t rb = D / 2, ngrp = (nt + 3) / 4;
@@ -2060,7 +2088,11 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
             const int64_t j = 4 * g + kk;
             z[kk] = _mm512_loadu_si512(j < nt ? v + j * rb + blk * 64 : zero);
         }
-        if (h == 0 && r0 == 0) pf_keys(pf, pn, 4, rb, pfend); /* keys 4g..4g+3 */
+        if (r0 == 0) {
+            pf_keys(pf + 2 * h * rb, pn + 2 * h * rb, 2, rb, pfend); /* keys 4g, 4g + 1 (E), 4g + 2, 4g + 3 (O) */
+            if (h && blk == 0 && w->vs_pf && (g & 7) == 0 && w->vs_pf + 8 * g < w->vs_end)
+                _mm_prefetch(w->vs_pf + 8 * g, PF_HINT); /* keys 4g..4g+31's scales */
+        }
         pf += 4 * rb;
         pn += 4 * rb;
         __m512i x[4];
@@ -2104,7 +2136,11 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
             const __m256i b = _mm256_maskz_loadu_epi8(bm, j + 4 < nt ? v + (j + 4) * rb + off : zero);
             z[kk] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
         }
-        if (h == 0 && r0 == 0) pf_keys(pf, pn, 8, rb, pfend); /* keys 8g..8g+7 */
+        if (r0 == 0) { /* split between the passes as pvb_pass's */
+            pf_keys(pf + 4 * h * rb, pn + 4 * h * rb, 4, rb, pfend); /* keys 8g..8g+3 (E), 8g+4..8g+7 (O) */
+            if (h && c0 == 0 && w->vs_pf && (g & 3) == 0 && w->vs_pf + 16 * g < w->vs_end)
+                _mm_prefetch(w->vs_pf + 16 * g, PF_HINT); /* keys 8g..8g+31's scales */
+        }
         pf += 8 * rb;
         pn += 8 * rb;
         __m512i x[4];
@@ -2181,10 +2217,18 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const sc_store *st = c->a->v;
     const int64_t D = c->D, R = c->rows, G = f->channel_group, TL = c->tile, ncell = D / G, n32 = D / 32;
     const int64_t nblk = D / 128, nv = (nt + 15) / 16;
-    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
+    const int sf32 = f->scale_dtype == SC_DTYPE_F32;
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
     pvb_scratch w;
+    if (ncell == 1 && !sf32) { /* the scales' prefetch spread over pass O (pvb_pass) */
+        store_scales(c, st, 0, kr * st->capacity + j0, nt, sc);
+        w.vs_pf = (const char *)st->scales + (kr * st->capacity + j0 + PF_KEYS) * 2;
+        w.vs_end = (const char *)st->scales + (kr + 1) * st->capacity * 2;
+    } else {
+        token_scales(c, st, sf32, kr, j0, nt, ncell, sc);
+        w.vs_pf = w.vs_end = NULL;
+    }
     float ps[ROWS_MAX];
     float sT[8][PVW_TL] __attribute__((aligned(64)));
     cell_scales_T(sc, nt, ncell, G, sT);

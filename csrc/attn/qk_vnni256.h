@@ -160,7 +160,7 @@ VN_T static void VN(qk8)(const attn_ctx *c, int mode, const float *q, float *qf,
     int32_t bias[Q8_MAX_ROWS] = {0};
     for (int64_t t = 0; t < nt;) {
         const int64_t g = (j0 + t) / T, n = (g + 1) * T - (j0 + t) < nt - t ? (g + 1) * T - (j0 + t) : nt - t;
-        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc);
+        const int64_t cell0 = group_scales(c, st, sf32, kr, g, T, D, sc, 1);
         if (kind == 4) {
             const sc_store zs = {.scales = st->zeros};
             store_scales(c, &zs, sf32, cell0, D, zf);
