@@ -18,11 +18,15 @@
  *     /tmp/stream_balance 32768 8 2 3 12      # cold (8 x 36 MB), two threads
  *
  * Prints the mean (and best) ns per key and kv head per thread, and GB/s.
- * Session 20 (docs/benchmarks.md): in the same hour, this synthetic at 8.4-9.3
- * ns per key warm ran cold on 2 threads at 10.1-10.3 ns (+1-1.9 ns), the real
- * int4 decode at "int8" at 8.6 warm ran 11.2 (+2.6): about half of int4's
- * cold loss comes with the balance of compute and memory itself, the rest
- * is the kernel's and not yet explained. Needs AVX512-VNNI. */
+ * Session 20 (docs/benchmarks.md): alternated with the real int4 decode at
+ * "int8" in one process (bench/stream_balance_ab.py), this synthetic ran
+ * 1.31-1.46x faster cold on 2 threads at about the same warm time. That gap
+ * was found in pvb_pass's prefetch bursts; after spreading them, 1.13-1.20x.
+ *
+ * With -DSB_LIB -shared -fPIC it is a library instead (sb_init, sb_call),
+ * which bench/stream_balance_ab.py calls alternately with the real kernels
+ * in one process: on this machine only calls alternated within seconds
+ * compare (its speed drifts by up to 2x between minutes). Needs AVX512-VNNI. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
@@ -126,6 +130,45 @@ static void *big(size_t n) {
     return p;
 }
 
+#ifdef SB_LIB
+/* the library: sb_init(keys, caches) allocates the caches (returns 1 without
+ * AVX512-VNNI, 2 on bad arguments); sb_call(cache, threads, extra) runs one
+ * call over all 8 kv heads of that cache and returns its seconds */
+static cache *lib_c = NULL;
+static int lib_nc = 0, lib_q[128];
+int sb_init(int keys, int caches) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vnni")) return 1;
+    if (keys < TILE || keys % TILE || caches < 1 || lib_c) return 2;
+    NK = keys;
+    lib_nc = caches;
+    lib_c = malloc(sizeof(cache) * lib_nc);
+    const size_t codes = (size_t)NH * NK * 64 + (size_t)PF * 64 + 4096, scales = (size_t)NH * NK * 8 + (size_t)PF * 8 + 65536;
+    for (int i = 0; i < lib_nc; i++) {
+        lib_c[i].k = big(codes);
+        lib_c[i].v = big(codes);
+        lib_c[i].ks = big(scales);
+        lib_c[i].vs = big(scales);
+    }
+    for (int i = 0; i < 128; i++) lib_q[i] = i * 0x01010101;
+    return 0;
+}
+double sb_call(int ci, int threads, int extra) {
+    if (!lib_c || threads < 1 || extra < 0) return -1.0;
+    EXTRA = extra;
+    const cache *cc = &lib_c[ci % lib_nc];
+    const double t0 = now();
+#pragma omp parallel num_threads(threads)
+    {
+        float scr[TILE * 4 + 64] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int h = 0; h < NH; h++)
+            head(cc->k + (size_t)h * NK * 64, cc->v + (size_t)h * NK * 64, cc->ks + (size_t)h * NK * 8,
+                 cc->vs + (size_t)h * NK * 8, lib_q, scr);
+    }
+    return now() - t0;
+}
+#else
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: %s KEYS CACHES THREADS ROUNDS [EXTRA] [PF]\n", argv[0]);
@@ -183,3 +226,4 @@ int main(int argc, char **argv) {
            136.0 * NK * NH / (total / n) / 1e9);
     return 0;
 }
+#endif

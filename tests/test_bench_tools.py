@@ -5,7 +5,8 @@ same for policies, bench/head_dim_ab.py for the built-in policies per head
 dim, bench/packing_report.py for formats per head dim, bench/pack_ab.py for
 the packing of builds; bench/clip_search.py simulates the int4 formats with
 a clipping search; bench/stream_balance.c is a synthetic of int4 decode's
-memory and compute."""
+memory and compute, and bench/stream_balance_ab.py times it beside the
+kernels."""
 import os
 import pathlib
 import platform
@@ -245,3 +246,20 @@ def test_stream_balance_builds_and_runs(tmp_path):
         assert bad.returncode == 2 and "a multiple of 256" in bad.stderr
     else:
         assert r.returncode == 1 and "needs AVX512-VNNI" in r.stderr
+
+
+def test_stream_balance_ab_alternates_kernels_and_synthetic():
+    """bench/stream_balance_ab.py builds the synthetic as a library and times
+    it call by call beside the int4 and int8 kernels."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("bench/stream_balance.c is an x86-64 AVX512-VNNI synthetic")
+    tool = ROOT / "bench" / "stream_balance_ab.py"
+    r = run("--n", "512", "--rounds", "2", "--caches", "1", "--threads", "1", tool=tool)
+    from sagecore import _cpu
+    if "avx512vnni" in _cpu.cpu_info()["features"].split():
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "N 512 cold (1 caches per path), 1 threads" in r.stdout, r.stdout
+        assert "int4 / synthetic" in r.stdout and "int8 / int4" in r.stdout, r.stdout
+    else:
+        assert r.returncode == 1 and "needs AVX512-VNNI" in r.stderr
+    assert run("--n", "300", tool=tool).returncode == 2
