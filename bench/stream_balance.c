@@ -50,72 +50,65 @@ typedef struct {
     unsigned char *k, *v, *ks, *vs;
 } cache;
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) static void head(const unsigned char *K,
-                                                                                 const unsigned char *V,
-                                                                                 const unsigned char *KS,
-                                                                                 const unsigned char *VS,
-                                                                                 const int *q, float *scr) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, x0 = a0, x1 = a0, x2 = a0, x3 = a0;
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+#define SB_T __attribute__((target("avx512f,avx512bw,avx512vnni")))
+/* one 64-byte line of int4 codes (PF keys ahead into L2, 32 into L1, as the
+ * kernels): loaded, nibbles unpacked into lo/hi, 8 products of the 4
+ * accumulators against the broadcast words w[0..7] */
+SB_T static inline __attribute__((always_inline)) void line8(__m512i a[4], const unsigned char *p, const int *w,
+                                                             __m512i *lo, __m512i *hi) {
+    _mm_prefetch((const char *)p + PF * 64, _MM_HINT_T1);
+    _mm_prefetch((const char *)p + 32 * 64, _MM_HINT_T0);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), x = _mm512_loadu_si512(p);
+    *lo = _mm512_and_si512(x, m4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+#pragma GCC unroll 4 /* the accumulators stay in registers */
+    for (int r = 0; r < 4; r++) a[r] = _mm512_dpbusd_epi32(a[r], *lo, _mm512_set1_epi32(w[r]));
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) a[r] = _mm512_dpbusd_epi32(a[r], *hi, _mm512_set1_epi32(w[4 + r]));
+}
+
+SB_T __attribute__((noinline)) static void head(const unsigned char *K, const unsigned char *V,
+                                                const unsigned char *KS, const unsigned char *VS, const int *q,
+                                                float *scr) {
+    __m512i a[4], x[4], lo, hi;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) a[r] = x[r] = _mm512_setzero_si512();
     __m512 o = _mm512_setzero_ps();
     for (int t = 0; t < NK; t += TILE) {
         for (int j = t; j < t + TILE; j++) { /* K phase */
-            const unsigned char *p = K + (size_t)j * 64;
-            _mm_prefetch((const char *)p + PF * 64, _MM_HINT_T1);
-            _mm_prefetch((const char *)p + 32 * 64, _MM_HINT_T0);
             if ((j & 63) == 0)
                 for (int c = 0; c < 512; c += 64) _mm_prefetch((const char *)KS + (size_t)(j + PF) / 64 * 512 + c, _MM_HINT_T1);
-            const __m512i x = _mm512_loadu_si512(p), lo = _mm512_and_si512(x, m4),
-                          hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-            const int *w = q + (j & 15) * 8;
-            a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_set1_epi32(w[0]));
-            a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_set1_epi32(w[1]));
-            a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_set1_epi32(w[2]));
-            a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_set1_epi32(w[3]));
-            a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_set1_epi32(w[4]));
-            a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_set1_epi32(w[5]));
-            a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_set1_epi32(w[6]));
-            a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_set1_epi32(w[7]));
+            line8(a, K + (size_t)j * 64, q + (j & 15) * 8, &lo, &hi);
             if ((j & 15) == 15) {
-                const __m512 s = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+                const __m512 s = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3])));
+#pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) _mm512_storeu_ps(scr + (j - t - 15) * 4 + 16 * r, s);
             }
         }
         __m512 mx = _mm512_set1_ps(-1e30f); /* softmax-like phase over 4 rows x 256 scores */
         for (int i = 0; i < TILE * 4; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(scr + i));
         for (int i = 0; i < TILE * 4; i += 16) {
-            const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(scr + i), mx);
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(scr + i), mx);
             __m512 y = _mm512_set1_ps(1.0f);
-            for (int r = 0; r < 6; r++) y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(0.5f));
+#pragma GCC unroll 6
+            for (int r = 0; r < 6; r++) y = _mm512_fmadd_ps(y, d, _mm512_set1_ps(0.5f));
             _mm512_storeu_ps(scr + i, y);
         }
         for (int j = t; j < t + TILE; j++) { /* V phase */
-            const unsigned char *p = V + (size_t)j * 64;
-            _mm_prefetch((const char *)p + PF * 64, _MM_HINT_T1);
-            _mm_prefetch((const char *)p + 32 * 64, _MM_HINT_T0);
             if ((j & 7) == 0) _mm_prefetch((const char *)VS + (size_t)(j + PF) * 8, _MM_HINT_T1);
-            const __m512i x = _mm512_loadu_si512(p), lo = _mm512_and_si512(x, m4),
-                          hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-            const int *pp = (const int *)scr + ((j - t) & ~3);
-            a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_set1_epi32(pp[0]));
-            a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_set1_epi32(pp[1]));
-            a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_set1_epi32(pp[2]));
-            a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_set1_epi32(pp[3]));
-            a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_set1_epi32(pp[4]));
-            a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_set1_epi32(pp[5]));
-            a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_set1_epi32(pp[6]));
-            a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_set1_epi32(pp[7]));
-            for (int e = 0; e < EXTRA; e += 4) {
-                x0 = _mm512_dpbusd_epi32(x0, hi, lo);
-                x1 = _mm512_dpbusd_epi32(x1, lo, hi);
-                x2 = _mm512_dpbusd_epi32(x2, hi, hi);
-                x3 = _mm512_dpbusd_epi32(x3, lo, lo);
+            line8(a, V + (size_t)j * 64, (const int *)scr + ((j - t) & ~3), &lo, &hi);
+            for (int e = 0; e < EXTRA; e += 4) { /* 4 independent chains: throughput, not latency */
+                x[0] = _mm512_dpbusd_epi32(x[0], hi, lo);
+                x[1] = _mm512_dpbusd_epi32(x[1], lo, hi);
+                x[2] = _mm512_dpbusd_epi32(x[2], hi, hi);
+                x[3] = _mm512_dpbusd_epi32(x[3], lo, lo);
             }
         }
-        o = _mm512_add_ps(o, _mm512_cvtepi32_ps(a0));
+        o = _mm512_add_ps(o, _mm512_cvtepi32_ps(a[0]));
     }
-    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                                       _mm512_add_epi32(_mm512_add_epi32(x0, x1), _mm512_add_epi32(x2, x3)));
+    __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) s = _mm512_add_epi32(s, _mm512_add_epi32(a[r], x[r]));
     sink[omp_get_thread_num() % 64] += _mm512_reduce_add_ps(o) + (float)_mm512_reduce_add_epi32(s);
 }
 
@@ -130,6 +123,39 @@ static void *big(size_t n) {
     return p;
 }
 
+/* nc caches of NH kv heads x NK keys: codes, and scale bytes to prefetch */
+static cache *alloc_caches(int nc) {
+    cache *c = malloc(sizeof(cache) * nc);
+    if (!c) {
+        fprintf(stderr, "stream_balance: out of memory\n");
+        exit(2);
+    }
+    const size_t codes = (size_t)NH * NK * 64 + (size_t)PF * 64 + 4096, scales = (size_t)NH * NK * 8 + (size_t)PF * 8 + 65536;
+    for (int i = 0; i < nc; i++) {
+        c[i].k = big(codes);
+        c[i].v = big(codes);
+        c[i].ks = big(scales);
+        c[i].vs = big(scales);
+    }
+    return c;
+}
+/* one call: all NH kv heads of the cache, split over the threads; seconds */
+static double one_call(const cache *cc, int threads, const int *q) {
+    const double t0 = now();
+#pragma omp parallel num_threads(threads)
+    {
+        float scr[TILE * 4 + 64] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int h = 0; h < NH; h++)
+            head(cc->k + (size_t)h * NK * 64, cc->v + (size_t)h * NK * 64, cc->ks + (size_t)h * NK * 8,
+                 cc->vs + (size_t)h * NK * 8, q, scr);
+    }
+    return now() - t0;
+}
+static void words(int q[128]) {
+    for (int i = 0; i < 128; i++) q[i] = i * 0x01010101;
+}
+
 #ifdef SB_LIB
 /* the library: sb_init(keys, caches) allocates the caches (returns 1 without
  * AVX512-VNNI, 2 on bad arguments); sb_call(cache, threads, extra) runs one
@@ -142,31 +168,14 @@ int sb_init(int keys, int caches) {
     if (keys < TILE || keys % TILE || caches < 1 || lib_c) return 2;
     NK = keys;
     lib_nc = caches;
-    lib_c = malloc(sizeof(cache) * lib_nc);
-    const size_t codes = (size_t)NH * NK * 64 + (size_t)PF * 64 + 4096, scales = (size_t)NH * NK * 8 + (size_t)PF * 8 + 65536;
-    for (int i = 0; i < lib_nc; i++) {
-        lib_c[i].k = big(codes);
-        lib_c[i].v = big(codes);
-        lib_c[i].ks = big(scales);
-        lib_c[i].vs = big(scales);
-    }
-    for (int i = 0; i < 128; i++) lib_q[i] = i * 0x01010101;
+    lib_c = alloc_caches(lib_nc);
+    words(lib_q);
     return 0;
 }
 double sb_call(int ci, int threads, int extra) {
     if (!lib_c || threads < 1 || extra < 0) return -1.0;
     EXTRA = extra;
-    const cache *cc = &lib_c[ci % lib_nc];
-    const double t0 = now();
-#pragma omp parallel num_threads(threads)
-    {
-        float scr[TILE * 4 + 64] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-        for (int h = 0; h < NH; h++)
-            head(cc->k + (size_t)h * NK * 64, cc->v + (size_t)h * NK * 64, cc->ks + (size_t)h * NK * 8,
-                 cc->vs + (size_t)h * NK * 8, lib_q, scr);
-    }
-    return now() - t0;
+    return one_call(&lib_c[ci % lib_nc], threads, lib_q);
 }
 #else
 int main(int argc, char **argv) {
@@ -188,32 +197,14 @@ int main(int argc, char **argv) {
                 TILE);
         return 2;
     }
-    cache *c = malloc(sizeof(cache) * nc);
-    const size_t codes = (size_t)NH * NK * 64 + (size_t)PF * 64 + 4096, scales = (size_t)NH * NK * 8 + (size_t)PF * 8 + 65536;
-    for (int i = 0; i < nc; i++) {
-        c[i].k = big(codes);
-        c[i].v = big(codes);
-        c[i].ks = big(scales);
-        c[i].vs = big(scales);
-    }
+    cache *c = alloc_caches(nc);
     int q[128];
-    for (int i = 0; i < 128; i++) q[i] = i * 0x01010101;
-    omp_set_num_threads(thr);
+    words(q);
     double best = 1e30, total = 0;
     int n = 0;
     for (int r = 0; r < rounds; r++)
         for (int ci = 0; ci < nc; ci++) {
-            const cache *cc = &c[ci];
-            const double t0 = now();
-#pragma omp parallel
-            {
-                float scr[TILE * 4 + 64] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-                for (int h = 0; h < NH; h++)
-                    head(cc->k + (size_t)h * NK * 64, cc->v + (size_t)h * NK * 64, cc->ks + (size_t)h * NK * 8,
-                         cc->vs + (size_t)h * NK * 8, q, scr);
-            }
-            const double dt = now() - t0;
+            const double dt = one_call(&c[ci], thr, q);
             if (r > 0) { /* the first round pages in */
                 total += dt;
                 n++;
