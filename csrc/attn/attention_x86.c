@@ -90,12 +90,13 @@ SC_INL void store_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t
     else c->rk->load_f16((const uint16_t *)st->scales + i0, NULL, dst, n);
 }
 /* the per-token scales (ncell per key) of keys j0..j0+nt of kv row kr, as
- * fp32 into dst; the same span PF_KEYS keys ahead prefetched */
+ * fp32 into dst; the same span PF_KEYS keys ahead prefetched unless the
+ * caller spreads that over its loop (pf 0: pv4b_vnni, pf_vscale) */
 SC_INL void token_scales(const attn_ctx *c, const sc_store *st, int f32, int64_t kr, int64_t j0, int64_t nt,
-                         int64_t ncell, float *dst) {
+                         int64_t ncell, float *dst, const int pf) {
     const int64_t row = kr * st->capacity;
     store_scales(c, st, f32, (row + j0) * ncell, nt * ncell, dst);
-    pf_scales(st->scales, f32, (row + j0 + PF_KEYS) * ncell, nt * ncell, (row + st->capacity) * ncell);
+    if (pf) pf_scales(st->scales, f32, (row + j0 + PF_KEYS) * ncell, nt * ncell, (row + st->capacity) * ncell);
 }
 /* token group g's per-channel scales (D) of kv row kr, as fp32 into dst;
  * the scales and zero points PF_KEYS keys ahead prefetched unless the caller
@@ -178,7 +179,7 @@ SC_INL void qk8_driver(const attn_ctx *c, int mode, const float *q, float *qf, f
     int8_t u4[U4_KEYS * 256] __attribute__((aligned(64))); /* int4 codes as bytes (D <= 256) */
     uint8_t k16r[U4_KEYS * 256] __attribute__((aligned(64))); /* SC_LAYOUT_K16 codes as rows (code_rows) */
     if (mode == 2) { /* k = code * s[j][cell] */
-        token_scales(c, st, sf32, kr, j0, nt, D / G, sc);
+        token_scales(c, st, sf32, kr, j0, nt, D / G, sc, 1);
         if (kind == 2) {
             body(q, codes, 2, s, R, nt, D, TL, sc, G, pfend);
             return;
@@ -225,7 +226,7 @@ SC_INL void pv8_driver(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, int
     const sc_store *st = c->a->v;
     const int64_t D = c->D, G = f->channel_group;
     const int64_t rb = f->encoding == SC_ENC_INT8 ? D : D / 2;
-    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, D / G, sc);
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, D / G, sc, 1);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     if (code_kind(f) == 2) {
@@ -2067,6 +2068,11 @@ SC_INL void pf_keys(const char *pf, const char *pn, int n, int64_t rb, const cha
     if (pn + n * rb <= pfend)
         for (int kk = 0; kk < n; kk++) _mm_prefetch(pn + kk * rb, _MM_HINT_T0);
 }
+/* pass O's share of the V scales' prefetch (pv4b_vnni's spread): the line
+ * of key j's fp16 scale PF_KEYS ahead, once per 32 keys */
+SC_INL void pf_vscale(const pvb_scratch *w, int64_t j) {
+    if (w->vs_pf && (j & 31) == 0 && w->vs_pf + 2 * j < w->vs_end) _mm_prefetch(w->vs_pf + 2 * j, PF_HINT);
+}
 /* one pass (h 0: E, 1: O) of rows r0..r0+nr over block blk; its sums go to w->e (E) or w->od (O).
  * The V codes' far and near prefetch is split between the passes (keys 4g,
  * 4g + 1 in E, 4g + 2, 4g + 3 in O), the scales' lines go in pass O: all
@@ -2090,8 +2096,7 @@ SC_T_VNNI SC_INL void pvb_pass(const uint8_t *v, pvb_scratch *w, int64_t r0, int
         }
         if (r0 == 0) {
             pf_keys(pf + 2 * h * rb, pn + 2 * h * rb, 2, rb, pfend); /* keys 4g, 4g + 1 (E), 4g + 2, 4g + 3 (O) */
-            if (h && blk == 0 && w->vs_pf && (g & 7) == 0 && w->vs_pf + 8 * g < w->vs_end)
-                _mm_prefetch(w->vs_pf + 8 * g, PF_HINT); /* keys 4g..4g+31's scales */
+            if (h && blk == 0) pf_vscale(w, 4 * g);
         }
         pf += 4 * rb;
         pn += 4 * rb;
@@ -2138,8 +2143,7 @@ SC_T_VNNI SC_INL void pvb_pass64(const uint8_t *v, pvb_scratch *w, int64_t r0, i
         }
         if (r0 == 0) { /* split between the passes as pvb_pass's */
             pf_keys(pf + 4 * h * rb, pn + 4 * h * rb, 4, rb, pfend); /* keys 8g..8g+3 (E), 8g+4..8g+7 (O) */
-            if (h && c0 == 0 && w->vs_pf && (g & 3) == 0 && w->vs_pf + 16 * g < w->vs_end)
-                _mm_prefetch(w->vs_pf + 16 * g, PF_HINT); /* keys 8g..8g+31's scales */
+            if (h && c0 == 0) pf_vscale(w, 8 * g);
         }
         pf += 8 * rb;
         pn += 8 * rb;
@@ -2221,14 +2225,10 @@ SC_T_VNNI __attribute__((noinline)) static void pv4b_vnni(const attn_ctx *c, flo
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * (D / 2);
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * (D / 2);
     pvb_scratch w;
-    if (ncell == 1 && !sf32) { /* the scales' prefetch spread over pass O (pvb_pass) */
-        store_scales(c, st, 0, kr * st->capacity + j0, nt, sc);
-        w.vs_pf = (const char *)st->scales + (kr * st->capacity + j0 + PF_KEYS) * 2;
-        w.vs_end = (const char *)st->scales + (kr + 1) * st->capacity * 2;
-    } else {
-        token_scales(c, st, sf32, kr, j0, nt, ncell, sc);
-        w.vs_pf = w.vs_end = NULL;
-    }
+    const int spread = ncell == 1 && !sf32; /* fp16 scales, one per key: their prefetch spread over pass O */
+    token_scales(c, st, sf32, kr, j0, nt, ncell, sc, !spread);
+    w.vs_pf = spread ? (const char *)st->scales + (kr * st->capacity + j0 + PF_KEYS) * 2 : NULL;
+    w.vs_end = (const char *)st->scales + (kr + 1) * st->capacity * 2;
     float ps[ROWS_MAX];
     float sT[8][PVW_TL] __attribute__((aligned(64)));
     cell_scales_T(sc, nt, ncell, G, sT);
@@ -2313,7 +2313,7 @@ SC_T_VNNI static void pv8_vnni(const attn_ctx *c, float *sc, int64_t kr, int64_t
     const sc_store *st = c->a->v;
     /* P' rows 128 keys apart for tiles of up to 128 keys (the int8 layout measured) */
     const int64_t ncell = D / G, TLp = TL <= 128 ? 128 : PVW_TL, npair = (nt + 1) / 2;
-    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc, 1);
     const int64_t rb = kind == 2 ? D : D / 2;
     const int8_t *codes = (const int8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;

@@ -303,7 +303,7 @@ VN_T static void VN(pv8)(const attn_ctx *c, float *sc, int64_t kr, int64_t j0, i
     const sc_store *st = c->a->v;
     /* P' cells: of 32 channels, or one for a scale per token (G = D) */
     const int64_t ncell = D / G, n32 = ncell == 1 ? 1 : D / 32, TLp = PVW_TL, npair = (nt + 1) / 2, rb = kind == 2 ? D : D / 2;
-    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc);
+    token_scales(c, st, f->scale_dtype == SC_DTYPE_F32, kr, j0, nt, ncell, sc, 1);
     const uint8_t *codes = (const uint8_t *)st->data + (kr * st->capacity + j0) * rb;
     const char *pfend = (const char *)st->data + (kr + 1) * st->capacity * rb;
     int16_t pq[16 * 8 * PVW_TL] __attribute__((aligned(32))); /* [row][cell of 32][key] */
